@@ -10,6 +10,6 @@ from pathlib import Path
 
 __path__ = [str(Path(__file__).with_suffix(""))]
 
-from tasks.namespace import ns  # noqa: E402
+from tasks.namespace import ns
 
 __all__ = ["ns"]

@@ -1,0 +1,384 @@
+"""The environment registry: `config/environments.yaml`, loaded once into typed objects.
+
+Adding an environment is editing that file only. Every mistake in it is
+reported with the file, the line and what to write instead, before any step
+runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.errors import StepFailure
+from tasks.runner import PROJECT_ROOT
+
+REGISTRY_FILE = Path("config/environments.yaml")
+
+CLUSTER_KINDS = ("local", "kubeconfig", "gke")
+KEY_SOURCES = {
+    # source: (required fields, optional fields)
+    "openssl": (("file", "key_env", "iv_env"), ()),
+    "gpg": (("file",), ("passphrase_env", "private_key_env")),
+    "base64-env": (("env",), ()),
+    "file": (("path",), ()),
+    "git-crypt-gpg": ((), ()),
+}
+
+
+@dataclass(frozen=True)
+class ClusterAccess:
+    """How to reach an environment's cluster."""
+
+    kind: str
+    local_name: str = ""  # kind == "local": the name given to `invoke cluster.up`
+    kubeconfig: str = ""  # kind == "kubeconfig": a file under the secrets folder
+    project: str = ""  # kind == "gke"
+    zone: str = ""
+    cluster: str = ""
+    key_file: str = ""  # kind == "gke": service-account key under the secrets folder
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where the git-crypt key that unlocks this environment's secrets comes from."""
+
+    source: str
+    key_name: str = ""  # a named git-crypt key (git-crypt init -k NAME); "" is the default key
+    file: str = ""
+    key_env: str = ""
+    iv_env: str = ""
+    env: str = ""
+    path: str = ""
+    passphrase_env: str = ""
+    private_key_env: str = ""
+
+
+@dataclass(frozen=True)
+class Grafana:
+    url: str
+    token_file: str = ""  # under the secrets folder
+    token_env: str = ""
+    dashboard_uid: str = ""
+    org_id: int | None = None
+    tags: tuple[str, ...] = ()
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    upgrade: int = 600
+    rollout: int = 600
+    smoke: int = 600
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    description: str
+    cluster: ClusterAccess
+    release: str
+    namespace: str
+    secrets_dir: Path
+    key: KeySource
+    urls: dict[str, str] = field(default_factory=dict)
+    grafana: Grafana | None = None
+    timeouts: Timeouts = Timeouts()
+    gated_by: str | None = None
+    components: dict[str, bool] = field(default_factory=dict)
+
+    def values_files(self, root: Path = PROJECT_ROOT) -> list[Path]:
+        """The values files in the order helm must layer them, existing ones only.
+
+        Common config, common secrets, environment config, environment secrets:
+        the environment's own secrets always win.
+        """
+        layers = [
+            root / "config" / "common.yaml",
+            root / self.secrets_dir / "config" / "common.yaml",
+            root / "config" / f"{self.name}.yaml",
+            root / self.secrets_dir / "config" / f"{self.name}.yaml",
+        ]
+        return [path for path in layers if path.exists()]
+
+    def secret_path(self, relative: str, root: Path = PROJECT_ROOT) -> Path:
+        return root / self.secrets_dir / relative
+
+    @property
+    def is_local(self) -> bool:
+        return self.cluster.kind == "local"
+
+
+@dataclass(frozen=True)
+class Registry:
+    environments: dict[str, Environment]
+    chart: Path
+    repository_mirrors: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str | None) -> Environment:
+        """The environment called `name`, or an error that lists the known ones."""
+        known = ", ".join(self.environments)
+        if not name:
+            raise StepFailure(
+                "No environment given.",
+                f"Pass --env=NAME; the known environments are: {known}.",
+            )
+        if name not in self.environments:
+            raise StepFailure(
+                f"Unknown environment {name!r}.",
+                f"The known environments are: {known} (defined in {REGISTRY_FILE}).",
+            )
+        return self.environments[name]
+
+    def chain(self, name: str) -> list[Environment]:
+        """The environments a deploy of `name` goes through, gates first."""
+        order: list[Environment] = []
+        current: str | None = name
+        while current is not None:
+            env = self.get(current)
+            order.insert(0, env)
+            current = env.gated_by
+        return order
+
+
+class RegistryError(StepFailure):
+    pass
+
+
+class _Reader:
+    """Reads mappings from the registry file, keeping line numbers for errors."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.root_node = yaml.compose(text)
+
+    def fail(self, node: yaml.Node | None, message: str, fix: str = "") -> RegistryError:
+        line = f":{node.start_mark.line + 1}" if node is not None else ""
+        return RegistryError(f"{self.path}{line}: {message}", fix)
+
+    def mapping(
+        self, node: yaml.Node, where: str, allowed: tuple[str, ...]
+    ) -> dict[str, yaml.Node]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{where} must be a mapping of keys to values.")
+        items: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in items:
+                raise self.fail(key_node, f"{where}: the key {key!r} appears twice.")
+            if allowed and key not in allowed:
+                raise self.fail(
+                    key_node,
+                    f"{where}: unknown key {key!r}.",
+                    f"Use one of: {', '.join(allowed)}.",
+                )
+            items[key] = value_node
+        return items
+
+    def scalar(self, node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, "expected a single value here, not a list or mapping.")
+        return yaml.safe_load(yaml.serialize(node))
+
+    def plain(self, node: yaml.Node) -> Any:
+        return yaml.safe_load(yaml.serialize(node))
+
+
+_ENV_KEYS = (
+    "description",
+    "cluster",
+    "release",
+    "namespace",
+    "secrets",
+    "urls",
+    "grafana",
+    "timeouts",
+    "gated_by",
+    "components",
+)
+
+
+def load(root: Path = PROJECT_ROOT) -> Registry:
+    """Load and check the registry; every error names the file and line."""
+    path = root / REGISTRY_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RegistryError(
+            f"{REGISTRY_FILE} is missing.",
+            "Restore it from git: git checkout -- config/",
+        ) from None
+    try:
+        reader = _Reader(REGISTRY_FILE, text)
+    except yaml.YAMLError as error:
+        raise RegistryError(f"{REGISTRY_FILE} is not valid YAML: {error}") from None
+    top = reader.mapping(
+        reader.root_node,
+        "the top level",
+        ("chart", "repository_mirrors", "environments"),
+    )
+    if "environments" not in top:
+        raise reader.fail(reader.root_node, "no `environments:` mapping.")
+    env_nodes = reader.mapping(top["environments"], "environments", ())
+    envs = {name: _environment(reader, name, body) for name, body in env_nodes.items()}
+    for env in envs.values():
+        if env.gated_by is not None and env.gated_by not in envs:
+            raise reader.fail(
+                env_nodes[env.name],
+                f"environment {env.name!r} is gated by {env.gated_by!r}, which is not defined.",
+                f"Define it or use one of: {', '.join(envs)}.",
+            )
+    _check_no_gate_cycle(reader, envs, env_nodes)
+    chart = Path(reader.scalar(top["chart"])) if "chart" in top else Path("mybinder")
+    mirrors = reader.plain(top["repository_mirrors"]) if "repository_mirrors" in top else {}
+    return Registry(envs, chart, dict(mirrors or {}))
+
+
+def _check_no_gate_cycle(
+    reader: _Reader, envs: dict[str, Environment], nodes: dict[str, yaml.Node]
+) -> None:
+    for env in envs.values():
+        seen = [env.name]
+        current = env.gated_by
+        while current is not None:
+            if current in seen:
+                raise reader.fail(
+                    nodes[env.name],
+                    f"the gates form a loop: {' -> '.join([*seen, current])}.",
+                    "An environment cannot be gated by itself, directly or through others.",
+                )
+            seen.append(current)
+            current = envs[current].gated_by
+
+
+def _environment(reader: _Reader, name: str, node: yaml.Node) -> Environment:
+    where = f"environment {name!r}"
+    items = reader.mapping(node, where, _ENV_KEYS)
+    for required in ("cluster", "release", "namespace", "secrets"):
+        if required not in items:
+            raise reader.fail(node, f"{where} has no `{required}:`.")
+    secrets = reader.mapping(items["secrets"], f"{where} secrets", ("dir", "key"))
+    return Environment(
+        name=name,
+        description=str(reader.scalar(items["description"])) if "description" in items else "",
+        cluster=_cluster(reader, where, items["cluster"]),
+        release=str(reader.scalar(items["release"])),
+        namespace=str(reader.scalar(items["namespace"])),
+        secrets_dir=Path(str(reader.scalar(secrets["dir"])))
+        if "dir" in secrets
+        else Path("secrets"),
+        key=_key_source(reader, where, secrets.get("key"), items["secrets"]),
+        urls={k: str(v) for k, v in (reader.plain(items["urls"]) or {}).items()}
+        if "urls" in items
+        else {},
+        grafana=_grafana(reader, where, items["grafana"]) if "grafana" in items else None,
+        timeouts=_timeouts(reader, where, items["timeouts"]) if "timeouts" in items else Timeouts(),
+        gated_by=reader.scalar(items["gated_by"]) if "gated_by" in items else None,
+        components={k: bool(v) for k, v in (reader.plain(items["components"]) or {}).items()}
+        if "components" in items
+        else {},
+    )
+
+
+def _cluster(reader: _Reader, where: str, node: yaml.Node) -> ClusterAccess:
+    fields = (
+        "kind",
+        "name",
+        "kubeconfig",
+        "project",
+        "zone",
+        "cluster",
+        "key_file",
+    )
+    items = reader.mapping(node, f"{where} cluster", fields)
+    kind = reader.scalar(items["kind"]) if "kind" in items else None
+    if kind not in CLUSTER_KINDS:
+        raise reader.fail(
+            items.get("kind", node),
+            f"{where} cluster: kind must be one of {', '.join(CLUSTER_KINDS)}, not {kind!r}.",
+        )
+    needed = {
+        "local": ("name",),
+        "kubeconfig": ("kubeconfig",),
+        "gke": ("project", "zone", "cluster", "key_file"),
+    }
+    for key in needed[kind]:
+        if key not in items:
+            raise reader.fail(node, f"{where} cluster of kind {kind} needs `{key}:`.")
+    values = {k: str(reader.scalar(v)) for k, v in items.items() if k != "kind"}
+    local_name = values.pop("name", "")
+    return ClusterAccess(kind=kind, local_name=local_name, **values)
+
+
+def _key_source(
+    reader: _Reader, where: str, node: yaml.Node | None, parent: yaml.Node
+) -> KeySource:
+    if node is None:
+        raise reader.fail(parent, f"{where} secrets has no `key:` saying how to unlock them.")
+    every_field = {"source", "name"}
+    for required, optional in KEY_SOURCES.values():
+        every_field.update(required, optional)
+    items = reader.mapping(node, f"{where} secrets key", tuple(sorted(every_field)))
+    source = reader.scalar(items["source"]) if "source" in items else None
+    if source not in KEY_SOURCES:
+        raise reader.fail(
+            items.get("source", node),
+            f"{where} secrets key: source must be one of {', '.join(KEY_SOURCES)}, not {source!r}.",
+        )
+    required, optional = KEY_SOURCES[source]
+    for key in required:
+        if key not in items:
+            raise reader.fail(node, f"{where} secrets key of source {source} needs `{key}:`.")
+    for key in items:
+        if key not in ("source", "name", *required, *optional):
+            raise reader.fail(
+                items[key],
+                f"{where} secrets key of source {source} has no use for `{key}:`.",
+            )
+    values = {k: str(reader.scalar(v)) for k, v in items.items() if k not in ("source", "name")}
+    key_name = str(reader.scalar(items["name"])) if "name" in items else ""
+    return KeySource(source=source, key_name=key_name, **values)
+
+
+def _grafana(reader: _Reader, where: str, node: yaml.Node) -> Grafana | None:
+    if isinstance(node, yaml.ScalarNode) and reader.scalar(node) in (None, False):
+        return None
+    fields = (
+        "url",
+        "token_file",
+        "token_env",
+        "dashboard_uid",
+        "org_id",
+        "tags",
+        "strict",
+    )
+    items = reader.mapping(node, f"{where} grafana", fields)
+    if "url" not in items:
+        raise reader.fail(node, f"{where} grafana needs `url:` (or `grafana: null` to skip it).")
+    plain = {k: reader.plain(v) for k, v in items.items()}
+    return Grafana(
+        url=str(plain["url"]).rstrip("/"),
+        token_file=str(plain.get("token_file") or ""),
+        token_env=str(plain.get("token_env") or ""),
+        dashboard_uid=str(plain.get("dashboard_uid") or ""),
+        org_id=int(plain["org_id"]) if plain.get("org_id") is not None else None,
+        tags=tuple(str(t) for t in plain.get("tags") or ()),
+        strict=bool(plain.get("strict", False)),
+    )
+
+
+def _timeouts(reader: _Reader, where: str, node: yaml.Node) -> Timeouts:
+    items = reader.mapping(node, f"{where} timeouts", ("upgrade", "rollout", "smoke"))
+    values: dict[str, int] = {}
+    for key, value_node in items.items():
+        value = reader.scalar(value_node)
+        if not isinstance(value, int) or value <= 0:
+            raise reader.fail(
+                value_node,
+                f"{where} timeouts.{key} must be a whole number of seconds, not {value!r}.",
+            )
+        values[key] = value
+    return Timeouts(**values)

@@ -1,0 +1,118 @@
+"""The one door through which the pipeline runs commands.
+
+Dry-run, secret masking, the tool search path and error capture hook in here
+once, so no step has to think about them.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from invoke import Context
+from invoke.exceptions import CommandTimedOut
+
+from tasks.errors import CommandFailed, StepFailure
+from tasks.output import MaskedStream, masker, say
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    """What a command printed and how it ended."""
+
+    stdout: str
+    stderr: str
+    exit_code: int
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass
+class Runner:
+    """Runs commands for one step, through the invoke context.
+
+    With `dry_run`, every command that would change something (or reach a
+    cluster or service) is printed instead of run, and a successful empty
+    result comes back. `env` holds variables added to every command's
+    environment, such as KUBECONFIG; the operator's own environment is never
+    modified.
+    """
+
+    c: Context
+    dry_run: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = PROJECT_ROOT
+    tool_dirs: list[Path] = field(default_factory=list)
+
+    def with_env(self, **extra: str) -> Runner:
+        """A runner whose commands also get `extra` environment variables."""
+        return Runner(self.c, self.dry_run, {**self.env, **extra}, self.cwd, self.tool_dirs)
+
+    def describe(self, command: Sequence[str]) -> str:
+        return masker.mask(shlex.join(str(part) for part in command))
+
+    def run(
+        self,
+        command: Sequence[str | Path],
+        *,
+        check: bool = True,
+        quiet: bool = False,
+        timeout: float | None = None,
+        touches_nothing: bool = False,
+    ) -> Result:
+        """Run `command` and return its result.
+
+        `quiet` captures the output instead of streaming it. `check` raises
+        CommandFailed on a non-zero exit. `touches_nothing` marks a purely
+        local, read-only command that may run even in a dry run (such as
+        `git rev-parse`).
+        """
+        line = shlex.join(str(part) for part in command)
+        if self.dry_run and not touches_nothing:
+            say(f"[dry-run] {self._env_prefix()}{masker.mask(line)}")
+            return Result("", "", 0, dry_run=True)
+        if not quiet:
+            say(f"$ {masker.mask(line)}")
+        try:
+            result = self.c.run(
+                line,
+                env=self._command_env(),
+                hide=bool(quiet),
+                warn=True,
+                pty=False,
+                in_stream=False,
+                out_stream=None if quiet else MaskedStream(sys.stdout),
+                err_stream=None if quiet else MaskedStream(sys.stderr),
+                timeout=timeout,
+            )
+        except CommandTimedOut as timed_out:
+            raise StepFailure(
+                f"`{masker.mask(line)}` did not finish within {timed_out.timeout:g} seconds.",
+                "Check the cluster and the network; raise the step's timeout in "
+                "config/environments.yaml if this environment is just slow.",
+            ) from None
+        # invoke raises UnexpectedExit only without warn=True; failures arrive here.
+        outcome = Result(result.stdout, result.stderr, result.exited)
+        if check and not outcome.ok:
+            raise CommandFailed(line, outcome.exit_code, outcome.stdout, outcome.stderr)
+        return outcome
+
+    def _command_env(self) -> dict[str, str]:
+        env = dict(self.env)
+        if self.tool_dirs:
+            path = os.pathsep.join(str(d) for d in self.tool_dirs)
+            env["PATH"] = path + os.pathsep + os.environ.get("PATH", "")
+        return env
+
+    def _env_prefix(self) -> str:
+        shown = {k: v for k, v in self.env.items() if k != "PATH"}
+        return "".join(f"{k}={shlex.quote(masker.mask(v))} " for k, v in sorted(shown.items()))
