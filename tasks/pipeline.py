@@ -1,0 +1,198 @@
+"""What every step shares: its context, its timing, and how it fails.
+
+A step's task is thin: it calls `perform(...)` with the step's name, the
+environment and the domain function that does the work. `perform` loads the
+registry, opens the cluster credentials when the step needs them, folds and
+times the output, records the result for the summary, and turns a failure
+into one screen of explanation: which step, which environment, why, and what
+to do. No traceback reaches the operator.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import cache
+
+from invoke import Context
+from invoke.exceptions import Exit
+
+from tasks import registry as registry_module
+from tasks.errors import CommandFailed, StepFailure
+from tasks.output import StepRecord, Stopwatch, folded, format_seconds, masker, say, summary
+from tasks.registry import Environment, Registry
+from tasks.runner import PROJECT_ROOT, Runner
+
+
+@dataclass
+class StepContext:
+    """What a step's domain function gets: where it runs and how to run commands."""
+
+    c: Context
+    registry: Registry
+    env: Environment | None
+    runner: Runner
+    dry_run: bool
+    step: str
+
+    @property
+    def environment(self) -> Environment:
+        if self.env is None:
+            raise StepFailure("This step needs an environment.", "Pass --env=NAME.")
+        return self.env
+
+
+class Skipped(Exception):
+    """Raised by a step that has nothing to do; its message says why."""
+
+
+class Stop(Exception):
+    """A step failed; the pipeline stops here. Already reported."""
+
+    def __init__(self, step: str, env: str, failure: StepFailure) -> None:
+        self.step = step
+        self.env = env
+        self.failure = failure
+        super().__init__(f"{step} failed on {env}")
+
+
+@cache
+def load_registry() -> Registry:
+    return registry_module.load(PROJECT_ROOT)
+
+
+# Opens the credentials of an environment's cluster for a step's duration and
+# yields the extra environment variables (KUBECONFIG, ...) its commands need.
+# Set by tasks.access at import time; a seam so the pipeline does not import it.
+ClusterAccessOpener = Callable[[StepContext], AbstractContextManager[dict[str, str]]]
+_cluster_access: list[ClusterAccessOpener] = []
+
+
+def register_cluster_access(opener: ClusterAccessOpener) -> None:
+    _cluster_access[:] = [opener]
+
+
+_depth = 0
+
+
+@contextmanager
+def invocation() -> Iterator[None]:
+    """The outermost task of a run prints the summary and sets the exit code."""
+    global _depth
+    _depth += 1
+    outermost = _depth == 1
+    if outermost:
+        summary.reset()
+    try:
+        yield
+    except Stop as stop:
+        if not outermost:
+            raise
+        _finish()
+        raise Exit(_failure_screen(stop), code=1) from None
+    except KeyboardInterrupt:
+        if not outermost:
+            raise
+        _finish()
+        raise Exit("Interrupted. Nothing further was started.", code=130) from None
+    else:
+        if outermost:
+            _finish()
+    finally:
+        _depth -= 1
+
+
+def _finish() -> None:
+    if len(summary.records) > 1 or summary.warnings:
+        say("")
+        say(summary.table())
+
+
+def _failure_screen(stop: Stop) -> str:
+    failure = stop.failure
+    lines = [f"FAILED: {stop.step} on {stop.env or 'no environment'}", f"  why: {failure.why}"]
+    if failure.fix:
+        lines.append(f"  fix: {failure.fix}")
+    if failure.details:
+        lines.append("  last output:")
+        lines += [f"    {line}" for line in failure.details.splitlines()[-12:]]
+    return masker.mask("\n".join(lines))
+
+
+def perform(
+    c: Context,
+    step: str,
+    env_name: str | None,
+    action: Callable[[StepContext], str | None],
+    *,
+    dry_run: bool = False,
+    needs_env: bool = True,
+    needs_cluster: bool = False,
+) -> None:
+    """Run one step of the pipeline: time it, report it, explain its failure."""
+    with invocation():
+        watch = Stopwatch()
+        env: Environment | None = None
+        try:
+            registry = load_registry()
+            env = registry.get(env_name) if (needs_env or env_name) else None
+        except StepFailure as failure:
+            _record(step, env_name or "", "failed", watch, failure.why)
+            raise Stop(step, env_name or "", failure) from None
+        env_label = env.name if env else ""
+        title = f"{step} [{env_label}]" if env_label else step
+        ctx = StepContext(c, registry, env, Runner(c, dry_run=dry_run), dry_run, step)
+        with folded(title + (" (dry run)" if dry_run else "")):
+            try:
+                access = (
+                    _cluster_access[0](ctx)
+                    if needs_cluster and _cluster_access
+                    else nullcontext({})
+                )
+                with access as extra_env:
+                    ctx.runner = ctx.runner.with_env(**extra_env)
+                    note = action(ctx) or ""
+            except Skipped as skipped:
+                say(f"skipped: {skipped}")
+                _record(step, env_label, "skipped", watch, str(skipped))
+                return
+            except StepFailure as failure:
+                _record(step, env_label, "failed", watch, failure.why)
+                raise Stop(step, env_label, failure) from None
+            except CommandFailed as failed:
+                failure = StepFailure(
+                    f"`{failed.command}` exited with {failed.exit_code}.", details=failed.tail()
+                )
+                _record(step, env_label, "failed", watch, failure.why)
+                raise Stop(step, env_label, failure) from None
+            except KeyboardInterrupt:
+                _record(step, env_label, "interrupted", watch, "interrupted")
+                raise
+            except Exception as bug:
+                if os.environ.get("DEPLOY_DEBUG"):
+                    raise
+                failure = StepFailure(
+                    f"Unexpected {type(bug).__name__}: {bug}",
+                    "This is a bug in the pipeline. Run again with DEPLOY_DEBUG=1 for the "
+                    "traceback and report it.",
+                )
+                _record(step, env_label, "failed", watch, failure.why)
+                raise Stop(step, env_label, failure) from None
+        result = "dry-run" if dry_run else "ok"
+        _record(step, env_label, result, watch, note)
+        say(f"{step}: {result} in {format_seconds(watch.seconds)}" + (f" — {note}" if note else ""))
+
+
+def _record(step: str, env: str, result: str, watch: Stopwatch, note: str) -> None:
+    summary.add(StepRecord(step, env, result, watch.seconds, note))
+
+
+def confirm(question: str) -> bool:
+    """Ask the operator; outside a terminal, the answer is no."""
+    if not sys.stdin.isatty():
+        return False
+    answer = input(f"{question} [y/N] ").strip().lower()
+    return answer in ("y", "yes")
