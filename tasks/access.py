@@ -59,10 +59,10 @@ def open_cluster(ctx: StepContext) -> Iterator[dict[str, str]]:
 
 
 def _local_kubeconfig(ctx: StepContext) -> Path:
-    from tasks.cluster import local
+    from tasks.cluster import clusters
 
     name = ctx.environment.cluster.local_name
-    path = local.kubeconfig(name)
+    path = clusters.kubeconfig(name)
     if not ctx.dry_run and not path.exists():
         raise StepFailure(
             f"The local cluster {name!r} is not running (no kubeconfig at {path}).",

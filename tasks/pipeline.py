@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from invoke import Context
 from invoke.exceptions import Exit
@@ -73,6 +74,21 @@ _cluster_access: list[ClusterAccessOpener] = []
 
 def register_cluster_access(opener: ClusterAccessOpener) -> None:
     _cluster_access[:] = [opener]
+
+
+def pinned_tool_dirs() -> list[Path]:
+    """Where the pinned helm and kubectl live; searched before anything on PATH."""
+    from tasks.cluster import tools
+
+    dirs: list[Path] = []
+    for name in ("helm", "kubectl"):
+        try:
+            folder = tools.binary(name).parent
+        except Exit:
+            continue
+        if folder not in dirs:
+            dirs.append(folder)
+    return dirs
 
 
 _depth = 0
@@ -144,7 +160,8 @@ def perform(
             raise Stop(step, env_name or "", failure) from None
         env_label = env.name if env else ""
         title = f"{step} [{env_label}]" if env_label else step
-        ctx = StepContext(c, registry, env, Runner(c, dry_run=dry_run), dry_run, step)
+        runner = Runner(c, dry_run=dry_run, tool_dirs=pinned_tool_dirs())
+        ctx = StepContext(c, registry, env, runner, dry_run, step)
         with folded(title + (" (dry run)" if dry_run else "")):
             try:
                 access = (

@@ -7,6 +7,7 @@ runs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,17 @@ def load(root: Path = PROJECT_ROOT) -> Registry:
     _check_no_gate_cycle(reader, envs, env_nodes)
     chart = Path(reader.scalar(top["chart"])) if "chart" in top else Path("mybinder")
     mirrors = reader.plain(top["repository_mirrors"]) if "repository_mirrors" in top else {}
-    return Registry(envs, chart, dict(mirrors or {}))
+    return Registry(envs, chart, {**(mirrors or {}), **mirrors_from_environment()})
+
+
+def mirrors_from_environment() -> dict[str, str]:
+    """DEPLOY_CHART_MIRRORS="URL=MIRROR,URL=MIRROR": mirrors for one run, e.g. in CI."""
+    mirrors: dict[str, str] = {}
+    for pair in os.environ.get("DEPLOY_CHART_MIRRORS", "").split(","):
+        if "=" in pair:
+            original, mirror = pair.split("=", 1)
+            mirrors[original.strip()] = mirror.strip()
+    return mirrors
 
 
 def _check_no_gate_cycle(

@@ -1,0 +1,201 @@
+"""The pipeline in one screen: deploy, ci and the local demo.
+
+A deploy of an environment is a stage: an invoke task whose pre-tasks are
+its gate's stage (staging for prod), then its own steps in the reference
+document's order:
+
+    decrypt-secrets -> helm-deps -> annotate-grafana -> upgrade -> wait-rollout -> smoke-test
+
+invoke's executor expands the pre-tasks depth first, so the gate's whole
+chain, smoke tests included, runs before the first step of the gated
+environment, and its de-duplication runs the steps both share
+(decrypt-secrets, helm-deps) once. A failing step raises, and nothing after
+it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from invoke import Call, Collection, Context, Executor, Task, call, task
+from invoke.exceptions import Exit
+
+from tasks import charts, grafana, release, rollout, secrets, smoke
+from tasks.output import folded, say, warn
+from tasks.pipeline import StepContext, Stop, confirm, invocation, load_registry, perform
+from tasks.registry import Environment, Registry
+
+ENV_STEPS = (grafana.annotate_grafana, release.upgrade, rollout.wait_rollout, smoke.smoke_test)
+
+
+def stage(registry: Registry, env: Environment, target: str, dry_run: bool) -> Task:
+    """The invoke task that deploys `env`, with its gate's stage as its first pre-task."""
+    pre: list[Call | Task] = []
+    if env.gated_by:
+        pre.append(stage(registry, registry.get(env.gated_by), target, dry_run))
+    pre += [
+        call(secrets.decrypt_secrets, env=target, dry_run=dry_run),
+        call(charts.helm_deps, dry_run=dry_run),
+    ]
+    pre += [call(step, env=env.name, dry_run=dry_run) for step in ENV_STEPS]
+
+    def passed(c: Context) -> None:
+        grafana.close_region(env.name, "success")
+        say(f"{env.name}: deployed and validated" + (" (dry run)" if dry_run else ""))
+
+    return Task(passed, name=f"deploy-{env.name}", pre=pre)
+
+
+def plan(registry: Registry, target: str, dry_run: bool = False) -> list[Call]:
+    """Every step call a deploy of `target` makes, in order, shared steps once."""
+    final = stage(registry, registry.get(target), target, dry_run)
+    executor = Executor(Collection(final))
+    return executor.dedupe(executor.expand_calls([Call(final)]))
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """CI cancels a job with SIGTERM: treat it like Ctrl-C so the run ends cleanly."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_deploy(c: Context, target: str, dry_run: bool, yes: bool) -> None:
+    registry = load_registry()
+    env = registry.get(target)
+    chain = registry.chain(target)
+    say("deploy plan: " + " -> ".join(e.name for e in chain))
+    asks = env.gated_by and not (yes or dry_run or os.environ.get("CI"))
+    question = f"Deploy to {target} (after {' -> '.join(e.name for e in chain[:-1])})?"
+    if asks and not confirm(question):
+        raise Exit("Not confirmed; nothing was deployed. Pass --yes to skip the question.")
+    final = stage(registry, env, target, dry_run)
+    try:
+        with _sigterm_as_interrupt():
+            Executor(Collection(final), config=c.config).execute(final.name)
+    except Stop as stop:
+        grafana.close_regions("failure", stop.step)
+        raise
+    except KeyboardInterrupt:
+        grafana.close_regions("interrupted")
+        raise
+
+
+@task(
+    help={
+        "env": "The environment to deploy; its gates (e.g. staging for prod) deploy first.",
+        "dry_run": "Print every command of every step, in order, secrets masked; touch nothing.",
+        "yes": "Do not ask for confirmation before deploying a gated environment.",
+        "rollback_on_failure": "Roll the target back if its wait-rollout or smoke-test fails.",
+    }
+)
+def deploy(
+    c: Context,
+    env: str | None = None,
+    dry_run: bool = False,
+    yes: bool = False,
+    rollback_on_failure: bool = False,
+) -> None:
+    """Deploy an environment: its gate's full chain first, then its own."""
+    with invocation():
+        if env is None:
+            perform(c, "deploy", None, lambda ctx: None)  # reports the known environments
+        try:
+            run_deploy(c, env, dry_run, yes)
+        except Stop as stop:
+            if (
+                rollback_on_failure
+                and stop.env == env
+                and stop.step in ("wait-rollout", "smoke-test")
+            ):
+                warn(f"{stop.step} failed on {env}: rolling {env} back to its previous revision.")
+                release.rollback(c, env=env)
+            raise
+
+
+def pull_request_ci() -> bool | None:
+    """True on a pull request, False on a branch push, None when not in a known CI."""
+    if os.environ.get("GITHUB_EVENT_NAME"):
+        return os.environ["GITHUB_EVENT_NAME"] in ("pull_request", "pull_request_target")
+    if os.environ.get("TRAVIS_PULL_REQUEST"):
+        return os.environ["TRAVIS_PULL_REQUEST"] != "false"
+    if os.environ.get("CI_PULL_REQUEST") is not None:
+        return os.environ["CI_PULL_REQUEST"] not in ("", "false", "0")
+    return None
+
+
+def ci_branch() -> str:
+    for variable in ("GITHUB_REF_NAME", "TRAVIS_BRANCH", "CI_BRANCH"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    return ""
+
+
+@task(
+    help={
+        "env": "Environment a main-branch build deploys (default: prod).",
+        "branch": "The branch whose pushes deploy (default: main).",
+        "pull_request": "Force pull-request mode (validate only), whatever the CI variables say.",
+        "tests": "Run the project's tests in pull-request mode (--no-tests skips them).",
+    }
+)
+def ci(
+    c: Context,
+    env: str = "prod",
+    branch: str = "main",
+    pull_request: bool = False,
+    tests: bool = True,
+) -> None:
+    """What CI runs: validate offline on pull requests, deploy on the main branch."""
+    is_pr = True if pull_request else pull_request_ci()
+    with invocation():
+        if is_pr is None:
+            say("No CI pull-request variables found: validating only (as for a pull request).")
+            is_pr = True
+        if is_pr or ci_branch() not in ("", branch):
+            validate_offline(c, tests)
+            return
+        run_deploy(c, env, dry_run=False, yes=True)
+
+
+def validate_offline(c: Context, tests: bool = True) -> None:
+    """The pull-request checks: YAML lint, encrypted paths, helm template, the tests."""
+    perform(c, "yaml-lint", None, charts.lint_repository_yaml, needs_env=False)
+    secrets.check_secrets(c)
+    charts.validate(c)
+    if tests:
+        perform(c, "tests", None, run_project_tests, needs_env=False)
+
+
+def run_project_tests(ctx: StepContext) -> str:
+    with folded("pytest"):
+        ctx.runner.run(["python", "-m", "pytest", "-q", "-m", "not cluster", "tests"])
+    return "project tests passed"
+
+
+@task(help={"dry_run": "Print the plan; start and deploy nothing."})
+def demo(c: Context, dry_run: bool = False) -> None:
+    """The whole chain on the local clusters: local-staging, then local-prod."""
+    from tasks import chartrepo
+    from tasks.cluster import clusters, tools
+
+    with invocation():
+        if not dry_run:
+            for name in clusters.DEMO_CLUSTERS:
+                if not clusters.is_up(name):
+                    tools.ensure_built(echo=say)
+                    clusters.up(name, echo=say)
+        with chartrepo.mirror_upstream(tools.binary("helm")):
+            load_registry.cache_clear()
+            run_deploy(c, "local-prod", dry_run=dry_run, yes=True)

@@ -1,0 +1,382 @@
+"""helm-deps: the chart's dependencies, at exactly the pinned versions.
+
+The pipeline fetches dependencies itself rather than through `helm dependency
+build`, for three reasons the reference document and mybinder's history
+give: chart repositories flake (DNS, CDN, 5xx) and deserve retries with
+backoff; a version that is not yet in a repository's index deserves an
+explanation listing what is there; and sites without outside access need a
+mirror map. The archives land in `mybinder/charts/` exactly as helm expects
+them, each checked against the digest the repository's index publishes.
+When they are already there, the step finishes without touching the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin
+
+import requests
+import yaml
+from invoke import Context, task
+
+from tasks import values as values_module
+from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
+from tasks.output import masker, say
+from tasks.pipeline import Skipped, StepContext, invocation, load_registry, perform
+from tasks.registry import Environment
+from tasks.runner import PROJECT_ROOT
+
+RETRY_DELAYS = (1.0, 3.0, 9.0)
+HTTP_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class Dependency:
+    name: str
+    version: str
+    repository: str
+
+    @property
+    def archive(self) -> str:
+        return f"{self.name}-{self.version}.tgz"
+
+
+class FetchError(Exception):
+    pass
+
+
+def pinned_dependencies(chart_dir: Path) -> list[Dependency]:
+    """The dependencies Chart.yaml asks for, at the versions Chart.lock pins.
+
+    Chart.yaml must pin exact versions, and Chart.lock must agree with it:
+    a range would let two deploys of the same commit get different charts.
+    """
+    chart_file = chart_dir / "Chart.yaml"
+    lock_file = chart_dir / "Chart.lock"
+    wanted = (yaml.safe_load(chart_file.read_text()) or {}).get("dependencies") or []
+    if not wanted:
+        return []
+    if not lock_file.exists():
+        raise StepFailure(
+            f"{lock_file.relative_to(PROJECT_ROOT)} is missing, so the dependency versions "
+            "are not pinned.",
+            "Run `helm dependency update mybinder` where the chart repositories are "
+            "reachable, and commit Chart.lock.",
+        )
+    locked = {
+        entry["name"]: entry
+        for entry in (yaml.safe_load(lock_file.read_text()) or {}).get("dependencies") or []
+    }
+    pinned = []
+    for entry in wanted:
+        name, version, repository = entry["name"], str(entry["version"]), entry["repository"]
+        lock = locked.get(name)
+        if lock is None or str(lock["version"]) != version or lock["repository"] != repository:
+            raise StepFailure(
+                f"Chart.lock is out of date for {name}: Chart.yaml asks for {version} from "
+                f"{repository}, Chart.lock pins "
+                + (f"{lock['version']} from {lock['repository']}" if lock else "nothing")
+                + ".",
+                "Run `helm dependency update mybinder` and commit Chart.lock with Chart.yaml.",
+            )
+        pinned.append(Dependency(name, version, repository))
+    return pinned
+
+
+def archive_is_valid(path: Path, dependency: Dependency) -> bool:
+    """The archive exists and holds the chart and version it is named for."""
+    if not path.is_file():
+        return False
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            member = archive.extractfile(f"{dependency.name}/Chart.yaml")
+            if member is None:
+                return False
+            meta = yaml.safe_load(member.read()) or {}
+    except (tarfile.TarError, KeyError, OSError, EOFError, yaml.YAMLError):
+        return False
+    return meta.get("name") == dependency.name and str(meta.get("version")) == dependency.version
+
+
+def fetch_with_retries(
+    url: str,
+    *,
+    delays: tuple[float, ...] = RETRY_DELAYS,
+    get: Callable[..., requests.Response] = requests.get,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bytes:
+    """GET `url`, retrying timeouts, DNS and connection errors and 5xx with backoff."""
+    last_error = ""
+    for attempt in range(len(delays) + 1):
+        try:
+            response = get(url, timeout=HTTP_TIMEOUT)
+        except requests.RequestException as error:
+            last_error = _network_reason(error)
+        else:
+            if response.status_code < 400:
+                return response.content
+            last_error = f"HTTP {response.status_code} {response.reason}"
+            if response.status_code < 500:
+                raise FetchError(last_error)
+        if attempt < len(delays):
+            say(f"  {url}: {last_error}; retrying in {delays[attempt]:g}s")
+            sleep(delays[attempt])
+    raise FetchError(f"{last_error} (after {len(delays) + 1} attempts)")
+
+
+def _network_reason(error: requests.RequestException) -> str:
+    text = str(error)
+    if isinstance(error, requests.Timeout):
+        return "timed out"
+    if "Name or service not known" in text or "getaddrinfo" in text or "NameResolution" in text:
+        return "DNS lookup failed"
+    if isinstance(error, requests.ConnectionError):
+        return "connection failed"
+    return type(error).__name__
+
+
+def mirrored(repository: str, mirrors: dict[str, str]) -> str:
+    for original, mirror in mirrors.items():
+        if repository.rstrip("/") == original.rstrip("/"):
+            return mirror
+    return repository
+
+
+def _index(repository: str, mirrors: dict[str, str], cache: dict[str, dict]) -> tuple[str, dict]:
+    base = mirrored(repository, mirrors).rstrip("/") + "/"
+    if base not in cache:
+        url = urljoin(base, "index.yaml")
+        try:
+            cache[base] = yaml.safe_load(fetch_with_retries(url)) or {}
+        except FetchError as error:
+            shown = (
+                base if base == repository.rstrip("/") + "/" else f"{base} (mirror of {repository})"
+            )
+            raise StepFailure(
+                f"Could not fetch the index of the chart repository {shown}: {error}.",
+                "The repository or the network is having difficulties; re-run the step. "
+                "For a network without outside access, add a mirror under "
+                "`repository_mirrors` in config/environments.yaml.",
+            ) from None
+    return base, cache[base]
+
+
+def _newest(versions: list[str], count: int = 5) -> list[str]:
+    def key(version: str) -> tuple:
+        core, _, pre = version.partition("-")
+        numbers = tuple(int(p) if p.isdigit() else 0 for p in core.split("."))
+        return (numbers, pre == "", pre)
+
+    return sorted(versions, key=key, reverse=True)[:count]
+
+
+def download(dependency: Dependency, charts_dir: Path, mirrors: dict[str, str], cache: dict) -> str:
+    """Fetch one dependency archive into charts_dir, checked against the index digest."""
+    base, index = _index(dependency.repository, mirrors, cache)
+    entries = (index.get("entries") or {}).get(dependency.name) or []
+    entry = next((e for e in entries if str(e.get("version")) == dependency.version), None)
+    if entry is None:
+        offered = _newest([str(e.get("version")) for e in entries])
+        raise StepFailure(
+            f"Can't get a valid version for {dependency.name}: {dependency.version} is not in "
+            f"the index of {dependency.repository}. "
+            + (
+                f"The newest versions it offers: {', '.join(offered)}."
+                if offered
+                else f"The repository has no chart called {dependency.name}."
+            ),
+            "If the version was merged upstream recently, it may not be published yet: wait "
+            "until it appears in the repository's index.yaml before bumping it in "
+            "mybinder/Chart.yaml. Otherwise fix the version there and in Chart.lock.",
+        )
+    url = urljoin(base, (entry.get("urls") or [dependency.archive])[0])
+    try:
+        content = fetch_with_retries(url)
+    except FetchError as error:
+        raise StepFailure(
+            f"Could not download {dependency.archive} from {url}: {error}.",
+            "The repository or the network is having difficulties; re-run the step.",
+        ) from None
+    digest = entry.get("digest")
+    actual = hashlib.sha256(content).hexdigest()
+    if digest and digest != actual:
+        raise StepFailure(
+            f"{dependency.archive} from {url} does not match the digest in the repository's "
+            f"index (expected sha256 {digest}, got {actual}). It was not saved.",
+            "A mirror or proxy served a different file; re-run, and check the mirror.",
+        )
+    _write_atomically(charts_dir / dependency.archive, content)
+    if not archive_is_valid(charts_dir / dependency.archive, dependency):
+        (charts_dir / dependency.archive).unlink()
+        raise StepFailure(f"{url} did not hold the chart {dependency.name} {dependency.version}.")
+    return actual
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(content)
+    partial.replace(path)
+
+
+def build_dependencies(ctx: StepContext) -> str:
+    """The helm-deps step: make mybinder/charts/ hold exactly the pinned archives."""
+    chart_dir = PROJECT_ROOT / ctx.registry.chart
+    charts_dir = chart_dir / "charts"
+    dependencies = pinned_dependencies(chart_dir)
+    if not dependencies:
+        raise Skipped(f"{ctx.registry.chart}/Chart.yaml has no dependencies")
+    wanted = {d.archive for d in dependencies}
+    stale = [p for p in charts_dir.glob("*.tgz") if p.name not in wanted]
+    missing = [d for d in dependencies if not archive_is_valid(charts_dir / d.archive, d)]
+    if not missing and not stale:
+        raise Skipped(
+            f"{', '.join(sorted(wanted))} already in {charts_dir.relative_to(PROJECT_ROOT)}"
+        )
+    if ctx.dry_run:
+        for dependency in missing:
+            source = mirrored(dependency.repository, ctx.registry.repository_mirrors)
+            say(f"[dry-run] fetch {dependency.archive} from {source}")
+        for path in stale:
+            say(f"[dry-run] remove stale {path.relative_to(PROJECT_ROOT)}")
+        return f"{len(missing)} to fetch"
+    charts_dir.mkdir(exist_ok=True)
+    for path in stale:
+        say(f"removing {path.relative_to(PROJECT_ROOT)}: not pinned by Chart.lock")
+        path.unlink()
+    cache: dict[str, dict] = {}
+    for dependency in missing:
+        source = mirrored(dependency.repository, ctx.registry.repository_mirrors)
+        say(f"fetching {dependency.archive} from {source}")
+        digest = download(dependency, charts_dir, ctx.registry.repository_mirrors, cache)
+        say(f"  saved, sha256 {digest[:16]}…")
+    return f"fetched {', '.join(d.archive for d in missing)}"
+
+
+# -- offline validation -------------------------------------------------------
+
+PLACEHOLDER_SECRETS = Path("config/placeholder-secrets.yaml")
+
+
+def validation_layers(env: Environment) -> tuple[list[Path], list[Path]]:
+    """The values files to render `env` with, and which of them are placeholders.
+
+    A secret layer that is still encrypted (a pull request from a fork, CI
+    without keys) is replaced by the placeholder secrets.
+    """
+    layers: list[Path] = []
+    placeholders: list[Path] = []
+    for path in env.values_files():
+        if values_module.is_locked(path):
+            placeholders.append(path)
+            path = PROJECT_ROOT / PLACEHOLDER_SECRETS
+        if path not in layers:
+            layers.append(path)
+    return layers, placeholders
+
+
+def validate_environment(ctx: StepContext) -> str:
+    """Check every values file, then render and lint the chart as `env` would get it."""
+    env = ctx.environment
+    layers, placeholders = validation_layers(env)
+    problems = values_module.check_files(
+        [p for p in env.values_files() if p not in placeholders], PROJECT_ROOT
+    )
+    if problems:
+        raise StepFailure(
+            f"{len(problems)} problem(s) in the values files of {env.name}.",
+            "Fix each line listed; YAML allows no tab characters in indentation.",
+            details="\n".join(str(p) for p in problems),
+        )
+    for path in layers:
+        if env.secrets_dir in path.relative_to(PROJECT_ROOT).parents:
+            masker.register_tree(values_module.load(path))
+    values_args: list[str] = []
+    for path in layers:
+        values_args += ["--values", str(path.relative_to(PROJECT_ROOT))]
+    chart = str(ctx.registry.chart)
+    for command in (
+        ["helm", "template", env.release, chart, "--namespace", env.namespace, *values_args],
+        ["helm", "lint", chart, "--namespace", env.namespace, *values_args],
+    ):
+        try:
+            ctx.runner.run(command, quiet=True, touches_nothing=True)
+        except CommandFailed as failed:
+            raise explain(
+                failed, RENDER_FAILURES, f"`{command[1]}` failed for {env.name}"
+            ) from None
+    note = f"{len(layers)} values layers rendered and linted"
+    if placeholders:
+        note += f"; placeholders for {len(placeholders)} locked secret file(s)"
+    return note
+
+
+RENDER_FAILURES = (
+    Diagnosis(
+        r"values don't meet the specifications of the schema.*?(at '[^']*'[^\n]*)",
+        "The values do not match mybinder/values.schema.json: {0}.",
+        "Fix that key in the environment's values files.",
+    ),
+    Diagnosis(
+        r"missing in charts/ directory: ([^\n]+)",
+        "The chart's dependencies are not built ({0} missing).",
+        "Run `invoke helm-deps` first.",
+    ),
+    Diagnosis(
+        r"((?:parse error|execution error|template:|YAML parse error|error converting YAML)[^\n]*)",
+        "The chart did not render: {0}",
+        "Fix the template or the value it names.",
+    ),
+)
+
+
+# -- tasks --------------------------------------------------------------------
+
+
+@task(help={"dry_run": "Print what would be fetched; fetch nothing."})
+def helm_deps(c: Context, dry_run: bool = False) -> None:
+    """Fetch the chart's dependencies at exactly the versions Chart.lock pins."""
+    perform(c, "helm-deps", None, build_dependencies, dry_run=dry_run, needs_env=False)
+
+
+@task(
+    help={
+        "env": "Validate this environment only (default: every environment in the registry).",
+    }
+)
+def validate(c: Context, env: str | None = None) -> None:
+    """Check values files and render + lint the chart per environment, offline."""
+    names = [env] if env else list(load_registry().environments)
+    with invocation():
+        for name in names:
+            perform(c, "validate", name, validate_environment)
+
+
+def lint_repository_yaml(ctx: StepContext) -> str:
+    """Tabs, duplicate keys and syntax errors in every YAML file of the repository.
+
+    Chart templates are Go templates, not YAML, and files still encrypted by
+    git-crypt have nothing to read: both are passed over.
+    """
+    listed = ctx.runner.run(
+        ["git", "ls-files", "*.yaml", "*.yml"], quiet=True, touches_nothing=True
+    )
+    templates = PROJECT_ROOT / ctx.registry.chart / "templates"
+    paths = [
+        PROJECT_ROOT / name
+        for name in listed.stdout.split()
+        if (PROJECT_ROOT / name).is_file() and templates not in (PROJECT_ROOT / name).parents
+    ]
+    readable = [p for p in paths if not values_module.is_locked(p)]
+    problems = values_module.check_files(readable, PROJECT_ROOT)
+    if problems:
+        raise StepFailure(
+            f"{len(problems)} YAML problem(s) in the repository.",
+            "Fix each line listed; YAML allows no tab characters in indentation.",
+            details="\n".join(str(p) for p in problems),
+        )
+    return f"{len(readable)} YAML files clean ({len(paths) - len(readable)} encrypted, skipped)"

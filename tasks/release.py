@@ -1,0 +1,432 @@
+"""The helm release of an environment: upgrade, diff, rollback, recovery.
+
+`upgrade` is `helm upgrade --install --cleanup-on-fail` with the layered
+values and no helm-side wait: waiting is wait-rollout's job, because
+cancelling helm during its own wait strands resources. Before it touches the
+cluster it checks everything it can locally, and a release left pending by
+an interrupted deploy is caught before helm trips over it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from invoke import Context, task
+from invoke.exceptions import Exit
+
+from tasks import values as values_module
+from tasks.charts import archive_is_valid, pinned_dependencies
+from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
+from tasks.output import masker, say
+from tasks.pipeline import StepContext, confirm, invocation, perform
+from tasks.registry import Environment
+from tasks.runner import PROJECT_ROOT
+
+PENDING_STATES = ("pending-install", "pending-upgrade", "pending-rollback")
+
+CLUSTER_FAILURES = (
+    Diagnosis(
+        r"another operation \(install/upgrade/rollback\) is in progress",
+        "The release is locked by an earlier helm operation that never finished "
+        "(a deploy that was cancelled or killed mid-way).",
+        "Run `invoke recover-release --env={env}` to roll back to the last deployed revision.",
+    ),
+    Diagnosis(
+        r"(connection refused|no such host|i/o timeout|dial tcp [^ ]+: connect"
+        r"|Kubernetes cluster unreachable|context deadline exceeded|TLS handshake timeout)",
+        "helm could not reach the cluster's API server: the cluster is down, unreachable "
+        "from here, or the kubeconfig points at the wrong address.",
+        "Check the cluster (`invoke doctor --env={env}`; for a local cluster "
+        "`invoke cluster.status`). If it is a cloud cluster, check its status page; "
+        "re-run the step once it answers.",
+    ),
+    Diagnosis(
+        r"(Unauthorized|You must be logged in|forbidden|certificate has expired"
+        r"|x509: certificate|credentials)",
+        "The cluster refused the deployer's credentials (expired, revoked, or lacking "
+        "permission in this namespace).",
+        "Check the credentials in the environment's secrets (`invoke doctor --env={env}` "
+        "checks certificate expiry and `kubectl auth can-i`); renew them if expired.",
+    ),
+    Diagnosis(
+        r"values don't meet the specifications of the schema.*?(at '[^']*'[^\n]*)",
+        "The values do not match the chart's values.schema.json: {0}.",
+        "Fix that key in the environment's values files (config/ or secrets/); "
+        "`invoke validate --env={env}` checks every layer offline.",
+    ),
+    Diagnosis(
+        r"((?:parse error|execution error|template:|YAML parse error)[^\n]*)",
+        "The chart did not render: {0}",
+        "Fix the template or the value it names; `invoke validate --env={env}` renders "
+        "it offline with `helm template`.",
+    ),
+)
+
+
+def _explain(failed: CommandFailed, env: Environment, fallback: str) -> StepFailure:
+    catalogue = [
+        Diagnosis(d.pattern, d.why, d.fix.replace("{env}", env.name)) for d in CLUSTER_FAILURES
+    ]
+    return explain(failed, catalogue, fallback)
+
+
+def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
+    """What upgrade assumes has run before it: secrets unlocked, deps built, values sane."""
+    env = ctx.environment
+    files = env.values_files()
+    locked = [p for p in files if values_module.is_locked(p)]
+    if locked:
+        names = ", ".join(str(p.relative_to(PROJECT_ROOT)) for p in locked)
+        raise StepFailure(
+            f"The secret values {names} are still encrypted.",
+            f"Run `invoke decrypt-secrets --env={env.name}` first (deploy runs it for you).",
+        )
+    problems = values_module.check_files(files, PROJECT_ROOT)
+    if problems:
+        raise StepFailure(
+            f"{len(problems)} problem(s) in the values files of {env.name}; nothing was deployed.",
+            "Fix each line listed; YAML allows no tab characters in indentation.",
+            details="\n".join(str(p) for p in problems),
+        )
+    chart_dir = PROJECT_ROOT / ctx.registry.chart
+    missing = [
+        d.archive
+        for d in pinned_dependencies(chart_dir)
+        if not archive_is_valid(chart_dir / "charts" / d.archive, d)
+    ]
+    if missing and not ctx.dry_run:
+        raise StepFailure(
+            f"The chart's dependencies are not built: {', '.join(missing)} missing from "
+            f"{ctx.registry.chart}/charts/.",
+            "Run `invoke helm-deps` first (deploy runs it for you).",
+        )
+    for path in files:
+        if env.secrets_dir in path.relative_to(PROJECT_ROOT).parents:
+            masker.register_tree(values_module.load(path))
+    return files
+
+
+def release_status(ctx: StepContext) -> str | None:
+    """The release's helm status, or None when it was never installed."""
+    env = ctx.environment
+    try:
+        result = ctx.runner.run(
+            ["helm", "status", env.release, "--namespace", env.namespace, "--output", "json"],
+            quiet=True,
+        )
+    except CommandFailed as failed:
+        if "not found" in failed.output:
+            return None
+        raise _explain(failed, env, "helm could not read the release's status") from None
+    if result.dry_run:
+        return None
+    return json.loads(result.stdout)["info"]["status"]
+
+
+def refuse_if_pending(ctx: StepContext) -> None:
+    status = release_status(ctx)
+    if status in PENDING_STATES:
+        env = ctx.environment
+        raise StepFailure(
+            f"The release {env.release} in namespace {env.namespace} is stuck in {status}: "
+            "an earlier helm operation was interrupted and still holds the release's lock.",
+            f"Run `invoke recover-release --env={env.name}`: it rolls back to the last "
+            "deployed revision (or removes a release that never deployed), after asking.",
+        )
+
+
+def helm_values_args(files: list[Path]) -> list[str]:
+    args: list[str] = []
+    for path in files:
+        args += ["--values", str(path.relative_to(PROJECT_ROOT))]
+    return args
+
+
+def upgrade_release(ctx: StepContext, timeout: int | None = None) -> str:
+    env = ctx.environment
+    files = check_ready_to_deploy(ctx)
+    refuse_if_pending(ctx)
+    seconds = timeout or env.timeouts.upgrade
+    command = [
+        "helm",
+        "upgrade",
+        env.release,
+        str(ctx.registry.chart),
+        "--install",
+        "--cleanup-on-fail",
+        "--create-namespace",
+        "--namespace",
+        env.namespace,
+        "--timeout",
+        f"{seconds}s",
+        *helm_values_args(files),
+    ]
+    try:
+        ctx.runner.run(command, timeout=seconds + 60)
+    except CommandFailed as failed:
+        raise _explain(failed, env, "helm upgrade failed") from None
+    return f"release {env.release} in {env.namespace}"
+
+
+# -- diff ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResourceKey:
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.name}" + (
+            f" (namespace {self.namespace})" if self.namespace else ""
+        )
+
+
+def split_manifest(manifest: str, default_namespace: str) -> dict[ResourceKey, dict]:
+    resources: dict[ResourceKey, dict] = {}
+    for document in yaml.safe_load_all(manifest):
+        if not isinstance(document, dict) or "kind" not in document:
+            continue
+        meta = document.get("metadata") or {}
+        key = ResourceKey(
+            document["kind"], meta.get("namespace") or default_namespace, meta.get("name", "")
+        )
+        resources[key] = document
+    return resources
+
+
+def _masked_secret(document: dict) -> dict:
+    """A Secret with each value replaced by a digest: changes show, values do not."""
+    masked = dict(document)
+    for field in ("data", "stringData"):
+        if isinstance(document.get(field), dict):
+            masked[field] = {
+                key: f"<secret sha256:{hashlib.sha256(str(value).encode()).hexdigest()[:12]}>"
+                for key, value in document[field].items()
+            }
+    return masked
+
+
+def diff_manifests(current: str, proposed: str, namespace: str) -> list[str]:
+    """Unified diffs, resource by resource, with the data of Secrets masked."""
+    before = split_manifest(current, namespace)
+    after = split_manifest(proposed, namespace)
+    chunks: list[str] = []
+    for key in sorted(set(before) | set(after), key=str):
+        old, new = before.get(key), after.get(key)
+        if key.kind == "Secret":
+            old = _masked_secret(old) if old else old
+            new = _masked_secret(new) if new else new
+        old_text = yaml.safe_dump(old, sort_keys=True) if old else ""
+        new_text = yaml.safe_dump(new, sort_keys=True) if new else ""
+        if old_text == new_text:
+            continue
+        label = "added" if not old else "removed" if not new else "changed"
+        lines = difflib.unified_diff(
+            old_text.splitlines(), new_text.splitlines(), "current", "proposed", lineterm=""
+        )
+        chunks.append(f"--- {key}: {label}\n" + masker.mask("\n".join(list(lines)[2:])))
+    return chunks
+
+
+def diff_release(ctx: StepContext) -> list[str]:
+    env = ctx.environment
+    files = check_ready_to_deploy(ctx)
+    status = release_status(ctx)
+    current = ""
+    if status is not None:
+        current = ctx.runner.run(
+            ["helm", "get", "manifest", env.release, "--namespace", env.namespace], quiet=True
+        ).stdout
+    try:
+        rendered = ctx.runner.run(
+            [
+                "helm",
+                "upgrade",
+                env.release,
+                str(ctx.registry.chart),
+                "--install",
+                "--namespace",
+                env.namespace,
+                "--dry-run=server",
+                "--output",
+                "json",
+                *helm_values_args(files),
+            ],
+            quiet=True,
+        )
+    except CommandFailed as failed:
+        raise _explain(failed, env, "helm could not render the upgrade") from None
+    if rendered.dry_run:
+        return []
+    proposed = json.loads(rendered.stdout).get("manifest", "")
+    return diff_manifests(current, proposed, env.namespace)
+
+
+# -- rollback and recovery ----------------------------------------------------
+
+
+def history(ctx: StepContext) -> list[dict]:
+    env = ctx.environment
+    try:
+        result = ctx.runner.run(
+            ["helm", "history", env.release, "--namespace", env.namespace, "--output", "json"],
+            quiet=True,
+        )
+    except CommandFailed as failed:
+        if "not found" in failed.output:
+            return []
+        raise _explain(failed, env, "helm could not read the release's history") from None
+    return [] if result.dry_run else json.loads(result.stdout)
+
+
+def last_good_revision(revisions: list[dict]) -> int | None:
+    """The newest revision that was deployed successfully at some point."""
+    good = [r["revision"] for r in revisions if r.get("status") in ("deployed", "superseded")]
+    return max(good) if good else None
+
+
+def rollback_release(ctx: StepContext, revision: int | None = None) -> str:
+    env = ctx.environment
+    command = ["helm", "rollback", env.release]
+    if revision is not None:
+        command.append(str(revision))
+    command += ["--namespace", env.namespace, "--cleanup-on-fail"]
+    try:
+        ctx.runner.run(command)
+    except CommandFailed as failed:
+        raise _explain(failed, env, "helm rollback failed") from None
+    return f"rolled back to revision {revision}" if revision else "rolled back one revision"
+
+
+def recovery_plan(revisions: list[dict]) -> tuple[str, int | None]:
+    """What recover-release would do: ('rollback', N), ('uninstall', None) or ('nothing', None)."""
+    if not revisions:
+        return ("nothing", None)
+    latest = max(revisions, key=lambda r: r["revision"])
+    if latest.get("status") not in PENDING_STATES:
+        return ("nothing", None)
+    good = last_good_revision(revisions)
+    return ("rollback", good) if good is not None else ("uninstall", None)
+
+
+def recover(ctx: StepContext, approve: Callable[[str], bool]) -> str:
+    env = ctx.environment
+    revisions = history(ctx)
+    action, revision = recovery_plan(revisions)
+    if ctx.dry_run and not revisions:
+        say("[dry-run] would roll back a pending release to its last deployed revision")
+        return "dry run"
+    if action == "nothing":
+        latest = max(revisions, key=lambda r: r["revision"])["status"] if revisions else "absent"
+        return f"nothing to recover: the release is {latest}"
+    what = (
+        f"roll back {env.release} in {env.namespace} to revision {revision}"
+        if action == "rollback"
+        else f"uninstall {env.release} from {env.namespace} (it never deployed successfully)"
+    )
+    if not approve(f"Recover by {what}?"):
+        raise StepFailure(
+            f"Recovery would {what}, and was not confirmed.",
+            "Run again and answer yes, or pass --yes.",
+        )
+    if action == "rollback":
+        return rollback_release(ctx, revision)
+    ctx.runner.run(["helm", "uninstall", env.release, "--namespace", env.namespace])
+    return f"uninstalled {env.release}"
+
+
+# -- tasks --------------------------------------------------------------------
+
+ENV_HELP = "Environment from config/environments.yaml (invoke --help lists none: see the README)."
+DRY_RUN_HELP = "Print every command that would run, secrets masked; touch nothing."
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "timeout": "Seconds helm may spend on the upgrade (default: the registry's, 600).",
+        "dry_run": DRY_RUN_HELP,
+    }
+)
+def upgrade(
+    c: Context, env: str | None = None, timeout: int | None = None, dry_run: bool = False
+) -> None:
+    """helm upgrade --install the site chart with the environment's layered values."""
+    perform(
+        c,
+        "upgrade",
+        env,
+        lambda ctx: upgrade_release(ctx, timeout),
+        dry_run=dry_run,
+        needs_cluster=True,
+    )
+
+
+@task(help={"env": ENV_HELP})
+def diff(c: Context, env: str | None = None) -> None:
+    """Show what an upgrade would change, resource by resource, Secrets masked (exit 2 if any)."""
+    changes: list[str] = []
+
+    def show(ctx: StepContext) -> str:
+        changes.extend(diff_release(ctx))
+        for chunk in changes:
+            say(chunk)
+        return f"{len(changes)} resource(s) would change" if changes else "no change"
+
+    perform(c, "diff", env, show, needs_cluster=True)
+    if changes:
+        raise Exit(code=2)
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "revision": "Revision to roll back to (default: the previous one).",
+        "dry_run": DRY_RUN_HELP,
+    }
+)
+def rollback(
+    c: Context, env: str | None = None, revision: int | None = None, dry_run: bool = False
+) -> None:
+    """Roll the release back, then wait for the rollout."""
+    from tasks.rollout import wait_rollout
+
+    with invocation():
+        perform(
+            c,
+            "rollback",
+            env,
+            lambda ctx: rollback_release(ctx, revision),
+            dry_run=dry_run,
+            needs_cluster=True,
+        )
+        wait_rollout(c, env=env, dry_run=dry_run)
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "yes": "Do not ask for confirmation.",
+        "dry_run": DRY_RUN_HELP,
+    }
+)
+def recover_release(
+    c: Context, env: str | None = None, yes: bool = False, dry_run: bool = False
+) -> None:
+    """Unlock a release stuck in pending-*: roll back to the last deployed revision."""
+    perform(
+        c,
+        "recover-release",
+        env,
+        lambda ctx: recover(ctx, lambda q: yes or confirm(q)),
+        dry_run=dry_run,
+        needs_cluster=True,
+    )

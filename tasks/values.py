@@ -1,0 +1,124 @@
+"""Local checks of values files, secret ones included: nothing leaves this machine.
+
+YAML fails in non-obvious ways; tab characters most of all. Every problem of
+every values file of an environment is reported in one list, each with its
+file, line and column, before helm runs. Messages name keys and positions,
+never values, so a secret file can be checked without printing its content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GIT_CRYPT_HEADER = b"\x00GITCRYPT"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}: {self.message}"
+
+
+class _DuplicateKey(yaml.MarkedYAMLError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise _DuplicateKey(
+                    problem=f"the key {key!r} appears twice in this mapping (first on line "
+                    f"{first}); the second silently replaces the first",
+                    problem_mark=key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def is_locked(path: Path) -> bool:
+    """True when the file is still git-crypt ciphertext."""
+    with path.open("rb") as handle:
+        return handle.read(len(GIT_CRYPT_HEADER)) == GIT_CRYPT_HEADER
+
+
+def check_file(path: Path, shown_as: Path | None = None) -> list[Problem]:
+    """Every tab, duplicate key and syntax error in one values file."""
+    name = shown_as or path
+    if is_locked(path):
+        return [
+            Problem(name, 1, 1, "still encrypted by git-crypt; run `invoke decrypt-secrets` first")
+        ]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    problems = [
+        Problem(
+            name,
+            number,
+            line.index("\t") + 1,
+            "tab character in the indentation: YAML allows only spaces there",
+        )
+        for number, line in enumerate(text.splitlines(), start=1)
+        if "\t" in line[: len(line) - len(line.lstrip())]
+    ]
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        if not any(p.line == line for p in problems):
+            problems.append(Problem(name, line, column, _reason(error)))
+        return problems
+    except yaml.YAMLError as error:
+        return [*problems, Problem(name, 1, 1, str(error).splitlines()[0])]
+    if document is not None and not isinstance(document, dict):
+        problems.append(
+            Problem(name, 1, 1, "a values file must be a mapping of keys, not a list or a value")
+        )
+    return problems
+
+
+def _reason(error: yaml.MarkedYAMLError) -> str:
+    # PyYAML's text can quote the offending line, which may hold a secret.
+    problem = error.problem or "invalid YAML"
+    if error.context:
+        return f"{error.context}: {problem}"
+    return problem
+
+
+def check_files(paths: list[Path], root: Path) -> list[Problem]:
+    problems: list[Problem] = []
+    for path in paths:
+        problems += check_file(path, path.relative_to(root) if path.is_relative_to(root) else path)
+    return problems
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A checked values file as a dict (empty for an empty file)."""
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
+
+
+def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """Merge one values layer over another, as helm does with several -f files."""
+    merged = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        elif value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
