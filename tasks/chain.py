@@ -25,6 +25,7 @@ from invoke import Call, Collection, Context, Executor, Task, call, task
 from invoke.exceptions import Exit
 
 from tasks import charts, grafana, release, rollout, secrets, smoke
+from tasks.errors import StepFailure
 from tasks.output import folded, say, warn
 from tasks.pipeline import StepContext, Stop, confirm, invocation, load_registry, perform
 from tasks.registry import Environment, Registry
@@ -44,7 +45,10 @@ def stage(registry: Registry, env: Environment, target: str, dry_run: bool) -> T
     pre += [call(step, env=env.name, dry_run=dry_run) for step in ENV_STEPS]
 
     def passed(c: Context) -> None:
-        grafana.close_region(env.name, "success")
+        try:
+            grafana.close_region(env.name, "success")
+        except StepFailure as failure:
+            raise Stop("annotate-grafana", env.name, failure) from None
         say(f"{env.name}: deployed and validated" + (" (dry run)" if dry_run else ""))
 
     return Task(passed, name=f"deploy-{env.name}", pre=pre)
@@ -81,15 +85,8 @@ def run_deploy(c: Context, target: str, dry_run: bool, yes: bool) -> None:
     if asks and not confirm(question):
         raise Exit("Not confirmed; nothing was deployed. Pass --yes to skip the question.")
     final = stage(registry, env, target, dry_run)
-    try:
-        with _sigterm_as_interrupt():
-            Executor(Collection(final), config=c.config).execute(final.name)
-    except Stop as stop:
-        grafana.close_regions("failure", stop.step)
-        raise
-    except KeyboardInterrupt:
-        grafana.close_regions("interrupted")
-        raise
+    with _sigterm_as_interrupt(), grafana.regions_closed_on_exit():
+        Executor(Collection(final), config=c.config).execute(final.name)
 
 
 @task(

@@ -1,0 +1,437 @@
+"""Grafana deploy annotations: a region opened when a deploy starts, closed with its result.
+
+The region lets a dashboard show how long each deploy took and how it ended
+next to the site's metrics. Every request's HTTP status is checked, because a
+silently lost annotation is how the old annotation script failed for months
+(mybinder.org-deploy #1496). An annotation problem is loud (a warning at the
+moment and in the run's summary) but never fails a deploy, unless the
+environment's `grafana.strict` or the task's `--strict` asks for that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import requests
+from invoke import Context, task
+
+from tasks.errors import StepFailure
+from tasks.output import MASK, masker, say, warn
+from tasks.pipeline import Skipped, StepContext, Stop, perform
+from tasks.registry import Environment, Grafana
+
+SUCCESS = "success"
+FAILURE = "failure"
+INTERRUPTED = "interrupted"
+OUTCOMES = (SUCCESS, FAILURE, INTERRUPTED)
+
+_GITCRYPT_HEADER = b"\x00GITCRYPT"
+_PERMISSION_FIX = (
+    "Check the token; the Grafana service account it belongs to needs the Editor role "
+    "(or the annotations:write permission) in the organisation of the dashboard."
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try before giving up on Grafana.
+
+    A deploy must not wait long for a dashboard decoration, so the defaults
+    are short; tests shrink them further.
+    """
+
+    attempts: int = 3
+    first_delay: float = 1.0  # doubled before each further attempt
+    timeout: float = 10.0  # seconds, per request
+
+    def delay_before(self, attempt: int) -> float:
+        return self.first_delay * 2 ** (attempt - 2)
+
+
+retry_policy = RetryPolicy()
+
+
+@dataclass
+class Region:
+    """An annotation region opened at a deploy's start and not yet closed."""
+
+    env_name: str
+    grafana: Grafana
+    token: str = field(repr=False)
+    tags: tuple[str, ...]
+    started_ms: int
+    strict: bool
+    annotation_id: int | None = None  # None in a dry run: nothing was created
+    dry_run: bool = False
+
+
+# Keyed by environment name; the deploy chain closes them all in its `finally`.
+open_regions: dict[str, Region] = {}
+
+
+@task(
+    help={
+        "env": "The environment being deployed, as named in config/environments.yaml.",
+        "dry_run": "Print the request that would be sent (token masked); send nothing.",
+        "strict": "Fail the step when the annotation cannot be created "
+        "(default: warn and go on; `grafana.strict` in the registry does the same).",
+    }
+)
+def annotate_grafana(
+    c: Context, env: str | None = None, dry_run: bool = False, strict: bool = False
+) -> None:
+    """Open a Grafana annotation region marking this deploy's start."""
+    perform(c, "annotate-grafana", env, partial(start_region, strict=strict), dry_run=dry_run)
+
+
+def start_region(ctx: StepContext, *, strict: bool = False) -> str | None:
+    """Create the region's annotation and remember it until `close_region`."""
+    env = ctx.environment
+    grafana = env.grafana
+    if grafana is None:
+        raise Skipped(f"no Grafana configured for {env.name}")
+    strict = strict or grafana.strict
+    if env.name in open_regions:
+        # A second start in one run would otherwise leave the first region open forever.
+        close_region(env.name, INTERRUPTED)
+    now = _now_ms()
+    tags = _base_tags(env)
+    body: dict[str, Any] = {
+        "time": now,
+        "timeEnd": now,
+        "tags": list(tags),
+        "text": _describe_deploy(ctx, env),
+    }
+    if grafana.dashboard_uid:
+        body["dashboardUID"] = grafana.dashboard_uid
+    url = f"{grafana.url}/api/annotations"
+    if ctx.dry_run:
+        token = _token_for_dry_run(env)
+        _show_request("POST", url, grafana, body)
+        open_regions[env.name] = Region(env.name, grafana, token, tags, now, strict, dry_run=True)
+        return "annotation request shown, not sent"
+    try:
+        token = read_token(env)
+        answer = _send("POST", url, grafana, token, body)
+        annotation_id = answer.get("id")
+        if not isinstance(annotation_id, int) or isinstance(annotation_id, bool):
+            raise StepFailure(
+                f"Grafana at {grafana.url} accepted the annotation but returned no id "
+                f"(answer: {_short(answer)}), so the region cannot be closed.",
+                "Check that grafana.url points at Grafana itself, not at a login page or proxy.",
+            )
+    except StepFailure as failure:
+        _fail_softly(failure, strict, f"Grafana annotation for {env.name} not created")
+        return "no annotation (see warning)"
+    open_regions[env.name] = Region(env.name, grafana, token, tags, now, strict, annotation_id)
+    return f"annotation {annotation_id} opened"
+
+
+def close_region(env_name: str, outcome: str, failed_step: str | None = None) -> None:
+    """End `env_name`'s open region now, tagged with the deploy's outcome.
+
+    Does nothing when no region is open for it. Warns on failure; raises
+    StepFailure instead when the region was opened in strict mode and the
+    deploy succeeded: a deploy that already failed keeps its own failure as
+    the one reported.
+    """
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+    region = open_regions.pop(env_name, None)
+    if region is None:
+        return
+    tags = [*region.tags, outcome]
+    if outcome == FAILURE and failed_step:
+        tags.append(f"failed-step:{failed_step}")
+    # Grafana replaces the whole tag list on PATCH; the start's tags are sent again.
+    body = {"timeEnd": max(_now_ms(), region.started_ms), "tags": tags}
+    grafana = region.grafana
+    annotation = region.annotation_id if region.annotation_id is not None else "<id>"
+    url = f"{grafana.url}/api/annotations/{annotation}"
+    if region.dry_run:
+        _show_request("PATCH", url, grafana, body)
+        return
+    try:
+        _send("PATCH", url, grafana, region.token, body)
+    except StepFailure as failure:
+        _fail_softly(
+            failure,
+            region.strict and outcome == SUCCESS,
+            f"Grafana annotation for {env_name} not closed as {outcome}",
+        )
+        return
+    say(f"Grafana annotation {annotation} for {env_name} closed: {outcome}")
+
+
+def close_regions(outcome: str, failed_step: str | None = None) -> None:
+    """End every open region with the same outcome; meant for the deploy's `finally`.
+
+    Every region is attempted before a strict failure is raised, so one
+    unreachable Grafana does not leave the other environments' regions open.
+    """
+    failures: list[StepFailure] = []
+    for env_name in list(open_regions):
+        try:
+            close_region(env_name, outcome, failed_step)
+        except StepFailure as failure:
+            failures.append(failure)
+    if failures:
+        raise failures[0]
+
+
+@contextmanager
+def regions_closed_on_exit() -> Iterator[None]:
+    """Close every region opened inside the block with the block's outcome.
+
+    For the deploy chain: a `Stop` closes them as a failure of its step, Ctrl-C
+    as interrupted, a normal end as success. A strict close failure becomes a
+    `Stop`, so the pipeline reports it like any failed step.
+    """
+    error: BaseException | None = None
+    try:
+        yield
+    except BaseException as raised:
+        error = raised
+        raise
+    finally:
+        envs = ", ".join(open_regions)
+        try:
+            close_regions(*outcome_of(error))
+        except StepFailure as failure:
+            raise Stop("annotate-grafana", envs, failure) from None
+
+
+def outcome_of(error: BaseException | None) -> tuple[str, str | None]:
+    """The outcome and failed step to close regions with, from how a deploy ended."""
+    if error is None:
+        return SUCCESS, None
+    if isinstance(error, KeyboardInterrupt):
+        return INTERRUPTED, None
+    if isinstance(error, Stop):
+        return FAILURE, error.step
+    return FAILURE, None
+
+
+def read_token(env: Environment) -> str:
+    """The environment's Grafana token, registered with the masker before anything else."""
+    grafana = env.grafana
+    if grafana is None:
+        raise StepFailure(f"No Grafana configured for {env.name}.")
+    if grafana.token_env and os.environ.get(grafana.token_env):
+        token = os.environ[grafana.token_env].strip()
+        masker.register(token)
+        say(f"Grafana token: from the environment variable {grafana.token_env}")
+        return token
+    if not grafana.token_file:
+        where = f"${grafana.token_env} is not set" if grafana.token_env else "none is configured"
+        raise StepFailure(
+            f"No Grafana token for {env.name}: {where}.",
+            "Set grafana.token_file (under the secrets folder) or grafana.token_env "
+            "in config/environments.yaml.",
+        )
+    path = env.secret_path(grafana.token_file)
+    if not path.exists():
+        raise StepFailure(
+            f"The Grafana token file {path} named by environment {env.name!r} does not exist"
+            + (f", and ${grafana.token_env} is not set." if grafana.token_env else "."),
+            "Unlock the secrets (invoke decrypt-secrets) or fix grafana.token_file in "
+            "config/environments.yaml.",
+        )
+    raw = path.read_bytes()
+    if raw.startswith(_GITCRYPT_HEADER):
+        raise StepFailure(
+            f"The Grafana token file {path} is still encrypted: the secrets are locked.",
+            f"Unlock them first: invoke decrypt-secrets --env={env.name}",
+        )
+    token = raw.decode("utf-8", errors="replace").strip()
+    masker.register(token)
+    if not token:
+        raise StepFailure(f"The Grafana token file {path} is empty.")
+    say(f"Grafana token: from {path}")
+    return token
+
+
+def _token_for_dry_run(env: Environment) -> str:
+    # A dry run often happens with the secrets locked; saying so is enough.
+    try:
+        return read_token(env)
+    except StepFailure as failure:
+        say(f"[dry-run] a real run would fail here: {failure.why} {failure.fix}".rstrip())
+        return ""
+
+
+def _send(method: str, url: str, grafana: Grafana, token: str, body: dict[str, Any]) -> dict:
+    """Send one request with retries; the decoded JSON answer, or a StepFailure."""
+    policy = retry_policy
+    problem = ""
+    for attempt in range(1, policy.attempts + 1):
+        if attempt > 1:
+            say(f"Grafana: {problem}; retrying ({attempt}/{policy.attempts})")
+            time.sleep(policy.delay_before(attempt))
+        try:
+            response = requests.request(
+                method, url, json=body, headers=_headers(grafana, token), timeout=policy.timeout
+            )
+        except requests.Timeout:
+            problem = f"no answer from {grafana.url} within {policy.timeout:g}s"
+            continue
+        except requests.ConnectionError as error:
+            problem = f"could not connect to {grafana.url} ({_root_cause(error)})"
+            continue
+        except requests.RequestException as error:
+            raise StepFailure(
+                f"Grafana {method} {url} could not be sent: {_root_cause(error)}",
+                "Check grafana.url in config/environments.yaml.",
+            ) from None
+        if response.status_code >= 500:
+            problem = f"{grafana.url} answered {response.status_code} {response.reason}"
+            continue
+        return _accepted(method, url, grafana, response)
+    raise StepFailure(
+        f"Grafana {method} {url} gave up after {policy.attempts} attempts: {problem}.",
+        "Grafana may be down or unreachable from here; check its status and the network.",
+    )
+
+
+def _accepted(method: str, url: str, grafana: Grafana, response: requests.Response) -> dict:
+    status = response.status_code
+    if status in (401, 403):
+        raise StepFailure(
+            f"Grafana at {grafana.url} refused the request ({status} {_message(response)}): "
+            "the token is invalid or lacks permission to create annotations.",
+            _PERMISSION_FIX,
+        )
+    if status == 404 and method == "PATCH":
+        raise StepFailure(
+            f"Grafana has no annotation at {url} (404): it was deleted, or the token "
+            "belongs to another organisation.",
+            "Check grafana.org_id in config/environments.yaml.",
+        )
+    if status != 200:
+        raise StepFailure(
+            f"Grafana rejected {method} {url} with {status}: {_message(response)}.",
+            "Check grafana.url and grafana.dashboard_uid in config/environments.yaml.",
+        )
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise StepFailure(
+            f"Grafana {method} {url} answered 200 with something other than a JSON object: "
+            f"{_short(response.text)}",
+            "Check that grafana.url points at Grafana itself, not at a login page or proxy.",
+        )
+    return answer
+
+
+def _headers(grafana: Grafana, token: str) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    if grafana.org_id is not None:
+        headers["X-Grafana-Org-Id"] = str(grafana.org_id)
+    return headers
+
+
+def _show_request(method: str, url: str, grafana: Grafana, body: dict[str, Any]) -> None:
+    # The token is replaced outright: the masker ignores values too short to mask safely.
+    shown = {**_headers(grafana, ""), "Authorization": f"Bearer {MASK}"}
+    say(f"[dry-run] {method} {url}")
+    for name, value in shown.items():
+        say(f"[dry-run]   {name}: {value}")
+    for line in json.dumps(body, indent=2).splitlines():
+        say(f"[dry-run]   {line}")
+
+
+def _fail_softly(failure: StepFailure, strict: bool, what: str) -> None:
+    if strict:
+        raise failure
+    warn(f"{what}: {failure.why} {failure.fix}".rstrip())
+
+
+def _base_tags(env: Environment) -> tuple[str, ...]:
+    extras = env.grafana.tags if env.grafana else ()
+    return tuple(dict.fromkeys(["deployment", env.name, *extras]))
+
+
+def _describe_deploy(ctx: StepContext, env: Environment) -> str:
+    sha, subject = _commit(ctx)
+    lines = [f"Deploy of {sha} to {env.name}" + (f": {subject}" if subject else "")]
+    pull_request = pull_request_number(subject)
+    if pull_request:
+        lines.append(f"Pull request: #{pull_request}")
+    lines.append(f"Deployed by: {deployer()}")
+    return "\n".join(lines)
+
+
+def _commit(ctx: StepContext) -> tuple[str, str]:
+    result = ctx.runner.run(
+        ["git", "-C", str(ctx.runner.cwd), "log", "-1", "--format=%h%x1f%s"],
+        check=False,
+        quiet=True,
+        touches_nothing=True,
+    )
+    if not result.ok or "\x1f" not in result.stdout:
+        return "an unknown commit", ""
+    sha, subject = result.stdout.strip().split("\x1f", 1)
+    return sha, subject
+
+
+def pull_request_number(subject: str) -> int | None:
+    """The pull request a merge or squash commit's subject names, if any."""
+    found = re.match(r"Merge pull request #(\d+) from ", subject) or re.search(
+        r"\(#(\d+)\)\s*$", subject
+    )
+    return int(found.group(1)) if found else None
+
+
+def deployer() -> str:
+    """Who or what started this deploy, with the CI run's address when there is one."""
+    environ = os.environ
+    if environ.get("GITHUB_ACTOR"):
+        who = f"{environ['GITHUB_ACTOR']} via GitHub Actions"
+    elif environ.get("TRAVIS") == "true":
+        who = "Travis CI"
+    else:
+        who = environ.get("USER") or environ.get("USERNAME") or "an unknown user"
+    run_url = ""
+    github = [environ.get(k) for k in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")]
+    if all(github):
+        server, repository, run_id = github
+        run_url = f"{server}/{repository}/actions/runs/{run_id}"
+    elif environ.get("TRAVIS_BUILD_WEB_URL"):
+        run_url = environ["TRAVIS_BUILD_WEB_URL"]
+    return f"{who} ({run_url})" if run_url else who
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _message(response: requests.Response) -> str:
+    try:
+        answer = response.json()
+    except ValueError:
+        return _short(response.text) or response.reason
+    if isinstance(answer, dict) and answer.get("message"):
+        return str(answer["message"])
+    return _short(response.text)
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = str(value).strip()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _root_cause(error: BaseException) -> str:
+    # requests nests the socket error a few levels deep; its message is the useful part.
+    while error.__context__ is not None and error.__context__ is not error:
+        error = error.__context__
+    return _short(error, 120)

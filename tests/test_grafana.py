@@ -1,0 +1,428 @@
+"""Grafana deploy annotations, against a fake Grafana over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from invoke import Context
+from invoke.exceptions import Exit
+
+from tasks import grafana, pipeline
+from tasks.errors import StepFailure
+from tasks.grafana import RetryPolicy, annotate_grafana, close_region, close_regions
+from tasks.output import masker, summary
+from tasks.pipeline import StepContext, Stop
+from tasks.registry import ClusterAccess, Environment, Grafana, KeySource, Registry
+from tasks.runner import Runner
+from tests.fakes.grafana_server import FakeGrafana
+
+TOKEN = "glsa_fake_service_account_token_0123456789"
+CI_VARIABLES = (
+    "GITHUB_ACTIONS",
+    "GITHUB_ACTOR",
+    "GITHUB_SERVER_URL",
+    "GITHUB_REPOSITORY",
+    "GITHUB_RUN_ID",
+    "TRAVIS",
+    "TRAVIS_BUILD_WEB_URL",
+    "CI",
+    "GRAFANA_TOKEN",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in CI_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("USER", "operator")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setattr(
+        grafana, "retry_policy", RetryPolicy(attempts=3, first_delay=0.01, timeout=0.3)
+    )
+    grafana.open_regions.clear()
+    summary.reset()
+    yield
+    grafana.open_regions.clear()
+    summary.reset()
+    masker.forget_all()
+
+
+@pytest.fixture
+def server() -> Iterator[FakeGrafana]:
+    with FakeGrafana(token=TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def secrets(tmp_path: Path) -> Path:
+    folder = tmp_path / "secrets"
+    folder.mkdir()
+    (folder / "grafana-token").write_text(TOKEN + "\n")
+    return folder
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A checkout whose last commit is a GitHub merge of pull request #123."""
+    path = tmp_path / "repo"
+    path.mkdir()
+    git = ["git", "-C", str(path), "-c", "user.name=Dev", "-c", "user.email=dev@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run(
+        [*git, "commit", "-q", "--allow-empty", "-m", "Merge pull request #123 from dev/fix"],
+        check=True,
+    )
+    return path
+
+
+def make_env(name: str, secrets: Path, settings: Grafana | None) -> Environment:
+    return Environment(
+        name=name,
+        description="",
+        cluster=ClusterAccess(kind="local", local_name=name),
+        release="binder",
+        namespace=name,
+        secrets_dir=secrets,
+        key=KeySource(source="file", path="unused"),
+        grafana=settings,
+    )
+
+
+def grafana_settings(server: FakeGrafana, **changes: object) -> Grafana:
+    settings = Grafana(url=server.url, token_file="grafana-token", tags=("mybinder",))
+    return replace(settings, **changes)
+
+
+def step_context(env: Environment, repo: Path, dry_run: bool = False) -> StepContext:
+    registry = Registry({env.name: env}, Path("mybinder"))
+    runner = Runner(Context(), dry_run=dry_run, cwd=repo)
+    return StepContext(Context(), registry, env, runner, dry_run, "annotate-grafana")
+
+
+@pytest.fixture
+def use_registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Make the tasks see a registry holding just the given environments."""
+
+    def install(*envs: Environment) -> None:
+        registry = Registry({env.name: env for env in envs}, Path("mybinder"))
+        monkeypatch.setattr(pipeline, "load_registry", lambda: registry)
+
+    return install
+
+
+def posts(server: FakeGrafana) -> list:
+    return [r for r in server.requests if r.method == "POST"]
+
+
+def test_start_posts_a_region_with_commit_pull_request_and_deployer(
+    server: FakeGrafana, secrets: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_ACTOR", "alice")
+    monkeypatch.setenv("GITHUB_SERVER_URL", "https://github.com")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "jupyterhub/mybinder.org-deploy")
+    monkeypatch.setenv("GITHUB_RUN_ID", "4242")
+    settings = grafana_settings(server, dashboard_uid="deploys", org_id=2)
+    env = make_env("staging", secrets, settings)
+
+    grafana.start_region(step_context(env, repo))
+
+    [request] = server.requests
+    body = request.json
+    sha = subprocess.run(
+        ["git", "-C", str(repo), "log", "-1", "--format=%h"], capture_output=True, text=True
+    ).stdout.strip()
+    assert request.path == "/api/annotations"
+    assert isinstance(body["time"], int) and body["time"] > 1_600_000_000_000
+    assert body["timeEnd"] == body["time"]
+    assert body["tags"] == ["deployment", "staging", "mybinder"]
+    assert sha in body["text"] and "Merge pull request #123 from dev/fix" in body["text"]
+    assert "Pull request: #123" in body["text"]
+    assert "alice via GitHub Actions" in body["text"]
+    assert "https://github.com/jupyterhub/mybinder.org-deploy/actions/runs/4242" in body["text"]
+    assert body["dashboardUID"] == "deploys"
+    assert request.header("X-Grafana-Org-Id") == "2"
+    assert request.header("Authorization") == f"Bearer {TOKEN}"
+    assert grafana.open_regions["staging"].annotation_id == 1
+
+
+def test_squash_subject_and_local_user_are_named() -> None:
+    assert grafana.pull_request_number("Bump binderhub chart (#3120)") == 3120
+    assert grafana.pull_request_number("Merge pull request #7 from a/b") == 7
+    assert grafana.pull_request_number("Fix typo in #12 handling") is None
+    assert grafana.deployer() == "operator"
+
+
+def test_success_closes_the_region_keeping_its_tags(
+    server: FakeGrafana, secrets: Path, repo: Path
+) -> None:
+    env = make_env("staging", secrets, grafana_settings(server))
+    grafana.start_region(step_context(env, repo))
+
+    close_regions("success")
+
+    post, patch = server.requests
+    assert patch.method == "PATCH" and patch.path == "/api/annotations/1"
+    assert patch.json["timeEnd"] >= post.json["time"]
+    assert patch.json["tags"] == ["deployment", "staging", "mybinder", "success"]
+    assert server.annotations[1]["tags"] == patch.json["tags"]
+    assert grafana.open_regions == {}
+
+
+def test_failure_is_tagged_with_the_failed_step(
+    server: FakeGrafana, secrets: Path, repo: Path
+) -> None:
+    env = make_env("prod", secrets, grafana_settings(server))
+
+    with pytest.raises(Stop), grafana.regions_closed_on_exit():
+        grafana.start_region(step_context(env, repo))
+        raise Stop("rollout", "prod", StepFailure("pods crash"))
+
+    patch = server.requests[-1]
+    assert patch.json["tags"] == [
+        "deployment",
+        "prod",
+        "mybinder",
+        "failure",
+        "failed-step:rollout",
+    ]
+
+
+def test_interrupted_deploy_closes_every_open_region(
+    server: FakeGrafana, secrets: Path, repo: Path
+) -> None:
+    for name in ("staging", "prod"):
+        grafana.start_region(step_context(make_env(name, secrets, grafana_settings(server)), repo))
+
+    close_regions(*grafana.outcome_of(KeyboardInterrupt()))
+
+    patches = [r for r in server.requests if r.method == "PATCH"]
+    assert [p.path for p in patches] == ["/api/annotations/1", "/api/annotations/2"]
+    assert all(p.json["tags"][-1] == "interrupted" for p in patches)
+    assert grafana.open_regions == {}
+
+
+def test_refused_token_warns_without_failing_the_deploy(
+    server: FakeGrafana, secrets: Path, use_registry, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (secrets / "grafana-token").write_text("glsa_revoked_token_9876543210\n")
+    use_registry(make_env("staging", secrets, grafana_settings(server)))
+
+    annotate_grafana(Context(), env="staging")
+
+    err = capfd.readouterr().err
+    assert "token is invalid or lacks permission to create annotations" in err
+    assert "Editor role" in err
+    assert len(server.requests) == 1, "a refused token is not retried"
+    assert summary.records[-1].result == "ok"
+    assert any("not created" in w for w in summary.warnings)
+    assert grafana.open_regions == {}
+
+
+def test_refused_token_is_fatal_when_strict(
+    server: FakeGrafana, secrets: Path, use_registry
+) -> None:
+    server.forbid()
+    use_registry(make_env("staging", secrets, grafana_settings(server)))
+
+    with pytest.raises(Exit) as stopped:
+        annotate_grafana(Context(), env="staging", strict=True)
+
+    assert stopped.value.code == 1
+    assert "lacks permission to create annotations" in str(stopped.value.message)
+    assert summary.records[-1].result == "failed"
+
+
+def test_strict_registry_setting_makes_it_fatal_too(
+    server: FakeGrafana, secrets: Path, use_registry
+) -> None:
+    server.forbid()
+    use_registry(make_env("staging", secrets, grafana_settings(server, strict=True)))
+
+    with pytest.raises(Exit):
+        annotate_grafana(Context(), env="staging")
+
+
+def test_server_errors_are_retried_and_one_annotation_is_created(
+    server: FakeGrafana, secrets: Path, repo: Path
+) -> None:
+    server.fail_next(2, status=500)
+    env = make_env("staging", secrets, grafana_settings(server))
+
+    grafana.start_region(step_context(env, repo))
+
+    assert len(posts(server)) == 3
+    assert list(server.annotations) == [1]
+    assert grafana.open_regions["staging"].annotation_id == 1
+    assert summary.warnings == []
+
+
+def test_timeouts_are_retried_then_warned_about(
+    server: FakeGrafana, secrets: Path, repo: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    server.delay_all(1.0)
+    env = make_env("staging", secrets, grafana_settings(server))
+
+    note = grafana.start_region(step_context(env, repo))
+
+    assert len(posts(server)) == 3
+    assert "no annotation" in (note or "")
+    assert "gave up after 3 attempts" in capfd.readouterr().err
+    assert "within 0.3s" in summary.warnings[0]
+
+
+def test_unreachable_grafana_is_a_warning(secrets: Path, repo: Path) -> None:
+    with FakeGrafana(token=TOKEN) as gone:
+        settings = grafana_settings(gone)
+    env = make_env("staging", secrets, settings)
+
+    grafana.start_region(step_context(env, repo))
+
+    assert "could not connect" in summary.warnings[0]
+
+
+def test_failed_close_warns_and_is_fatal_only_when_strict(
+    server: FakeGrafana, secrets: Path, repo: Path
+) -> None:
+    for name, strict in (("staging", False), ("prod", True)):
+        settings = grafana_settings(server, strict=strict)
+        grafana.start_region(step_context(make_env(name, secrets, settings), repo))
+    server.annotations.clear()
+
+    with pytest.raises(StepFailure, match="no annotation at"):
+        close_regions("success")
+
+    assert len([r for r in server.requests if r.method == "PATCH"]) == 2
+    assert "staging not closed as success" in summary.warnings[0]
+    assert grafana.open_regions == {}
+
+
+def test_failed_close_of_a_failed_deploy_keeps_the_deploy_failure_as_the_one_reported(
+    server: FakeGrafana, secrets: Path, repo: Path
+) -> None:
+    env = make_env("prod", secrets, grafana_settings(server, strict=True))
+    grafana.start_region(step_context(env, repo))
+    server.forbid()
+
+    close_regions("failure", failed_step="upgrade")
+
+    assert "prod not closed as failure" in summary.warnings[0]
+
+
+def test_strict_close_failure_after_a_good_deploy_stops_the_pipeline(
+    server: FakeGrafana, secrets: Path, repo: Path
+) -> None:
+    env = make_env("prod", secrets, grafana_settings(server, strict=True))
+
+    with pytest.raises(Stop) as stopped, grafana.regions_closed_on_exit():
+        grafana.start_region(step_context(env, repo))
+        server.forbid()
+
+    assert stopped.value.step == "annotate-grafana" and stopped.value.env == "prod"
+    assert "lacks permission" in stopped.value.failure.why
+
+
+def test_no_grafana_configured_skips_with_a_notice(
+    secrets: Path, use_registry, capfd: pytest.CaptureFixture[str]
+) -> None:
+    use_registry(make_env("local-staging", secrets, None))
+
+    annotate_grafana(Context(), env="local-staging")
+
+    assert "skipped: no Grafana configured for local-staging" in capfd.readouterr().out
+    assert summary.records[-1].result == "skipped"
+    close_region("local-staging", "success")
+
+
+def test_token_from_the_environment_variable_wins_over_the_file(
+    server: FakeGrafana,
+    secrets: Path,
+    repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    (secrets / "grafana-token").write_text("glsa_stale_file_token_000000\n")
+    monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+    env = make_env("staging", secrets, grafana_settings(server, token_env="GRAFANA_TOKEN"))
+
+    grafana.start_region(step_context(env, repo))
+
+    assert server.requests[0].header("Authorization") == f"Bearer {TOKEN}"
+    assert "from the environment variable GRAFANA_TOKEN" in capfd.readouterr().out
+
+
+def test_token_file_is_used_when_the_variable_is_unset(
+    server: FakeGrafana, secrets: Path, repo: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    env = make_env("staging", secrets, grafana_settings(server, token_env="GRAFANA_TOKEN"))
+
+    grafana.start_region(step_context(env, repo))
+
+    assert server.requests[0].header("Authorization") == f"Bearer {TOKEN}"
+    assert f"from {secrets / 'grafana-token'}" in capfd.readouterr().out
+
+
+def test_locked_token_file_says_to_decrypt_the_secrets(
+    server: FakeGrafana, secrets: Path, repo: Path
+) -> None:
+    (secrets / "grafana-token").write_bytes(b"\x00GITCRYPT\x00" + bytes(range(40)))
+    env = make_env("prod", secrets, grafana_settings(server))
+
+    grafana.start_region(step_context(env, repo))
+
+    assert server.requests == []
+    assert "still encrypted" in summary.warnings[0]
+    assert "invoke decrypt-secrets --env=prod" in summary.warnings[0]
+    with pytest.raises(StepFailure, match="secrets are locked"):
+        grafana.start_region(step_context(env, repo), strict=True)
+
+
+def test_dry_run_shows_the_requests_and_sends_nothing(
+    server: FakeGrafana,
+    secrets: Path,
+    repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    settings = grafana_settings(server, org_id=1)
+    env = make_env("staging", secrets, settings)
+
+    grafana.start_region(step_context(env, repo, dry_run=True))
+    close_regions("success")
+
+    out = capfd.readouterr().out
+    assert server.requests == []
+    assert f"[dry-run] POST {server.url}/api/annotations" in out
+    assert f"[dry-run] PATCH {server.url}/api/annotations/<id>" in out
+    assert "Authorization: Bearer ********" in out
+    assert "X-Grafana-Org-Id: 1" in out
+    assert '"tags": [' in out and "Pull request: #123" in out
+
+
+def test_token_never_appears_in_any_output(
+    server: FakeGrafana,
+    secrets: Path,
+    repo: Path,
+    use_registry,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    env = make_env("staging", secrets, grafana_settings(server))
+    use_registry(env)
+    grafana.start_region(step_context(env, repo, dry_run=True))
+    close_regions("success")
+    grafana.start_region(step_context(env, repo))
+    server.forbid()
+    close_regions("failure", "smoke-test")
+    with pytest.raises(Exit) as stopped:
+        annotate_grafana(Context(), env="staging", strict=True)
+
+    captured = capfd.readouterr()
+    everything = "\n".join(
+        [captured.out, captured.err, str(stopped.value.message), *summary.warnings]
+    )
+    assert "Bearer ********" in everything
+    assert TOKEN not in everything
+    assert TOKEN not in repr(grafana.Region("x", env.grafana, TOKEN, (), 0, False))
