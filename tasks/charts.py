@@ -63,8 +63,7 @@ def pinned_dependencies(chart_dir: Path) -> list[Dependency]:
         return []
     if not lock_file.exists():
         raise StepFailure(
-            f"{lock_file.relative_to(PROJECT_ROOT)} is missing, so the dependency versions "
-            "are not pinned.",
+            f"{shown(lock_file)} is missing, so the dependency versions are not pinned.",
             "Run `helm dependency update mybinder` where the chart repositories are "
             "reachable, and commit Chart.lock.",
         )
@@ -106,11 +105,12 @@ def archive_is_valid(path: Path, dependency: Dependency) -> bool:
 def fetch_with_retries(
     url: str,
     *,
-    delays: tuple[float, ...] = RETRY_DELAYS,
+    delays: tuple[float, ...] | None = None,
     get: Callable[..., requests.Response] = requests.get,
     sleep: Callable[[float], None] = time.sleep,
 ) -> bytes:
     """GET `url`, retrying timeouts, DNS and connection errors and 5xx with backoff."""
+    delays = RETRY_DELAYS if delays is None else delays
     last_error = ""
     for attempt in range(len(delays) + 1):
         try:
@@ -223,36 +223,43 @@ def _write_atomically(path: Path, content: bytes) -> None:
     partial.replace(path)
 
 
+def shown(path: Path) -> str:
+    """A path as the operator knows it: relative to the project where it can be."""
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
 def build_dependencies(ctx: StepContext) -> str:
     """The helm-deps step: make mybinder/charts/ hold exactly the pinned archives."""
-    chart_dir = PROJECT_ROOT / ctx.registry.chart
+    return sync_dependencies(
+        PROJECT_ROOT / ctx.registry.chart, ctx.registry.repository_mirrors, ctx.dry_run
+    )
+
+
+def sync_dependencies(chart_dir: Path, mirrors: dict[str, str], dry_run: bool = False) -> str:
     charts_dir = chart_dir / "charts"
     dependencies = pinned_dependencies(chart_dir)
     if not dependencies:
-        raise Skipped(f"{ctx.registry.chart}/Chart.yaml has no dependencies")
+        raise Skipped(f"{shown(chart_dir)}/Chart.yaml has no dependencies")
     wanted = {d.archive for d in dependencies}
     stale = [p for p in charts_dir.glob("*.tgz") if p.name not in wanted]
     missing = [d for d in dependencies if not archive_is_valid(charts_dir / d.archive, d)]
     if not missing and not stale:
-        raise Skipped(
-            f"{', '.join(sorted(wanted))} already in {charts_dir.relative_to(PROJECT_ROOT)}"
-        )
-    if ctx.dry_run:
+        raise Skipped(f"{', '.join(sorted(wanted))} already in {shown(charts_dir)}")
+    if dry_run:
         for dependency in missing:
-            source = mirrored(dependency.repository, ctx.registry.repository_mirrors)
+            source = mirrored(dependency.repository, mirrors)
             say(f"[dry-run] fetch {dependency.archive} from {source}")
         for path in stale:
-            say(f"[dry-run] remove stale {path.relative_to(PROJECT_ROOT)}")
+            say(f"[dry-run] remove stale {shown(path)}")
         return f"{len(missing)} to fetch"
     charts_dir.mkdir(exist_ok=True)
     for path in stale:
-        say(f"removing {path.relative_to(PROJECT_ROOT)}: not pinned by Chart.lock")
+        say(f"removing {shown(path)}: not pinned by Chart.lock")
         path.unlink()
     cache: dict[str, dict] = {}
     for dependency in missing:
-        source = mirrored(dependency.repository, ctx.registry.repository_mirrors)
-        say(f"fetching {dependency.archive} from {source}")
-        digest = download(dependency, charts_dir, ctx.registry.repository_mirrors, cache)
+        say(f"fetching {dependency.archive} from {mirrored(dependency.repository, mirrors)}")
+        digest = download(dependency, charts_dir, mirrors, cache)
         say(f"  saved, sha256 {digest[:16]}…")
     return f"fetched {', '.join(d.archive for d in missing)}"
 
