@@ -228,6 +228,10 @@ def shown(path: Path) -> str:
     return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
+def is_secret_layer(env: Environment, path: Path) -> bool:
+    return (PROJECT_ROOT / env.secrets_dir) in path.parents
+
+
 def build_dependencies(ctx: StepContext) -> str:
     """The helm-deps step: make mybinder/charts/ hold exactly the pinned archives."""
     return sync_dependencies(
@@ -300,11 +304,11 @@ def validate_environment(ctx: StepContext) -> str:
             details="\n".join(str(p) for p in problems),
         )
     for path in layers:
-        if env.secrets_dir in path.relative_to(PROJECT_ROOT).parents:
+        if is_secret_layer(env, path):
             masker.register_tree(values_module.load(path))
     values_args: list[str] = []
     for path in layers:
-        values_args += ["--values", str(path.relative_to(PROJECT_ROOT))]
+        values_args += ["--values", shown(path)]
     chart = str(ctx.registry.chart)
     for command in (
         ["helm", "template", env.release, chart, "--namespace", env.namespace, *values_args],
@@ -324,7 +328,7 @@ def validate_environment(ctx: StepContext) -> str:
 
 RENDER_FAILURES = (
     Diagnosis(
-        r"values don't meet the specifications of the schema.*?(at '[^']*'[^\n]*)",
+        r"values don't meet the specifications of the schema[\s\S]*?(at '[^']*'[^\n]*)",
         "The values do not match mybinder/values.schema.json: {0}.",
         "Fix that key in the environment's values files.",
     ),

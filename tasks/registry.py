@@ -90,6 +90,8 @@ class Environment:
     timeouts: Timeouts = Timeouts()
     gated_by: str | None = None
     components: dict[str, bool] = field(default_factory=dict)
+    # Further values files layered after the four standard ones, in order.
+    extra_values: tuple[str, ...] = ()
 
     def values_files(self, root: Path = PROJECT_ROOT) -> list[Path]:
         """The values files in the order helm must layer them, existing ones only.
@@ -103,6 +105,7 @@ class Environment:
             root / "config" / f"{self.name}.yaml",
             root / self.secrets_dir / "config" / f"{self.name}.yaml",
         ]
+        layers += [root / extra for extra in self.extra_values]
         return [path for path in layers if path.exists()]
 
     def secret_path(self, relative: str, root: Path = PROJECT_ROOT) -> Path:
@@ -199,6 +202,7 @@ _ENV_KEYS = (
     "timeouts",
     "gated_by",
     "components",
+    "extra_values",
 )
 
 
@@ -291,6 +295,9 @@ def _environment(reader: _Reader, name: str, node: yaml.Node) -> Environment:
         components={k: bool(v) for k, v in (reader.plain(items["components"]) or {}).items()}
         if "components" in items
         else {},
+        extra_values=tuple(str(v) for v in reader.plain(items["extra_values"]) or ())
+        if "extra_values" in items
+        else (),
     )
 
 

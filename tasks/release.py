@@ -21,7 +21,7 @@ from invoke import Context, task
 from invoke.exceptions import Exit
 
 from tasks import values as values_module
-from tasks.charts import archive_is_valid, pinned_dependencies
+from tasks.charts import archive_is_valid, is_secret_layer, pinned_dependencies, shown
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
 from tasks.output import masker, say
 from tasks.pipeline import StepContext, confirm, invocation, perform
@@ -38,6 +38,14 @@ CLUSTER_FAILURES = (
         "Run `invoke recover-release --env={env}` to roll back to the last deployed revision.",
     ),
     Diagnosis(
+        r"(Unauthorized|You must be logged in|asked for the client to provide credentials|forbidden|certificate has expired"
+        r"|x509: certificate|credentials)",
+        "The cluster refused the deployer's credentials (expired, revoked, or lacking "
+        "permission in this namespace).",
+        "Check the credentials in the environment's secrets (`invoke doctor --env={env}` "
+        "checks certificate expiry and `kubectl auth can-i`); renew them if expired.",
+    ),
+    Diagnosis(
         r"(connection refused|no such host|i/o timeout|dial tcp [^ ]+: connect"
         r"|Kubernetes cluster unreachable|context deadline exceeded|TLS handshake timeout)",
         "helm could not reach the cluster's API server: the cluster is down, unreachable "
@@ -47,15 +55,7 @@ CLUSTER_FAILURES = (
         "re-run the step once it answers.",
     ),
     Diagnosis(
-        r"(Unauthorized|You must be logged in|forbidden|certificate has expired"
-        r"|x509: certificate|credentials)",
-        "The cluster refused the deployer's credentials (expired, revoked, or lacking "
-        "permission in this namespace).",
-        "Check the credentials in the environment's secrets (`invoke doctor --env={env}` "
-        "checks certificate expiry and `kubectl auth can-i`); renew them if expired.",
-    ),
-    Diagnosis(
-        r"values don't meet the specifications of the schema.*?(at '[^']*'[^\n]*)",
+        r"values don't meet the specifications of the schema[\s\S]*?(at '[^']*'[^\n]*)",
         "The values do not match the chart's values.schema.json: {0}.",
         "Fix that key in the environment's values files (config/ or secrets/); "
         "`invoke validate --env={env}` checks every layer offline.",
@@ -82,7 +82,7 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
     files = env.values_files()
     locked = [p for p in files if values_module.is_locked(p)]
     if locked:
-        names = ", ".join(str(p.relative_to(PROJECT_ROOT)) for p in locked)
+        names = ", ".join(shown(p) for p in locked)
         raise StepFailure(
             f"The secret values {names} are still encrypted.",
             f"Run `invoke decrypt-secrets --env={env.name}` first (deploy runs it for you).",
@@ -107,7 +107,7 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
             "Run `invoke helm-deps` first (deploy runs it for you).",
         )
     for path in files:
-        if env.secrets_dir in path.relative_to(PROJECT_ROOT).parents:
+        if is_secret_layer(env, path):
             masker.register_tree(values_module.load(path))
     return files
 
@@ -144,7 +144,7 @@ def refuse_if_pending(ctx: StepContext) -> None:
 def helm_values_args(files: list[Path]) -> list[str]:
     args: list[str] = []
     for path in files:
-        args += ["--values", str(path.relative_to(PROJECT_ROOT))]
+        args += ["--values", shown(path)]
     return args
 
 

@@ -1,0 +1,235 @@
+"""upgrade, diff, rollback and recover-release against a real local cluster."""
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import replace
+
+import pytest
+
+from tasks import release
+from tasks.cluster import tools
+from tasks.errors import StepFailure
+from tasks.output import masker
+
+pytestmark = pytest.mark.cluster
+
+
+def helm_json(ctx, *args):
+    return json.loads(ctx.runner.run(["helm", *args, "--output", "json"], quiet=True).stdout)
+
+
+def with_values(ctx, *paths):
+    """The same environment and namespace, with further values files layered on."""
+    env = replace(ctx.env, extra_values=tuple(str(p) for p in paths))
+    return replace(ctx, env=env)
+
+
+def values_file(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_upgrade_installs_the_site_chart_without_waiting(site_env):
+    ctx = site_env()
+    assert release.upgrade_release(ctx) == f"release binder in {ctx.env.namespace}"
+    status = helm_json(ctx, "status", "binder", "--namespace", ctx.env.namespace)
+    assert status["info"]["status"] == "deployed"
+    names = ctx.runner.run(
+        ["kubectl", "get", "deploy,ds", "-n", ctx.env.namespace, "-o", "name"], quiet=True
+    ).stdout.split()
+    assert names == [
+        "deployment.apps/federation-redirect",
+        "deployment.apps/static-files",
+        "daemonset.apps/node-agent",
+    ]
+
+
+def test_diff_is_empty_after_upgrade_and_shows_a_change(site_env, tmp_path):
+    ctx = site_env()
+    release.upgrade_release(ctx)
+    assert release.diff_release(ctx) == []
+    more = with_values(ctx, values_file(tmp_path, "more.yaml", "static:\n  replicas: 5\n"))
+    [chunk] = release.diff_release(more)
+    assert chunk.startswith("--- Deployment/static-files")
+    assert "-  replicas: 2" in chunk and "+  replicas: 5" in chunk
+
+
+def test_diff_masks_secret_data(site_env, tmp_path):
+    ctx = site_env()
+    release.upgrade_release(ctx)
+    canary = "canary-federation-token-4242"
+    token = values_file(tmp_path, "token.yaml", f"federationRedirect:\n  secretToken: {canary}\n")
+    chunks = release.diff_release(with_values(ctx, token))
+    secret = next(c for c in chunks if c.startswith("--- Secret/federation-redirect"))
+    assert "<secret sha256:" in secret
+    encoded = base64.b64encode(canary.encode()).decode()
+    assert canary not in "\n".join(chunks) and encoded not in "\n".join(chunks)
+
+
+def test_schema_violation_is_explained_with_the_key(site_env, tmp_path):
+    ctx = site_env(values_file(tmp_path, "bad.yaml", "static:\n  replicas: two\n"))
+    with pytest.raises(StepFailure) as raised:
+        release.upgrade_release(ctx)
+    assert "values.schema.json" in raised.value.why or "schema" in raised.value.why
+    assert "/static/replicas" in raised.value.why
+
+
+def test_tab_in_values_stops_before_helm(site_env, tmp_path):
+    ctx = site_env(values_file(tmp_path, "tabs.yaml", "static:\n\treplicas: 1\n"))
+    with pytest.raises(StepFailure) as raised:
+        release.upgrade_release(ctx)
+    assert "nothing was deployed" in raised.value.why
+    assert "tabs.yaml:2:1: tab character" in raised.value.details
+    assert (
+        "not found"
+        in ctx.runner.run(
+            ["helm", "status", "binder", "-n", ctx.env.namespace], quiet=True, check=False
+        ).stderr
+    )
+
+
+def kubeconfig(path, server, extra=""):
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: d\n"
+        f"clusters:\n- name: d\n  cluster: {{server: '{server}'{extra}}}\n"
+        "contexts:\n- name: d\n  context: {cluster: d, user: u}\n"
+        "users:\n- name: u\n  user: {token: not-a-valid-token}\n"
+    )
+    return str(path)
+
+
+def test_unreachable_cluster_gets_its_own_diagnosis(site_env, tmp_path):
+    ctx = site_env()
+    dead = kubeconfig(tmp_path / "dead", "https://127.0.0.1:1")
+    ctx.runner = ctx.runner.with_env(KUBECONFIG=dead)
+    with pytest.raises(StepFailure) as raised:
+        release.upgrade_release(ctx)
+    assert "could not reach the cluster's API server" in raised.value.why
+
+
+def test_refused_credentials_get_their_own_diagnosis(site_env, local_cluster, tmp_path):
+    ctx = site_env()
+    server = local_cluster.kubectl("config", "view", "-o", "jsonpath={.clusters[0].cluster.server}")
+    bogus = kubeconfig(tmp_path / "bogus", server, ", insecure-skip-tls-verify: true")
+    ctx.runner = ctx.runner.with_env(KUBECONFIG=bogus)
+    with pytest.raises(StepFailure) as raised:
+        release.upgrade_release(ctx)
+    assert "refused the deployer's credentials" in raised.value.why
+
+
+def kill_helm_mid_upgrade(ctx, tmp_path):
+    """Leave the release in pending-upgrade the way a cancelled deploy does."""
+    stuck = values_file(
+        tmp_path, "stuck.yaml", "static:\n  podLabels:\n    kwok.binder.test/fail: unschedulable\n"
+    )
+    command = [
+        str(tools.binary("helm")),
+        "upgrade",
+        "binder",
+        "mybinder",
+        "--namespace",
+        ctx.env.namespace,
+        "--wait=watcher",
+        "--timeout",
+        "120s",
+        *release.helm_values_args(ctx.env.values_files()),
+        "--values",
+        str(stuck),
+    ]
+    helm = subprocess.Popen(
+        command,
+        env={**os.environ, **ctx.runner.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if release.release_status(ctx) == "pending-upgrade":
+            break
+        time.sleep(0.2)
+    helm.send_signal(signal.SIGKILL)
+    helm.wait()
+    assert release.release_status(ctx) == "pending-upgrade"
+
+
+def test_pending_release_is_refused_and_recovered(site_env, tmp_path):
+    ctx = site_env()
+    release.upgrade_release(ctx)
+    kill_helm_mid_upgrade(ctx, tmp_path)
+    with pytest.raises(StepFailure) as raised:
+        release.upgrade_release(ctx)
+    assert "stuck in pending-upgrade" in raised.value.why
+    assert f"invoke recover-release --env={ctx.env.name}" in raised.value.fix
+
+    with pytest.raises(StepFailure, match="not confirmed"):
+        release.recover(ctx, lambda question: False)
+    assert release.release_status(ctx) == "pending-upgrade"
+
+    questions = []
+    assert (
+        release.recover(ctx, lambda q: questions.append(q) or True) == "rolled back to revision 1"
+    )
+    assert "to revision 1" in questions[0]
+    assert release.release_status(ctx) == "deployed"
+    release.upgrade_release(ctx)
+
+
+def test_recovery_plans():
+    assert release.recovery_plan([]) == ("nothing", None)
+    assert release.recovery_plan([{"revision": 1, "status": "deployed"}]) == ("nothing", None)
+    assert release.recovery_plan(
+        [{"revision": 1, "status": "superseded"}, {"revision": 2, "status": "pending-upgrade"}]
+    ) == ("rollback", 1)
+    assert release.recovery_plan([{"revision": 1, "status": "pending-install"}]) == (
+        "uninstall",
+        None,
+    )
+
+
+def test_rollback_returns_to_the_previous_revision(site_env, tmp_path):
+    ctx = site_env()
+    release.upgrade_release(ctx)
+    bigger = with_values(ctx, values_file(tmp_path, "r.yaml", "static:\n  replicas: 3\n"))
+    release.upgrade_release(bigger)
+    assert release.rollback_release(ctx, 1) == "rolled back to revision 1"
+    replicas = ctx.runner.run(
+        [
+            "kubectl",
+            "get",
+            "deploy/static-files",
+            "-n",
+            ctx.env.namespace,
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+        quiet=True,
+    ).stdout
+    assert replicas == "2"
+
+
+def test_dry_run_touches_nothing(site_env, capsys):
+    ctx = site_env(dry_run=True)
+    release.upgrade_release(ctx)
+    out = capsys.readouterr().out
+    assert (
+        "[dry-run] KUBECONFIG=" in out
+        and "helm upgrade binder mybinder --install --cleanup-on-fail" in out
+    )
+    assert "secretToken" not in out
+    ctx.runner.dry_run = False
+    assert release.release_status(ctx) is None
+
+
+def test_secret_values_are_registered_for_masking(site_env):
+    ctx = site_env()
+    release.check_ready_to_deploy(ctx)
+    secret_values = (
+        ctx.registry.get("local-staging").secret_path("config/local-staging.yaml")
+    ).read_text()
+    token = secret_values.split('"')[1]
+    assert masker.mask(f"x {token} y") == "x ******** y"
