@@ -1,12 +1,95 @@
-"""Local Kubernetes clusters for the demo and the tests (placeholder)."""
+"""Local Kubernetes clusters for the demo and the tests: `invoke cluster.<task>`.
+
+    cluster.build    build and cache the pinned tools (config/tools.yaml)
+    cluster.up       start binder-staging and binder-prod (or --name X)
+    cluster.down     stop them and check that no process or port is left
+    cluster.status   what runs, its API server URL, its kubeconfig
+
+The Python API lives in `tasks.cluster.tools` (pinned binaries) and
+`tasks.cluster.clusters` (cluster lifecycle, failure labels).
+"""
+
+from __future__ import annotations
+
+import time
 
 from invoke import Collection, task
 
+from tasks.cluster import clusters, tools
+
+
+def _names(name: str | None) -> list[str]:
+    return [name] if name else list(clusters.DEMO_CLUSTERS)
+
+
+def _took(started: float) -> str:
+    return f"({time.monotonic() - started:.1f}s)"
+
 
 @task
-def status(c):
-    """Say which local clusters run and where their kubeconfigs are."""
-    print("no clusters")
+def build(c):
+    """Build the pinned Kubernetes, etcd, KWOK and Helm binaries (cached per version)."""
+    started = time.monotonic()
+    paths = tools.ensure_built()
+    versions = tools.pinned_versions()
+    for name, path in paths.items():
+        print(f"  {name:<24} {versions[tools.BINARIES[name].key]:<9} {path}")
+    print(f"cluster.build done {_took(started)}")
 
 
-ns = Collection(status)
+@task(
+    help={
+        "name": "Cluster to start (default: the demo clusters "
+        + " and ".join(clusters.DEMO_CLUSTERS)
+        + ").",
+        "nodes": f"Simulated nodes per cluster (default {clusters.NODES_PER_CLUSTER}).",
+    }
+)
+def up(c, name=None, nodes=clusters.NODES_PER_CLUSTER):
+    """Start local clusters (building the pinned tools first if needed)."""
+    started = time.monotonic()
+    for each in _names(name):
+        one = time.monotonic()
+        clusters.up(each, nodes=int(nodes))
+        print(f"{each}: ready {_took(one)}")
+    print(f"cluster.up done {_took(started)}")
+
+
+@task(
+    help={
+        "name": "Cluster to stop (default: the demo clusters "
+        + " and ".join(clusters.DEMO_CLUSTERS)
+        + ").",
+        "all": "Stop every local cluster that has state under .local/, not only the demo ones.",
+    }
+)
+def down(c, name=None, all=False):
+    """Stop local clusters, delete their state, and check no process or port is left."""
+    started = time.monotonic()
+    names = clusters.known_clusters() if all else _names(name)
+    for each in names:
+        clusters.down(each)
+    print(f"cluster.down done {_took(started)}")
+
+
+@task(help={"name": "Only this cluster (default: the demo clusters and any other known one)."})
+def status(c, name=None):
+    """Say which local clusters run, their API server URLs and where their kubeconfigs are."""
+    started = time.monotonic()
+    names = [name] if name else sorted(set(clusters.DEMO_CLUSTERS) | set(clusters.known_clusters()))
+    for each in names:
+        state = clusters.status(each)
+        running = state.running_pids
+        if state.up:
+            print(f"{each}: up")
+            print(f"  API server  {state.server}")
+            print(f"  kubeconfig  {state.kubeconfig}")
+            print(f"  processes   {', '.join(f'{k}={v}' for k, v in sorted(running.items()))}")
+        elif running:
+            print(f"{each}: NOT answering, but processes run: {running} (try cluster.down)")
+        else:
+            print(f"{each}: down")
+    print(f"cluster.status done {_took(started)}")
+
+
+ns = Collection(build, up, down, status)

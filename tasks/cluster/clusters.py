@@ -1,0 +1,452 @@
+"""Local Kubernetes clusters: real control planes with simulated nodes, run by kwokctl.
+
+Each cluster is a real etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler (the pinned builds from `tools.py`) plus a KWOK controller that plays
+the kubelet for simulated nodes. `kwokctl create cluster --runtime binary` starts them
+as local processes on free ports, so several clusters run side by side.
+
+Where things live (all git-ignored, nothing outside the project or the tool cache):
+
+    .local/clusters/<name>/kubeconfig      the only kubeconfig written; ~/.kube is never touched
+    .local/kwok/clusters/<name>/           kwokctl's work dir: pids, logs, certificates, etcd data
+
+Failure simulation: label a pod (or a Deployment's pod template) with
+
+    kwok.binder.test/fail: crashloop      Error / CrashLoopBackOff, restart count rising
+    kwok.binder.test/fail: imagepull      ErrImagePull / ImagePullBackOff, stays Pending
+    kwok.binder.test/fail: configerror    CreateContainerConfigError, stays Pending
+    kwok.binder.test/fail: unschedulable  Pending, PodScheduled=False reason Unschedulable
+
+The first three are KWOK Stages (`stages.yaml`); `unschedulable` is a
+MutatingAdmissionPolicy (`policies.yaml`) adding a node selector no node matches, so
+the real scheduler refuses the pod.
+
+Python API: `kubeconfig(name)`, `is_up(name)`, `up(name)`, `down(name)`,
+`status(name)`, `kubectl(name, *args)`, `cluster_env(name)`, `known_clusters()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from invoke.exceptions import Exit
+
+from tasks.cluster import tools
+
+DEMO_CLUSTERS: tuple[str, ...] = ("binder-staging", "binder-prod")
+NODES_PER_CLUSTER = 2
+FAIL_LABEL = "kwok.binder.test/fail"
+FAILURES: tuple[str, ...] = ("crashloop", "imagepull", "configerror", "unschedulable")
+
+LOCAL_DIR = tools.REPO_ROOT / ".local"
+CLUSTERS_DIR = LOCAL_DIR / "clusters"
+KWOK_WORKDIR = LOCAL_DIR / "kwok"
+KUBE_CACHE_DIR = LOCAL_DIR / "kube-cache"
+STAGES_FILE = Path(__file__).with_name("stages.yaml")
+POLICIES_FILE = Path(__file__).with_name("policies.yaml")
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """What `status()` knows about one local cluster."""
+
+    name: str
+    up: bool
+    server: str | None
+    kubeconfig: Path
+    pids: dict[str, int]
+
+    @property
+    def running_pids(self) -> dict[str, int]:
+        return {name: pid for name, pid in self.pids.items() if pid_alive(pid)}
+
+
+def kubeconfig(name: str) -> Path:
+    """Path of the cluster's kubeconfig (it exists once the cluster has been created)."""
+    _check_name(name)
+    return CLUSTERS_DIR / name / "kubeconfig"
+
+
+def workdir(name: str) -> Path:
+    """kwokctl's work dir for the cluster: pid files, component logs, certificates."""
+    _check_name(name)
+    return KWOK_WORKDIR / "clusters" / name
+
+
+def known_clusters() -> list[str]:
+    """Names of the clusters that have state on disk, running or not."""
+    names = set()
+    for parent in (CLUSTERS_DIR, KWOK_WORKDIR / "clusters"):
+        if parent.is_dir():
+            names.update(p.name for p in parent.iterdir() if p.is_dir())
+    return sorted(names)
+
+
+def server_url(name: str) -> str | None:
+    """The API server URL from the cluster's kubeconfig, None without one."""
+    try:
+        config = yaml.safe_load(kubeconfig(name).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    for cluster in config.get("clusters") or []:
+        server = (cluster.get("cluster") or {}).get("server")
+        if server:
+            return str(server)
+    return None
+
+
+def kubectl(name: str, *args: str, timeout: float = 60, check: bool = True) -> str:
+    """Run the pinned kubectl against the cluster; return stdout (raise Exit on failure)."""
+    command = [
+        str(tools.binary("kubectl")),
+        "--kubeconfig",
+        str(kubeconfig(name)),
+        # kubectl's discovery cache would otherwise land in ~/.kube/cache
+        "--cache-dir",
+        str(KUBE_CACHE_DIR),
+        *args,
+    ]
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise Exit(f"kubectl {' '.join(args)} on {name} timed out after {timeout:g}s") from None
+    if check and result.returncode != 0:
+        raise Exit(
+            f"kubectl {' '.join(args)} on {name} failed ({result.returncode}): "
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
+    return result.stdout
+
+
+def cluster_env(name: str) -> dict[str, str]:
+    """Environment for running the pinned kubectl or helm against the cluster.
+
+    KUBECONFIG points at the cluster; the pinned binaries come first on PATH (the
+    system kubectl is an unrelated one); kubectl's discovery cache stays in .local/.
+    """
+    env = dict(os.environ)
+    bin_dirs = sorted({str(path.parent) for path in _cached_paths().values()})
+    env.update(
+        {
+            "KUBECONFIG": str(kubeconfig(name)),
+            "KUBECACHEDIR": str(KUBE_CACHE_DIR),
+            "PATH": os.pathsep.join([*bin_dirs, env.get("PATH", "")]),
+        }
+    )
+    return env
+
+
+def is_up(name: str) -> bool:
+    """True when the cluster's API server answers /readyz."""
+    if not kubeconfig(name).is_file():
+        return False
+    try:
+        out = kubectl(name, "get", "--raw", "/readyz", "--request-timeout=3s", timeout=10)
+    except Exit:
+        return False
+    return out.strip() == "ok"
+
+
+def up(name: str, nodes: int = NODES_PER_CLUSTER, echo: Echo = print) -> Path:
+    """Start the cluster (reusing it when it already runs); return its kubeconfig path.
+
+    Builds the pinned tools first when they are missing.
+    """
+    with cluster_lock(name):
+        return _up(name, nodes, echo)
+
+
+def down(name: str, echo: Echo = print) -> None:
+    """Stop the cluster and delete its state; verify no process or listening port remains."""
+    with cluster_lock(name):
+        _down(name, echo)
+
+
+@contextlib.contextmanager
+def cluster_lock(name: str) -> Iterator[None]:
+    """Serialise up/down of one cluster across processes sharing the checkout."""
+    CLUSTERS_DIR.mkdir(parents=True, exist_ok=True)
+    # Beside the cluster's folder, not in it: down() deletes that folder.
+    with (CLUSTERS_DIR / f".{name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _up(name: str, nodes: int, echo: Echo) -> Path:
+    if is_up(name):
+        echo(f"{name}: already up at {server_url(name)}")
+        _ensure_nodes(name, nodes, echo)
+        return kubeconfig(name)
+    paths = tools.ensure_built(echo=echo)
+    config = kubeconfig(name)
+    config.parent.mkdir(parents=True, exist_ok=True)
+    if workdir(name).exists():
+        # Leftovers of a cluster that is not answering: start from scratch rather
+        # than have kwokctl resume a half-dead one.
+        echo(f"{name}: found stale state, cleaning it up first")
+        _down(name, echo=lambda _msg: None)
+        config.parent.mkdir(parents=True, exist_ok=True)
+    echo(f"{name}: starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok")
+    _kwokctl(
+        paths,
+        name,
+        [
+            "create",
+            "cluster",
+            "--runtime",
+            "binary",
+            "--kube-apiserver-binary",
+            str(paths["kube-apiserver"]),
+            "--kube-controller-manager-binary",
+            str(paths["kube-controller-manager"]),
+            "--kube-scheduler-binary",
+            str(paths["kube-scheduler"]),
+            "--etcd-binary",
+            str(paths["etcd"]),
+            "--kwok-controller-binary",
+            str(paths["kwok"]),
+            "--kubeconfig",
+            str(config),
+            "--config",
+            str(STAGES_FILE),
+            "--wait",
+            "2m",
+            "--timeout",
+            "4m",
+        ],
+        timeout=300,
+    )
+    kubectl(name, "apply", "-f", str(POLICIES_FILE))
+    _ensure_nodes(name, nodes, echo)
+    # Pods are refused until the controller manager has made the default service account.
+    _wait_for(
+        lambda: bool(kubectl(name, "get", "serviceaccount", "default", "-o", "name", check=False)),
+        60,
+        f"{name}: the default service account never appeared",
+    )
+    echo(f"{name}: up at {server_url(name)}, kubeconfig {config}")
+    return config
+
+
+def _down(name: str, echo: Echo) -> None:
+    pids = cluster_pids(name)
+    alive = {component: pid for component, pid in pids.items() if pid_alive(pid)}
+    ports = listening_ports(set(alive.values()))
+    if workdir(name).exists():
+        paths = {n: p for n, p in _cached_paths().items() if p.is_file()}
+        if "kwokctl" in paths:
+            _kwokctl(
+                paths,
+                name,
+                ["delete", "cluster", "--kubeconfig", str(kubeconfig(name))],
+                timeout=120,
+                check=False,
+            )
+    leftovers = {component: pid for component, pid in alive.items() if pid_alive(pid)}
+    for component, pid in leftovers.items():
+        echo(f"{name}: {component} (pid {pid}) outlived kwokctl delete; stopping it")
+        _terminate(pid)
+    _wait_for(
+        lambda: not any(pid_alive(pid) for pid in alive.values()),
+        30,
+        f"{name}: processes still running after down: {alive}",
+    )
+    _wait_for(
+        lambda: not (ports & listening_ports()),
+        30,
+        f"{name}: ports still listening after down: {sorted(ports & listening_ports())}",
+    )
+    _remove_tree(workdir(name))
+    _remove_tree(kubeconfig(name).parent)
+    if alive:
+        echo(f"{name}: down (stopped pids {sorted(alive.values())}, freed ports {sorted(ports)})")
+    else:
+        echo(f"{name}: was not running; state removed")
+
+
+def status(name: str) -> ClusterStatus:
+    """What runs for the cluster, its API server URL and where its kubeconfig is."""
+    return ClusterStatus(
+        name=name,
+        up=is_up(name),
+        server=server_url(name),
+        kubeconfig=kubeconfig(name),
+        pids=cluster_pids(name),
+    )
+
+
+def cluster_pids(name: str) -> dict[str, int]:
+    """Component name -> pid, from kwokctl's pid files (running or not)."""
+    pids = {}
+    pid_dir = workdir(name) / "pids"
+    if pid_dir.is_dir():
+        for path in sorted(pid_dir.glob("*.pid")):
+            try:
+                pids[path.stem] = int(path.read_text().strip())
+            except (OSError, ValueError):
+                continue
+    return pids
+
+
+def listening_ports(pids: set[int] | None = None) -> set[int]:
+    """TCP ports in LISTEN state, all of them or only those owned by `pids`."""
+    inodes: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # state 0A is LISTEN
+            if len(fields) > 9 and fields[3] == "0A":
+                inodes[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
+    if pids is None:
+        return set(inodes.values())
+    ports = set()
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = target[len("socket:[") : -1]
+                if inode in inodes:
+                    ports.add(inodes[inode])
+    return ports
+
+
+def kwokctl_env(paths: dict[str, Path]) -> dict[str, str]:
+    """Environment for kwokctl: pinned binaries only, work dir and kubeconfig in the project.
+
+    kwokctl looks `kubectl` up on PATH before using its configured binary, and would
+    download any binary it is not given; the prefixes point at the local cache so a
+    missing binary fails instead of reaching the network.
+    """
+    env = dict(os.environ)
+    kube_bin = paths["kubectl"].parent
+    bin_dirs = [str(kube_bin), str(paths["etcd"].parent), str(paths["kwokctl"].parent)]
+    env.update(
+        {
+            "PATH": os.pathsep.join([*bin_dirs, env.get("PATH", "")]),
+            "KWOK_WORKDIR": str(KWOK_WORKDIR),
+            "KWOK_KUBE_VERSION": tools.pinned_versions()["kubernetes"],
+            "KWOK_KUBECTL_BINARY": str(paths["kubectl"]),
+            "KWOK_KUBE_BINARY_PREFIX": str(kube_bin),
+            "KWOK_ETCD_BINARY_PREFIX": str(paths["etcd"].parent),
+            "KWOK_BINARY_PREFIX": str(paths["kwok"].parent),
+        }
+    )
+    return env
+
+
+def _kwokctl(
+    paths: dict[str, Path], name: str, args: list[str], timeout: float, check: bool = True
+) -> str:
+    env = kwokctl_env(paths)
+    # Without a kubeconfig flag kwokctl edits $KUBECONFIG (default ~/.kube/config).
+    env["KUBECONFIG"] = str(kubeconfig(name))
+    log = LOCAL_DIR / "logs" / f"kwokctl-{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [str(paths["kwokctl"]), "--name", name, *args]
+    try:
+        result = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise Exit(f"kwokctl {args[0]} {args[1]} for {name} timed out after {timeout:g}s") from None
+    with log.open("a") as f:
+        f.write(f"\n$ {' '.join(command)}\n{result.stdout}{result.stderr}")
+    if check and result.returncode != 0:
+        raise Exit(
+            f"kwokctl {args[0]} {args[1]} for {name} failed (exit {result.returncode}). "
+            f"Full output: {log}; component logs: {workdir(name) / 'logs'}."
+        )
+    return result.stdout
+
+
+def _ensure_nodes(name: str, nodes: int, echo: Echo) -> None:
+    names = kubectl(name, "get", "nodes", "-o", "name").split()
+    if len(names) < nodes:
+        paths = tools.ensure_built(echo=lambda _msg: None)
+        _kwokctl(paths, name, ["scale", "node", "--replicas", str(nodes)], timeout=60)
+    kubectl(name, "wait", "--for=condition=Ready", "node", "--all", "--timeout=60s", timeout=70)
+    echo(f"{name}: {max(nodes, len(names))} simulated nodes Ready")
+
+
+def _cached_paths() -> dict[str, Path]:
+    return {
+        name: tools.component_dir(component) / "bin" / name
+        for name, component in tools.BINARIES.items()
+    }
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process runs (a zombie counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    # A zombie has exited; only its parent's wait() is missing.
+    return state != "Z"
+
+
+def _terminate(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float, failure: str) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise Exit(failure)
+        time.sleep(0.5)
+
+
+def _remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    # Only ever below .local/: a wrong path here must not delete anything else.
+    if LOCAL_DIR not in path.resolve().parents:
+        raise Exit(f"refusing to delete {path}: not under {LOCAL_DIR}")
+    shutil.rmtree(path)
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name.startswith(".") or not name.replace("-", "").isalnum():
+        raise Exit(f"{name!r} is not a valid cluster name (letters, digits and '-').")

@@ -1,0 +1,314 @@
+"""The local clusters, against real ones: no mocks.
+
+Cluster tests share one session cluster (`local_cluster`, binder-staging by default)
+and each work in a namespace of their own. The down test uses a throwaway cluster so
+the shared one keeps running.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from invoke.exceptions import Exit
+
+from tasks.cluster import clusters, tools
+from tests.fixtures.cluster import LocalCluster
+
+THROWAWAY_CLUSTER = "binder-test-down"
+
+
+def wait_until(check: Callable[[], object], seconds: float, what: str) -> object:
+    """Poll `check` until it returns something truthy; fail naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {seconds:g}s waiting for {what}")
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def namespace(local_cluster: LocalCluster) -> Iterator[str]:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    local_cluster.kubectl("create", "namespace", name)
+    # The service account controller fills in a new namespace shortly after creation.
+    wait_until(
+        lambda: clusters.kubectl(
+            local_cluster.name, "-n", name, "get", "serviceaccount", "default", check=False
+        ),
+        30,
+        f"the default service account in {name}",
+    )
+    yield name
+    local_cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def deployment(name: str, replicas: int = 1, fail: str | None = None) -> dict:
+    labels = {"app": name}
+    if fail:
+        labels[clusters.FAIL_LABEL] = fail
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "main", "image": "registry.invalid/app:1"}]},
+            },
+        },
+    }
+
+
+def apply(cluster: LocalCluster, namespace: str, manifest: dict, tmp_path: Path) -> None:
+    path = tmp_path / f"{manifest['metadata']['name']}.json"
+    path.write_text(json.dumps(manifest))
+    cluster.kubectl("-n", namespace, "apply", "-f", str(path))
+
+
+def pods(cluster: LocalCluster, namespace: str, app: str) -> list[dict]:
+    out = cluster.kubectl("-n", namespace, "get", "pods", "-l", f"app={app}", "-o", "json")
+    return json.loads(out)["items"]
+
+
+def pod_table(cluster: LocalCluster, namespace: str, app: str) -> str:
+    return cluster.kubectl("-n", namespace, "get", "pods", "-l", f"app={app}", "--no-headers")
+
+
+# --- tools: no cluster needed ------------------------------------------------
+
+
+def test_versions_come_from_tools_yaml() -> None:
+    versions = tools.pinned_versions()
+    assert set(versions) >= {"kubernetes", "etcd", "kwok", "helm"}
+    assert tools.staging_version(versions["kubernetes"]).startswith("v0.")
+
+
+def test_missing_binary_names_the_build_task(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(tools, "CACHE_ROOT", tmp_path)
+    with pytest.raises(Exit) as error:
+        tools.binary("helm")
+    assert "invoke cluster.build" in str(error.value.message)
+    with pytest.raises(Exit):
+        tools.binary("no-such-tool")
+
+
+def test_closest_staging_version_fallback() -> None:
+    published = ["v0.35.4", "v0.36.0", "v0.36.1", "v0.37.0-alpha.1"]
+    assert tools.closest_version(published, "v0.36.3") == "v0.36.1"
+    assert tools.closest_version(["v0.35.4"], "v0.36.3") == "v0.35.4"
+    assert tools.closest_version([], "v0.36.3") is None
+
+
+@pytest.mark.parametrize("method", ["install", "wrapper"])
+def test_build_failure_names_module_version_and_log(method: str, tmp_path: Path) -> None:
+    version = "v0.0.999"
+    component = tools.Component(
+        key="kwok",
+        module="sigs.k8s.io/kwok",
+        packages={"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
+        method=method,
+        ldflags=lambda v: [],
+        version_args={"kwok": ["--version"]},
+        version_text=lambda v: v,
+    )
+    started = time.monotonic()
+    with pytest.raises(Exit) as error:
+        tools.build_component(component, version, ["kwok"], tmp_path, echo=lambda _msg: None)
+    message = str(error.value.message)
+    assert f"sigs.k8s.io/kwok@{version}" in message
+    log = Path(message.rsplit("Full log: ", 1)[1].strip())
+    assert log.is_file() and log.is_relative_to(tmp_path)
+    assert version in log.read_text()
+    assert "\n" not in message
+    assert time.monotonic() - started < 60
+
+
+# --- built tools --------------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_cached_tools_are_reused_quickly() -> None:
+    tools.ensure_built(echo=lambda _msg: None)
+    started = time.monotonic()
+    messages: list[str] = []
+    paths = tools.ensure_built(echo=messages.append)
+    assert time.monotonic() - started < 15
+    assert not any(m.startswith("building") for m in messages), messages
+    versions = tools.pinned_versions()
+    assert versions["helm"] in tools.version_output(paths["helm"], ["version", "--short"])
+    etcd = tools.version_output(paths["etcd"], ["--version"])
+    assert f"etcd Version: {versions['etcd'].lstrip('v')}" in etcd
+
+
+# --- a running cluster --------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_nodes_are_ready(local_cluster: LocalCluster) -> None:
+    nodes = json.loads(local_cluster.kubectl("get", "nodes", "-o", "json"))["items"]
+    assert len(nodes) >= clusters.NODES_PER_CLUSTER
+    for node in nodes:
+        ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready and ready[0]["status"] == "True", node["metadata"]["name"]
+        assert node["metadata"]["annotations"].get("kwok.x-k8s.io/node") == "fake"
+
+
+@pytest.mark.cluster
+def test_kubectl_and_server_report_the_pinned_version(local_cluster: LocalCluster) -> None:
+    pinned = tools.pinned_versions()["kubernetes"]
+    report = json.loads(local_cluster.kubectl("version", "-o", "json"))
+    assert report["serverVersion"]["gitVersion"] == pinned
+    assert report["clientVersion"]["gitVersion"] == pinned
+    major, minor = pinned.lstrip("v").split(".")[:2]
+    assert (report["serverVersion"]["major"], report["serverVersion"]["minor"]) == (major, minor)
+
+
+@pytest.mark.cluster
+def test_kubeconfig_lives_in_the_project(local_cluster: LocalCluster) -> None:
+    assert (
+        local_cluster.kubeconfig
+        == tools.REPO_ROOT / ".local" / "clusters" / local_cluster.name / "kubeconfig"
+    )
+    assert local_cluster.kubeconfig.is_file()
+    assert (clusters.server_url(local_cluster.name) or "").startswith("https://127.0.0.1:")
+
+
+@pytest.mark.cluster
+def test_deployment_and_daemonset_roll_out_in_seconds(
+    local_cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    apply(local_cluster, namespace, deployment("web", replicas=3), tmp_path)
+    daemonset = {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "agent"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "agent"}},
+            "template": {
+                "metadata": {"labels": {"app": "agent"}},
+                "spec": {"containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]},
+            },
+        },
+    }
+    apply(local_cluster, namespace, daemonset, tmp_path)
+    started = time.monotonic()
+    for kind in ("deployment/web", "daemonset/agent"):
+        local_cluster.kubectl(
+            "-n", namespace, "rollout", "status", kind, "--timeout=30s", timeout=40
+        )
+    assert time.monotonic() - started < 30
+    assert len(pods(local_cluster, namespace, "web")) == 3
+    assert len(pods(local_cluster, namespace, "agent")) >= clusters.NODES_PER_CLUSTER
+
+
+@pytest.mark.cluster
+def test_crashloop_label(local_cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    apply(local_cluster, namespace, deployment("crash", fail="crashloop"), tmp_path)
+    wait_until(
+        lambda: "CrashLoopBackOff" in pod_table(local_cluster, namespace, "crash"),
+        30,
+        "CrashLoopBackOff in `kubectl get pods`",
+    )
+
+    def container() -> dict:
+        items = pods(local_cluster, namespace, "crash")
+        statuses = (items[0]["status"].get("containerStatuses") or []) if items else []
+        return statuses[0] if statuses else {}
+
+    def restarts() -> int:
+        return container().get("restartCount", 0)
+
+    first = restarts()
+    wait_until(lambda: restarts() > first, 45, f"the restart count to rise above {first}")
+    status = pods(local_cluster, namespace, "crash")[0]["status"]
+    assert status["phase"] == "Running"
+    wait_until(
+        lambda: container().get("state", {}).get("waiting", {}).get("reason") == "CrashLoopBackOff",
+        30,
+        "containerStatuses[0].state.waiting.reason == CrashLoopBackOff",
+    )
+    backoff = container()
+    assert backoff["lastState"]["terminated"]["exitCode"] != 0
+    assert not backoff["ready"]
+
+
+@pytest.mark.cluster
+def test_imagepull_label(local_cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    apply(local_cluster, namespace, deployment("pull", fail="imagepull"), tmp_path)
+    seen: set[str] = set()
+
+    def both_seen() -> bool:
+        table = pod_table(local_cluster, namespace, "pull")
+        seen.update(r for r in ("ErrImagePull", "ImagePullBackOff") if r in table)
+        return len(seen) == 2
+
+    wait_until(both_seen, 45, "ErrImagePull and ImagePullBackOff in `kubectl get pods`")
+    assert pods(local_cluster, namespace, "pull")[0]["status"]["phase"] == "Pending"
+
+
+@pytest.mark.cluster
+def test_configerror_label(local_cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    apply(local_cluster, namespace, deployment("cfg", fail="configerror"), tmp_path)
+    wait_until(
+        lambda: "CreateContainerConfigError" in pod_table(local_cluster, namespace, "cfg"),
+        30,
+        "CreateContainerConfigError in `kubectl get pods`",
+    )
+
+
+@pytest.mark.cluster
+def test_unschedulable_label(local_cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    apply(local_cluster, namespace, deployment("stuck", fail="unschedulable"), tmp_path)
+
+    def unschedulable() -> dict | None:
+        items = pods(local_cluster, namespace, "stuck")
+        if not items:
+            return None
+        for condition in items[0]["status"].get("conditions") or []:
+            if condition["type"] == "PodScheduled" and condition.get("reason") == "Unschedulable":
+                return items[0]
+        return None
+
+    pod = wait_until(unschedulable, 30, "PodScheduled=False reason Unschedulable")
+    assert pod["status"]["phase"] == "Pending"
+    assert "nodeName" not in pod["spec"]
+    assert "Pending" in pod_table(local_cluster, namespace, "stuck")
+
+
+@pytest.mark.cluster
+def test_down_leaves_no_process_or_port(local_cluster: LocalCluster) -> None:
+    name = THROWAWAY_CLUSTER
+    if clusters.is_up(name):
+        clusters.down(name, echo=lambda _msg: None)
+    clusters.up(name, echo=lambda _msg: None)
+    try:
+        # Runs side by side with the shared cluster, on its own ports.
+        assert clusters.server_url(name) != clusters.server_url(local_cluster.name)
+        pids = clusters.cluster_pids(name)
+        assert set(pids) >= {
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok-controller",
+        }
+        ports = clusters.listening_ports(set(pids.values()))
+        assert ports, "the throwaway cluster listens on no port?"
+    finally:
+        clusters.down(name, echo=lambda _msg: None)
+    still_running = [pid for pid in pids.values() if clusters.pid_alive(pid)]
+    assert not still_running
+    assert not ports & clusters.listening_ports()
+    assert not clusters.kubeconfig(name).exists()
+    assert not clusters.workdir(name).exists()
+    assert clusters.is_up(local_cluster.name)
