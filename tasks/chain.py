@@ -33,13 +33,25 @@ from tasks.registry import Environment, Registry
 ENV_STEPS = (grafana.annotate_grafana, release.upgrade, rollout.wait_rollout, smoke.smoke_test)
 
 
-def stage(registry: Registry, env: Environment, target: str, dry_run: bool) -> Task:
+def key_holder(registry: Registry, env: Environment) -> str:
+    """The first environment of `env`'s chain unlocked with the same key and secrets.
+
+    decrypt-secrets is called with that name, so environments that share a
+    key share one call, and invoke's de-duplication runs it once.
+    """
+    for candidate in registry.chain(env.name):
+        if (candidate.key, candidate.secrets_dir) == (env.key, env.secrets_dir):
+            return candidate.name
+    return env.name
+
+
+def stage(registry: Registry, env: Environment, dry_run: bool) -> Task:
     """The invoke task that deploys `env`, with its gate's stage as its first pre-task."""
     pre: list[Call | Task] = []
     if env.gated_by:
-        pre.append(stage(registry, registry.get(env.gated_by), target, dry_run))
+        pre.append(stage(registry, registry.get(env.gated_by), dry_run))
     pre += [
-        call(secrets.decrypt_secrets, env=target, dry_run=dry_run),
+        call(secrets.decrypt_secrets, env=key_holder(registry, env), dry_run=dry_run),
         call(charts.helm_deps, dry_run=dry_run),
     ]
     pre += [call(step, env=env.name, dry_run=dry_run) for step in ENV_STEPS]
@@ -56,7 +68,7 @@ def stage(registry: Registry, env: Environment, target: str, dry_run: bool) -> T
 
 def plan(registry: Registry, target: str, dry_run: bool = False) -> list[Call]:
     """Every step call a deploy of `target` makes, in order, shared steps once."""
-    final = stage(registry, registry.get(target), target, dry_run)
+    final = stage(registry, registry.get(target), dry_run)
     executor = Executor(Collection(final))
     return executor.dedupe(executor.expand_calls([Call(final)]))
 
@@ -75,7 +87,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_deploy(c: Context, target: str, dry_run: bool, yes: bool) -> None:
+def run_deploy(c: Context, target: str | None, dry_run: bool, yes: bool) -> None:
     registry = load_registry()
     env = registry.get(target)
     chain = registry.chain(target)
@@ -84,7 +96,7 @@ def run_deploy(c: Context, target: str, dry_run: bool, yes: bool) -> None:
     question = f"Deploy to {target} (after {' -> '.join(e.name for e in chain[:-1])})?"
     if asks and not confirm(question):
         raise Exit("Not confirmed; nothing was deployed. Pass --yes to skip the question.")
-    final = stage(registry, env, target, dry_run)
+    final = stage(registry, env, dry_run)
     with _sigterm_as_interrupt(), grafana.regions_closed_on_exit():
         Executor(Collection(final), config=c.config).execute(final.name)
 
@@ -105,9 +117,7 @@ def deploy(
     rollback_on_failure: bool = False,
 ) -> None:
     """Deploy an environment: its gate's full chain first, then its own."""
-    with invocation():
-        if env is None:
-            perform(c, "deploy", None, lambda ctx: None)  # reports the known environments
+    with invocation("deploy"):
         try:
             run_deploy(c, env, dry_run, yes)
         except Stop as stop:
@@ -156,7 +166,7 @@ def ci(
 ) -> None:
     """What CI runs: validate offline on pull requests, deploy on the main branch."""
     is_pr = True if pull_request else pull_request_ci()
-    with invocation():
+    with invocation("ci"):
         if is_pr is None:
             say("No CI pull-request variables found: validating only (as for a pull request).")
             is_pr = True
@@ -187,7 +197,7 @@ def demo(c: Context, dry_run: bool = False) -> None:
     from tasks import chartrepo
     from tasks.cluster import clusters, tools
 
-    with invocation():
+    with invocation("demo"):
         if not dry_run:
             for name in clusters.DEMO_CLUSTERS:
                 if not clusters.is_up(name):

@@ -95,15 +95,22 @@ _depth = 0
 
 
 @contextmanager
-def invocation() -> Iterator[None]:
-    """The outermost task of a run prints the summary and sets the exit code."""
+def invocation(task: str = "") -> Iterator[None]:
+    """The outermost task of a run prints the summary and sets the exit code.
+
+    A failure raised outside any step (an unknown environment given to
+    `deploy`, say) is reported the same way, under the task's name.
+    """
     global _depth
     _depth += 1
     outermost = _depth == 1
     if outermost:
         summary.reset()
     try:
-        yield
+        try:
+            yield
+        except StepFailure as failure:
+            raise Stop(task, "", failure) from None
     except Stop as stop:
         if not outermost:
             raise
@@ -129,7 +136,8 @@ def _finish() -> None:
 
 def _failure_screen(stop: Stop) -> str:
     failure = stop.failure
-    lines = [f"FAILED: {stop.step} on {stop.env or 'no environment'}", f"  why: {failure.why}"]
+    where = f"{stop.step} on {stop.env}" if stop.env else stop.step
+    lines = [f"FAILED: {where}", f"  why: {failure.why}"]
     if failure.fix:
         lines.append(f"  fix: {failure.fix}")
     if failure.details:

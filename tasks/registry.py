@@ -206,20 +206,26 @@ _ENV_KEYS = (
 )
 
 
-def load(root: Path = PROJECT_ROOT) -> Registry:
-    """Load and check the registry; every error names the file and line."""
-    path = root / REGISTRY_FILE
+def load(root: Path = PROJECT_ROOT, path: Path | None = None) -> Registry:
+    """Load and check the registry; every error names the file and line.
+
+    `path` (or the DEPLOY_REGISTRY variable) reads another registry file, e.g.
+    to rehearse a change to it; values files are still found under `root`.
+    """
+    if path is None and os.environ.get("DEPLOY_REGISTRY"):
+        path = Path(os.environ["DEPLOY_REGISTRY"])
+    shown = path or REGISTRY_FILE
     try:
-        text = path.read_text()
+        text = (root / shown).read_text()
     except FileNotFoundError:
         raise RegistryError(
-            f"{REGISTRY_FILE} is missing.",
+            f"{shown} is missing.",
             "Restore it from git: git checkout -- config/",
         ) from None
     try:
-        reader = _Reader(REGISTRY_FILE, text)
+        reader = _Reader(shown, text)
     except yaml.YAMLError as error:
-        raise RegistryError(f"{REGISTRY_FILE} is not valid YAML: {error}") from None
+        raise RegistryError(f"{shown} is not valid YAML: {error}") from None
     top = reader.mapping(
         reader.root_node,
         "the top level",

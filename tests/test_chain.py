@@ -1,0 +1,308 @@
+"""The deploy chain: staging's whole chain gates prod's, and a failure stops it there.
+
+The cluster tests run `invoke deploy` for real, in a subprocess as an operator
+would, on the two local clusters, with a registry (DEPLOY_REGISTRY) that puts
+local-staging and local-prod in fresh namespaces and injects one failure into
+local-staging. After each failure, prod's namespace must hold no release.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks import chain, registry
+from tasks.cluster import clusters, tools
+from tasks.runner import PROJECT_ROOT
+from tests.fakes.grafana_server import FakeGrafana
+
+STEP_NAMES = {
+    "decrypt_secrets": "decrypt-secrets",
+    "helm_deps": "helm-deps",
+    "annotate_grafana": "annotate-grafana",
+    "upgrade": "upgrade",
+    "wait_rollout": "wait-rollout",
+    "smoke_test": "smoke-test",
+}
+
+
+def invoke(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def described(calls) -> list[str]:
+    return [
+        f"{STEP_NAMES.get(c.task.name, c.task.name)}"
+        + (f"[{c.kwargs['env']}]" if "env" in c.kwargs else "")
+        for c in calls
+    ]
+
+
+def test_plan_runs_staging_fully_before_prod_and_shared_steps_once():
+    steps = described(chain.plan(registry.load(), "prod"))
+    assert steps == [
+        "decrypt-secrets[staging]",
+        "helm-deps",
+        "annotate-grafana[staging]",
+        "upgrade[staging]",
+        "wait-rollout[staging]",
+        "smoke-test[staging]",
+        "deploy-staging",
+        "annotate-grafana[prod]",
+        "upgrade[prod]",
+        "wait-rollout[prod]",
+        "smoke-test[prod]",
+        "deploy-prod",
+    ]
+
+
+def test_plan_for_staging_runs_staging_alone():
+    steps = described(chain.plan(registry.load(), "staging"))
+    assert steps[-1] == "deploy-staging"
+    assert not any("prod" in s for s in steps)
+
+
+def test_unknown_environment_lists_the_known_ones():
+    result = invoke("deploy", "--env=nowhere", "--dry-run")
+    assert result.returncode == 1
+    assert "Unknown environment 'nowhere'" in result.stderr + result.stdout
+    assert "local-prod" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_dry_run_of_prod_prints_the_whole_plan_quickly_and_changes_nothing():
+    before = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True
+    ).stdout
+    started = time.monotonic()
+    result = invoke("deploy", "--env=prod", "--dry-run")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert elapsed < 2.0
+    out = result.stdout
+    staging_upgrade = out.index("helm upgrade staging mybinder")
+    prod_upgrade = out.index("helm upgrade prod mybinder")
+    assert (
+        staging_upgrade
+        < out.index(
+            "-m pytest /work/main/tests/smoke --env=staging".replace(
+                "/work/main", str(PROJECT_ROOT)
+            )
+        )
+        < prod_upgrade
+    )
+    assert "gcloud container clusters get-credentials prod" in out
+    assert out.count("[dry-run]") > 10
+    after = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True
+    ).stdout
+    assert before == after
+
+
+def test_ci_on_a_pull_request_validates_offline(tmp_path):
+    result = invoke(
+        "ci", "--no-tests", env={"GITHUB_ACTIONS": "true", "GITHUB_EVENT_NAME": "pull_request"}
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "::group::yaml-lint" in out and "::endgroup::" in out
+    assert "helm upgrade" not in out
+    for env in ("staging", "prod", "local-staging", "local-prod"):
+        assert (
+            f"validate          {env}" in out
+            or f"validate  {env}" in out.replace("  ", " ")
+            or f"validate [{env}]" in out
+        )
+    assert "RESULT" in out and "DURATION" in out
+
+
+def test_ci_pull_request_mode_detection(monkeypatch):
+    for name in ("GITHUB_EVENT_NAME", "TRAVIS_PULL_REQUEST", "CI_PULL_REQUEST"):
+        monkeypatch.delenv(name, raising=False)
+    assert chain.pull_request_ci() is None
+    monkeypatch.setenv("TRAVIS_PULL_REQUEST", "false")
+    assert chain.pull_request_ci() is False
+    monkeypatch.setenv("TRAVIS_PULL_REQUEST", "42")
+    assert chain.pull_request_ci() is True
+    monkeypatch.setenv("GITHUB_EVENT_NAME", "push")
+    assert chain.pull_request_ci() is False
+
+
+# -- the chain on the local clusters ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def both_clusters(chart_dependencies):
+    started = [name for name in clusters.DEMO_CLUSTERS if not clusters.is_up(name)]
+    for name in clusters.DEMO_CLUSTERS:
+        clusters.up(name)
+    yield
+    for name in started:
+        clusters.down(name)
+
+
+def demo_registry(
+    tmp_path: Path, staging_changes: dict | None = None, top: dict | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """A registry file like the shipped demo pair, in fresh namespaces; returns env vars and namespaces."""
+    shipped = yaml.safe_load((PROJECT_ROOT / "config/environments.yaml").read_text())
+    suffix = uuid.uuid4().hex[:6]
+    environments = {
+        name: dict(shipped["environments"][name]) for name in ("local-staging", "local-prod")
+    }
+    namespaces = {}
+    for name, env in environments.items():
+        env["namespace"] = namespaces[name] = f"{name}-{suffix}"
+        env["timeouts"] = {"upgrade": 60, "rollout": 40, "smoke": 60}
+    environments["local-staging"].update(staging_changes or {})
+    document = {"chart": "mybinder", **(top or {}), "environments": environments}
+    path = tmp_path / "environments.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return {"DEPLOY_REGISTRY": str(path), "SMOKE_WARMUP_SECONDS": "2"}, namespaces
+
+
+def release_exists(cluster: str, namespace: str) -> bool:
+    result = subprocess.run(
+        [str(tools.binary("helm")), "status", "binder", "--namespace", namespace],
+        env={**os.environ, "KUBECONFIG": str(clusters.kubeconfig(cluster))},
+        capture_output=True,
+        text=True,
+    )
+    return result.returncode == 0
+
+
+def values(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "injected.yaml"
+    path.write_text(text)
+    return [str(path)]
+
+
+def assert_stopped_on_staging(result, step: str, namespaces: dict[str, str]) -> str:
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-4000:]
+    assert f"FAILED: {step} on local-staging" in out, out[-4000:]
+    assert "Traceback" not in out
+    assert "upgrade [local-prod]" not in out
+    assert not release_exists("binder-prod", namespaces["local-prod"])
+    return out
+
+
+@pytest.mark.cluster
+def test_demo_chain_deploys_staging_then_prod(both_clusters, tmp_path):
+    env, namespaces = demo_registry(tmp_path)
+    result = invoke("deploy", "--env=local-prod", "--yes", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert out.index("smoke-test [local-staging]") < out.index("upgrade [local-prod]")
+    assert release_exists("binder-staging", namespaces["local-staging"])
+    assert release_exists("binder-prod", namespaces["local-prod"])
+    for cluster, namespace in (
+        ("binder-staging", namespaces["local-staging"]),
+        ("binder-prod", namespaces["local-prod"]),
+    ):
+        ready = clusters.kubectl(
+            cluster,
+            "get",
+            "deploy,ds",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.readyReplicas}{.status.numberReady} {end}",
+        )
+        assert sorted(ready.split()) == ["federation-redirect=2", "node-agent=2", "static-files=2"]
+
+
+@pytest.mark.cluster
+def test_prod_untouched_when_staging_decrypt_secrets_fails(both_clusters, tmp_path):
+    env, namespaces = demo_registry(
+        tmp_path,
+        {
+            "secrets": {
+                "dir": "secrets/missing",
+                "key": {"source": "file", "name": "demo", "path": "config/demo/git-crypt-demo.key"},
+            }
+        },
+    )
+    assert_stopped_on_staging(
+        invoke("deploy", "--env=local-prod", "--yes", env=env), "decrypt-secrets", namespaces
+    )
+
+
+@pytest.mark.cluster
+def test_prod_untouched_when_helm_deps_fails(both_clusters, tmp_path):
+    chart = tmp_path / "mybinder"
+    shutil.copytree(PROJECT_ROOT / "mybinder", chart, ignore=shutil.ignore_patterns("charts"))
+    env, namespaces = demo_registry(tmp_path, top={"chart": str(chart)})
+    env["DEPLOY_CHART_MIRRORS"] = "https://jupyterhub.github.io/helm-chart/=http://127.0.0.1:9/"
+    result = invoke("deploy", "--env=local-prod", "--yes", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-4000:]
+    assert "FAILED: helm-deps" in out and "Could not fetch the index" in out
+    assert not release_exists("binder-staging", namespaces["local-staging"])
+    assert not release_exists("binder-prod", namespaces["local-prod"])
+
+
+@pytest.mark.cluster
+def test_prod_untouched_when_staging_annotation_is_refused(both_clusters, tmp_path):
+    with FakeGrafana(token="right-token-123456") as grafana:
+        env, namespaces = demo_registry(
+            tmp_path,
+            {"grafana": {"url": grafana.url, "token_env": "TEST_GRAFANA_TOKEN", "strict": True}},
+        )
+        env["TEST_GRAFANA_TOKEN"] = "wrong-token-654321"
+        out = assert_stopped_on_staging(
+            invoke("deploy", "--env=local-prod", "--yes", env=env), "annotate-grafana", namespaces
+        )
+    assert "wrong-token-654321" not in out
+
+
+@pytest.mark.cluster
+def test_prod_untouched_when_staging_upgrade_fails(both_clusters, tmp_path):
+    env, namespaces = demo_registry(
+        tmp_path, {"extra_values": values(tmp_path, "static:\n  replicas: two\n")}
+    )
+    out = assert_stopped_on_staging(
+        invoke("deploy", "--env=local-prod", "--yes", env=env), "upgrade", namespaces
+    )
+    assert "/static/replicas" in out
+
+
+@pytest.mark.cluster
+def test_prod_untouched_when_staging_rollout_fails(both_clusters, tmp_path):
+    crash = "static:\n  podLabels:\n    kwok.binder.test/fail: crashloop\n"
+    env, namespaces = demo_registry(tmp_path, {"extra_values": values(tmp_path, crash)})
+    started = time.monotonic()
+    out = assert_stopped_on_staging(
+        invoke("deploy", "--env=local-prod", "--yes", env=env), "wait-rollout", namespaces
+    )
+    assert time.monotonic() - started < 40
+    assert "CrashLoopBackOff" in out and "static-files" in out
+
+
+@pytest.mark.cluster
+def test_prod_untouched_when_staging_smoke_tests_fail(both_clusters, tmp_path):
+    env, namespaces = demo_registry(
+        tmp_path, {"extra_values": values(tmp_path, "static:\n  replicas: 0\n")}
+    )
+    out = assert_stopped_on_staging(
+        invoke("deploy", "--env=local-prod", "--yes", env=env), "smoke-test", namespaces
+    )
+    assert "static-files" in out
