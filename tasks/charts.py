@@ -383,7 +383,7 @@ def lint_repository_yaml(ctx: StepContext) -> str:
         if (PROJECT_ROOT / name).is_file() and templates not in (PROJECT_ROOT / name).parents
     ]
     readable = [p for p in paths if not values_module.is_locked(p)]
-    problems = values_module.check_files(readable, PROJECT_ROOT)
+    problems = values_module.check_files(readable, PROJECT_ROOT, documents=True)
     if problems:
         raise StepFailure(
             f"{len(problems)} YAML problem(s) in the repository.",

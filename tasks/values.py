@@ -56,8 +56,12 @@ def is_locked(path: Path) -> bool:
         return handle.read(len(GIT_CRYPT_HEADER)) == GIT_CRYPT_HEADER
 
 
-def check_file(path: Path, shown_as: Path | None = None) -> list[Problem]:
-    """Every tab, duplicate key and syntax error in one values file."""
+def check_file(path: Path, shown_as: Path | None = None, documents: bool = False) -> list[Problem]:
+    """Every tab, duplicate key and syntax error in one values file.
+
+    With `documents`, the file may hold several YAML documents (manifests,
+    configuration streams) and need not be a mapping.
+    """
     name = shown_as or path
     if is_locked(path):
         return [
@@ -75,6 +79,10 @@ def check_file(path: Path, shown_as: Path | None = None) -> list[Problem]:
         if "\t" in line[: len(line) - len(line.lstrip())]
     ]
     try:
+        if documents:
+            for _ in yaml.load_all(text, Loader=_StrictLoader):
+                pass
+            return problems
         document = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
@@ -99,10 +107,11 @@ def _reason(error: yaml.MarkedYAMLError) -> str:
     return problem
 
 
-def check_files(paths: list[Path], root: Path) -> list[Problem]:
+def check_files(paths: list[Path], root: Path, documents: bool = False) -> list[Problem]:
     problems: list[Problem] = []
     for path in paths:
-        problems += check_file(path, path.relative_to(root) if path.is_relative_to(root) else path)
+        shown = path.relative_to(root) if path.is_relative_to(root) else path
+        problems += check_file(path, shown, documents)
     return problems
 
 
