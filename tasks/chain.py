@@ -87,7 +87,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_deploy(c: Context, target: str | None, dry_run: bool, yes: bool) -> None:
+def run_deploy(
+    c: Context, target: str | None, dry_run: bool, yes: bool, rollback_on_failure: bool = False
+) -> None:
     registry = load_registry()
     env = registry.get(target)
     chain = registry.chain(target)
@@ -97,8 +99,13 @@ def run_deploy(c: Context, target: str | None, dry_run: bool, yes: bool) -> None
     if asks and not confirm(question):
         raise Exit("Not confirmed; nothing was deployed. Pass --yes to skip the question.")
     final = stage(registry, env, dry_run)
-    with _sigterm_as_interrupt(), grafana.regions_closed_on_exit():
-        Executor(Collection(final), config=c.config).execute(final.name)
+    try:
+        with _sigterm_as_interrupt(), grafana.regions_closed_on_exit():
+            Executor(Collection(final), config=c.config).execute(final.name)
+    except Stop as stop:
+        if rollback_on_failure and not dry_run:
+            roll_back_after(c, stop, env.name)
+        raise
 
 
 @task(
@@ -118,17 +125,20 @@ def deploy(
 ) -> None:
     """Deploy an environment: its gate's full chain first, then its own."""
     with invocation("deploy"):
-        try:
-            run_deploy(c, env, dry_run, yes)
-        except Stop as stop:
-            if (
-                rollback_on_failure
-                and stop.env == env
-                and stop.step in ("wait-rollout", "smoke-test")
-            ):
-                warn(f"{stop.step} failed on {env}: rolling {env} back to its previous revision.")
-                release.rollback(c, env=env)
-            raise
+        run_deploy(c, env, dry_run, yes, rollback_on_failure)
+
+
+def roll_back_after(c: Context, stop: Stop, target: str) -> None:
+    """Roll the target back after its own rollout or smoke tests failed; report both."""
+    if stop.env != target or stop.step not in ("wait-rollout", "smoke-test"):
+        return
+    warn(f"{stop.step} failed on {target}: rolling {target} back to its previous revision.")
+    try:
+        release.rollback(c, env=target)
+    except Stop as failed:
+        warn(f"the automatic rollback of {target} failed too: {failed.failure.why}")
+    else:
+        warn(f"{target} was rolled back to its previous revision after {stop.step} failed.")
 
 
 def pull_request_ci() -> bool | None:
@@ -155,6 +165,8 @@ def ci_branch() -> str:
         "branch": "The branch whose pushes deploy (default: main).",
         "pull_request": "Force pull-request mode (validate only), whatever the CI variables say.",
         "tests": "Run the project's tests in pull-request mode (--no-tests skips them).",
+        "rollback_on_failure": "On the main branch, roll the target back if its rollout or "
+        "smoke tests fail.",
     }
 )
 def ci(
@@ -163,6 +175,7 @@ def ci(
     branch: str = "main",
     pull_request: bool = False,
     tests: bool = True,
+    rollback_on_failure: bool = False,
 ) -> None:
     """What CI runs: validate offline on pull requests, deploy on the main branch."""
     is_pr = True if pull_request else pull_request_ci()
@@ -173,7 +186,7 @@ def ci(
         if is_pr or ci_branch() not in ("", branch):
             validate_offline(c, tests)
             return
-        run_deploy(c, env, dry_run=False, yes=True)
+        run_deploy(c, env, dry_run=False, yes=True, rollback_on_failure=rollback_on_failure)
 
 
 def validate_offline(c: Context, tests: bool = True) -> None:

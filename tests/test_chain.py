@@ -304,3 +304,35 @@ def test_prod_untouched_when_staging_smoke_tests_fail(both_clusters, tmp_path):
         invoke("deploy", "--env=local-prod", "--yes", env=env), "smoke-test", namespaces
     )
     assert "static-files" in out
+
+
+@pytest.mark.cluster
+def test_prod_rolled_back_automatically_when_its_smoke_tests_fail(both_clusters, tmp_path):
+    env, namespaces = demo_registry(tmp_path)
+    first = invoke("deploy", "--env=local-prod", "--yes", env=env)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+
+    registry_file = Path(env["DEPLOY_REGISTRY"])
+    document = yaml.safe_load(registry_file.read_text())
+    broken = tmp_path / "no-static.yaml"
+    broken.write_text("static:\n  replicas: 0\n")
+    document["environments"]["local-prod"]["extra_values"] = [str(broken)]
+    registry_file.write_text(yaml.safe_dump(document))
+
+    result = invoke("deploy", "--env=local-prod", "--yes", "--rollback-on-failure", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-4000:]
+    assert "FAILED: smoke-test on local-prod" in out
+    assert "rolling local-prod back to its previous revision" in out
+    assert "local-prod was rolled back" in out
+    assert "Traceback" not in out
+    replicas = clusters.kubectl(
+        "binder-prod",
+        "get",
+        "deploy/static-files",
+        "-n",
+        namespaces["local-prod"],
+        "-o",
+        "jsonpath={.spec.replicas}",
+    )
+    assert replicas == "2"
