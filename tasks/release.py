@@ -38,8 +38,8 @@ CLUSTER_FAILURES = (
         "Run `invoke recover-release --env={env}` to roll back to the last deployed revision.",
     ),
     Diagnosis(
-        r"(Unauthorized|You must be logged in|asked for the client to provide credentials|forbidden|certificate has expired"
-        r"|x509: certificate|credentials)",
+        r"(Unauthorized|You must be logged in|asked for the client to provide credentials"
+        r"|forbidden|certificate has expired|x509: certificate|credentials)",
         "The cluster refused the deployer's credentials (expired, revoked, or lacking "
         "permission in this namespace).",
         "Check the credentials in the environment's secrets (`invoke doctor --env={env}` "
