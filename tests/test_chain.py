@@ -336,3 +336,34 @@ def test_prod_rolled_back_automatically_when_its_smoke_tests_fail(both_clusters,
         "jsonpath={.spec.replicas}",
     )
     assert replicas == "2"
+
+
+@pytest.mark.cluster
+def test_ci_on_the_main_branch_deploys_without_prompts(both_clusters, tmp_path):
+    env, namespaces = demo_registry(tmp_path)
+    env.update({"GITHUB_ACTIONS": "true", "GITHUB_EVENT_NAME": "push", "GITHUB_REF_NAME": "main"})
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "ci", "--env=local-prod"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert "::group::upgrade [local-staging]" in out and "::group::smoke-test [local-prod]" in out
+    assert re.search(r"^smoke-test\s+local-prod\s+ok", out, re.MULTILINE)
+    assert release_exists("binder-prod", namespaces["local-prod"])
+
+
+def test_ci_on_another_branch_only_validates():
+    result = invoke(
+        "ci",
+        "--no-tests",
+        env={"GITHUB_ACTIONS": "true", "GITHUB_EVENT_NAME": "push", "GITHUB_REF_NAME": "feature"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "helm upgrade" not in result.stdout
+    assert re.search(r"^validate\s+prod\s+ok", result.stdout, re.MULTILINE)

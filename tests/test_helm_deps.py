@@ -127,3 +127,19 @@ def test_dry_run_fetches_nothing(tmp_path, repository, capsys):
     assert charts.sync_dependencies(chart, {UPSTREAM: repository.url}, dry_run=True) == "1 to fetch"
     assert repository.requests == []
     assert f"[dry-run] fetch hub-1.3.0.tgz from {repository.url}" in capsys.readouterr().out
+
+
+def test_locked_secret_layers_are_replaced_by_placeholders_for_validation(tmp_path):
+    from dataclasses import replace
+
+    from tasks import registry
+    from tasks.runner import PROJECT_ROOT
+
+    secrets_dir = tmp_path / "secrets"
+    (secrets_dir / "config").mkdir(parents=True)
+    (secrets_dir / "config" / "staging.yaml").write_bytes(b"\x00GITCRYPT\x00" + bytes(32))
+    env = replace(registry.load().get("staging"), secrets_dir=secrets_dir)
+    layers, placeholders = charts.validation_layers(env)
+    assert placeholders == [secrets_dir / "config" / "staging.yaml"]
+    assert layers[-1] == PROJECT_ROOT / charts.PLACEHOLDER_SECRETS
+    assert PROJECT_ROOT / "config" / "staging.yaml" in layers

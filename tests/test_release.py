@@ -233,3 +233,19 @@ def test_secret_values_are_registered_for_masking(site_env):
     ).read_text()
     token = secret_values.split('"')[1]
     assert masker.mask(f"x {token} y") == "x ******** y"
+
+
+def test_tab_in_a_secret_values_file_is_named_without_its_content(site_env, tmp_path, capfd):
+    secrets_dir = tmp_path / "secrets"
+    (secrets_dir / "config").mkdir(parents=True)
+    canary = "canary-secret-in-a-tabbed-file-777"
+    (secrets_dir / "config" / "local-staging.yaml").write_text(
+        f"federationRedirect:\n\tsecretToken: {canary}\n"
+    )
+    ctx = site_env(secrets_dir=secrets_dir)
+    with pytest.raises(StepFailure) as raised:
+        release.upgrade_release(ctx)
+    failure = raised.value
+    assert "local-staging.yaml:2:1: tab character" in failure.details
+    everything = failure.why + failure.fix + failure.details + "".join(capfd.readouterr())
+    assert canary not in everything
