@@ -4,13 +4,14 @@ A deploy of an environment is a stage: an invoke task whose pre-tasks are
 its gate's stage (staging for prod), then its own steps in the reference
 document's order:
 
-    decrypt-secrets -> helm-deps -> annotate-grafana -> upgrade -> wait-rollout -> smoke-test
+    decrypt-secrets -> helm-deps -> lock -> annotate-grafana -> upgrade
+                                    -> wait-rollout -> smoke-test
 
 invoke's executor expands the pre-tasks depth first, so the gate's whole
 chain, smoke tests included, runs before the first step of the gated
 environment, and its de-duplication runs the steps both share
 (decrypt-secrets, helm-deps) once. A failing step raises, and nothing after
-it starts.
+it starts. The lock (tasks/lock.py) keeps two deploys off one environment.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from types import FrameType
 from invoke import Call, Collection, Context, Executor, Task, call, task
 from invoke.exceptions import Exit
 
-from tasks import charts, grafana, release, rollout, secrets, smoke
+from tasks import charts, grafana, lock, release, rollout, secrets, smoke
 from tasks.errors import StepFailure
 from tasks.output import folded, say, warn
 from tasks.pipeline import StepContext, Stop, confirm, invocation, load_registry, perform
@@ -54,9 +55,11 @@ def stage(registry: Registry, env: Environment, dry_run: bool) -> Task:
         call(secrets.decrypt_secrets, env=key_holder(registry, env), dry_run=dry_run),
         call(charts.helm_deps, dry_run=dry_run),
     ]
+    pre.append(call(lock.take_lock, env=env.name, dry_run=dry_run))
     pre += [call(step, env=env.name, dry_run=dry_run) for step in ENV_STEPS]
 
     def passed(c: Context) -> None:
+        lock.release_lock(c, env.name, dry_run)
         try:
             grafana.close_region(env.name, "success")
         except StepFailure as failure:
@@ -106,6 +109,8 @@ def run_deploy(
         if rollback_on_failure and not dry_run:
             roll_back_after(c, stop, env.name)
         raise
+    finally:
+        lock.release_all(c, dry_run)
 
 
 @task(

@@ -28,6 +28,7 @@ from tests.fakes.grafana_server import FakeGrafana
 STEP_NAMES = {
     "decrypt_secrets": "decrypt-secrets",
     "helm_deps": "helm-deps",
+    "take_lock": "lock",
     "annotate_grafana": "annotate-grafana",
     "upgrade": "upgrade",
     "wait_rollout": "wait-rollout",
@@ -61,11 +62,13 @@ def test_plan_runs_staging_fully_before_prod_and_shared_steps_once():
     assert steps == [
         "decrypt-secrets[staging]",
         "helm-deps",
+        "lock[staging]",
         "annotate-grafana[staging]",
         "upgrade[staging]",
         "wait-rollout[staging]",
         "smoke-test[staging]",
         "deploy-staging",
+        "lock[prod]",
         "annotate-grafana[prod]",
         "upgrade[prod]",
         "wait-rollout[prod]",
@@ -367,3 +370,64 @@ def test_ci_on_another_branch_only_validates():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "helm upgrade" not in result.stdout
     assert re.search(r"^validate\s+prod\s+ok", result.stdout, re.MULTILINE)
+
+
+def plant_lock(namespace: str, holder: str, expires: int) -> None:
+    clusters.kubectl("binder-staging", "create", "namespace", namespace)
+    clusters.kubectl(
+        "binder-staging",
+        "create",
+        "configmap",
+        "binder-deploy-lock",
+        "-n",
+        namespace,
+        f"--from-literal=holder={holder}",
+        "--from-literal=started=2026-11-26T10:00:00+00:00",
+        f"--from-literal=expires={expires}",
+    )
+
+
+def lock_exists(namespace: str) -> bool:
+    found = clusters.kubectl("binder-staging", "get", "configmap", "-n", namespace, "-o", "name")
+    return "configmap/binder-deploy-lock" in found
+
+
+@pytest.mark.cluster
+def test_a_second_deploy_of_the_same_environment_is_refused(both_clusters, tmp_path):
+    env, namespaces = demo_registry(tmp_path)
+    plant_lock(namespaces["local-staging"], "octocat on CI run 41", int(time.time()) + 600)
+    out = assert_stopped_on_staging(
+        invoke("deploy", "--env=local-prod", "--yes", env=env), "lock", namespaces
+    )
+    assert "Another deploy of local-staging is running: octocat on CI run 41" in out
+    assert "invoke unlock --env=local-staging" in out
+    assert not release_exists("binder-staging", namespaces["local-staging"])
+    assert lock_exists(namespaces["local-staging"])
+
+    unlocked = invoke("unlock", "--env=local-staging", env=env)
+    assert (
+        unlocked.returncode == 0 and "removed the lock of octocat on CI run 41" in unlocked.stdout
+    )
+    assert not lock_exists(namespaces["local-staging"])
+
+
+@pytest.mark.cluster
+def test_an_expired_lock_is_taken_over_and_every_lock_is_released(both_clusters, tmp_path):
+    env, namespaces = demo_registry(tmp_path)
+    plant_lock(namespaces["local-staging"], "a deploy that died", int(time.time()) - 1)
+    result = invoke("deploy", "--env=local-prod", "--yes", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert "held by a deploy that died" in out and "taking it over" in out
+    assert not lock_exists(namespaces["local-staging"])
+
+
+@pytest.mark.cluster
+def test_a_failed_deploy_releases_its_lock(both_clusters, tmp_path):
+    env, namespaces = demo_registry(
+        tmp_path, {"extra_values": values(tmp_path, "static:\n  replicas: two\n")}
+    )
+    assert_stopped_on_staging(
+        invoke("deploy", "--env=local-prod", "--yes", env=env), "upgrade", namespaces
+    )
+    assert not lock_exists(namespaces["local-staging"])

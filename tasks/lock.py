@@ -1,0 +1,173 @@
+"""One deploy at a time per environment.
+
+Two merges in quick succession start two deploys; if both run helm and wait
+on the same release, one can take the site down half-way through the other's
+rollout. The lock lives in the cluster itself (a ConfigMap in the release's
+namespace, created atomically by the API server), so it holds across CI
+runners and laptops alike. A lock whose holder died expires after the
+environment's timeouts, and `invoke unlock --env=X` removes one by hand.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from datetime import UTC, datetime
+
+from invoke import Context, task
+
+from tasks.errors import CommandFailed, StepFailure
+from tasks.output import say, warn
+from tasks.pipeline import StepContext, perform
+
+LOCK_NAME = "binder-deploy-lock"
+
+
+def holder() -> str:
+    """Who is deploying, as the other deploy's operator will read it."""
+    run = os.environ.get("GITHUB_RUN_ID") or os.environ.get("TRAVIS_JOB_ID")
+    who = os.environ.get("GITHUB_ACTOR") or getpass.getuser()
+    where = f"CI run {run}" if run else socket.gethostname()
+    return f"{who} on {where}, pid {os.getpid()}"
+
+
+def lock_lifetime(ctx: StepContext) -> int:
+    timeouts = ctx.environment.timeouts
+    return timeouts.upgrade + timeouts.rollout + timeouts.smoke + 300
+
+
+def _kubectl(ctx: StepContext, *args: str, check: bool = True) -> str:
+    namespace = ctx.environment.namespace
+    return ctx.runner.run(
+        ["kubectl", "--namespace", namespace, *args], quiet=True, check=check
+    ).stdout
+
+
+def acquire(ctx: StepContext, me: str) -> None:
+    """Take the environment's lock or explain who holds it."""
+    env = ctx.environment
+    expires = int(time.time()) + lock_lifetime(ctx)
+    ctx.runner.run(["kubectl", "create", "namespace", env.namespace], quiet=True, check=False)
+    for _ in range(2):
+        try:
+            _kubectl(
+                ctx,
+                "create",
+                "configmap",
+                LOCK_NAME,
+                f"--from-literal=holder={me}",
+                f"--from-literal=started={datetime.now(UTC).isoformat(timespec='seconds')}",
+                f"--from-literal=expires={expires}",
+            )
+            return
+        except CommandFailed as failed:
+            if "AlreadyExists" not in failed.output and "already exists" not in failed.output:
+                raise StepFailure(
+                    f"Could not take the deploy lock of {env.name}: {failed.tail(3)}",
+                    f"Check access to namespace {env.namespace}: invoke doctor --env={env.name}",
+                ) from None
+        current = current_lock(ctx)
+        if current is None:
+            continue
+        if int(current.get("expires", "0")) < time.time():
+            warn(
+                f"the deploy lock of {env.name} held by {current.get('holder')} since "
+                f"{current.get('started')} has expired; taking it over."
+            )
+            _kubectl(ctx, "delete", "configmap", LOCK_NAME, "--ignore-not-found", check=False)
+            continue
+        minutes = max(1, round((int(current["expires"]) - time.time()) / 60))
+        raise StepFailure(
+            f"Another deploy of {env.name} is running: {current.get('holder')}, since "
+            f"{current.get('started')} (its lock expires in about {minutes} min).",
+            "Wait for it to finish. If it died and its lock is stale, remove the lock: "
+            f"invoke unlock --env={env.name}",
+        )
+    raise StepFailure(f"Could not take the deploy lock of {env.name}: it kept changing hands.")
+
+
+def current_lock(ctx: StepContext) -> dict[str, str] | None:
+    result = ctx.runner.run(
+        [
+            "kubectl",
+            "--namespace",
+            ctx.environment.namespace,
+            "get",
+            "configmap",
+            LOCK_NAME,
+            "-o",
+            "json",
+        ],
+        quiet=True,
+        check=False,
+    )
+    if result.dry_run or not result.ok:
+        return None
+    return json.loads(result.stdout).get("data") or {}
+
+
+def release(ctx: StepContext, me: str) -> None:
+    current = current_lock(ctx)
+    if current is not None and current.get("holder") == me:
+        _kubectl(ctx, "delete", "configmap", LOCK_NAME, "--ignore-not-found", check=False)
+
+
+# Environments whose lock this process holds, so a failed run releases them.
+held_locks: set[str] = set()
+
+
+def take(ctx: StepContext) -> str:
+    acquire(ctx, holder())
+    held_locks.add(ctx.environment.name)
+    return "held by this deploy"
+
+
+def give_back(ctx: StepContext) -> str:
+    release(ctx, holder())
+    held_locks.discard(ctx.environment.name)
+    return "released"
+
+
+@task(help={"env": "Environment to lock.", "dry_run": "Print the commands; lock nothing."})
+def take_lock(c: Context, env: str | None = None, dry_run: bool = False) -> None:
+    """Take the environment's deploy lock (a step of `deploy`)."""
+    perform(c, "lock", env, take, dry_run=dry_run, needs_cluster=True)
+
+
+def release_lock(c: Context, env: str, dry_run: bool = False) -> None:
+    if env in held_locks:
+        perform(c, "unlock", env, give_back, dry_run=dry_run, needs_cluster=True)
+
+
+def release_all(c: Context, dry_run: bool = False) -> None:
+    """Give back every lock this run still holds, also after a failure."""
+    for env in sorted(held_locks):
+        try:
+            release_lock(c, env, dry_run)
+        except Exception as error:  # a failed release must not hide the run's own failure
+            warn(f"could not release the deploy lock of {env}: {error}")
+
+
+def remove(ctx: StepContext) -> str:
+    current = current_lock(ctx)
+    if ctx.dry_run:
+        say(f"[dry-run] would delete configmap {LOCK_NAME} in {ctx.environment.namespace}")
+        return "dry run"
+    if current is None:
+        return "no lock was held"
+    _kubectl(ctx, "delete", "configmap", LOCK_NAME, "--ignore-not-found")
+    return f"removed the lock of {current.get('holder')} (since {current.get('started')})"
+
+
+@task(
+    help={
+        "env": "Environment whose deploy lock to remove.",
+        "dry_run": "Say what would be removed; remove nothing.",
+    }
+)
+def unlock(c: Context, env: str | None = None, dry_run: bool = False) -> None:
+    """Remove an environment's deploy lock left by a deploy that died."""
+    perform(c, "unlock", env, remove, dry_run=dry_run, needs_cluster=True)
