@@ -1,64 +1,124 @@
-"""Credentials for an environment's cluster, scoped to one step.
+"""Credentials for an environment's cluster, opened once per run and gone when it ends.
 
-Each kind of cluster access is a context manager that yields the environment
-variables (KUBECONFIG, CLOUDSDK_CONFIG) the step's commands need and removes
-whatever it created on exit. The operator's own ~/.kube/config and gcloud
-login are never read or changed.
+Each kind of cluster access yields the environment variables (KUBECONFIG,
+CLOUDSDK_CONFIG, ...) the steps' commands need:
+
+    local       the kubeconfig of `invoke cluster.up`
+    kubeconfig  the decrypted kubeconfig under the secrets folder
+    gke         `gcloud auth activate-service-account` and `get-credentials`
+                inside a private, temporary gcloud configuration
+
+An environment with a `bastion` also gets an SSH tunnel to its API server and
+a temporary copy of the kubeconfig pointed at the tunnel, with the real
+server's name kept for TLS. The first step that needs the cluster opens all
+this; later steps of the same run reuse it, and the end of the run closes the
+tunnel and deletes every temporary file. The operator's own ~/.kube/config,
+kubectl context and gcloud login are never read or changed.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import paramiko
+import yaml
+from fabric import Config, Connection
+
+from tasks import toolchain
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
-from tasks.pipeline import StepContext, register_cluster_access
+from tasks.output import say, warn
+from tasks.pipeline import StepContext, held_for_run, register_cluster_access
+from tasks.registry import Bastion, Environment
+
+GIT_CRYPT_HEADER = b"\x00GITCRYPT"
+# kubectl's discovery cache would otherwise land in the operator's ~/.kube/cache.
+KUBE_CACHE_DIR = Path(__file__).resolve().parent.parent / ".local" / "kube-cache"
+SSH_TIMEOUT = 15.0
 
 GCLOUD_FAILURES = (
     Diagnosis(
-        r"gcloud: (command )?not found",
+        r"gcloud: (command )?not found|No such file or directory.*gcloud",
         "gcloud is not installed, and this environment's cluster is on GKE.",
-        "Install the Google Cloud CLI (apt-get install google-cloud-cli), or run `invoke tools`.",
+        "Install the Google Cloud CLI: apt-get install google-cloud-cli "
+        "(https://cloud.google.com/sdk/docs/install).",
     ),
     Diagnosis(
-        r"(Could not read json file|Invalid key file|not a valid json|private_key)",
+        r"key file is not in a valid format|Could not read json file|Invalid key file"
+        r"|not a valid json|Could not deserialize key data|private.key",
         "gcloud could not use the service-account key file: it is not a valid key.",
-        "Check that the secrets are unlocked (invoke decrypt-secrets) and that the key file "
-        "in the registry's cluster.key_file is the JSON key of the deployer service account.",
+        "Check that the secrets are unlocked (invoke decrypt-secrets) and that the file "
+        "named by the registry's cluster.key_file is the JSON key of the deployer "
+        "service account.",
     ),
     Diagnosis(
-        r"(Unable to find|getaddrinfo|Failed to establish a new connection|timed out)",
+        r"invalid_grant|Invalid JWT Signature|account not found",
+        "Google refused the service-account key: it was deleted, disabled or revoked.",
+        "Create a new key for the deployer service account (gcloud iam service-accounts "
+        "keys create), put it in the secrets folder and commit it.",
+    ),
+    Diagnosis(
+        r"Failed to resolve|Name or service not known|NameResolutionError"
+        r"|Temporary failure in name resolution|getaddrinfo|Network is unreachable"
+        r"|Failed to establish a new connection|Connection refused|timed out"
+        r"|Max retries exceeded",
         "gcloud could not reach Google's API: the network is down or blocked.",
-        "Check the network from this machine; re-run the step when it is back.",
+        "Check the network (DNS, proxy, firewall) from this machine; re-run when it is back.",
     ),
     Diagnosis(
-        r"gke-gcloud-auth-plugin",
-        "kubectl needs gke-gcloud-auth-plugin to talk to GKE, and it is not installed.",
-        "Install it: gcloud components install gke-gcloud-auth-plugin "
-        "(or apt-get install google-cloud-cli-gke-gcloud-auth-plugin).",
+        r"PERMISSION_DENIED|does not have permission|Required .container\.clusters\.get",
+        "The service account may not read this GKE cluster.",
+        "Give the deployer service account the cluster's get permission "
+        "(container.clusters.get, e.g. roles/container.clusterViewer) in the project.",
+    ),
+    Diagnosis(
+        r"NOT_FOUND|ResponseError: code=404|Not found: projects/",
+        "Google knows no such cluster in this project and location.",
+        "Check cluster.project, cluster.zone and cluster.cluster in config/environments.yaml.",
     ),
 )
 
 
+def open_cluster(ctx: StepContext) -> AbstractContextManager[dict[str, str]]:
+    """The credentials of the step's environment, opened by the run's first step that asks."""
+    key = ("cluster", ctx.environment.name, ctx.dry_run)
+    variables = held_for_run(key, lambda: credentials(ctx))
+    return nullcontext(dict(variables))
+
+
 @contextmanager
-def open_cluster(ctx: StepContext) -> Iterator[dict[str, str]]:
-    """Credentials for the step's environment, gone when the step ends."""
+def credentials(ctx: StepContext) -> Iterator[dict[str, str]]:
+    """Open an environment's credentials (and bastion tunnel) for the block's duration."""
     env = ctx.environment
-    kind = env.cluster.kind
-    if kind == "local":
-        yield {"KUBECONFIG": str(_local_kubeconfig(ctx))}
-    elif kind == "kubeconfig":
-        yield {"KUBECONFIG": str(_secret_kubeconfig(ctx))}
-    else:
-        with _gke(ctx) as variables:
-            yield variables
+    with ExitStack() as opened:
+        kind = env.cluster.kind
+        if kind == "local":
+            variables = {"KUBECONFIG": str(local_kubeconfig(ctx))}
+        elif kind == "kubeconfig":
+            variables = {"KUBECONFIG": str(_secret_kubeconfig(ctx))}
+        else:
+            variables = opened.enter_context(_gke(ctx))
+        variables["KUBECACHEDIR"] = str(KUBE_CACHE_DIR)
+        if bastion_of(env) is not None:
+            through = opened.enter_context(tunnel(ctx, Path(variables["KUBECONFIG"])))
+            variables["KUBECONFIG"] = str(through)
+        yield variables
 
 
-def _local_kubeconfig(ctx: StepContext) -> Path:
+def bastion_of(env: Environment) -> Bastion | None:
+    """The environment's SSH bastion; None when its API server is reached directly."""
+    return env.bastion
+
+
+def local_kubeconfig(ctx: StepContext) -> Path:
     from tasks.cluster import clusters
 
     name = ctx.environment.cluster.local_name
@@ -71,26 +131,58 @@ def _local_kubeconfig(ctx: StepContext) -> Path:
     return path
 
 
-def _secret_kubeconfig(ctx: StepContext) -> Path:
-    env = ctx.environment
-    path = env.secret_path(env.cluster.kubeconfig)
-    if ctx.dry_run:
-        return path
-    if not path.exists():
+def secret_file(env: Environment, relative: str, field: str) -> Path:
+    """A credential file under the environment's secrets folder, present and decrypted."""
+    path = env.secret_path(relative)
+    if not path.is_file():
         raise StepFailure(
-            f"The kubeconfig {path} named by environment {env.name!r} (cluster.kubeconfig) "
-            "does not exist.",
+            f"The file {path} named by environment {env.name!r} ({field}) does not exist.",
             "Unlock the secrets (invoke decrypt-secrets) or fix the path in "
             "config/environments.yaml.",
         )
-    if path.read_bytes()[:9] == b"\x00GITCRYPT":
-        raise StepFailure(
-            f"The kubeconfig {path} is still encrypted.",
-            f"Unlock the secrets first: invoke decrypt-secrets --env={env.name}",
-        )
+    with path.open("rb") as file:
+        if file.read(len(GIT_CRYPT_HEADER)) == GIT_CRYPT_HEADER:
+            raise StepFailure(
+                f"{path} ({field}) is still encrypted.",
+                f"Unlock the secrets first: invoke decrypt-secrets --env={env.name}",
+            )
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
         path.chmod(0o600)
     return path
+
+
+def _secret_kubeconfig(ctx: StepContext) -> Path:
+    env = ctx.environment
+    if ctx.dry_run:
+        return env.secret_path(env.cluster.kubeconfig)
+    return secret_file(env, env.cluster.kubeconfig, "cluster.kubeconfig")
+
+
+def check_service_account_key(path: Path) -> dict:
+    """The parsed service-account key, or a failure saying what is wrong with the file."""
+    try:
+        key = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        key = None
+    fields = ("client_email", "private_key")
+    if (
+        not isinstance(key, dict)
+        or key.get("type") != "service_account"
+        or not all(key.get(field) for field in fields)
+    ):
+        raise StepFailure(
+            f"{path} is not a service-account key (JSON with type service_account, "
+            "client_email and private_key).",
+            "Put the JSON key of the deployer service account there (gcloud iam "
+            "service-accounts keys create), or fix cluster.key_file in config/environments.yaml.",
+        )
+    return key
+
+
+def _require_tool(ctx: StepContext, name: str, why: str) -> None:
+    if toolchain.locate(name, ctx.runner.tool_dirs) is None:
+        install = toolchain.system_tools()[name].install
+        raise StepFailure(f"{name} is not installed; {why}.", f"Install it: {install}.")
 
 
 @contextmanager
@@ -98,6 +190,13 @@ def _gke(ctx: StepContext) -> Iterator[dict[str, str]]:
     env = ctx.environment
     cluster = env.cluster
     key_file = env.secret_path(cluster.key_file)
+    if not ctx.dry_run:
+        _require_tool(ctx, "gcloud", f"environment {env.name}'s cluster is on GKE")
+        _require_tool(
+            ctx, "gke-gcloud-auth-plugin", "kubectl and helm need it to authenticate to GKE"
+        )
+        key_file = secret_file(env, cluster.key_file, "cluster.key_file")
+        check_service_account_key(key_file)
     with tempfile.TemporaryDirectory(prefix="deploy-gcloud-") as private:
         os.chmod(private, 0o700)
         variables = {
@@ -107,13 +206,6 @@ def _gke(ctx: StepContext) -> Iterator[dict[str, str]]:
             "USE_GKE_GCLOUD_AUTH_PLUGIN": "True",
         }
         runner = ctx.runner.with_env(**variables)
-        if not ctx.dry_run and not key_file.exists():
-            raise StepFailure(
-                f"The service-account key {key_file} named by environment {env.name!r} "
-                "(cluster.key_file) does not exist.",
-                "Unlock the secrets (invoke decrypt-secrets) or fix the path in "
-                "config/environments.yaml.",
-            )
         location = "--region" if cluster.zone.count("-") == 1 else "--zone"
         try:
             runner.run(["gcloud", "auth", "activate-service-account", f"--key-file={key_file}"])
@@ -133,6 +225,189 @@ def _gke(ctx: StepContext) -> Iterator[dict[str, str]]:
                 failed, GCLOUD_FAILURES, "gcloud could not get the cluster's credentials"
             ) from None
         yield variables
+
+
+def api_server(kubeconfig: Path) -> str:
+    """The server URL of the kubeconfig's current context."""
+    try:
+        config = yaml.safe_load(kubeconfig.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise StepFailure(f"Cannot read the kubeconfig {kubeconfig}: {error}") from None
+    clusters = {c.get("name"): c.get("cluster") or {} for c in config.get("clusters") or []}
+    contexts = {c.get("name"): c.get("context") or {} for c in config.get("contexts") or []}
+    current = contexts.get(config.get("current-context"), {}).get("cluster")
+    if current is None and len(clusters) == 1:
+        current = next(iter(clusters))
+    server = clusters.get(current, {}).get("server")
+    if not server:
+        raise StepFailure(
+            f"The kubeconfig {kubeconfig} names no server for its current context.",
+            "Set its current-context to the cluster to deploy to.",
+        )
+    return str(server)
+
+
+def tunnelled_kubeconfig(source: Path, target: Path, local_port: int) -> None:
+    """Write a copy of `source` whose server is the tunnel's end, TLS still naming the real one."""
+    server = api_server(source)
+    config = yaml.safe_load(source.read_text())
+    real_host = urlsplit(server).hostname or ""
+    base = source.parent
+    for entry in config.get("clusters") or []:
+        cluster = entry.get("cluster") or {}
+        if cluster.get("server") == server:
+            cluster["server"] = f"https://127.0.0.1:{local_port}"
+            cluster.setdefault("tls-server-name", real_host)
+        _absolute(cluster, "certificate-authority", base)
+    for entry in config.get("users") or []:
+        user = entry.get("user") or {}
+        for field in ("client-certificate", "client-key", "tokenFile"):
+            _absolute(user, field, base)
+    target.write_text(yaml.safe_dump(config, sort_keys=False))
+    target.chmod(0o600)
+
+
+def _absolute(section: dict, field: str, base: Path) -> None:
+    # A kubeconfig's relative file names are relative to the kubeconfig itself,
+    # and the copy lives elsewhere.
+    value = section.get(field)
+    if isinstance(value, str) and value and not os.path.isabs(value):
+        section[field] = str(base / value)
+
+
+@contextmanager
+def tunnel(ctx: StepContext, kubeconfig: Path) -> Iterator[Path]:
+    """An SSH tunnel through the environment's bastion to its API server, for the block."""
+    env = ctx.environment
+    bastion = bastion_of(env)
+    if bastion is None:
+        raise StepFailure(f"Environment {env.name} has no bastion.")
+    server = urlsplit(api_server(kubeconfig) if kubeconfig.exists() else "https://server")
+    remote = (server.hostname or "", server.port or 443)
+    where = f"{bastion.user}@{bastion.host}:{bastion.port}"
+    if ctx.dry_run:
+        say(f"[dry-run] ssh tunnel through {where} to {remote[0]}:{remote[1]}")
+        yield kubeconfig
+        return
+    key = secret_file(env, bastion.key_file, "bastion.key_file")
+    connection = _connection(env, bastion, key)
+    local_port = _free_port()
+    try:
+        _connect(connection, bastion, key, where)
+    except StepFailure:
+        connection.close()
+        raise
+    with (
+        connection,
+        connection.forward_local(
+            local_port=local_port,
+            remote_port=remote[1],
+            remote_host=remote[0],
+            local_host="127.0.0.1",
+        ),
+        tempfile.TemporaryDirectory(prefix="deploy-tunnel-") as private,
+    ):
+        _wait_for_listener(local_port)
+        say(f"tunnel: 127.0.0.1:{local_port} -> {where} -> {remote[0]}:{remote[1]}")
+        copy = Path(private) / "kubeconfig"
+        tunnelled_kubeconfig(kubeconfig, copy, local_port)
+        yield copy
+
+
+def _connection(env: Environment, bastion: Bastion, key: Path) -> Connection:
+    # Only the registry's key, never the operator's agent, ~/.ssh keys or ssh config.
+    connection = Connection(
+        bastion.host,
+        user=bastion.user,
+        port=bastion.port,
+        connect_timeout=SSH_TIMEOUT,
+        config=Config(overrides={"load_ssh_configs": False}),
+        connect_kwargs={
+            "key_filename": [str(key)],
+            "look_for_keys": False,
+            "allow_agent": False,
+            "banner_timeout": SSH_TIMEOUT,
+            "auth_timeout": SSH_TIMEOUT,
+        },
+    )
+    if bastion.known_hosts:
+        known = secret_file(env, bastion.known_hosts, "bastion.known_hosts")
+        connection.client.load_host_keys(str(known))
+        connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    else:
+        warn(
+            f"The host key of {env.name}'s bastion {bastion.host} is not pinned "
+            "(bastion.known_hosts); TLS still verifies the API server through the tunnel."
+        )
+    return connection
+
+
+def _connect(connection: Connection, bastion: Bastion, key: Path, where: str) -> None:
+    try:
+        connection.open()
+    except paramiko.AuthenticationException:
+        raise StepFailure(
+            f"The bastion refused the key {key.name} for {where}.",
+            f"Add the public half of {key} to ~{bastion.user}/.ssh/authorized_keys on "
+            f"{bastion.host}, or fix bastion.key_file and bastion.user in "
+            "config/environments.yaml.",
+        ) from None
+    except paramiko.BadHostKeyException as error:
+        raise StepFailure(
+            f"The bastion {bastion.host} presented a host key that does not match "
+            "bastion.known_hosts: it was rebuilt, or someone is in between.",
+            "Confirm the new host key with its administrator before updating bastion.known_hosts.",
+            details=str(error),
+        ) from None
+    except paramiko.SSHException as error:
+        if "not found in known_hosts" in str(error):
+            raise StepFailure(
+                f"The bastion {bastion.host}'s host key is not in bastion.known_hosts.",
+                f"Add it (ssh-keyscan -p {bastion.port} {bastion.host}, checked with its "
+                "administrator) to the file bastion.known_hosts names.",
+            ) from None
+        if "private key" in str(error) or "not a valid" in str(error):
+            raise StepFailure(
+                f"{key} (bastion.key_file) is not an SSH private key: {error}.",
+                "Put the bastion's deploy key there (OpenSSH or PEM format, no passphrase).",
+            ) from None
+        raise StepFailure(f"SSH to the bastion {where} failed: {error}.") from None
+    except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as error:
+        raise StepFailure(
+            f"The bastion {where} cannot be reached: {error}.",
+            "Check the bastion's host and port in config/environments.yaml and the network "
+            "(VPN, firewall) between here and it.",
+        ) from None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for_listener(port: int, seconds: float = 5.0) -> None:
+    # forward_local listens from a thread of its own, a moment after it returns.
+    # A test connection would open a channel the tunnel cannot take back, so
+    # the kernel's table of listening sockets is asked instead.
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _listening(port):
+            return
+        time.sleep(0.02)
+    raise StepFailure(f"The SSH tunnel did not start listening on 127.0.0.1:{port}.")
+
+
+def _listening(port: int) -> bool:
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return True
+    wanted = f"0100007F:{port:04X}"
+    listen = "0A"
+    return any(
+        fields[1] == wanted and fields[3] == listen for fields in (line.split() for line in lines)
+    )
 
 
 register_cluster_access(open_cluster)

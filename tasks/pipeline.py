@@ -12,20 +12,32 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any, TypeVar
 
 from invoke import Context
 from invoke.exceptions import Exit
 
 from tasks import registry as registry_module
 from tasks.errors import CommandFailed, StepFailure
-from tasks.output import StepRecord, Stopwatch, folded, format_seconds, masker, say, summary
+from tasks.output import (
+    StepRecord,
+    Stopwatch,
+    folded,
+    format_seconds,
+    masker,
+    say,
+    summary,
+    warn,
+)
 from tasks.registry import Environment, Registry
 from tasks.runner import PROJECT_ROOT, Runner
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -77,18 +89,38 @@ def register_cluster_access(opener: ClusterAccessOpener) -> None:
 
 
 def pinned_tool_dirs() -> list[Path]:
-    """Where the pinned helm and kubectl live; searched before anything on PATH."""
-    from tasks.cluster import tools
+    """Where the pinned tools live, searched before anything on PATH.
 
-    dirs: list[Path] = []
-    for name in ("helm", "kubectl"):
-        try:
-            folder = tools.binary(name).parent
-        except Exit:
-            continue
-        if folder not in dirs:
-            dirs.append(folder)
-    return dirs
+    The project's tools folder (`invoke tools`) first, then the Go builds of
+    `invoke cluster.build`.
+    """
+    from tasks import toolchain
+
+    return toolchain.search_dirs()
+
+
+# What a run keeps open across its steps (cluster credentials, SSH tunnels),
+# closed when the outermost invocation ends: one gcloud login per environment
+# per run, not one per step.
+_held: dict[Hashable, Any] = {}
+_held_open = ExitStack()
+
+
+def held_for_run(key: Hashable, opener: Callable[[], AbstractContextManager[T]]) -> T:
+    """Enter `opener()` once per run under `key`; later calls get the same value."""
+    if key not in _held:
+        _held[key] = _held_open.enter_context(opener())
+    return _held[key]
+
+
+def _release_held() -> None:
+    global _held_open
+    closing, _held_open = _held_open, ExitStack()
+    _held.clear()
+    try:
+        closing.close()
+    except Exception as error:
+        warn(f"Closing what the run held open failed: {error}")
 
 
 _depth = 0
@@ -126,6 +158,8 @@ def invocation(task: str = "") -> Iterator[None]:
             _finish()
     finally:
         _depth -= 1
+        if outermost:
+            _release_held()
 
 
 def _finish() -> None:

@@ -44,6 +44,19 @@ class ClusterAccess:
 
 
 @dataclass(frozen=True)
+class Bastion:
+    """An SSH host in front of the cluster's API server; steps reach the cluster through it."""
+
+    host: str
+    user: str
+    key_file: str  # the SSH private key, under the secrets folder
+    port: int = 22
+    # The bastion's host key in known_hosts format, under the secrets folder;
+    # without it any host key is accepted (TLS still checks the API server).
+    known_hosts: str = ""
+
+
+@dataclass(frozen=True)
 class KeySource:
     """Where the git-crypt key that unlocks this environment's secrets comes from."""
 
@@ -92,6 +105,7 @@ class Environment:
     components: dict[str, bool] = field(default_factory=dict)
     # Further values files layered after the four standard ones, in order.
     extra_values: tuple[str, ...] = ()
+    bastion: Bastion | None = None
 
     def values_files(self, root: Path = PROJECT_ROOT) -> list[Path]:
         """The values files in the order helm must layer them, existing ones only.
@@ -203,6 +217,7 @@ _ENV_KEYS = (
     "gated_by",
     "components",
     "extra_values",
+    "bastion",
 )
 
 
@@ -304,6 +319,7 @@ def _environment(reader: _Reader, name: str, node: yaml.Node) -> Environment:
         extra_values=tuple(str(v) for v in reader.plain(items["extra_values"]) or ())
         if "extra_values" in items
         else (),
+        bastion=_bastion(reader, where, items["bastion"]) if "bastion" in items else None,
     )
 
 
@@ -335,6 +351,28 @@ def _cluster(reader: _Reader, where: str, node: yaml.Node) -> ClusterAccess:
     values = {k: str(reader.scalar(v)) for k, v in items.items() if k != "kind"}
     local_name = values.pop("name", "")
     return ClusterAccess(kind=kind, local_name=local_name, **values)
+
+
+def _bastion(reader: _Reader, where: str, node: yaml.Node) -> Bastion | None:
+    if isinstance(node, yaml.ScalarNode) and reader.scalar(node) in (None, False):
+        return None
+    items = reader.mapping(
+        node, f"{where} bastion", ("host", "port", "user", "key_file", "known_hosts")
+    )
+    for required in ("host", "user", "key_file"):
+        if required not in items:
+            raise reader.fail(node, f"{where} bastion needs `{required}:`.")
+    port = reader.scalar(items["port"]) if "port" in items else 22
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise reader.fail(
+            items["port"], f"{where} bastion port must be a TCP port number, not {port!r}."
+        )
+    values = {
+        k: str(reader.scalar(items[k]))
+        for k in ("host", "user", "key_file", "known_hosts")
+        if k in items
+    }
+    return Bastion(port=port, **values)
 
 
 def _key_source(

@@ -1,0 +1,434 @@
+"""`invoke doctor --env=X`: why can't I deploy? Every precondition of a deploy, checked at once.
+
+Each check answers OK, WARN or FAIL, and says what to do when it is not OK:
+
+    tools         helm, kubectl, git-crypt (and gcloud for GKE) at their pinned versions
+    secrets       nothing under the environment's secrets folder still encrypted
+    credentials   the kubeconfig, key or bastion key present, decrypted, not expired
+    cluster       the API server answers `kubectl version`
+    namespace     the credentials may create and patch Deployments there
+    grafana       the annotation token is accepted
+    charts        every dependency's repository index is reachable and lists the pin
+
+`cluster_checks(ctx)` is the cluster-side part, which `deploy` runs for every
+environment of its chain before it changes anything (`preflight`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+import yaml
+from invoke import Context, task
+
+from tasks import access, charts, grafana, secrets, toolchain
+from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
+from tasks.output import say
+from tasks.pipeline import StepContext, perform
+from tasks.registry import Environment, Registry
+from tasks.runner import PROJECT_ROOT, Runner
+from tasks.secrets_keys import EXPIRY_WARNING_DAYS, GIT_CRYPT_HEADER, check_certificates
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+HTTP_TIMEOUT = 10.0
+INDEX_RETRY_DELAYS = (1.0,)
+
+KUBECTL_FAILURES = (
+    Diagnosis(
+        r"(?:The connection to the server |dial tcp )([^\s:]+:\d+)"
+        r"(?: was refused|: connect: connection refused)",
+        "Nothing answers at {0}: the API server is down or the address is wrong.",
+        "Start the cluster, or check the server address in its kubeconfig.",
+    ),
+    Diagnosis(
+        r"(no such host|i/o timeout|Client\.Timeout|network is unreachable|context deadline)",
+        "The API server cannot be reached over the network ({0}).",
+        "Check the network, VPN or bastion between here and the cluster.",
+    ),
+    Diagnosis(
+        r"certificate has expired|x509: .*(expired|not yet valid)",
+        "TLS with the API server failed: a certificate has expired.",
+        "Renew the cluster's certificates or the kubeconfig's client certificate.",
+    ),
+    Diagnosis(
+        r"x509: (.*)",
+        "The API server's TLS certificate is not the one the kubeconfig trusts: {0}.",
+        "Check certificate-authority(-data) and the server address in the kubeconfig.",
+    ),
+    Diagnosis(
+        r"(Unauthorized|You must be logged in|provide credentials)",
+        "The API server rejected the credentials.",
+        "Renew the kubeconfig's credentials (or the service-account key) for this cluster.",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One answer of the doctor: what was checked, how it stands, and what to do."""
+
+    subject: str
+    status: str  # OK, WARN or FAIL
+    detail: str
+    fix: str = ""
+
+    def lines(self) -> list[str]:
+        lines = [f"{self.status:<4}  {self.subject:<11} {self.detail}"]
+        if self.fix and self.status != OK:
+            lines.append(f"{'':<17} fix: {self.fix}")
+        return lines
+
+
+def tool_checks(env: Environment | None, registry: Registry) -> list[Check]:
+    """A check per tool the environment (or, without one, any environment) needs."""
+    found = []
+    for name in toolchain.needed(env, registry):
+        tool = toolchain.state(name)
+        if tool.ok:
+            found.append(Check("tools", OK, tool.describe()))
+            continue
+        system = toolchain.system_tools().get(name)
+        # Without --env, a tool only some environments need may be missing here.
+        status = WARN if env is None and system is not None and system.needed_by else FAIL
+        found.append(Check("tools", status, tool.describe(with_fix=False), tool.fix))
+    return found
+
+
+def locked_files(env: Environment, registry: Registry, root: Path = PROJECT_ROOT) -> list[Path]:
+    """Files of the environment's secrets folder still carrying the git-crypt header.
+
+    Another environment's secrets folder nested inside (secrets/demo in secrets)
+    is passed over: it is unlocked with another key.
+    """
+    base = root / env.secrets_dir
+    others = [
+        root / other.secrets_dir
+        for other in registry.environments.values()
+        if other.secrets_dir != env.secrets_dir and (root / other.secrets_dir).is_relative_to(base)
+    ]
+    found = []
+    for path in sorted(base.rglob("*")) if base.is_dir() else []:
+        if not path.is_file() or any(path.is_relative_to(o) for o in others):
+            continue
+        with path.open("rb") as file:
+            if file.read(len(GIT_CRYPT_HEADER)) == GIT_CRYPT_HEADER:
+                found.append(path.relative_to(root) if path.is_relative_to(root) else path)
+    return found
+
+
+def secrets_checks(env: Environment, registry: Registry, root: Path = PROJECT_ROOT) -> list[Check]:
+    locked = locked_files(env, registry, root)
+    if locked:
+        shown = ", ".join(map(str, locked[:5])) + (" ..." if len(locked) > 5 else "")
+        return [
+            Check(
+                "secrets",
+                FAIL,
+                f"{len(locked)} file(s) of {env.secrets_dir} are still encrypted: {shown}",
+                f"invoke decrypt-secrets --env={env.name}",
+            )
+        ]
+    needed = secrets.required_files(env)
+    bastion = access.bastion_of(env)
+    if bastion is not None:
+        needed.append((env.secrets_dir / bastion.key_file, "bastion.key_file"))
+    missing = [f"{path} ({entry})" for path, entry in needed if not (root / path).exists()]
+    if missing:
+        return [
+            Check(
+                "secrets",
+                FAIL,
+                "missing: " + "; ".join(missing),
+                "Add them under the secrets folder, or fix config/environments.yaml.",
+            )
+        ]
+    return [Check("secrets", OK, f"{env.secrets_dir} unlocked, every needed file present")]
+
+
+def credential_checks(ctx: StepContext) -> list[Check]:
+    """The environment's credential files: present, decrypted, well-formed, not expired."""
+    env = ctx.environment
+    found: list[Check] = []
+    try:
+        if env.cluster.kind == "local":
+            path = access.local_kubeconfig(ctx)
+            found.append(_certificates(ctx, path, f"local cluster {env.cluster.local_name}"))
+        elif env.cluster.kind == "kubeconfig":
+            path = access.secret_file(env, env.cluster.kubeconfig, "cluster.kubeconfig")
+            found.append(_certificates(ctx, path, str(env.secrets_dir / env.cluster.kubeconfig)))
+        else:
+            path = access.secret_file(env, env.cluster.key_file, "cluster.key_file")
+            key = access.check_service_account_key(path)
+            found.append(
+                Check(
+                    "credentials",
+                    OK,
+                    f"service-account key of {key.get('client_email', '?')} "
+                    "(Google checks it when gcloud logs in)",
+                )
+            )
+        bastion = access.bastion_of(env)
+        if bastion is not None:
+            access.secret_file(env, bastion.key_file, "bastion.key_file")
+            found.append(
+                Check(
+                    "credentials",
+                    OK,
+                    f"bastion key {env.secrets_dir / bastion.key_file} for "
+                    f"{bastion.user}@{bastion.host}:{bastion.port}",
+                )
+            )
+    except StepFailure as failure:
+        found.append(Check("credentials", FAIL, failure.why, failure.fix))
+    return found
+
+
+def _certificates(ctx: StepContext, kubeconfig: Path, shown: str) -> Check:
+    try:
+        expiring = check_certificates(ctx, PROJECT_ROOT, [kubeconfig])
+    except StepFailure as failure:
+        return Check("credentials", FAIL, failure.why, failure.fix)
+    if expiring:
+        return Check(
+            "credentials",
+            WARN,
+            f"{shown}: a client certificate expires within {EXPIRY_WARNING_DAYS} days",
+            "Renew it before then.",
+        )
+    return Check("credentials", OK, f"{shown}: kubeconfig readable, certificates not expired")
+
+
+def cluster_checks(ctx: StepContext) -> list[Check]:
+    """Credentials, the API server and the namespace: what a deploy needs from the cluster.
+
+    Opens the environment's credentials for the run (a later step reuses them).
+    Stops at the first failure: what follows it could only fail the same way.
+    """
+    env = ctx.environment
+    found = credential_checks(ctx)
+    if any(check.status == FAIL for check in found):
+        return found
+    try:
+        with access.open_cluster(ctx) as variables:
+            runner = ctx.runner.with_env(**variables)
+            found.append(_reachable(runner, env))
+            if found[-1].status != FAIL:
+                found.append(_writable(runner, env))
+    except StepFailure as failure:
+        found.append(Check("cluster", FAIL, failure.why, failure.fix))
+    return found
+
+
+def _reachable(runner: Runner, env: Environment) -> Check:
+    try:
+        result = runner.run(
+            ["kubectl", "version", "-o", "json", "--request-timeout=10s"],
+            quiet=True,
+            timeout=30,
+        )
+    except CommandFailed as failed:
+        failure = explain(failed, KUBECTL_FAILURES, "kubectl could not reach the API server")
+        fix = failure.fix
+        if env.is_local and "Start the cluster" in fix:
+            fix = f"Start it: invoke cluster.up --name={env.cluster.local_name}"
+        return Check("cluster", FAIL, failure.why, fix)
+    try:
+        report = json.loads(result.stdout)
+        server = report["serverVersion"]["gitVersion"]
+        client = report["clientVersion"]["gitVersion"]
+    except (ValueError, KeyError, TypeError):
+        return Check("cluster", WARN, "the API server answered, but not with its version")
+    skew = abs(_minor(server) - _minor(client))
+    if skew > 1:
+        return Check(
+            "cluster",
+            WARN,
+            f"API server {server}, kubectl {client}: more than one minor version apart",
+            "Pin a kubectl within one minor version of the server in config/tools.yaml.",
+        )
+    return Check("cluster", OK, f"API server {server} answers (kubectl {client})")
+
+
+def _minor(version: str) -> int:
+    try:
+        return int(version.lstrip("v").split(".")[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _writable(runner: Runner, env: Environment) -> Check:
+    refused = []
+    for verb in ("create", "patch"):
+        result = runner.run(
+            ["kubectl", "auth", "can-i", verb, "deployments", "-n", env.namespace],
+            quiet=True,
+            check=False,
+            timeout=30,
+        )
+        if result.stdout.strip() != "yes":
+            refused.append(verb)
+    if refused:
+        return Check(
+            "namespace",
+            FAIL,
+            f"the credentials may not {' or '.join(refused)} Deployments in {env.namespace}",
+            f"Grant the deployer a Role with create and patch on Deployments in {env.namespace} "
+            "(and whatever else the chart deploys).",
+        )
+    return Check("namespace", OK, f"may create and patch Deployments in {env.namespace}")
+
+
+def grafana_check(env: Environment, get: Callable[..., requests.Response] = requests.get) -> Check:
+    """The annotation token, tried on a read of the annotations API."""
+    settings = env.grafana
+    if settings is None:
+        return Check("grafana", OK, "not configured for this environment; nothing to annotate")
+    try:
+        token = grafana.read_token(env)
+    except StepFailure as failure:
+        return Check("grafana", FAIL, failure.why, failure.fix)
+    headers = {"Authorization": f"Bearer {token}"}
+    if settings.org_id is not None:
+        headers["X-Grafana-Org-Id"] = str(settings.org_id)
+    url = f"{settings.url}/api/annotations"
+    # Without `strict` an annotation problem only warns during a deploy.
+    unreachable = FAIL if settings.strict else WARN
+    try:
+        response = get(url, params={"limit": 1}, headers=headers, timeout=HTTP_TIMEOUT)
+    except requests.RequestException as error:
+        return Check(
+            "grafana",
+            unreachable,
+            f"{settings.url} cannot be reached ({type(error).__name__})",
+            "Check the URL in config/environments.yaml and the network.",
+        )
+    if response.status_code in (401, 403):
+        return Check(
+            "grafana",
+            FAIL,
+            f"{settings.url} refused the token (HTTP {response.status_code})",
+            "Create a new service-account token with the Editor role and put it in "
+            + (f"the secrets folder ({settings.token_file})" if settings.token_file else "")
+            + (f" or ${settings.token_env}" if settings.token_env else "")
+            + ".",
+        )
+    if response.status_code >= 400:
+        return Check(
+            "grafana",
+            unreachable,
+            f"{settings.url} answered HTTP {response.status_code}",
+            "Check the URL in config/environments.yaml; Grafana may be having difficulties.",
+        )
+    return Check("grafana", OK, f"{settings.url} accepts the token")
+
+
+def chart_checks(registry: Registry, root: Path = PROJECT_ROOT) -> list[Check]:
+    """Each chart repository's index, through its mirror, listing the pinned version."""
+    chart_dir = root / registry.chart
+    try:
+        dependencies = charts.pinned_dependencies(chart_dir)
+    except StepFailure as failure:
+        return [Check("charts", FAIL, failure.why, failure.fix)]
+    found = []
+    indexes: dict[str, dict | str] = {}
+    for dependency in dependencies:
+        source = charts.mirrored(dependency.repository, registry.repository_mirrors)
+        url = source.rstrip("/") + "/index.yaml"
+        if url not in indexes:
+            try:
+                indexes[url] = (
+                    yaml.safe_load(charts.fetch_with_retries(url, delays=INDEX_RETRY_DELAYS)) or {}
+                )
+            except (charts.FetchError, yaml.YAMLError) as error:
+                indexes[url] = str(error)
+        index = indexes[url]
+        what = f"{dependency.name} {dependency.version} from {url}"
+        if isinstance(index, str):
+            fetched = charts.archive_is_valid(chart_dir / "charts" / dependency.archive, dependency)
+            found.append(
+                Check(
+                    "charts",
+                    WARN if fetched else FAIL,
+                    f"{url} cannot be fetched ({index})"
+                    + ("; the pinned archive is already in charts/" if fetched else ""),
+                    "Check the network, or add a mirror under repository_mirrors in "
+                    "config/environments.yaml (or DEPLOY_CHART_MIRRORS).",
+                )
+            )
+            continue
+        versions = {
+            str(entry.get("version"))
+            for entry in (index.get("entries") or {}).get(dependency.name) or []
+        }
+        if dependency.version in versions:
+            found.append(Check("charts", OK, f"{what}: listed"))
+        else:
+            found.append(
+                Check(
+                    "charts",
+                    FAIL,
+                    f"{what}: the index does not list this version",
+                    "Wait until it is published, or pin a version the index lists "
+                    "(Chart.yaml and Chart.lock).",
+                )
+            )
+    return found
+
+
+def diagnose(ctx: StepContext) -> str:
+    """Run every check, print a line for each, fail when any says FAIL."""
+    env = ctx.env
+    found = tool_checks(env, ctx.registry)
+    if env is not None:
+        found += secrets_checks(env, ctx.registry)
+        found += cluster_checks(ctx)
+        found.append(grafana_check(env))
+    found += chart_checks(ctx.registry)
+    for check in found:
+        for line in check.lines():
+            say(line)
+    if env is None:
+        say("Pass --env=NAME to check an environment's secrets, cluster and Grafana too.")
+    failed = [check for check in found if check.status == FAIL]
+    warned = [check for check in found if check.status == WARN]
+    if failed:
+        raise StepFailure(
+            f"{len(failed)} check(s) failed: " + "; ".join(c.detail for c in failed),
+            failed[0].fix,
+        )
+    return f"{len(found)} checks, {len(warned)} warning(s)"
+
+
+def preflight_checks(ctx: StepContext) -> str:
+    """The cluster checks of one environment of a deploy, before it changes anything."""
+    env = ctx.environment
+    if locked_files(env, ctx.registry):
+        # A fresh CI checkout: the deploy's own decrypt-secrets unlocks them, and its
+        # steps then meet any cluster problem before changing anything but Grafana.
+        say(
+            f"{WARN:<4}  {'secrets':<11} still locked: the cluster is checked after decrypt-secrets"
+        )
+        return "secrets locked; cluster not checked yet"
+    found = cluster_checks(ctx)
+    for check in found:
+        for line in check.lines():
+            say(line)
+    failed = [check for check in found if check.status == FAIL]
+    if failed:
+        raise StepFailure(failed[0].detail, failed[0].fix)
+    return "cluster reachable, namespace writable"
+
+
+def preflight(c: Context, env: str) -> None:
+    """For `deploy`: stop before touching anything when an environment's cluster is not ready."""
+    perform(c, "preflight", env, preflight_checks)
+
+
+@task(help={"env": "The environment to check (without it: the tools and chart repositories)."})
+def doctor(c: Context, env: str | None = None) -> None:
+    """Why can't I deploy? Check tools, secrets, credentials, cluster, Grafana and charts."""
+    perform(c, "doctor", env, diagnose, needs_env=False)

@@ -1,0 +1,303 @@
+"""Stage 3, step 2: validate a deployment the way a human would check the site.
+
+`invoke smoke-test --env=X` runs the deployment validation suite (tests/smoke/)
+with pytest against the environment's public URLs and its cluster. The suite
+writes a JUnit report to reports/smoke-<env>.xml; this step reads it back and,
+when tests fail, names each one with the first line of its docstring (what it
+checks), so the operator knows where to look without opening the code.
+
+Which components an environment runs is decided by its layered values (chart
+defaults, then config/common.yaml, common secrets, config/<env>.yaml, env
+secrets), with the registry's `components:` having the last word. The suite
+skips the checks of a disabled component and says which file disabled it.
+"""
+
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from pathlib import Path
+
+from invoke import Context, task
+
+from tasks import access  # noqa: F401  (registers how a step opens its cluster's credentials)
+from tasks import values as values_module
+from tasks.charts import is_secret_layer
+from tasks.errors import StepFailure
+from tasks.output import masker, say
+from tasks.pipeline import StepContext, perform
+from tasks.registry import REGISTRY_FILE, Environment
+from tasks.runner import PROJECT_ROOT
+
+SUITE_DIR = Path("tests/smoke")
+REPORTS_DIR = Path("reports")
+# How long after a rollout a fresh proxy may still answer 403/404/503 before its routes register.
+DEFAULT_WARMUP_SECONDS = 60
+# The suite records each test's docstring line under this JUnit property.
+CHECKS_PROPERTY = "checks"
+# Pytest's exit codes that mean the suite ran to its end.
+_SUITE_RAN = (0, 1)
+_NO_TESTS_COLLECTED = 5
+
+
+@dataclass(frozen=True)
+class Component:
+    """A part of the site the chart can switch off, and the objects it runs."""
+
+    name: str
+    values_key: str
+    kind: str
+    objects: tuple[str, ...]
+
+
+COMPONENTS: tuple[Component, ...] = (
+    # The BinderHub chart's own Deployments: BinderHub, its JupyterHub and that hub's proxy.
+    Component("binderhub", "binderhub", "Deployment", ("binder", "hub", "proxy")),
+    Component("static-files", "static", "Deployment", ("static-files",)),
+    Component("federation-redirect", "federationRedirect", "Deployment", ("federation-redirect",)),
+    Component("node-agent", "nodeAgent", "DaemonSet", ("node-agent",)),
+)
+
+
+@dataclass(frozen=True)
+class ComponentState:
+    """Whether an environment runs a component, and which layer decided it."""
+
+    component: Component
+    enabled: bool
+    decided_by: str
+
+    @property
+    def reason(self) -> str:
+        verb = "enables" if self.enabled else "disables"
+        return f"{verb} {self.component.name} ({self.decided_by})"
+
+
+def component_states(env: Environment, root: Path = PROJECT_ROOT) -> dict[str, ComponentState]:
+    """Every component's state for `env`, from its layered values and the registry."""
+    chart_values = root / "mybinder" / "values.yaml"
+    layers = [chart_values, *env.values_files(root)]
+    states: dict[str, ComponentState] = {}
+    for component in COMPONENTS:
+        enabled, decided_by = True, "enabled by default"
+        for path in layers:
+            # A layer still encrypted cannot switch anything: the upgrade before
+            # this run would have refused it, so it is read as empty here.
+            if values_module.is_locked(path):
+                continue
+            switch = (values_module.load(path).get(component.values_key) or {}).get("enabled")
+            if switch is not None:
+                enabled = bool(switch)
+                shown = path.relative_to(root) if path.is_relative_to(root) else path
+                decided_by = f"{component.values_key}.enabled: {str(enabled).lower()} in {shown}"
+        if component.name in env.components:
+            enabled = env.components[component.name]
+            decided_by = f"components.{component.name} in {REGISTRY_FILE}"
+        states[component.name] = ComponentState(component, enabled, decided_by)
+    return states
+
+
+def register_secrets(env: Environment, root: Path = PROJECT_ROOT) -> None:
+    """Mask every value of the environment's secret values layers from now on."""
+    for path in env.values_files(root):
+        if is_secret_layer(env, path) and not values_module.is_locked(path):
+            masker.register_tree(values_module.load(path))
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """One test of the suite as the JUnit report tells it."""
+
+    name: str
+    result: str  # "passed", "failed", "error" or "skipped"
+    checks: str
+    message: str = ""
+
+
+def report_path(env: Environment, root: Path = PROJECT_ROOT) -> Path:
+    return root / REPORTS_DIR / f"smoke-{env.name}.xml"
+
+
+def suite_command(
+    env: Environment,
+    report: Path,
+    *,
+    keyword: str | None = None,
+    root: Path = PROJECT_ROOT,
+) -> list[str]:
+    """The pytest command line that validates `env` and writes its JUnit report."""
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(root / SUITE_DIR),
+        f"--env={env.name}",
+        f"--rootdir={root}",
+        f"--junitxml={report}",
+        # The suite runs in CI and on operators' machines; it leaves no cache behind.
+        "-p",
+        "no:cacheprovider",
+        "-rfEs",
+        "--tb=short",
+    ]
+    if keyword:
+        command += ["-k", keyword]
+    return command
+
+
+def read_report(report: Path) -> list[CheckOutcome]:
+    """The outcome of every test in a JUnit report written by the suite."""
+    outcomes: list[CheckOutcome] = []
+    for case in ElementTree.parse(report).getroot().iter("testcase"):
+        module = case.get("classname", "").rsplit(".", 1)[-1]
+        name = f"{module}::{case.get('name', '')}" if module else case.get("name", "")
+        checks = ""
+        for prop in case.iter("property"):
+            if prop.get("name") == CHECKS_PROPERTY:
+                checks = prop.get("value", "")
+        result, message = "passed", ""
+        for tag in ("failure", "error", "skipped"):
+            element = case.find(tag)
+            if element is not None:
+                result = "failed" if tag == "failure" else tag
+                message = element.get("message") or (element.text or "")
+                # pytest.fail() prefixes its message with the exception's name.
+                message = message.removeprefix("Failed: ")
+                # pytest cuts long messages short in the attribute, whole in the text.
+                if message.endswith("full report in element text]") and element.text:
+                    message = element.text
+                break
+        outcomes.append(CheckOutcome(name, result, checks, message.strip()))
+    return outcomes
+
+
+def summarise(outcomes: list[CheckOutcome]) -> str:
+    counts = {kind: sum(o.result == kind for o in outcomes) for kind in ("passed", "skipped")}
+    broken = sum(o.result in ("failed", "error") for o in outcomes)
+    parts = [f"{counts['passed']} passed", f"{counts['skipped']} skipped"]
+    if broken:
+        parts.append(f"{broken} failed")
+    return ", ".join(parts)
+
+
+def failure_report(outcomes: list[CheckOutcome], lines_per_test: int = 6) -> str:
+    """Each failed test with what it checks and the first lines of why it failed."""
+    blocks = []
+    for outcome in outcomes:
+        if outcome.result not in ("failed", "error"):
+            continue
+        header = f"FAILED {outcome.name}" + (f" — {outcome.checks}" if outcome.checks else "")
+        body = [f"    {line}" for line in outcome.message.splitlines()[:lines_per_test]]
+        blocks.append("\n".join([header, *body]))
+    return "\n".join(blocks)
+
+
+def validate(
+    ctx: StepContext,
+    *,
+    keyword: str | None = None,
+    warmup: float | None = None,
+    report: Path | None = None,
+) -> str:
+    """Run the suite against the step's environment; raise StepFailure naming failed tests."""
+    env = ctx.environment
+    report = report or report_path(env)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.unlink(missing_ok=True)
+    # The step's own view of the environment wins over what the suite would load.
+    settings = {"SMOKE_NAMESPACE": env.namespace}
+    if warmup is not None:
+        settings["SMOKE_WARMUP_SECONDS"] = str(warmup)
+    kubectl = _pinned_kubectl()
+    if kubectl:
+        settings["SMOKE_KUBECTL"] = kubectl
+    # pytest's own output streams through this process: mask what it could show.
+    register_secrets(env)
+    runner = ctx.runner.with_env(**settings)
+    result = runner.run(
+        suite_command(env, report, keyword=keyword),
+        check=False,
+        timeout=env.timeouts.smoke,
+    )
+    if result.dry_run:
+        return "dry run: the suite did not run"
+    if result.exit_code == _NO_TESTS_COLLECTED:
+        raise StepFailure(
+            f"No smoke test was selected for {env.name}"
+            + (f" by -k {keyword!r}." if keyword else "."),
+            "Check the --keyword expression against the test names in tests/smoke/.",
+        )
+    if result.exit_code not in _SUITE_RAN or not report.exists():
+        raise StepFailure(
+            f"The smoke test suite could not run (pytest exited with {result.exit_code}).",
+            "Read pytest's own error above; `python -m pytest tests/smoke --env="
+            f"{env.name} --collect-only` reproduces it without touching the site.",
+        )
+    outcomes = read_report(report)
+    shown_report = _shown(report)
+    failed = [o for o in outcomes if o.result in ("failed", "error")]
+    say(f"smoke tests on {env.name}: {summarise(outcomes)} (report: {shown_report})")
+    if failed:
+        say(failure_report(outcomes))
+        raise StepFailure(
+            f"{len(failed)} smoke test(s) failed on {env.name}: "
+            + ", ".join(o.name for o in failed)
+            + ".",
+            "Each test's docstring (tests/smoke/) says what it checks; the failures above name "
+            f"the URL or object that did not answer as expected. Full report: {shown_report}.",
+            details="\n".join(
+                f"{o.name}: {o.message.splitlines()[0]}" for o in failed if o.message
+            ),
+        )
+    return f"{summarise(outcomes)}; report {shown_report}"
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
+
+
+def _pinned_kubectl() -> str | None:
+    from invoke.exceptions import Exit
+
+    from tasks.cluster import tools
+
+    try:
+        return str(tools.binary("kubectl"))
+    except Exit:
+        # The suite says for itself which cluster checks it cannot run.
+        return None
+
+
+@task(
+    help={
+        "env": "Environment from config/environments.yaml whose deployment to validate.",
+        "keyword": "Only the tests matching this pytest -k expression (e.g. 'hub or binder').",
+        "warmup": "Seconds during which answers such as 503 from a fresh proxy are retried "
+        f"(default {DEFAULT_WARMUP_SECONDS}).",
+        "report": "Where to write the JUnit XML report (default reports/smoke-<env>.xml).",
+        "dry_run": "Print the pytest command that would run; run nothing.",
+    }
+)
+def smoke_test(
+    c: Context,
+    env: str | None = None,
+    keyword: str | None = None,
+    warmup: float | None = None,
+    report: str | None = None,
+    dry_run: bool = False,
+) -> None:
+    """Validate a deployment: HTTP checks of the site, a launch, a fresh build, cluster checks."""
+    perform(
+        c,
+        "smoke-test",
+        env,
+        lambda ctx: validate(
+            ctx,
+            keyword=keyword,
+            warmup=warmup,
+            report=Path(report).resolve() if report else None,
+        ),
+        dry_run=dry_run,
+        needs_cluster=True,
+    )

@@ -1,0 +1,45 @@
+"""A registry file written by a test, read through DEPLOY_REGISTRY like an operator's rehearsal.
+
+Lets a test describe environments (a kubeconfig in a temporary secrets folder,
+a bastion on loopback, a Grafana on 127.0.0.1) in the registry's own format,
+so they pass through the same loading and checking as config/environments.yaml.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tasks.pipeline import load_registry
+
+
+def use_registry(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, environments: dict[str, dict[str, Any]]
+) -> Path:
+    """Write a registry of `environments` under `folder` and make the pipeline load it."""
+    environments = copy.deepcopy(environments)
+    for body in environments.values():
+        body.setdefault("release", "binder")
+        body.setdefault("namespace", "default")
+        body.setdefault("secrets", {"dir": str(folder / "secrets")})
+        body["secrets"].setdefault("key", {"source": "file", "path": "unused.key"})
+    path = folder / "environments.yaml"
+    path.write_text(
+        yaml.safe_dump({"chart": "mybinder", "environments": environments}, sort_keys=False)
+    )
+    monkeypatch.setenv("DEPLOY_REGISTRY", str(path))
+    load_registry.cache_clear()
+    return path
+
+
+@pytest.fixture
+def fresh_registry() -> Iterator[None]:
+    """Forget the registry a test loaded, so later tests read their own again."""
+    load_registry.cache_clear()
+    yield
+    load_registry.cache_clear()

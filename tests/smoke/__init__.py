@@ -1,0 +1,1 @@
+"""The deployment validation suite: `invoke smoke-test --env=X` runs it against a live site."""
