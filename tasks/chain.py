@@ -25,7 +25,7 @@ from types import FrameType
 from invoke import Call, Collection, Context, Executor, Task, call, task
 from invoke.exceptions import Exit
 
-from tasks import charts, grafana, lock, release, rollout, secrets, smoke
+from tasks import charts, doctor, grafana, lock, release, rollout, secrets, smoke
 from tasks.errors import StepFailure
 from tasks.output import folded, say, warn
 from tasks.pipeline import StepContext, Stop, confirm, invocation, load_registry, perform
@@ -103,8 +103,13 @@ def run_deploy(
         raise Exit("Not confirmed; nothing was deployed. Pass --yes to skip the question.")
     final = stage(registry, env, dry_run)
     try:
-        with _sigterm_as_interrupt(), grafana.regions_closed_on_exit():
-            Executor(Collection(final), config=c.config).execute(final.name)
+        with _sigterm_as_interrupt():
+            # Every cluster of the chain, checked before the first change to any of them.
+            if not dry_run:
+                for member in chain:
+                    doctor.preflight(c, member.name)
+            with grafana.regions_closed_on_exit():
+                Executor(Collection(final), config=c.config).execute(final.name)
     except Stop as stop:
         if rollback_on_failure and not dry_run:
             roll_back_after(c, stop, env.name)

@@ -1,8 +1,48 @@
-"""The root namespace: every task the pipeline offers, assembled in one place."""
+"""The root namespace: every task the pipeline offers, assembled in one place.
+
+The six steps, in the order a deploy runs them, then the chain, then the
+tools for seeing and undoing, then the local clusters.
+"""
 
 from invoke import Collection
 
-from tasks import cluster
+from tasks import (
+    access,  # noqa: F401 - registers how steps open their cluster's credentials
+    chain,
+    charts,
+    checks,
+    cluster,
+    doctor,
+    grafana,
+    lock,
+    release,
+    rollout,
+    secrets,
+    smoke,
+    toolchain,
+)
 
 ns = Collection()
+for step in (
+    toolchain.tools,
+    secrets.decrypt_secrets,
+    charts.helm_deps,
+    grafana.annotate_grafana,
+    release.upgrade,
+    rollout.wait_rollout,
+    smoke.smoke_test,
+    chain.deploy,
+    chain.ci,
+    chain.demo,
+    charts.validate,
+    release.diff,
+    release.rollback,
+    release.recover_release,
+    secrets.check_secrets,
+    secrets.lock_secrets,
+    doctor.doctor,
+    checks.test,
+    lock.unlock,
+):
+    ns.add_task(step)
 ns.add_collection(cluster.ns, name="cluster")

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything the pipeline, the demo and the tests need, from this
+# repository's own files: Debian packages, the pinned Python packages, and the
+# pinned Kubernetes, etcd, KWOK and Helm builds (cached under ~/.cache, so a
+# second run takes seconds). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+step() { printf '==> %s\n' "$*"; }
+started=$(date +%s)
+
+missing=()
+command -v git-crypt >/dev/null || missing+=(git-crypt)
+command -v gpg >/dev/null || missing+=(gnupg)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v npm >/dev/null || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  step "Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+step "Python packages (requirements.txt)"
+python3 -m pip install -q --disable-pip-version-check -r requirements.txt
+if [ -f tests/smoke_requirements.txt ]; then
+  python3 -m pip install -q --disable-pip-version-check -r tests/smoke_requirements.txt
+fi
+
+step "configurable-http-proxy (npm), for the smoke suite's tests against a real JupyterHub"
+proxy_dir="$HOME/.cache/binder-deploy/npm"
+if [ ! -x "$proxy_dir/node_modules/.bin/configurable-http-proxy" ]; then
+  npm install --silent --no-audit --no-fund --prefix "$proxy_dir" configurable-http-proxy@5.3.0 >/dev/null
+fi
+
+step "Pinned cluster tools (config/tools.yaml), built once and cached"
+python3 -m invoke cluster.build
+
+printf '==> set-up done in %ss\n' "$(( $(date +%s) - started ))"

@@ -1,0 +1,21 @@
+"""The project's own checks: lint, format, and the test suite."""
+
+from invoke import Context, task
+
+from tasks.output import Stopwatch, format_seconds, say
+
+
+@task(
+    help={
+        "quick": "Skip the tests that need a local cluster (marked `cluster`).",
+        "pytest_args": "Extra arguments for pytest, e.g. '-k grafana -x'.",
+    }
+)
+def test(c: Context, quick: bool = False, pytest_args: str = "") -> None:
+    """Lint, check formatting, and run every test (what .ci/run runs)."""
+    watch = Stopwatch()
+    c.run("ruff check .", echo=True)
+    c.run("ruff format --check .", echo=True)
+    marker = "-m 'not cluster'" if quick else ""
+    c.run(f"python3 -m pytest -q {marker} {pytest_args}".strip(), echo=True, pty=False)
+    say(f"checks passed in {format_seconds(watch.seconds)}")

@@ -1,0 +1,805 @@
+"""Stage 3, after the upgrade: wait until every workload of the release has rolled out.
+
+Every Deployment, DaemonSet and StatefulSet of the environment's namespace is
+waited on at once, under one deadline, from watch streams: one `kubectl proxy`
+(so every way kubectl authenticates, GKE's exec plugin included, works
+unchanged) and one HTTP watch per kind of object, all feeding one queue. What
+"rolled out" means is `kubectl rollout status`'s rule, in
+`tasks/rollout_status.py`.
+
+A pod that will never get ready (crash loop, image that cannot be pulled,
+missing Secret, no node to run on) or a Deployment past its progress deadline
+fails the step within seconds, naming the object, the pod, the container, the
+reason, the recent events and the container's last log lines: the reference
+document's "kubectl rollout hanging forever" becomes a one-screen diagnosis.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import queue
+import re
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, TextIO
+
+import requests
+from invoke import Context, task
+from invoke.exceptions import Exit
+
+from tasks.errors import StepFailure
+from tasks.output import format_seconds, masker, say
+from tasks.pipeline import StepContext, perform
+from tasks.rollout_status import (
+    FIXES,
+    READY,
+    UNSCHEDULABLE_GRACE,
+    UNWAITABLE,
+    Blocker,
+    Change,
+    NamespaceView,
+    Obj,
+    PodProblem,
+    RolloutReport,
+    RolloutWaiter,
+    Verdict,
+    describe_event,
+    pod_ready,
+    pod_state,
+    scheduled_on,
+    workload_key,
+)
+from tasks.runner import Runner
+
+RESOURCES = {
+    "deployments": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "daemonsets": "/apis/apps/v1/namespaces/{ns}/daemonsets",
+    "statefulsets": "/apis/apps/v1/namespaces/{ns}/statefulsets",
+    "replicasets": "/apis/apps/v1/namespaces/{ns}/replicasets",
+    "controllerrevisions": "/apis/apps/v1/namespaces/{ns}/controllerrevisions",
+    "pods": "/api/v1/namespaces/{ns}/pods",
+    "events": "/api/v1/namespaces/{ns}/events",
+}
+
+LOG_LINES = 20
+LOG_LINE_WIDTH = 300
+PROXY_START_SECONDS = 15.0
+# How often time-based rules (grace periods, the deadline, the progress clock) are checked.
+TICK_SECONDS = 0.25
+# The API server ends a watch after this; the stream reconnects from its last version.
+WATCH_SECONDS = 290
+HEARTBEAT_SECONDS = 30.0
+
+
+# --- Reaching the API: one kubectl proxy, watch streams over it ---------------------------
+
+
+class ApiError(Exception):
+    """The API answered a request with an error status."""
+
+    def __init__(self, status: int, path: str, body: str) -> None:
+        self.status = status
+        self.path = path
+        self.body = body
+        super().__init__(f"HTTP {status} for {path}: {_api_message(body)}")
+
+
+def _api_message(body: str) -> str:
+    try:
+        return str(json.loads(body).get("message") or body).strip()
+    except (ValueError, AttributeError):
+        return body.strip()[:300]
+
+
+def kubectl_binary(is_local: bool) -> str:
+    """kubectl to run: the pinned build when there is one; the operator's for remote clusters."""
+    from tasks.cluster import tools
+
+    try:
+        return str(tools.binary("kubectl"))
+    except Exit as missing:
+        if is_local:
+            raise StepFailure(str(missing), "Run `invoke cluster.build`.") from None
+        return "kubectl"
+
+
+def proxy_command(kubectl: str | Path, namespace: str) -> list[str]:
+    """`kubectl proxy` on a free loopback port, answering read-only requests on the namespace only.
+
+    The filter keeps the proxy from lending the deploy credentials to anything
+    else on the machine that finds the port while it runs.
+    """
+    ns = re.escape(namespace)
+    accept = [
+        rf"^/api/v1/namespaces/{ns}$",
+        rf"^/api/v1/namespaces/{ns}/(pods|events)$",
+        rf"^/api/v1/namespaces/{ns}/pods/[^/]+/log$",
+        rf"^/apis/apps/v1/namespaces/{ns}/[a-z]+$",
+    ]
+    return [
+        str(kubectl),
+        "proxy",
+        "--port=0",
+        "--address=127.0.0.1",
+        f"--accept-paths={','.join(accept)}",
+        "--reject-methods=^(POST|PUT|PATCH|DELETE|CONNECT|OPTIONS)$",
+    ]
+
+
+@contextmanager
+def kube_proxy(runner: Runner, kubectl: str | Path, namespace: str) -> Iterator[str]:
+    """Start `kubectl proxy`; yield its base URL; stop it on the way out, whatever happens.
+
+    A long-running companion process does not fit the runner's run-to-the-end
+    `run`, so it is started here with the runner's environment (KUBECONFIG).
+    """
+    command = proxy_command(kubectl, namespace)
+    env = {**os.environ, **runner.env}
+    if runner.tool_dirs:
+        env["PATH"] = os.pathsep.join([*map(str, runner.tool_dirs), env.get("PATH", "")])
+    # A file, not a pipe: nobody reads the proxy's complaints while it runs, and a
+    # full pipe would stall it mid-rollout.
+    with tempfile.TemporaryFile("w+") as errors:
+        try:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as error:
+            raise StepFailure(
+                f"Could not start `{runner.describe(command)}`: {error}.",
+                "Install kubectl, or run `invoke cluster.build` for the pinned one.",
+            ) from None
+        try:
+            yield _proxy_address(process, errors, runner.describe(command))
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout:
+                process.stdout.close()
+
+
+def _die_with_parent() -> None:
+    """In the proxy's child process: have Linux end it when the deploy dies.
+
+    The `finally` above covers every Python exit; this covers the rest (SIGKILL,
+    a CI runner's SIGTERM), which would otherwise leave a proxy holding the
+    deploy credentials open on a local port.
+    """
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _proxy_address(process: subprocess.Popen[str], errors: IO[str], shown: str) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + PROXY_START_SECONDS
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        if ready:
+            line = process.stdout.readline()
+            found = re.search(r"Starting to serve on ([\d.]+:\d+)", line)
+            if found:
+                return f"http://{found.group(1)}"
+            if not line:
+                break
+        elif process.poll() is not None:
+            break
+    process.kill()
+    process.wait()
+    errors.seek(0)
+    said = errors.read().strip()
+    raise StepFailure(
+        f"kubectl proxy did not start: {said.splitlines()[-1] if said else 'no output'}.",
+        "Check the kubeconfig and that kubectl works: kubectl version.",
+        details=f"$ {shown}\n{said}",
+    )
+
+
+class Api:
+    """GET requests to the API through the proxy."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.session = _session()
+
+    def get(
+        self, path: str, params: dict[str, Any] | None = None, seconds: float = 30
+    ) -> requests.Response:
+        response = self.session.get(self.base + path, params=params, timeout=(5, seconds))
+        if response.status_code != 200:
+            raise ApiError(response.status_code, path, response.text)
+        return response
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    # An HTTP(S)_PROXY meant for the outside world must not capture loopback traffic.
+    session.trust_env = False
+    return session
+
+
+class WatchStream(threading.Thread):
+    """Lists one kind of object, then watches it from the list's version, forever.
+
+    A 410 Gone (the version fell out of the API server's window) starts over
+    with a fresh list, so no change is ever missed; dropped connections are
+    retried a few times before the stream gives up and reports the error.
+    """
+
+    RETRIES = 4
+
+    def __init__(
+        self,
+        base: str,
+        resource: str,
+        namespace: str,
+        out: queue.Queue[Change],
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(daemon=True, name=f"watch-{resource}")
+        self.base = base
+        self.resource = resource
+        self.path = RESOURCES[resource].format(ns=namespace)
+        self.out = out
+        self.stop = stop
+        self.session = _session()
+
+    def run(self) -> None:
+        failures = 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    version = self._list()
+                    self._watch(version)
+                    failures = 0
+                except requests.RequestException:
+                    failures += 1
+                    if failures > self.RETRIES or self.stop.is_set():
+                        raise
+                    self.stop.wait(0.5 * failures)
+        except Exception as error:
+            if not self.stop.is_set():
+                self.out.put(Change(self.resource, "ERROR", error=error))
+
+    def _list(self) -> str:
+        items: list[Obj] = []
+        params: dict[str, Any] = {"limit": 500}
+        while True:
+            response = self.session.get(self.base + self.path, params=params, timeout=(5, 60))
+            if response.status_code != 200:
+                raise ApiError(response.status_code, self.path, response.text)
+            page = response.json()
+            items += page.get("items") or []
+            metadata = page.get("metadata") or {}
+            if not metadata.get("continue"):
+                break
+            params["continue"] = metadata["continue"]
+        # Listed items carry no kind; watched ones do. Give them theirs.
+        kind = page.get("kind", "").removesuffix("List")
+        for item in items:
+            item.setdefault("kind", kind)
+        self.out.put(Change(self.resource, "SYNC", items))
+        return str(metadata.get("resourceVersion", ""))
+
+    def _watch(self, version: str) -> None:
+        """Follow changes from `version`; return when a fresh list is needed."""
+        while not self.stop.is_set():
+            params = {
+                "watch": "1",
+                "resourceVersion": version,
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": WATCH_SECONDS,
+            }
+            response = self.session.get(
+                self.base + self.path, params=params, stream=True, timeout=(5, WATCH_SECONDS + 30)
+            )
+            try:
+                if response.status_code == 410:
+                    return
+                if response.status_code != 200:
+                    raise ApiError(response.status_code, self.path, response.text)
+                for line in response.iter_lines(chunk_size=None):
+                    if not line:
+                        continue
+                    event = json.loads(line)
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            return
+                        raise ApiError(obj.get("code", 0), self.path, json.dumps(obj))
+                    version = obj.get("metadata", {}).get("resourceVersion", version)
+                    if kind != "BOOKMARK":
+                        self.out.put(Change(self.resource, kind, [obj]))
+            finally:
+                response.close()
+
+
+# --- Progress on screen --------------------------------------------------------------------
+
+
+class Progress:
+    """Ready out of desired, per workload: redrawn in place on a terminal, changes only in CI."""
+
+    MAX_ROWS = 15
+
+    def __init__(self, stream: TextIO, deadline_seconds: float) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.deadline_seconds = deadline_seconds
+        self.shown: dict[str, tuple[str, int, int]] = {}
+        self.drawn: list[str] = []
+        self.drawn_at = 0.0
+        self.last_heartbeat = 0.0
+
+    def update(self, verdicts: dict[str, Verdict], elapsed: float) -> None:
+        if self.tty:
+            self._redraw(verdicts, elapsed)
+        else:
+            self._print_changes(verdicts, elapsed)
+
+    def finish(self) -> None:
+        """Leave the last drawing on screen; what follows starts below it."""
+        self.drawn = []
+
+    def _redraw(self, verdicts: dict[str, Verdict], elapsed: float) -> None:
+        waiting = [(k, v) for k, v in verdicts.items() if v.state not in (READY, UNWAITABLE)]
+        done = len(verdicts) - len(waiting)
+        lines = [
+            f"rollout: {done}/{len(verdicts)} workloads ready, "
+            f"{format_seconds(elapsed)} of {format_seconds(self.deadline_seconds)}"
+        ]
+        for key, verdict in waiting[: self.MAX_ROWS]:
+            lines.append(f"  {key}: {verdict.ready}/{verdict.desired} ready ({verdict.message})")
+        if len(waiting) > self.MAX_ROWS:
+            lines.append(f"  ... and {len(waiting) - self.MAX_ROWS} more not ready")
+        # The clock alone changes every tick; a redraw a second is enough for it.
+        if self.drawn and lines[1:] == self.drawn[1:] and elapsed - self.drawn_at < 1.0:
+            return
+        # Cursor up over the previous drawing, erase to the end of the screen, draw again.
+        prefix = f"\x1b[{len(self.drawn)}F\x1b[J" if self.drawn else ""
+        say(prefix + "\n".join(lines), stream=self.stream)
+        self.drawn = lines
+        self.drawn_at = elapsed
+
+    def _print_changes(self, verdicts: dict[str, Verdict], elapsed: float) -> None:
+        changed = False
+        for key, verdict in verdicts.items():
+            state = (verdict.state, verdict.ready, verdict.desired)
+            if self.shown.get(key) == state:
+                continue
+            self.shown[key] = state
+            changed = True
+            if verdict.state == READY:
+                line = f"{key}: {verdict.ready}/{verdict.desired} ready, rolled out"
+                line += f" after {format_seconds(elapsed)}"
+            elif verdict.state == UNWAITABLE:
+                line = f"{key}: not waited on: {verdict.message}"
+            else:
+                line = f"{key}: {verdict.ready}/{verdict.desired} ready ({verdict.message})"
+            say(line, stream=self.stream)
+        if changed:
+            self.last_heartbeat = elapsed
+        elif elapsed - self.last_heartbeat >= HEARTBEAT_SECONDS:
+            self.last_heartbeat = elapsed
+            waiting = [k for k, v in verdicts.items() if v.state not in (READY, UNWAITABLE)]
+            shown = ", ".join(waiting[:5]) + (
+                f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""
+            )
+            say(f"still waiting after {format_seconds(elapsed)}: {shown}", stream=self.stream)
+
+
+def wait_for_rollout(
+    runner: Runner,
+    namespace: str,
+    *,
+    timeout: float,
+    unschedulable_grace: float = UNSCHEDULABLE_GRACE,
+    kubectl: str | Path = "kubectl",
+    stream: TextIO | None = None,
+) -> RolloutReport:
+    """Wait until every workload of `namespace` has rolled out; raise StepFailure when one will not.
+
+    The KUBECONFIG of `runner.env` names the cluster. On success the report
+    holds each workload's time to ready; the per-object table has been printed.
+    """
+    out = stream or sys.stdout
+    if runner.dry_run:
+        return _dry_run(runner, namespace, timeout, kubectl, out)
+    waiter = RolloutWaiter(namespace, timeout, unschedulable_grace)
+    changes: queue.Queue[Change] = queue.Queue()
+    stop = threading.Event()
+    streams: list[WatchStream] = []
+    try:
+        with kube_proxy(runner, kubectl, namespace) as base:
+            _check_namespace(Api(base), namespace)
+            streams = [WatchStream(base, name, namespace, changes, stop) for name in RESOURCES]
+            for watch_stream in streams:
+                watch_stream.start()
+            return _wait(waiter, changes, Api(base), Progress(out, timeout), out)
+    finally:
+        # The proxy is gone by now, which ends every stream's connection; closing a
+        # response from this thread instead would block on the reader's lock.
+        stop.set()
+        for watch_stream in streams:
+            watch_stream.join(timeout=2)
+
+
+def _wait(
+    waiter: RolloutWaiter,
+    changes: queue.Queue[Change],
+    api: Api,
+    progress: Progress,
+    out: TextIO,
+) -> RolloutReport:
+    namespace = waiter.namespace
+    deadline = waiter.started + waiter.timeout
+    announced = False
+    while True:
+        now = time.monotonic()
+        try:
+            change = changes.get(timeout=max(0.0, min(TICK_SECONDS, deadline - now)))
+        except queue.Empty:
+            change = None
+        while change is not None:
+            if change.type == "ERROR":
+                raise _stream_failure(change, namespace)
+            waiter.view.apply(change, time.monotonic())
+            try:
+                change = changes.get_nowait()
+            except queue.Empty:
+                change = None
+        now = time.monotonic()
+        elapsed = now - waiter.started
+        if not waiter.view.complete:
+            if now >= deadline:
+                raise StepFailure(
+                    f"Could not list the objects of namespace {namespace} within "
+                    f"{format_seconds(waiter.timeout)}.",
+                    "Check that the cluster answers: kubectl get pods -n " + namespace,
+                )
+            continue
+        verdicts = waiter.verdicts(now)
+        if not verdicts:
+            say(
+                f"namespace {namespace} has no Deployment, DaemonSet or StatefulSet: "
+                "nothing to wait for",
+                stream=out,
+            )
+            return RolloutReport(namespace, [], elapsed)
+        if not announced:
+            say(
+                f"waiting for {len(verdicts)} workload{'s' if len(verdicts) != 1 else ''} "
+                f"in namespace {namespace} "
+                f"(deadline {format_seconds(waiter.timeout)})",
+                stream=out,
+            )
+            announced = True
+        progress.update(verdicts, elapsed)
+        blocker = waiter.blocker(verdicts, now)
+        if blocker:
+            progress.finish()
+            report = RolloutReport(namespace, waiter.results(verdicts, blocker), elapsed)
+            say(report.table(), stream=out)
+            raise _diagnose(waiter.view, api, blocker, namespace, out)
+        if all(v.state in (READY, UNWAITABLE) for v in verdicts.values()):
+            progress.finish()
+            report = RolloutReport(namespace, waiter.results(verdicts), elapsed)
+            say(report.table(), stream=out)
+            return report
+        if now >= deadline:
+            progress.finish()
+            report = RolloutReport(namespace, waiter.results(verdicts), elapsed)
+            say(report.table(), stream=out)
+            raise _deadline_failure(waiter, verdicts)
+
+
+def _check_namespace(api: Api, namespace: str) -> None:
+    try:
+        api.get(f"/api/v1/namespaces/{namespace}")
+    except ApiError as error:
+        if error.status == 404:
+            raise StepFailure(
+                f"Namespace {namespace} does not exist on the cluster.",
+                "Check `namespace:` of the environment in config/environments.yaml, "
+                "and that the upgrade step ran.",
+            ) from None
+        if error.status in (401, 500, 502, 503):
+            raise _api_failure(error, namespace) from None
+        # 403: the deploy account may read its namespace's objects without reading the
+        # namespace itself; the watches will tell.
+    except requests.RequestException as error:
+        raise StepFailure(f"The API did not answer: {error}.") from None
+
+
+def _api_failure(error: ApiError, namespace: str) -> StepFailure:
+    if error.status == 403:
+        return StepFailure(
+            f"The deploy credentials may not read {error.path} in namespace {namespace}.",
+            "Grant the deploy account get, list and watch on Deployments, DaemonSets, "
+            "StatefulSets, ReplicaSets, ControllerRevisions, Pods, Events and pods/log there.",
+            details=error.body,
+        )
+    if error.status in (500, 502, 503) and not error.body.lstrip().startswith("{"):
+        # Plain text is the proxy's own voice: it could not reach the API server.
+        return StepFailure(
+            f"Could not reach the cluster: {error.body.strip()}",
+            "Check that the cluster is up and the kubeconfig points at it: kubectl version.",
+        )
+    return StepFailure(
+        f"The cluster answered {error.path} with HTTP {error.status}: {_api_message(error.body)}",
+        "Check the cluster's credentials and that it is up: kubectl get pods -n " + namespace,
+        details=error.body,
+    )
+
+
+def _stream_failure(change: Change, namespace: str) -> StepFailure:
+    error = change.error
+    if isinstance(error, ApiError):
+        return _api_failure(error, namespace)
+    return StepFailure(
+        f"Lost the watch on {change.resource} in namespace {namespace}: {error}.",
+        "Check that the cluster answers (kubectl get pods -n "
+        + namespace
+        + ") and run the step again.",
+    )
+
+
+def _diagnose(
+    view: NamespaceView, api: Api, blocker: Blocker, namespace: str, out: TextIO
+) -> StepFailure:
+    """One screen on why a workload will not roll out: pod, container, reason, events, logs."""
+    key = workload_key(blocker.workload)
+    kind = blocker.workload["kind"]
+    name = blocker.workload["metadata"]["name"]
+    problem = blocker.problem
+    if problem is None:
+        # A Deployment-level failure: name the pod that holds it back, when one does.
+        pods = view.current_pods(blocker.workload)
+        stuck = [p for p in pods if not pod_ready(p)]
+        pod = stuck[0] if stuck else None
+        why = f"{key}: {blocker.reason}"
+        if pod is not None:
+            why += f"; pod {pod['metadata']['name']} is {pod_state(pod)}"
+    else:
+        pod = next(
+            (p for p in view.objects["pods"].values() if p["metadata"]["name"] == problem.pod),
+            None,
+        )
+        where = f"pod {problem.pod}" + (
+            f", container {problem.container}" if problem.container else ""
+        )
+        restarts = f" (restarted {problem.restarts} times)" if problem.restarts else ""
+        why = f"{key}: {where}: {blocker.reason}{restarts}"
+
+    facts = [f"message: {blocker.message}" if blocker.message else "message: (none)"]
+    if problem and problem.last_exit:
+        facts.append(f"last exit: {problem.last_exit}")
+    owners = [(kind, name)]
+    if pod is not None:
+        owners = [*view.owner_chain(pod)[::-1], ("Pod", pod["metadata"]["name"])]
+        if (kind, name) not in owners:
+            owners.insert(0, (kind, name))
+    events = {owner: view.events_of(*owner)[-5:] for owner in owners}
+    logs: tuple[str, list[str]] | None = None
+    if pod is not None:
+        container = problem.container if problem else _first_unready_container(pod)
+        logs = _log_section(api, namespace, pod, container, problem)
+
+    full = [why, *facts]
+    for (owner_kind, owner_name), found in events.items():
+        if found:
+            full.append(f"events of {owner_kind.lower()}/{owner_name}:")
+            full += [f"  {describe_event(e)}" for e in found]
+    if logs:
+        full.append(logs[0])
+        full += [f"  {line}" for line in logs[1]]
+    say("\n".join(full), stream=out)
+
+    reason_fix = FIXES.get(blocker.reason, "")
+    if pod is None:
+        command = f"kubectl describe {key} -n {namespace}"
+    elif problem and problem.reason == "CrashLoopBackOff":
+        command = f"kubectl logs --previous -n {namespace} {problem.pod} -c {problem.container}"
+    else:
+        command = f"kubectl describe pod -n {namespace} {pod['metadata']['name']}"
+    fix = f"{reason_fix} More: {command}".strip()
+    return StepFailure(why, fix, details=compact_details(facts, events, logs))
+
+
+# The failure screen shows the last dozen lines of the details.
+DETAIL_LINES = 12
+
+
+def compact_details(
+    facts: list[str],
+    events: dict[tuple[str, str], list[Obj]],
+    logs: tuple[str, list[str]] | None,
+) -> str:
+    """The diagnosis in a dozen lines: the message, the events that matter, the last log lines.
+
+    Owners' routine events (scaling, creating pods) say nothing the reason does
+    not; only their warnings are kept. The log lines get the room left.
+    """
+    lines = list(facts)
+    chosen: list[Obj] = []
+    for (owner_kind, _), found in events.items():
+        if owner_kind == "Pod":
+            chosen += found[-3:]
+        else:
+            chosen += [e for e in found if e.get("type") == "Warning"][-2:]
+    if chosen:
+        lines.append("events:")
+        lines += [f"  {e['involvedObject'].get('name', '')}: {describe_event(e)}" for e in chosen]
+    if logs:
+        room = max(1, DETAIL_LINES - len(lines) - 1)
+        lines.append(logs[0])
+        lines += [f"  {line}" for line in logs[1][-room:]]
+    return "\n".join(lines)
+
+
+def _first_unready_container(pod: Obj) -> str:
+    for status in (pod.get("status") or {}).get("containerStatuses") or ():
+        if not status.get("ready"):
+            return str(status.get("name", ""))
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    return str(containers[0].get("name", ""))
+
+
+def _log_section(
+    api: Api, namespace: str, pod: Obj, container: str, problem: PodProblem | None
+) -> tuple[str, list[str]]:
+    name = pod["metadata"]["name"]
+    if problem and problem.never_started:
+        return (f"logs of container {container}:", ["none: the container never started"])
+    if not scheduled_on(pod):
+        return (f"logs of container {container}:", ["none: the pod never started"])
+    # A crash-looping container's useful lines are those of the run that crashed.
+    attempts = [True, False] if problem and problem.reason == "CrashLoopBackOff" else [False]
+    errors = []
+    for previous in attempts:
+        params: dict[str, Any] = {"container": container, "tailLines": LOG_LINES}
+        if previous:
+            params["previous"] = "true"
+        try:
+            # Logs come from the node's kubelet; an unreachable one must not hold the report.
+            text = api.get(f"/api/v1/namespaces/{namespace}/pods/{name}/log", params, 10).text
+        except (ApiError, requests.RequestException) as error:
+            errors.append(_api_message(error.body) if isinstance(error, ApiError) else str(error))
+            continue
+        lines = [line[:LOG_LINE_WIDTH] for line in text.rstrip("\n").splitlines()[-LOG_LINES:]]
+        if lines:
+            run = "previous run" if previous else "current run"
+            return (f"last log lines of container {container} ({run}):", lines)
+    reason = f" ({errors[-1][:200]})" if errors else ""
+    return (
+        f"logs of container {container}:",
+        [f"the cluster has no logs for this container{reason}"],
+    )
+
+
+def _deadline_failure(waiter: RolloutWaiter, verdicts: dict[str, Verdict]) -> StepFailure:
+    waiting = [k for k, v in verdicts.items() if v.state not in (READY, UNWAITABLE)]
+    by_key = {workload_key(w): w for w in waiter.view.workloads()}
+    lines = []
+    for key in waiting:
+        verdict = verdicts[key]
+        lines.append(f"{key}: {verdict.ready}/{verdict.desired} ready ({verdict.message})")
+        unready = [p for p in waiter.view.current_pods(by_key[key]) if not pod_ready(p)]
+        lines += [f"  pod {p['metadata']['name']}: {pod_state(p)}" for p in unready[:3]]
+    if len(lines) > DETAIL_LINES:
+        hidden = len(lines) - DETAIL_LINES + 1
+        lines = [*lines[: DETAIL_LINES - 1], f"... {hidden} more lines: see the table above"]
+    shown = ", ".join(waiting[:5]) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
+    return StepFailure(
+        f"Not rolled out within {format_seconds(waiter.timeout)}: {shown}.",
+        "Look at the pods named below (kubectl describe pod); if this environment is only "
+        "slow, raise timeouts.rollout in config/environments.yaml or pass --timeout.",
+        details="\n".join(lines),
+    )
+
+
+def _dry_run(
+    runner: Runner, namespace: str, timeout: float, kubectl: str | Path, out: TextIO
+) -> RolloutReport:
+    prefix = "".join(f"{k}={v} " for k, v in sorted(runner.env.items()) if k != "PATH")
+    say(f"[dry-run] {prefix}{runner.describe(proxy_command(kubectl, namespace))}", stream=out)
+    for name in RESOURCES:
+        path = RESOURCES[name].format(ns=namespace)
+        say(f"[dry-run] GET {path}, then watch it from the list's resourceVersion", stream=out)
+    say(
+        f"[dry-run] wait up to {format_seconds(timeout)} for every Deployment, DaemonSet and "
+        f"StatefulSet of namespace {namespace}",
+        stream=out,
+    )
+    return RolloutReport(namespace, [], 0.0)
+
+
+# --- The step ------------------------------------------------------------------------------
+
+
+def wait(
+    ctx: StepContext, timeout: float | None = None, unschedulable_grace: float | None = None
+) -> str:
+    """The step's domain function: wait for the environment's release; return the summary note."""
+    env = ctx.environment
+    report = wait_for_rollout(
+        ctx.runner,
+        env.namespace,
+        timeout=timeout or env.timeouts.rollout,
+        unschedulable_grace=UNSCHEDULABLE_GRACE
+        if unschedulable_grace is None
+        else unschedulable_grace,
+        kubectl=kubectl_binary(env.is_local),
+    )
+    if ctx.dry_run:
+        return f"would wait for the workloads of namespace {env.namespace}"
+    return masker.mask(report.note())
+
+
+def seconds(value: str | float | None, flag: str) -> float | None:
+    """A flag's value in seconds: invoke hands over flags without a default as text."""
+    if value is None:
+        return None
+    try:
+        parsed = float(value)
+    except ValueError:
+        parsed = -1.0
+    if parsed <= 0:
+        raise StepFailure(f"{flag} must be a positive number of seconds, not {value!r}.")
+    return parsed
+
+
+@task(
+    help={
+        "env": "Environment to wait for (from config/environments.yaml).",
+        "timeout": "Seconds to wait for everything, overall (default: the environment's "
+        "timeouts.rollout).",
+        "unschedulable_grace": f"Seconds a pod may stay unschedulable before the step fails "
+        f"(default {UNSCHEDULABLE_GRACE:g}).",
+        "dry_run": "Print the commands and requests instead of running them.",
+    }
+)
+def wait_rollout(
+    c: Context,
+    env: str | None = None,
+    timeout: int | None = None,
+    unschedulable_grace: float | None = None,
+    dry_run: bool = False,
+) -> None:
+    """Wait until every Deployment, DaemonSet and StatefulSet of the release has rolled out."""
+    perform(
+        c,
+        "wait-rollout",
+        env,
+        lambda ctx: wait(
+            ctx,
+            seconds(timeout, "--timeout"),
+            seconds(unschedulable_grace, "--unschedulable-grace"),
+        ),
+        dry_run=dry_run,
+        needs_cluster=True,
+    )

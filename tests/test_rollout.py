@@ -1,0 +1,753 @@
+"""The rollout waiter: kubectl's rollout rules, fast failure diagnoses, one deadline.
+
+The first half judges API objects shaped as the local cluster returns them,
+without a cluster. The second half (marked `cluster`) runs the waiter against
+the local cluster, whose KWOK stages make pods crash-loop, fail to pull their
+image, miss their Secret, or find no node, on the label `kwok.binder.test/fail`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from invoke import Context
+
+from tasks.cluster import tools
+from tasks.errors import StepFailure
+from tasks.rollout import Progress, compact_details, wait_for_rollout
+from tasks.rollout_status import (
+    FAILED,
+    READY,
+    UNWAITABLE,
+    WAITING,
+    Change,
+    RolloutReport,
+    RolloutWaiter,
+    Verdict,
+    WorkloadResult,
+    container_problem,
+    daemonset_verdict,
+    deployment_verdict,
+    statefulset_verdict,
+)
+from tasks.runner import Runner
+from tests.fixtures.cluster import LocalCluster
+
+FAIL_LABEL = "kwok.binder.test/fail"
+
+# --- Objects as the API returns them ---------------------------------------------------------
+
+
+def template(image: str) -> dict[str, Any]:
+    return {"metadata": {"labels": {"app": "hub"}}, "spec": {"containers": [{"image": image}]}}
+
+
+def deployment(
+    name: str = "hub",
+    *,
+    uid: str = "d-1",
+    image: str = "hub:1",
+    replicas: int = 1,
+    generation: int = 1,
+    observed: int = 1,
+    updated: int = 1,
+    total: int = 1,
+    available: int = 1,
+    conditions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    return {
+        "kind": "Deployment",
+        "metadata": {"name": name, "uid": uid, "generation": generation},
+        "spec": {
+            "replicas": replicas,
+            "strategy": {"type": "RollingUpdate"},
+            "template": template(image),
+        },
+        "status": {
+            "observedGeneration": observed,
+            "replicas": total,
+            "updatedReplicas": updated,
+            "availableReplicas": available,
+            "readyReplicas": available,
+            "conditions": conditions or [],
+        },
+    }
+
+
+def replicaset(name: str, *, uid: str, image: str, owner_uid: str = "d-1") -> dict[str, Any]:
+    made = template(image)
+    # The deployment controller labels what it makes with the template's hash.
+    made["metadata"]["labels"]["pod-template-hash"] = uid
+    return {
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": name,
+            "uid": uid,
+            "ownerReferences": [
+                {"kind": "Deployment", "name": "hub", "uid": owner_uid, "controller": True}
+            ],
+        },
+        "spec": {"template": made},
+    }
+
+
+def pod(
+    name: str,
+    *,
+    owner: tuple[str, str, str],
+    waiting: str | None = None,
+    unschedulable: bool = False,
+    terminating: bool = False,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    kind, owner_name, owner_uid = owner
+    metadata: dict[str, Any] = {
+        "name": name,
+        "uid": f"uid-{name}",
+        "labels": labels or {},
+        "ownerReferences": [
+            {"kind": kind, "name": owner_name, "uid": owner_uid, "controller": True}
+        ],
+    }
+    if terminating:
+        metadata["deletionTimestamp"] = "2026-11-27T00:07:52Z"
+    status: dict[str, Any] = {"phase": "Pending", "conditions": []}
+    if unschedulable:
+        status["conditions"].append(
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/2 nodes are available: 2 node(s) didn't match Pod's node "
+                "affinity/selector.",
+            }
+        )
+    if waiting:
+        status["phase"] = "Running"
+        status["containerStatuses"] = [
+            {
+                "name": "main",
+                "ready": False,
+                "restartCount": 3,
+                "state": {"waiting": {"reason": waiting, "message": f"{waiting} message"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+            }
+        ]
+    return {"kind": "Pod", "metadata": metadata, "spec": {}, "status": status}
+
+
+def waiter_with(objects: dict[str, list[dict[str, Any]]], started: float = 0.0) -> RolloutWaiter:
+    waiter = RolloutWaiter("ns", timeout=600, unschedulable_grace=20, started=started)
+    for resource in ("deployments", "daemonsets", "statefulsets", "replicasets"):
+        waiter.view.apply(Change(resource, "SYNC", objects.get(resource, [])), started)
+    for resource in ("controllerrevisions", "pods", "events"):
+        waiter.view.apply(Change(resource, "SYNC", objects.get(resource, [])), started)
+    return waiter
+
+
+# --- kubectl's rollout rules -------------------------------------------------------------------
+
+
+def test_deployment_waits_until_its_spec_update_is_observed() -> None:
+    verdict = deployment_verdict(deployment(generation=2, observed=1))
+    assert verdict.state == WAITING
+    assert "observed" in verdict.message
+
+
+def test_deployment_waits_for_new_replicas_then_old_ones_to_go_then_availability() -> None:
+    assert deployment_verdict(deployment(replicas=3, updated=2, total=3)).state == WAITING
+    leftover = deployment_verdict(deployment(replicas=2, updated=2, total=3, available=2))
+    assert leftover.state == WAITING
+    assert "old replicas" in leftover.message
+    assert deployment_verdict(deployment(replicas=2, updated=2, total=2, available=1)).state == (
+        WAITING
+    )
+
+
+def test_deployment_is_rolled_out_when_every_replica_is_new_and_available() -> None:
+    verdict = deployment_verdict(deployment(replicas=2, updated=2, total=2, available=2))
+    assert verdict == Verdict(READY, 2, 2, "rolled out")
+
+
+def test_progress_deadline_exceeded_is_a_failure() -> None:
+    stuck = deployment(
+        available=0,
+        conditions=[
+            {
+                "type": "Progressing",
+                "status": "False",
+                "reason": "ProgressDeadlineExceeded",
+                "message": 'ReplicaSet "hub-1" has timed out progressing.',
+            }
+        ],
+    )
+    verdict = deployment_verdict(stuck)
+    assert verdict.state == FAILED
+    assert "timed out progressing" in verdict.message
+
+
+def test_daemonset_rules_and_ondelete_cannot_be_waited_on() -> None:
+    base = {
+        "kind": "DaemonSet",
+        "metadata": {"name": "proxy", "generation": 1},
+        "spec": {"updateStrategy": {"type": "RollingUpdate"}},
+        "status": {
+            "observedGeneration": 1,
+            "desiredNumberScheduled": 2,
+            "updatedNumberScheduled": 2,
+            "numberAvailable": 1,
+        },
+    }
+    assert daemonset_verdict(base).state == WAITING
+    base["status"]["numberAvailable"] = 2
+    assert daemonset_verdict(base).state == READY
+    base["spec"]["updateStrategy"] = {"type": "OnDelete"}
+    verdict = daemonset_verdict(base)
+    assert verdict.state == UNWAITABLE
+    assert "OnDelete" in verdict.message
+
+
+def test_statefulset_follows_kubectls_partition_rule() -> None:
+    sts = {
+        "kind": "StatefulSet",
+        "metadata": {"name": "db", "generation": 2},
+        "spec": {
+            "replicas": 3,
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 1}},
+        },
+        "status": {"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 1},
+    }
+    assert statefulset_verdict(sts).state == WAITING
+    sts["status"]["updatedReplicas"] = 2
+    assert statefulset_verdict(sts).state == READY
+    sts["status"]["observedGeneration"] = 1
+    assert statefulset_verdict(sts).state == WAITING
+    sts["spec"]["updateStrategy"] = {"type": "OnDelete"}
+    assert statefulset_verdict(sts).state == UNWAITABLE
+
+
+def test_statefulset_without_rolling_update_settings_waits_for_the_revisions_to_match() -> None:
+    sts = {
+        "kind": "StatefulSet",
+        "metadata": {"name": "db", "generation": 1},
+        "spec": {"replicas": 1, "updateStrategy": {"type": "RollingUpdate"}},
+        "status": {
+            "observedGeneration": 1,
+            "readyReplicas": 1,
+            "currentRevision": "db-1",
+            "updateRevision": "db-2",
+        },
+    }
+    assert statefulset_verdict(sts).state == WAITING
+    sts["status"]["currentRevision"] = "db-2"
+    assert statefulset_verdict(sts).state == READY
+
+
+# --- Pods that will not get ready ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"],
+)
+def test_a_container_stuck_for_good_is_a_problem(reason: str) -> None:
+    problem = container_problem(
+        pod("hub-1-a", owner=("ReplicaSet", "hub-1", "rs-1"), waiting=reason)
+    )
+    assert problem is not None
+    assert (problem.pod, problem.container, problem.reason) == ("hub-1-a", "main", reason)
+
+
+def test_a_terminating_or_merely_creating_pod_is_no_problem() -> None:
+    owner = ("ReplicaSet", "hub-1", "rs-1")
+    assert (
+        container_problem(pod("a", owner=owner, waiting="CrashLoopBackOff", terminating=True))
+        is None
+    )
+    assert container_problem(pod("b", owner=owner, waiting="ContainerCreating")) is None
+
+
+def test_only_pods_of_the_current_replicaset_can_fail_a_deployment() -> None:
+    objects = {
+        "deployments": [deployment(image="hub:2", available=0, updated=1, total=2)],
+        "replicasets": [
+            replicaset("hub-old", uid="rs-old", image="hub:1"),
+            replicaset("hub-new", uid="rs-new", image="hub:2"),
+        ],
+        "pods": [
+            pod("hub-old-a", owner=("ReplicaSet", "hub-old", "rs-old"), waiting="CrashLoopBackOff")
+        ],
+    }
+    waiter = waiter_with(objects)
+    assert waiter.blocker(waiter.verdicts(1.0), 1.0) is None
+    objects["pods"].append(
+        pod("hub-new-a", owner=("ReplicaSet", "hub-new", "rs-new"), waiting="ImagePullBackOff")
+    )
+    waiter = waiter_with(objects)
+    blocker = waiter.blocker(waiter.verdicts(1.0), 1.0)
+    assert blocker is not None
+    assert blocker.problem is not None
+    assert (blocker.reason, blocker.problem.pod) == ("ImagePullBackOff", "hub-new-a")
+
+
+def _ready(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    return obj
+
+
+def test_ready_pods_roll_a_deployment_out_before_its_status_catches_up() -> None:
+    lagging = deployment(image="hub:2", replicas=2, updated=1, total=2, available=1)
+    new = ("ReplicaSet", "hub-new", "rs-new")
+    objects = {
+        "deployments": [lagging],
+        "replicasets": [
+            replicaset("hub-old", uid="rs-old", image="hub:1"),
+            replicaset("hub-new", uid="rs-new", image="hub:2"),
+        ],
+        "pods": [
+            _ready(pod("hub-new-a", owner=new)),
+            _ready(pod("hub-new-b", owner=new)),
+            _ready(pod("hub-old-a", owner=("ReplicaSet", "hub-old", "rs-old"), terminating=True)),
+        ],
+    }
+    assert waiter_with(objects).verdicts(1.0)["deployment/hub"].state == READY
+    # An old replica still serving means the rollout is not over, whatever the new ones say.
+    objects["pods"][2] = _ready(pod("hub-old-a", owner=("ReplicaSet", "hub-old", "rs-old")))
+    assert waiter_with(objects).verdicts(1.0)["deployment/hub"].state == WAITING
+    # Nor is it while the ReplicaSet of a newer template is still to be made.
+    objects["pods"].pop()
+    objects["deployments"] = [deployment(image="hub:3", generation=3, observed=2, available=1)]
+    assert waiter_with(objects).verdicts(1.0)["deployment/hub"].state == WAITING
+
+
+def test_the_current_replicaset_is_known_by_its_template_before_the_status_says_so() -> None:
+    # The controller has made the new ReplicaSet and its pod is ready, but its status
+    # update (observedGeneration) is still queued behind its rate limit.
+    busy = deployment(image="hub:2", generation=2, observed=1, available=1)
+    objects = {
+        "deployments": [busy],
+        "replicasets": [
+            replicaset("hub-old", uid="rs-old", image="hub:1"),
+            replicaset("hub-new", uid="rs-new", image="hub:2"),
+        ],
+        "pods": [_ready(pod("hub-new-a", owner=("ReplicaSet", "hub-new", "rs-new")))],
+    }
+    waiter = waiter_with(objects)
+    assert waiter.view.current_replicaset(busy)["metadata"]["name"] == "hub-new"
+    assert waiter.verdicts(1.0)["deployment/hub"].state == READY
+
+
+def _unschedulable_objects(*extra_pods: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    return {
+        "deployments": [deployment(available=0)],
+        "replicasets": [replicaset("hub-1", uid="rs-1", image="hub:1")],
+        "pods": [
+            pod("hub-1-a", owner=("ReplicaSet", "hub-1", "rs-1"), unschedulable=True),
+            *extra_pods,
+        ],
+    }
+
+
+def test_an_unschedulable_pod_fails_only_after_the_grace_period() -> None:
+    waiter = waiter_with(_unschedulable_objects())
+    assert waiter.blocker(waiter.verdicts(0.0), 0.0) is None
+    assert waiter.blocker(waiter.verdicts(19.0), 19.0) is None
+    blocker = waiter.blocker(waiter.verdicts(20.5), 20.5)
+    assert blocker is not None
+    assert blocker.reason == "Unschedulable"
+    assert "didn't match" in blocker.message
+
+
+def test_an_unschedulable_pod_waits_while_another_pod_terminates() -> None:
+    leaving = pod("old-a", owner=("ReplicaSet", "other", "rs-9"), terminating=True)
+    waiter = waiter_with(_unschedulable_objects(leaving))
+    waiter.blocker(waiter.verdicts(0.0), 0.0)
+    assert waiter.blocker(waiter.verdicts(60.0), 60.0) is None
+
+
+def test_user_pods_coming_and_going_do_not_hold_off_an_unschedulable_verdict() -> None:
+    user = pod("jupyter-someone", owner=("ReplicaSet", "x", "x"), terminating=True)
+    user["metadata"]["ownerReferences"] = []
+    waiter = waiter_with(_unschedulable_objects(user))
+    waiter.blocker(waiter.verdicts(0.0), 0.0)
+    waiter.view.apply(Change("pods", "DELETED", [user]), 10.0)
+    assert waiter.blocker(waiter.verdicts(25.0), 25.0) is not None
+
+
+def test_an_unschedulable_pod_waits_once_the_autoscaler_adds_a_node() -> None:
+    waiter = waiter_with(_unschedulable_objects())
+    scale_up = {
+        "metadata": {"uid": "e-1", "creationTimestamp": "2026-11-27T00:00:01Z"},
+        "involvedObject": {"kind": "Pod", "name": "hub-1-a"},
+        "reason": "TriggeredScaleUp",
+        "message": "pod triggered scale-up",
+        "type": "Normal",
+    }
+    waiter.view.apply(Change("events", "ADDED", [scale_up]), 0.0)
+    waiter.blocker(waiter.verdicts(0.0), 0.0)
+    assert waiter.blocker(waiter.verdicts(60.0), 60.0) is None
+
+
+# --- What the operator sees ------------------------------------------------------------------
+
+
+def test_progress_outside_a_terminal_prints_only_changes() -> None:
+    out = io.StringIO()
+    progress = Progress(out, deadline_seconds=600)
+    waiting = {"deployment/hub": Verdict(WAITING, 0, 1, "0 of 1 updated available")}
+    progress.update(waiting, 1.0)
+    progress.update(waiting, 2.0)
+    progress.update({"deployment/hub": Verdict(READY, 1, 1, "rolled out")}, 3.0)
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "deployment/hub: 0/1 ready (0 of 1 updated available)",
+        "deployment/hub: 1/1 ready, rolled out after 3.0s",
+    ]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_redraws_in_place() -> None:
+    out = _Terminal()
+    progress = Progress(out, deadline_seconds=600)
+    verdicts = {
+        "deployment/hub": Verdict(WAITING, 0, 1, "0 of 1 updated available"),
+        "deployment/proxy": Verdict(READY, 1, 1, "rolled out"),
+    }
+    progress.update(verdicts, 1.0)
+    progress.update(verdicts, 2.0)
+    first, second = out.getvalue().split("\n", 2)[:2], out.getvalue()
+    assert first[0].startswith("rollout: 1/2 workloads ready")
+    # The second drawing moves the cursor up over the first's two lines and clears them.
+    assert "\x1b[2F\x1b[J" in second
+
+
+def test_the_details_fit_the_failure_screen() -> None:
+    events = {
+        ("Deployment", "hub"): [],
+        ("Pod", "hub-1-a"): [
+            {
+                "metadata": {"creationTimestamp": f"2026-11-27T00:00:0{i}Z"},
+                "involvedObject": {"kind": "Pod", "name": "hub-1-a"},
+                "type": "Warning",
+                "reason": "BackOff",
+                "message": "Back-off restarting failed container",
+            }
+            for i in range(5)
+        ],
+    }
+    logs = ("last log lines of container hub (previous run):", [f"line {i}" for i in range(20)])
+    details = compact_details(["message: boom", "last exit: exit code 1 (Error)"], events, logs)
+    lines = details.splitlines()
+    assert len(lines) <= 12
+    assert lines[0] == "message: boom"
+    assert lines[-1] == "  line 19"
+
+
+def test_the_note_counts_ready_and_unwaitable_workloads() -> None:
+    report = RolloutReport(
+        "ns",
+        [
+            WorkloadResult("deployment/hub", "ready", 1.5, ""),
+            WorkloadResult("daemonset/pull", "not waited", None, "OnDelete"),
+        ],
+        3.2,
+    )
+    assert report.note() == "1 workload ready in 3.2s, 1 not waited on (OnDelete)"
+    assert RolloutReport("ns", [], 0.1).note() == "no workloads in namespace ns"
+
+
+def test_dry_run_prints_the_proxy_and_the_watches_and_touches_nothing() -> None:
+    out = io.StringIO()
+    runner = Runner(Context(), dry_run=True, env={"KUBECONFIG": "/nonexistent/kubeconfig"})
+    report = wait_for_rollout(runner, "staging", timeout=600, kubectl="kubectl", stream=out)
+    text = out.getvalue()
+    assert "[dry-run] KUBECONFIG=/nonexistent/kubeconfig kubectl proxy --port=0" in text
+    assert "GET /apis/apps/v1/namespaces/staging/deployments" in text
+    assert "GET /api/v1/namespaces/staging/pods" in text
+    assert report.results == []
+
+
+# --- On the local cluster ----------------------------------------------------------------------
+
+
+def _labels(app: str, fail: str | None) -> dict[str, str]:
+    return {"app": app, **({FAIL_LABEL: fail} if fail else {})}
+
+
+def deployment_manifest(
+    name: str, *, replicas: int = 1, fail: str | None = None, progress_deadline: int | None = None
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "replicas": replicas,
+        "selector": {"matchLabels": {"app": name}},
+        "template": {
+            "metadata": {"labels": _labels(name, fail)},
+            "spec": {"containers": [{"name": name, "image": f"example.org/{name}:1"}]},
+        },
+    }
+    if progress_deadline is not None:
+        spec["progressDeadlineSeconds"] = progress_deadline
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec}
+
+
+def daemonset_manifest(
+    name: str, *, strategy: str = "RollingUpdate", fail: str | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "updateStrategy": {"type": strategy},
+            "template": {
+                "metadata": {"labels": _labels(name, fail)},
+                "spec": {"containers": [{"name": name, "image": f"example.org/{name}:1"}]},
+            },
+        },
+    }
+
+
+def statefulset_manifest(
+    name: str, *, replicas: int = 2, fail: str | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": _labels(name, fail)},
+                "spec": {"containers": [{"name": name, "image": f"example.org/{name}:1"}]},
+            },
+        },
+    }
+
+
+class Namespace:
+    """A fresh namespace on the local cluster, and the waiter run against it."""
+
+    def __init__(self, cluster: LocalCluster, name: str, folder: Path) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.folder = folder
+        self.output = ""
+
+    def apply(self, *manifests: dict[str, Any]) -> None:
+        path = self.folder / f"{uuid.uuid4().hex}.yaml"
+        path.write_text(yaml.safe_dump_all(manifests))
+        self.cluster.kubectl("apply", "-n", self.name, "-f", str(path))
+
+    def pod_names(self, app: str) -> list[str]:
+        out = self.cluster.kubectl("get", "pods", "-n", self.name, "-l", f"app={app}", "-o", "name")
+        return [line.removeprefix("pod/") for line in out.split()]
+
+    def wait(self, *, timeout: float = 60, grace: float = 20) -> RolloutReport:
+        out = io.StringIO()
+        runner = Runner(Context(), env={"KUBECONFIG": str(self.cluster.kubeconfig)})
+        try:
+            return wait_for_rollout(
+                runner,
+                self.name,
+                timeout=timeout,
+                unschedulable_grace=grace,
+                kubectl=tools.binary("kubectl"),
+                stream=out,
+            )
+        finally:
+            self.output = out.getvalue()
+
+    def failure(self, *, timeout: float = 120, grace: float = 20) -> tuple[StepFailure, float]:
+        started = time.monotonic()
+        with pytest.raises(StepFailure) as caught:
+            self.wait(timeout=timeout, grace=grace)
+        return caught.value, time.monotonic() - started
+
+
+@pytest.fixture
+def namespace(local_cluster: LocalCluster, tmp_path: Path) -> Iterator[Namespace]:
+    name = f"rollout-test-{uuid.uuid4().hex[:8]}"
+    local_cluster.kubectl("create", "namespace", name)
+    try:
+        yield Namespace(local_cluster, name, tmp_path)
+    finally:
+        local_cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+# Well under the default ten-minute deadline; the waiter's targets are seconds.
+FAST = 30
+
+
+@pytest.mark.cluster
+def test_deployments_daemonsets_and_a_statefulset_roll_out(namespace: Namespace) -> None:
+    namespace.apply(
+        deployment_manifest("hub", replicas=2),
+        deployment_manifest("binder"),
+        daemonset_manifest("image-puller"),
+        statefulset_manifest("db"),
+    )
+    report = namespace.wait()
+    assert {r.key: r.result for r in report.results} == {
+        "daemonset/image-puller": "ready",
+        "deployment/binder": "ready",
+        "deployment/hub": "ready",
+        "statefulset/db": "ready",
+    }
+    assert report.note().startswith("4 workloads ready in ")
+    assert "deployment/hub: 2/2 ready, rolled out" in namespace.output
+    assert "WORKLOAD" in namespace.output
+
+
+@pytest.mark.cluster
+def test_an_empty_namespace_passes_and_says_so(namespace: Namespace) -> None:
+    report = namespace.wait()
+    assert report.results == []
+    assert "has no Deployment, DaemonSet or StatefulSet" in namespace.output
+
+
+@pytest.mark.cluster
+def test_a_namespace_that_does_not_exist_is_named(local_cluster: LocalCluster) -> None:
+    runner = Runner(Context(), env={"KUBECONFIG": str(local_cluster.kubeconfig)})
+    with pytest.raises(StepFailure, match="Namespace no-such-namespace does not exist"):
+        wait_for_rollout(
+            runner,
+            "no-such-namespace",
+            timeout=10,
+            kubectl=tools.binary("kubectl"),
+            stream=io.StringIO(),
+        )
+
+
+@pytest.mark.cluster
+def test_a_crash_loop_is_reported_within_seconds_with_pod_container_and_logs(
+    namespace: Namespace,
+) -> None:
+    namespace.apply(deployment_manifest("hub", fail="crashloop"), deployment_manifest("proxy"))
+    failure, seconds = namespace.failure()
+    (pod_name,) = namespace.pod_names("hub")
+    assert seconds < FAST
+    assert failure.why.startswith(
+        f"deployment/hub: pod {pod_name}, container hub: CrashLoopBackOff"
+    )
+    assert "severe bug in the deployed version" in failure.fix
+    assert "kubectl logs --previous" in failure.fix
+    assert "last exit: exit code 1 (Error)" in failure.details
+    assert "the cluster has no logs for this container" in failure.details
+    assert "deployment/proxy  ready" in namespace.output
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("kind", ["daemonset", "statefulset"])
+def test_a_crash_in_a_daemonset_or_statefulset_is_reported(namespace: Namespace, kind: str) -> None:
+    make = daemonset_manifest if kind == "daemonset" else statefulset_manifest
+    namespace.apply(make("proxy", fail="crashloop"))
+    failure, seconds = namespace.failure()
+    assert seconds < FAST
+    assert failure.why.startswith(f"{kind}/proxy: pod proxy-")
+    assert "container proxy: CrashLoopBackOff" in failure.why
+
+
+@pytest.mark.cluster
+def test_an_image_that_cannot_be_pulled_is_reported(namespace: Namespace) -> None:
+    namespace.apply(deployment_manifest("binder", fail="imagepull"))
+    failure, seconds = namespace.failure()
+    (pod_name,) = namespace.pod_names("binder")
+    assert seconds < FAST
+    assert f"pod {pod_name}, container binder:" in failure.why
+    assert "ErrImagePull" in failure.why or "ImagePullBackOff" in failure.why
+    assert "example.org/binder:1" in failure.details
+    assert "Failed to pull image" in failure.details
+    assert "the container never started" in failure.details
+
+
+@pytest.mark.cluster
+def test_a_missing_secret_is_reported_as_a_config_error(namespace: Namespace) -> None:
+    namespace.apply(deployment_manifest("hub", fail="configerror"))
+    failure, seconds = namespace.failure()
+    assert seconds < FAST
+    assert "container hub: CreateContainerConfigError" in failure.why
+    assert "Secret or ConfigMap" in failure.fix
+    assert "configmap or secret" in failure.details
+
+
+@pytest.mark.cluster
+def test_an_unschedulable_pod_is_reported_after_its_grace_period(namespace: Namespace) -> None:
+    namespace.apply(deployment_manifest("user-placeholder", fail="unschedulable"))
+    failure, seconds = namespace.failure(grace=3)
+    (pod_name,) = namespace.pod_names("user-placeholder")
+    assert 3 <= seconds < FAST
+    assert failure.why == f"deployment/user-placeholder: pod {pod_name}: Unschedulable"
+    assert "didn't match Pod's node affinity/selector" in failure.details
+    assert "FailedScheduling" in failure.details
+    assert "the pod never started" in failure.details or "never started" in failure.details
+
+
+@pytest.mark.cluster
+def test_a_deployment_past_its_progress_deadline_fails(namespace: Namespace) -> None:
+    # Unschedulable pods never get ready; the long grace leaves the verdict to the Deployment.
+    namespace.apply(deployment_manifest("hub", fail="unschedulable", progress_deadline=3))
+    failure, seconds = namespace.failure(grace=600)
+    (pod_name,) = namespace.pod_names("hub")
+    assert seconds < FAST
+    assert failure.why.startswith("deployment/hub: ProgressDeadlineExceeded")
+    assert f"pod {pod_name} is unschedulable" in failure.why
+    assert "has timed out progressing" in failure.details
+
+
+@pytest.mark.cluster
+def test_the_overall_deadline_names_what_was_not_ready(namespace: Namespace) -> None:
+    namespace.apply(deployment_manifest("hub", fail="unschedulable"), deployment_manifest("proxy"))
+    failure, seconds = namespace.failure(timeout=4, grace=600)
+    (pod_name,) = namespace.pod_names("hub")
+    assert 4 <= seconds < FAST
+    assert failure.why == "Not rolled out within 4.0s: deployment/hub."
+    assert "timeouts.rollout" in failure.fix
+    assert "deployment/hub: 0/1 ready" in failure.details
+    assert f"pod {pod_name}: unschedulable" in failure.details
+    assert "deployment/proxy  ready" in namespace.output
+
+
+@pytest.mark.cluster
+def test_an_ondelete_daemonset_is_reported_not_waited_on(namespace: Namespace) -> None:
+    namespace.apply(
+        daemonset_manifest("image-puller", strategy="OnDelete"), deployment_manifest("hub")
+    )
+    report = namespace.wait()
+    results = {r.key: r for r in report.results}
+    assert results["daemonset/image-puller"].result == "not waited"
+    assert "OnDelete" in results["daemonset/image-puller"].detail
+    assert results["deployment/hub"].result == "ready"
+    assert report.note().endswith("1 not waited on (OnDelete)")
+
+
+@pytest.mark.cluster
+def test_the_proxy_and_the_watch_threads_end_with_the_wait(namespace: Namespace) -> None:
+    namespace.apply(deployment_manifest("hub"))
+    namespace.wait()
+    assert not [t for t in threading.enumerate() if t.name.startswith("watch-") and t.is_alive()]
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                children.append((entry / "cmdline").read_bytes().replace(b"\0", b" "))
+    assert not [c for c in children if b" proxy " in c]
