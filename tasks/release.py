@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from invoke import Context, task
@@ -112,21 +113,25 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
     return files
 
 
-def release_status(ctx: StepContext) -> str | None:
-    """The release's helm status, or None when it was never installed."""
+def _read_release(ctx: StepContext, command: str) -> Any:
+    """`helm <command>` of the release as JSON; None when it was never installed."""
     env = ctx.environment
     try:
         result = ctx.runner.run(
-            ["helm", "status", env.release, "--namespace", env.namespace, "--output", "json"],
+            ["helm", command, env.release, "--namespace", env.namespace, "--output", "json"],
             quiet=True,
         )
     except CommandFailed as failed:
         if "not found" in failed.output:
             return None
-        raise _explain(failed, env, "helm could not read the release's status") from None
-    if result.dry_run:
-        return None
-    return json.loads(result.stdout)["info"]["status"]
+        raise _explain(failed, env, f"helm could not read the release's {command}") from None
+    return None if result.dry_run else json.loads(result.stdout)
+
+
+def release_status(ctx: StepContext) -> str | None:
+    """The release's helm status, or None when it was never installed."""
+    status = _read_release(ctx, "status")
+    return status["info"]["status"] if status else None
 
 
 def refuse_if_pending(ctx: StepContext) -> None:
@@ -274,17 +279,7 @@ def diff_release(ctx: StepContext) -> list[str]:
 
 
 def history(ctx: StepContext) -> list[dict]:
-    env = ctx.environment
-    try:
-        result = ctx.runner.run(
-            ["helm", "history", env.release, "--namespace", env.namespace, "--output", "json"],
-            quiet=True,
-        )
-    except CommandFailed as failed:
-        if "not found" in failed.output:
-            return []
-        raise _explain(failed, env, "helm could not read the release's history") from None
-    return [] if result.dry_run else json.loads(result.stdout)
+    return _read_release(ctx, "history") or []
 
 
 def last_good_revision(revisions: list[dict]) -> int | None:
