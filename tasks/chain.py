@@ -203,6 +203,7 @@ def validate_offline(c: Context, tests: bool = True) -> None:
     """The pull-request checks: YAML lint, encrypted paths, helm template, the tests."""
     perform(c, "yaml-lint", None, charts.lint_repository_yaml, needs_env=False)
     secrets.check_secrets(c)
+    charts.helm_deps(c)
     charts.validate(c)
     if tests:
         perform(c, "tests", None, run_project_tests, needs_env=False)

@@ -120,7 +120,7 @@ def test_dry_run_of_prod_prints_the_whole_plan_quickly_and_changes_nothing():
     assert before == after
 
 
-def test_ci_on_a_pull_request_validates_offline(tmp_path):
+def test_ci_on_a_pull_request_validates_offline(chart_dependencies):
     result = invoke(
         "ci", "--no-tests", env={"GITHUB_ACTIONS": "true", "GITHUB_EVENT_NAME": "pull_request"}
     )
@@ -361,7 +361,7 @@ def test_ci_on_the_main_branch_deploys_without_prompts(both_clusters, tmp_path):
     assert release_exists("binder-prod", namespaces["local-prod"])
 
 
-def test_ci_on_another_branch_only_validates():
+def test_ci_on_another_branch_only_validates(chart_dependencies):
     result = invoke(
         "ci",
         "--no-tests",

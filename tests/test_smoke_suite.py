@@ -445,15 +445,15 @@ def test_every_test_has_a_timeout_of_its_own(tmp_path: Path) -> None:
     assert time.monotonic() - started < 15
 
 
-def test_failures_never_show_the_environments_secrets_or_tokens() -> None:
+def test_failures_never_show_the_environments_secrets_or_tokens(demo_secrets: None) -> None:
     from tests.smoke.probes import mask
     from tests.smoke.target import Target
 
     try:
-        Target.load(load_registry().get("prod"), environ={}).register_secrets()
-        secret = yaml.safe_load((PROJECT_ROOT / "secrets/config/prod.yaml").read_text())[
-            "binderhub"
-        ]["registry"]["password"]
+        Target.load(load_registry().get("local-prod"), environ={}).register_secrets()
+        secret = yaml.safe_load((PROJECT_ROOT / "secrets/demo/config/local-prod.yaml").read_text())[
+            "federationRedirect"
+        ]["secretToken"]
         shown = mask(
             f"GET https://hub.example/user/x/?token=abc123def456 answered 500: {secret}\n"
             '  body: {"url": "https://hub.example/user/x/", "token": "s3cr3t-t0ken"}'
