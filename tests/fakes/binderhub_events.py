@@ -31,8 +31,10 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import LoopbackServer
 
 PROVIDERS = ("gh", "gl", "git", "gist", "zenodo", "figshare", "hydroshare", "dataverse")
 BADGE = (
@@ -81,29 +83,24 @@ class FakeBinderHub:
     heartbeat: float = 0.2
     builds: list[str] = field(default_factory=list)
     servers: dict[str, Server] = field(default_factory=dict)
-    _server: ThreadingHTTPServer | None = None
+    _http: LoopbackServer | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "use FakeBinderHub as a context manager"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        assert self._http is not None, "use FakeBinderHub as a context manager"
+        return self._http.url
 
     def __enter__(self) -> FakeBinderHub:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
+        self._http = LoopbackServer(_handler_for(self), "fake BinderHub")
+        self._http.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stopping.set()
-        assert self._server is not None
-        self._server.shutdown()
-        self._server.server_close()
+        assert self._http is not None
+        self._http.stop()
 
     def still_warming(self) -> bool:
         with self._lock:

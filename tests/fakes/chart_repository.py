@@ -10,8 +10,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from tests.fakes.loopback import LoopbackServer
 
 
 def package_chart(helm: Path, source: Path, target: Path) -> None:
@@ -56,8 +58,7 @@ class ChartRepository:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
+        self._http = LoopbackServer(Handler, "chart repository")
 
     def fail_next(self, count: int, status: int = 503) -> None:
         with self._lock:
@@ -66,15 +67,16 @@ class ChartRepository:
     def replace_archive(self, name: str, content: bytes) -> None:
         (self.folder / name).write_bytes(content)
 
+    @property
+    def url(self) -> str:
+        return self._http.url + "/"
+
     def __enter__(self) -> ChartRepository:
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
+        self._http.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.stop()
 
 
 def make_chart(folder: Path, name: str, version: str) -> Path:

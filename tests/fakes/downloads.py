@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.fakes.loopback import LoopbackServer
 
 
 class FileServer:
@@ -21,15 +23,13 @@ class FileServer:
         self._failures: dict[str, deque[int]] = {}
         self.hits: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LoopbackServer | None = None
 
     @property
     def url(self) -> str:
-        if self._server is None:
+        if self._http is None:
             raise RuntimeError("the file server is not running; use it in a `with` block")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._http.url
 
     def add(self, path: str, body: bytes, *, token: str | None = None) -> str:
         """Serve `body` at `path` (only with `Authorization: Bearer token`, if given)."""
@@ -56,22 +56,13 @@ class FileServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self._http = LoopbackServer(Handler, "file server")
+        self._http.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _serve(self) -> None:
-        if self._server is not None:
-            # A short poll interval keeps each test's shutdown quick.
-            self._server.serve_forever(poll_interval=0.05)
+        if self._http is not None:
+            self._http.stop()
 
     def _answer(self, raw_path: str, authorization: str | None) -> tuple[int, bytes]:
         path = raw_path.split("?", 1)[0]

@@ -14,8 +14,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import LoopbackServer
 
 _PATCH_PATH = re.compile(r"^/api/annotations/(\d+)$")
 _FORBIDDEN = "You'll need additional permissions to perform this action."
@@ -51,15 +53,11 @@ class FakeGrafana:
         self._script: deque[_Misbehaviour] = deque()
         self._always: _Misbehaviour | None = None
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LoopbackServer(_handler_for(self), "fake Grafana")
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the fake Grafana is not running; use it in a `with` block")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._http.url
 
     def fail_next(self, times: int, status: int = 500) -> None:
         """Answer the next `times` requests with `status`, doing nothing."""
@@ -77,23 +75,11 @@ class FakeGrafana:
         self._always = _Misbehaviour(status=403)
 
     def __enter__(self) -> FakeGrafana:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        # A short poll keeps each test's teardown from waiting half a second for shutdown.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            name="fake-grafana",
-            daemon=True,
-        )
-        self._thread.start()
+        self._http.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._http.stop()
 
     def handle(
         self, method: str, path: str, headers: dict[str, str], raw_body: bytes
