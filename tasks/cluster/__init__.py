@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from invoke import Collection, task
+from invoke import Collection, Context, task
 
 from tasks.cluster import clusters, tools
 
@@ -27,7 +27,7 @@ def _took(started: float) -> str:
 
 
 @task
-def build(c):
+def build(c: Context) -> None:
     """Build the pinned Kubernetes, etcd, KWOK and Helm binaries (cached per version)."""
     started = time.monotonic()
     paths = tools.ensure_built()
@@ -45,7 +45,7 @@ def build(c):
         "nodes": f"Simulated nodes per cluster (default {clusters.NODES_PER_CLUSTER}).",
     }
 )
-def up(c, name=None, nodes=clusters.NODES_PER_CLUSTER):
+def up(c: Context, name: str | None = None, nodes: int = clusters.NODES_PER_CLUSTER) -> None:
     """Start local clusters (building the pinned tools first if needed)."""
     started = time.monotonic()
     for each in _names(name):
@@ -63,7 +63,7 @@ def up(c, name=None, nodes=clusters.NODES_PER_CLUSTER):
         "all": "Stop every local cluster that has state under .local/, not only the demo ones.",
     }
 )
-def down(c, name=None, all=False):
+def down(c: Context, name: str | None = None, all: bool = False) -> None:
     """Stop local clusters, delete their state, and check no process or port is left."""
     started = time.monotonic()
     names = clusters.known_clusters() if all else _names(name)
@@ -73,7 +73,7 @@ def down(c, name=None, all=False):
 
 
 @task(help={"name": "Only this cluster (default: the demo clusters and any other known one)."})
-def status(c, name=None):
+def status(c: Context, name: str | None = None) -> None:
     """Say which local clusters run, their API server URLs and where their kubeconfigs are."""
     started = time.monotonic()
     names = [name] if name else sorted(set(clusters.DEMO_CLUSTERS) | set(clusters.known_clusters()))
