@@ -185,13 +185,14 @@ def _die_with_parent() -> None:
     a CI runner's SIGTERM), which would otherwise leave a proxy holding the
     deploy credentials open on a local port.
     """
-    if sys.platform != "linux":
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 _PR_SET_PDEATHSIG = 1
+# Looked up here, not in the child: between fork and exec only the simplest
+# calls are safe when other threads (the watch streams) exist.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
 def _proxy_address(process: subprocess.Popen[str], errors: IO[str], shown: str) -> str:
@@ -273,8 +274,8 @@ class WatchStream(threading.Thread):
         try:
             while not self.stop.is_set():
                 try:
-                    version = self._list()
-                    self._watch(version)
+                    version = self.list_all()
+                    self.follow(version)
                     failures = 0
                 except requests.RequestException:
                     failures += 1
@@ -285,7 +286,8 @@ class WatchStream(threading.Thread):
             if not self.stop.is_set():
                 self.out.put(Change(self.resource, "ERROR", error=error))
 
-    def _list(self) -> str:
+    def list_all(self) -> str:
+        """Report every object as one SYNC change, page by page; return the list's version."""
         items: list[Obj] = []
         params: dict[str, Any] = {"limit": 500}
         while True:
@@ -305,7 +307,7 @@ class WatchStream(threading.Thread):
         self.out.put(Change(self.resource, "SYNC", items))
         return str(metadata.get("resourceVersion", ""))
 
-    def _watch(self, version: str) -> None:
+    def follow(self, version: str) -> None:
         """Follow changes from `version`; return when a fresh list is needed."""
         while not self.stop.is_set():
             params = {

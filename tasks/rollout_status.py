@@ -1,10 +1,15 @@
 """When a workload has rolled out, and when one of its pods never will.
 
-Pure functions over the JSON objects the Kubernetes API returns, so every rule
-is tested without a cluster. The rollout rules are `kubectl rollout status`'s
-own (kubectl/pkg/polymorphichelpers/rollout_status.go), which Argo CD and
-kstatus agree with; the pod rules name the states a kubelet never leaves on
-its own.
+Pure logic over the JSON objects the Kubernetes API returns, no I/O, so every
+rule is tested without a cluster:
+
+- the verdicts: `kubectl rollout status`'s own rules
+  (kubectl/pkg/polymorphichelpers/rollout_status.go), which Argo CD and
+  kstatus agree with, plus the same rules read from a workload's pods, which
+  tell seconds before a busy controller updates the workload's status;
+- the pod problems a kubelet never recovers from alone;
+- `NamespaceView`, the objects as the watch streams last reported them, and
+  `RolloutWaiter`, which decides from it: go on waiting, succeed, or fail.
 """
 
 from __future__ import annotations

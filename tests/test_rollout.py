@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import threading
 import time
 import uuid
@@ -23,7 +24,15 @@ from invoke import Context
 
 from tasks.cluster import tools
 from tasks.errors import StepFailure
-from tasks.rollout import Progress, compact_details, wait_for_rollout
+from tasks.rollout import (
+    Progress,
+    WatchStream,
+    compact_details,
+    kube_proxy,
+    seconds,
+    wait_for_rollout,
+    wait_rollout,
+)
 from tasks.rollout_status import (
     FAILED,
     READY,
@@ -480,6 +489,23 @@ def test_dry_run_prints_the_proxy_and_the_watches_and_touches_nothing() -> None:
     assert report.results == []
 
 
+def test_the_task_in_dry_run_names_the_environments_namespace(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    wait_rollout(Context(), env="local-staging", dry_run=True)
+    out = capsys.readouterr().out
+    assert "kubectl proxy --port=0" in out
+    assert "GET /apis/apps/v1/namespaces/binder-staging/deployments" in out
+    assert "wait-rollout: dry-run" in out
+
+
+def test_a_flag_that_is_not_seconds_is_refused() -> None:
+    assert seconds("15", "--timeout") == 15.0
+    assert seconds(None, "--timeout") is None
+    with pytest.raises(StepFailure, match="--timeout must be a positive number of seconds"):
+        seconds("ten", "--timeout")
+
+
 # --- On the local cluster ----------------------------------------------------------------------
 
 
@@ -734,6 +760,23 @@ def test_an_ondelete_daemonset_is_reported_not_waited_on(namespace: Namespace) -
     assert "OnDelete" in results["daemonset/image-puller"].detail
     assert results["deployment/hub"].result == "ready"
     assert report.note().endswith("1 not waited on (OnDelete)")
+
+
+@pytest.mark.cluster
+def test_a_watch_from_an_expired_version_asks_for_a_fresh_list(
+    local_cluster: LocalCluster, namespace: Namespace
+) -> None:
+    runner = Runner(Context(), env={"KUBECONFIG": str(local_cluster.kubeconfig)})
+    changes: queue.Queue[Change] = queue.Queue()
+    with kube_proxy(runner, tools.binary("kubectl"), namespace.name) as base:
+        stream = WatchStream(base, "pods", namespace.name, changes, threading.Event())
+        started = time.monotonic()
+        # Version 1 is long compacted away: the API answers 410 Gone.
+        stream.follow("1")
+        assert time.monotonic() - started < 5
+        version = stream.list_all()
+    assert changes.get_nowait().type == "SYNC"
+    assert version.isdigit()
 
 
 @pytest.mark.cluster
