@@ -35,7 +35,7 @@ from tasks.output import (
     warn,
 )
 from tasks.registry import Environment, Registry
-from tasks.runner import PROJECT_ROOT, Runner
+from tasks.runner import PROJECT_ROOT, Runner, interrupted
 
 T = TypeVar("T")
 
@@ -138,6 +138,7 @@ def invocation(task: str = "") -> Iterator[None]:
     outermost = _depth == 1
     if outermost:
         summary.reset()
+        interrupted.clear()
     try:
         try:
             yield
@@ -152,7 +153,14 @@ def invocation(task: str = "") -> Iterator[None]:
         if not outermost:
             raise
         _finish()
-        raise Exit("Interrupted. Nothing further was started.", code=130) from None
+        raise Exit(_interrupted_screen(), code=130) from None
+    except Exit:
+        raise
+    except Exception as bug:
+        if not outermost or os.environ.get("DEPLOY_DEBUG"):
+            raise
+        _finish()
+        raise Exit(_failure_screen(Stop(task, "", _unexpected(bug))), code=1) from None
     else:
         if outermost:
             _finish()
@@ -166,6 +174,26 @@ def _finish() -> None:
     if len(summary.records) > 1 or summary.warnings:
         say("")
         say(summary.table())
+
+
+def _unexpected(bug: Exception) -> StepFailure:
+    return StepFailure(
+        f"Unexpected {type(bug).__name__}: {bug}",
+        "This is a bug in the pipeline. Run again with DEPLOY_DEBUG=1 for the traceback "
+        "and report it.",
+    )
+
+
+def _interrupted_screen() -> str:
+    where = next((r for r in reversed(summary.records) if r.result == "interrupted"), None)
+    lines = ["INTERRUPTED" + (f": {where.step} on {where.env}" if where else "")]
+    lines.append("  Nothing further was started.")
+    if where and where.step in ("upgrade", "rollback", "recover-release"):
+        lines.append(
+            "  helm may have left the release locked in a pending state; if the next "
+            f"upgrade says so, run: invoke recover-release --env={where.env}"
+        )
+    return "\n".join(lines)
 
 
 def _failure_screen(stop: Stop) -> str:
@@ -230,14 +258,15 @@ def perform(
             except KeyboardInterrupt:
                 _record(step, env_label, "interrupted", watch, "interrupted")
                 raise
+            except Exit as refusal:
+                # Helpers shared with the cluster tasks refuse with invoke's Exit.
+                failure = StepFailure(str(refusal.message or refusal))
+                _record(step, env_label, "failed", watch, failure.why)
+                raise Stop(step, env_label, failure) from None
             except Exception as bug:
                 if os.environ.get("DEPLOY_DEBUG"):
                     raise
-                failure = StepFailure(
-                    f"Unexpected {type(bug).__name__}: {bug}",
-                    "This is a bug in the pipeline. Run again with DEPLOY_DEBUG=1 for the "
-                    "traceback and report it.",
-                )
+                failure = _unexpected(bug)
                 _record(step, env_label, "failed", watch, failure.why)
                 raise Stop(step, env_label, failure) from None
         result = "dry-run" if dry_run else "ok"

@@ -8,18 +8,38 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from invoke import Context
 from invoke.exceptions import CommandTimedOut
+from invoke.runners import Local
 
 from tasks.errors import CommandFailed, StepFailure
 from tasks.output import MaskedStream, masker, say
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Set when the operator (Ctrl-C) or CI (SIGTERM) interrupts the run.
+interrupted = threading.Event()
+
+
+class ForwardingLocal(Local):
+    """invoke's local runner, forwarding an interrupt to the command as SIGINT.
+
+    invoke's own runner writes Ctrl-C to the command's stdin, which a command
+    reading no terminal ignores, and then waits on as if nothing happened.
+    """
+
+    def send_interrupt(self, interrupt: KeyboardInterrupt) -> None:
+        interrupted.set()
+        process = getattr(self, "process", None)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
 
 
 @dataclass
@@ -82,11 +102,15 @@ class Runner:
             return Result("", "", 0, dry_run=True)
         if not quiet:
             say(f"$ {masker.mask(line)}")
+        self.c.config.runners.local = ForwardingLocal
         try:
             result = self.c.run(
                 line,
                 env=self._command_env(),
                 hide=bool(quiet),
+                # The operator's `invoke --echo/--dry` must not print unmasked commands.
+                echo=False,
+                dry=False,
                 warn=True,
                 pty=False,
                 in_stream=False,
@@ -100,6 +124,8 @@ class Runner:
                 "Check the cluster and the network; raise the step's timeout in "
                 "config/environments.yaml if this environment is just slow.",
             ) from None
+        if interrupted.is_set():
+            raise KeyboardInterrupt
         # invoke raises UnexpectedExit only without warn=True; failures arrive here.
         outcome = Result(result.stdout, result.stderr, result.exited)
         if check and not outcome.ok:
