@@ -230,6 +230,11 @@ def perform(
             raise Stop(step, env_name or "", failure) from None
         env_label = env.name if env else ""
         title = f"{step} [{env_label}]" if env_label else step
+        if env is not None:
+            # Whatever the step prints, a secret it reads or a command echoes stays masked.
+            from tasks.secrets import register_secret_values
+
+            register_secret_values(env)
         runner = Runner(c, dry_run=dry_run, tool_dirs=pinned_tool_dirs())
         ctx = StepContext(c, registry, env, runner, dry_run, step)
         with folded(title + (" (dry run)" if dry_run else "")):

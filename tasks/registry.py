@@ -119,8 +119,10 @@ class Environment:
             root / "config" / f"{self.name}.yaml",
             root / self.secrets_dir / "config" / f"{self.name}.yaml",
         ]
-        layers += [root / extra for extra in self.extra_values]
-        return [path for path in layers if path.exists()]
+        # The standard layers are optional; a layer the registry names must exist.
+        return [path for path in layers if path.exists()] + [
+            root / extra for extra in self.extra_values
+        ]
 
     def secret_path(self, relative: str, root: Path = PROJECT_ROOT) -> Path:
         return root / self.secrets_dir / relative
@@ -199,10 +201,35 @@ class _Reader:
     def scalar(self, node: yaml.Node) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, "expected a single value here, not a list or mapping.")
-        return yaml.safe_load(yaml.serialize(node))
+        return self.plain(node)
 
     def plain(self, node: yaml.Node) -> Any:
-        return yaml.safe_load(yaml.serialize(node))
+        # An empty value (`release:`) is None, as in any YAML document.
+        return yaml.SafeLoader("").construct_document(node)
+
+    def text(self, node: yaml.Node, what: str) -> str:
+        """A required, non-empty text value."""
+        value = self.scalar(node)
+        if value is None or value == "" or isinstance(value, bool | list | dict):
+            raise self.fail(node, f"{what} needs a value here, not {value!r}.")
+        return str(value)
+
+    def text_map(self, node: yaml.Node, what: str) -> dict[str, str]:
+        return {
+            key: self.text(value, f"{what}.{key}")
+            for key, value in self.mapping(node, what, ()).items()
+        }
+
+    def text_list(self, node: yaml.Node, what: str) -> tuple[str, ...]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, f"{what} must be a list, e.g. [config/a.yaml, config/b.yaml].")
+        return tuple(self.text(item, what) for item in node.value)
+
+    def flag(self, node: yaml.Node, what: str) -> bool:
+        value = self.scalar(node)
+        if not isinstance(value, bool):
+            raise self.fail(node, f"{what} must be true or false, not {value!r}.")
+        return value
 
 
 _ENV_KEYS = (
@@ -258,8 +285,12 @@ def load(root: Path = PROJECT_ROOT, path: Path | None = None) -> Registry:
                 f"Define it or use one of: {', '.join(envs)}.",
             )
     _check_no_gate_cycle(reader, envs, env_nodes)
-    chart = Path(reader.scalar(top["chart"])) if "chart" in top else Path("mybinder")
-    mirrors = reader.plain(top["repository_mirrors"]) if "repository_mirrors" in top else {}
+    chart = Path(reader.text(top["chart"], "chart")) if "chart" in top else Path("mybinder")
+    mirrors = (
+        reader.text_map(top["repository_mirrors"], "repository_mirrors")
+        if "repository_mirrors" in top
+        else {}
+    )
     return Registry(envs, chart, {**(mirrors or {}), **mirrors_from_environment()})
 
 
@@ -299,28 +330,41 @@ def _environment(reader: _Reader, name: str, node: yaml.Node) -> Environment:
     secrets = reader.mapping(items["secrets"], f"{where} secrets", ("dir", "key"))
     return Environment(
         name=name,
-        description=str(reader.scalar(items["description"])) if "description" in items else "",
+        description=reader.text(items["description"], f"{where} description")
+        if "description" in items
+        else "",
         cluster=_cluster(reader, where, items["cluster"]),
-        release=str(reader.scalar(items["release"])),
-        namespace=str(reader.scalar(items["namespace"])),
-        secrets_dir=Path(str(reader.scalar(secrets["dir"])))
+        release=reader.text(items["release"], f"{where} release"),
+        namespace=reader.text(items["namespace"], f"{where} namespace"),
+        secrets_dir=Path(reader.text(secrets["dir"], f"{where} secrets.dir"))
         if "dir" in secrets
         else Path("secrets"),
         key=_key_source(reader, where, secrets.get("key"), items["secrets"]),
-        urls={k: str(v) for k, v in (reader.plain(items["urls"]) or {}).items()}
-        if "urls" in items
-        else {},
+        urls=_urls(reader, where, items["urls"]) if "urls" in items else {},
         grafana=_grafana(reader, where, items["grafana"]) if "grafana" in items else None,
         timeouts=_timeouts(reader, where, items["timeouts"]) if "timeouts" in items else Timeouts(),
-        gated_by=reader.scalar(items["gated_by"]) if "gated_by" in items else None,
-        components={k: bool(v) for k, v in (reader.plain(items["components"]) or {}).items()}
+        gated_by=reader.text(items["gated_by"], f"{where} gated_by")
+        if "gated_by" in items
+        else None,
+        components={
+            name: reader.flag(value, f"{where} components.{name}")
+            for name, value in reader.mapping(
+                items["components"], f"{where} components", ()
+            ).items()
+        }
         if "components" in items
         else {},
-        extra_values=tuple(str(v) for v in reader.plain(items["extra_values"]) or ())
+        extra_values=reader.text_list(items["extra_values"], f"{where} extra_values")
         if "extra_values" in items
         else (),
         bastion=_bastion(reader, where, items["bastion"]) if "bastion" in items else None,
     )
+
+
+def _urls(reader: _Reader, where: str, node: yaml.Node) -> dict[str, str]:
+    # An empty URL means "this environment has none" (e.g. no federation redirector).
+    urls = reader.mapping(node, f"{where} urls", ())
+    return {name: str(reader.scalar(value) or "") for name, value in urls.items()}
 
 
 def _cluster(reader: _Reader, where: str, node: yaml.Node) -> ClusterAccess:
@@ -348,7 +392,7 @@ def _cluster(reader: _Reader, where: str, node: yaml.Node) -> ClusterAccess:
     for key in needed[kind]:
         if key not in items:
             raise reader.fail(node, f"{where} cluster of kind {kind} needs `{key}:`.")
-    values = {k: str(reader.scalar(v)) for k, v in items.items() if k != "kind"}
+    values = {k: reader.text(v, f"{where} cluster.{k}") for k, v in items.items() if k != "kind"}
     local_name = values.pop("name", "")
     return ClusterAccess(kind=kind, local_name=local_name, **values)
 
@@ -400,8 +444,12 @@ def _key_source(
                 items[key],
                 f"{where} secrets key of source {source} has no use for `{key}:`.",
             )
-    values = {k: str(reader.scalar(v)) for k, v in items.items() if k not in ("source", "name")}
-    key_name = str(reader.scalar(items["name"])) if "name" in items else ""
+    values = {
+        k: reader.text(v, f"{where} secrets.key.{k}")
+        for k, v in items.items()
+        if k not in ("source", "name")
+    }
+    key_name = reader.text(items["name"], f"{where} secrets.key.name") if "name" in items else ""
     return KeySource(source=source, key_name=key_name, **values)
 
 
@@ -420,15 +468,23 @@ def _grafana(reader: _Reader, where: str, node: yaml.Node) -> Grafana | None:
     items = reader.mapping(node, f"{where} grafana", fields)
     if "url" not in items:
         raise reader.fail(node, f"{where} grafana needs `url:` (or `grafana: null` to skip it).")
-    plain = {k: reader.plain(v) for k, v in items.items()}
+    what = f"{where} grafana"
+    texts = {
+        key: reader.text(items[key], f"{what}.{key}")
+        for key in ("url", "token_file", "token_env", "dashboard_uid")
+        if key in items
+    }
+    org_id = reader.scalar(items["org_id"]) if "org_id" in items else None
+    if org_id is not None and (isinstance(org_id, bool) or not isinstance(org_id, int)):
+        raise reader.fail(items["org_id"], f"{what}.org_id must be a whole number, not {org_id!r}.")
     return Grafana(
-        url=str(plain["url"]).rstrip("/"),
-        token_file=str(plain.get("token_file") or ""),
-        token_env=str(plain.get("token_env") or ""),
-        dashboard_uid=str(plain.get("dashboard_uid") or ""),
-        org_id=int(plain["org_id"]) if plain.get("org_id") is not None else None,
-        tags=tuple(str(t) for t in plain.get("tags") or ()),
-        strict=bool(plain.get("strict", False)),
+        url=texts["url"].rstrip("/"),
+        token_file=texts.get("token_file", ""),
+        token_env=texts.get("token_env", ""),
+        dashboard_uid=texts.get("dashboard_uid", ""),
+        org_id=org_id,
+        tags=reader.text_list(items["tags"], f"{what}.tags") if "tags" in items else (),
+        strict=reader.flag(items["strict"], f"{what}.strict") if "strict" in items else False,
     )
 
 
@@ -437,7 +493,7 @@ def _timeouts(reader: _Reader, where: str, node: yaml.Node) -> Timeouts:
     values: dict[str, int] = {}
     for key, value_node in items.items():
         value = reader.scalar(value_node)
-        if not isinstance(value, int) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise reader.fail(
                 value_node,
                 f"{where} timeouts.{key} must be a whole number of seconds, not {value!r}.",

@@ -21,8 +21,9 @@ import yaml
 from invoke import Context, task
 from invoke.exceptions import Exit
 
+from tasks import secrets
 from tasks import values as values_module
-from tasks.charts import archive_is_valid, is_secret_layer, pinned_dependencies, shown
+from tasks.charts import archive_is_valid, pinned_dependencies, shown
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
 from tasks.output import masker, say
 from tasks.pipeline import StepContext, confirm, invocation, perform
@@ -85,12 +86,8 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
     if locked and ctx.dry_run:
         # decrypt-secrets, earlier in a real run, would have unlocked them.
         say(f"[dry-run] {', '.join(shown(p) for p in locked)} still encrypted; not checked")
-    elif locked:
-        names = ", ".join(shown(p) for p in locked)
-        raise StepFailure(
-            f"The secret values {names} are still encrypted.",
-            f"Run `invoke decrypt-secrets --env={env.name}` first (deploy runs it for you).",
-        )
+    elif not ctx.dry_run:
+        secrets.require_unlocked(env)
     readable = [p for p in files if p not in locked]
     problems = values_module.check_files(readable, PROJECT_ROOT)
     if problems:
@@ -111,9 +108,6 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
             f"{ctx.registry.chart}/charts/.",
             "Run `invoke helm-deps` first (deploy runs it for you).",
         )
-    for path in readable:
-        if is_secret_layer(env, path):
-            masker.register_tree(values_module.load(path))
     return files
 
 

@@ -63,6 +63,8 @@ def check_file(path: Path, shown_as: Path | None = None, documents: bool = False
     configuration streams) and need not be a mapping.
     """
     name = shown_as or path
+    if not path.exists():
+        return [Problem(name, 1, 1, "does not exist (named in config/environments.yaml)")]
     if is_locked(path):
         return [
             Problem(name, 1, 1, "still encrypted by git-crypt; run `invoke decrypt-secrets` first")

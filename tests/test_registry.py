@@ -100,3 +100,25 @@ def test_mirrors_from_the_environment_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("DEPLOY_CHART_MIRRORS", "https://a.example/=http://127.0.0.1:1/")
     loaded = registry.load(write_registry(tmp_path, "environments:\n  a:" + LOCAL))
     assert loaded.repository_mirrors == {"https://a.example/": "http://127.0.0.1:1/"}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("    release:\n", "release needs a value"),
+        ("    gated_by:\n", "gated_by needs a value"),
+        ("    urls: [https://a.example]\n", "urls must be a mapping"),
+        ("    extra_values: 5\n", "extra_values must be a list"),
+        ("    timeouts: {upgrade: yes}\n", "timeouts.upgrade must be a whole number"),
+        ("    grafana: {url: https://g.example, org_id: main}\n", "org_id must be a whole number"),
+        ("    grafana: {url: https://g.example, strict: maybe}\n", "strict must be true or false"),
+        ("    components: {static: sometimes}\n", "must be true or false"),
+    ],
+)
+def test_wrong_types_and_empty_values_are_named_with_their_line(tmp_path, line, message):
+    body = LOCAL.replace("    release: binder\n", "") if "release" in line else LOCAL
+    root = write_registry(tmp_path, "environments:\n  a:" + body + line)
+    with pytest.raises(StepFailure) as raised:
+        registry.load(root)
+    assert message in raised.value.why
+    assert raised.value.why.startswith("config/environments.yaml:")

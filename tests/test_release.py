@@ -14,6 +14,7 @@ from tasks import release
 from tasks.cluster import tools
 from tasks.errors import StepFailure
 from tasks.output import masker
+from tasks.pipeline import load_registry
 
 pytestmark = pytest.mark.cluster
 
@@ -225,13 +226,15 @@ def test_dry_run_touches_nothing(site_env, capsys):
     assert release.release_status(ctx) is None
 
 
-def test_secret_values_are_registered_for_masking(site_env):
-    ctx = site_env()
-    release.check_ready_to_deploy(ctx)
-    secret_values = (
-        ctx.registry.get("local-staging").secret_path("config/local-staging.yaml")
-    ).read_text()
-    token = secret_values.split('"')[1]
+def test_every_step_masks_the_environments_secret_values(demo_secrets):
+    from invoke import Context
+
+    from tasks.pipeline import perform
+
+    masker.forget_all()
+    perform(Context(), "probe", "local-staging", lambda ctx: None)
+    secret_values = load_registry().get("local-staging").secret_path("config/local-staging.yaml")
+    token = secret_values.read_text().split('"')[1]
     assert masker.mask(f"x {token} y") == "x ******** y"
 
 
@@ -239,6 +242,7 @@ def test_tab_in_a_secret_values_file_is_named_without_its_content(site_env, tmp_
     secrets_dir = tmp_path / "secrets"
     (secrets_dir / "config").mkdir(parents=True)
     canary = "canary-secret-in-a-tabbed-file-777"
+    (secrets_dir / "config" / "common.yaml").write_text("{}\n")
     (secrets_dir / "config" / "local-staging.yaml").write_text(
         f"federationRedirect:\n\tsecretToken: {canary}\n"
     )

@@ -57,3 +57,8 @@ def test_top_level_list_is_not_a_values_file(tmp_path):
 def test_merge_layers_like_helm():
     merged = values.merge({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 3}, "d": None})
     assert merged == {"a": {"b": 3, "c": 2}}
+
+
+def test_a_layer_the_registry_names_must_exist(tmp_path):
+    [problem] = values.check_files([tmp_path / "typo.yaml"], tmp_path)
+    assert str(problem) == "typo.yaml:1:1: does not exist (named in config/environments.yaml)"
