@@ -43,8 +43,10 @@ class SecretMasker:
         elif isinstance(tree, list):
             for value in tree:
                 self.register_tree(value)
-        else:
-            self.register(tree)
+        elif tree is not None and not isinstance(tree, bool):
+            # YAML reads an all-digit token or a date as a number or a date; helm and
+            # the commands it feeds print it as text all the same.
+            self.register(tree if isinstance(tree, str) else str(tree))
 
     def mask(self, text: str) -> str:
         # Longest first, so a secret containing another is masked whole.

@@ -62,3 +62,13 @@ def test_merge_layers_like_helm():
 def test_a_layer_the_registry_names_must_exist(tmp_path):
     [problem] = values.check_files([tmp_path / "typo.yaml"], tmp_path)
     assert str(problem) == "typo.yaml:1:1: does not exist (named in config/environments.yaml)"
+
+
+def test_secret_leaves_read_as_numbers_are_masked_too():
+    from tasks.output import SecretMasker
+
+    masker = SecretMasker()
+    masker.register_tree({"apiToken": 12345678901234567890, "enabled": True, "port": 8080})
+    assert masker.mask("token 12345678901234567890 on 8080, enabled True") == (
+        "token ******** on 8080, enabled True"
+    )
