@@ -46,15 +46,35 @@ def key_holder(registry: Registry, env: Environment) -> str:
     return env.name
 
 
-def stage(registry: Registry, env: Environment, dry_run: bool) -> Task:
-    """The invoke task that deploys `env`, with its gate's stage as its first pre-task."""
+@task(help={"env": "Environment whose cluster to check.", "dry_run": "Check nothing."})
+def preflight(c: Context, env: str | None = None, dry_run: bool = False) -> None:
+    """The cluster-side doctor checks of one environment, before the deploy changes anything."""
+    if dry_run:
+        say(f"[dry-run] would check the cluster of {env} (invoke doctor --env={env})")
+    else:
+        doctor.preflight(c, env)
+
+
+def stage(registry: Registry, env: Environment, dry_run: bool, target: str | None = None) -> Task:
+    """The invoke task that deploys `env`, with its gate's stage as its first pre-task.
+
+    The first stage of a chain unlocks the secrets of every environment of the
+    chain and checks every one of their clusters before it changes anything.
+    """
+    chain = registry.chain(target or env.name)
     pre: list[Call | Task] = []
     if env.gated_by:
-        pre.append(stage(registry, registry.get(env.gated_by), dry_run))
+        pre.append(stage(registry, registry.get(env.gated_by), dry_run, target or env.name))
+        members = [env]
+    else:
+        members = chain
     pre += [
-        call(secrets.decrypt_secrets, env=key_holder(registry, env), dry_run=dry_run),
-        call(charts.helm_deps, dry_run=dry_run),
+        call(secrets.decrypt_secrets, env=key_holder(registry, member), dry_run=dry_run)
+        for member in members
     ]
+    pre.append(call(charts.helm_deps, dry_run=dry_run))
+    if not env.gated_by:
+        pre += [call(preflight, env=member.name, dry_run=dry_run) for member in chain]
     pre.append(call(lock.take_lock, env=env.name, dry_run=dry_run))
     pre += [call(step, env=env.name, dry_run=dry_run) for step in ENV_STEPS]
 
@@ -103,13 +123,8 @@ def run_deploy(
         raise Exit("Not confirmed; nothing was deployed. Pass --yes to skip the question.")
     final = stage(registry, env, dry_run)
     try:
-        with _sigterm_as_interrupt():
-            # Every cluster of the chain, checked before the first change to any of them.
-            if not dry_run:
-                for member in chain:
-                    doctor.preflight(c, member.name)
-            with grafana.regions_closed_on_exit():
-                Executor(Collection(final), config=c.config).execute(final.name)
+        with _sigterm_as_interrupt(), grafana.regions_closed_on_exit():
+            Executor(Collection(final), config=c.config).execute(final.name)
     except Stop as stop:
         if rollback_on_failure and not dry_run:
             roll_back_after(c, stop, env.name)

@@ -303,8 +303,13 @@ def _secret_files(repo: Repository, env: Environment) -> list[Path]:
     under a key of its own.
     """
     base = repo.root / env.secrets_dir
-    found = [p.relative_to(repo.root) for p in base.rglob("*") if p.is_file() or p.is_symlink()]
-    filters = repo.filters([str(p) for p in found])
+    found = [
+        p.relative_to(repo.root) if p.is_relative_to(repo.root) else p
+        for p in base.rglob("*")
+        if p.is_file() or p.is_symlink()
+    ]
+    # A secrets folder outside the repository (a test's) has no git attributes.
+    filters = repo.filters([str(p) for p in found if not p.is_absolute()])
     own = filter_name(env.key.key_name)
     return sorted(
         p

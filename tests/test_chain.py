@@ -62,6 +62,8 @@ def test_plan_runs_staging_fully_before_prod_and_shared_steps_once():
     assert steps == [
         "decrypt-secrets[staging]",
         "helm-deps",
+        "preflight[staging]",
+        "preflight[prod]",
         "lock[staging]",
         "annotate-grafana[staging]",
         "upgrade[staging]",

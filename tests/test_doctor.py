@@ -270,7 +270,7 @@ def test_preflight_stops_a_deploy_before_it_changes_anything(
     assert stopped.value.code == 1
     assert "FAILED: preflight on site" in str(stopped.value.message)
     assert f"Nothing answers at 127.0.0.1:{port}" in str(stopped.value.message)
-    for later in ("decrypt-secrets", "helm-deps", "upgrade"):
+    for later in ("lock", "annotate-grafana", "upgrade"):
         assert f"==> {later}" not in out
 
 
