@@ -157,13 +157,15 @@ def roll_back_after(c: Context, stop: Stop, target: str) -> None:
     """Roll the target back after its own rollout or smoke tests failed; report both."""
     if stop.env != target or stop.step not in ("wait-rollout", "smoke-test"):
         return
-    warn(f"{stop.step} failed on {target}: rolling {target} back to its previous revision.")
+    warn(f"{stop.step} failed on {target}: rolling {target} back to its last good revision.")
     try:
-        release.rollback(c, env=target)
+        with invocation("rollback"):
+            perform(c, "rollback", target, release.roll_back_to_last_good, needs_cluster=True)
+            rollout.wait_rollout(c, env=target)
     except Stop as failed:
-        warn(f"the automatic rollback of {target} failed too: {failed.failure.why}")
+        warn(f"the automatic rollback of {target} did not complete: {failed.failure.why}")
     else:
-        warn(f"{target} was rolled back to its previous revision after {stop.step} failed.")
+        warn(f"{target} was rolled back to its last good revision after {stop.step} failed.")
 
 
 def pull_request_ci() -> bool | None:

@@ -299,6 +299,27 @@ def rollback_release(ctx: StepContext, revision: int | None = None) -> str:
     return f"rolled back to revision {revision}" if revision else "rolled back one revision"
 
 
+def previous_good_revision(revisions: list[dict]) -> int | None:
+    """The newest good revision before the latest one: what a failed upgrade returns to."""
+    if not revisions:
+        return None
+    latest = max(r["revision"] for r in revisions)
+    return last_good_revision([r for r in revisions if r["revision"] < latest])
+
+
+def roll_back_to_last_good(ctx: StepContext) -> str:
+    """After the latest revision failed its rollout or smoke tests, return to the one before."""
+    revision = previous_good_revision(history(ctx))
+    if revision is None and not ctx.dry_run:
+        raise StepFailure(
+            f"{ctx.environment.release} has no earlier good revision to return to (a first "
+            "install, or every earlier revision failed); it was left as it is.",
+            f"Fix forward, or remove it: helm uninstall {ctx.environment.release} "
+            f"--namespace {ctx.environment.namespace}",
+        )
+    return rollback_release(ctx, revision)
+
+
 def recovery_plan(revisions: list[dict]) -> tuple[str, int | None]:
     """What recover-release would do: ('rollback', N), ('uninstall', None) or ('nothing', None)."""
     if not revisions:

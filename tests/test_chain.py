@@ -328,8 +328,8 @@ def test_prod_rolled_back_automatically_when_its_smoke_tests_fail(both_clusters,
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-4000:]
     assert "FAILED: smoke-test on local-prod" in out
-    assert "rolling local-prod back to its previous revision" in out
-    assert "local-prod was rolled back" in out
+    assert "rolling local-prod back to its last good revision" in out
+    assert "local-prod was rolled back to its last good revision" in out
     assert "Traceback" not in out
     replicas = clusters.kubectl(
         "binder-prod",
@@ -433,3 +433,22 @@ def test_a_failed_deploy_releases_its_lock(both_clusters, tmp_path):
         invoke("deploy", "--env=local-prod", "--yes", env=env), "upgrade", namespaces
     )
     assert not lock_exists(namespaces["local-staging"])
+
+
+@pytest.mark.cluster
+def test_rollback_on_failure_of_a_first_install_says_there_is_nothing_to_return_to(
+    both_clusters, tmp_path
+):
+    env, _ = demo_registry(tmp_path)
+    registry_file = Path(env["DEPLOY_REGISTRY"])
+    document = yaml.safe_load(registry_file.read_text())
+    document["environments"]["local-prod"]["extra_values"] = values(
+        tmp_path, "static:\n  replicas: 0\n"
+    )
+    registry_file.write_text(yaml.safe_dump(document))
+    result = invoke("deploy", "--env=local-prod", "--yes", "--rollback-on-failure", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-4000:]
+    assert "FAILED: smoke-test on local-prod" in out
+    assert "has no earlier good revision to return to" in out
+    assert "Traceback" not in out

@@ -180,6 +180,17 @@ def test_pending_release_is_refused_and_recovered(site_env, tmp_path):
     release.upgrade_release(ctx)
 
 
+def test_previous_good_revision_skips_the_latest_and_failed_ones():
+    assert release.previous_good_revision([]) is None
+    assert release.previous_good_revision([{"revision": 1, "status": "deployed"}]) is None
+    revisions = [
+        {"revision": 1, "status": "superseded"},
+        {"revision": 2, "status": "failed"},
+        {"revision": 3, "status": "deployed"},
+    ]
+    assert release.previous_good_revision(revisions) == 1
+
+
 def test_recovery_plans():
     assert release.recovery_plan([]) == ("nothing", None)
     assert release.recovery_plan([{"revision": 1, "status": "deployed"}]) == ("nothing", None)
