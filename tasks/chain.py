@@ -239,11 +239,14 @@ def demo(c: Context, dry_run: bool = False) -> None:
     from tasks.cluster import clusters, tools
 
     with invocation("demo"):
-        if not dry_run:
-            for name in clusters.DEMO_CLUSTERS:
-                if not clusters.is_up(name):
-                    tools.ensure_built(echo=say)
-                    clusters.up(name, echo=say)
+        if dry_run:
+            say("[dry-run] would start the local clusters and serve the demo chart repository")
+            run_deploy(c, "local-prod", dry_run=True, yes=True)
+            return
+        for name in clusters.DEMO_CLUSTERS:
+            if not clusters.is_up(name):
+                tools.ensure_built(echo=say)
+                clusters.up(name, echo=say)
         with chartrepo.mirror_upstream(tools.binary("helm")):
             load_registry.cache_clear()
-            run_deploy(c, "local-prod", dry_run=dry_run, yes=True)
+            run_deploy(c, "local-prod", dry_run=False, yes=True)

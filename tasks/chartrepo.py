@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tasks.errors import StepFailure
 from tasks.runner import PROJECT_ROOT
 
 SOURCE = PROJECT_ROOT / "demo" / "chart-repository"
@@ -32,13 +33,19 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 def build(target: Path, helm: Path) -> Path:
     """Package every chart under demo/chart-repository/ into `target`, with its index."""
     target.mkdir(parents=True, exist_ok=True)
-    for chart in sorted(p for p in SOURCE.iterdir() if (p / "Chart.yaml").exists()):
-        subprocess.run(
-            [str(helm), "package", str(chart), "--destination", str(target)],
-            check=True,
-            capture_output=True,
-        )
-    subprocess.run([str(helm), "repo", "index", str(target)], check=True, capture_output=True)
+    commands = [
+        [str(helm), "package", str(chart), "--destination", str(target)]
+        for chart in sorted(p for p in SOURCE.iterdir() if (p / "Chart.yaml").exists())
+    ]
+    for command in [*commands, [str(helm), "repo", "index", str(target)]]:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise StepFailure(
+                f"Could not build the demo's local chart repository: `{' '.join(command)}` "
+                f"exited with {done.returncode}.",
+                "Check the charts under demo/chart-repository/ (helm lint them).",
+                details=done.stderr.strip(),
+            )
     return target
 
 

@@ -27,7 +27,7 @@ from invoke import Context, task
 from tasks import values as values_module
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
 from tasks.output import masker, say
-from tasks.pipeline import Skipped, StepContext, invocation, load_registry, perform
+from tasks.pipeline import Skipped, StepContext, Stop, invocation, load_registry, perform
 from tasks.registry import Environment
 from tasks.runner import PROJECT_ROOT
 
@@ -361,10 +361,26 @@ def helm_deps(c: Context, dry_run: bool = False) -> None:
 )
 def validate(c: Context, env: str | None = None) -> None:
     """Check values files and render + lint the chart per environment, offline."""
-    names = [env] if env else list(load_registry().environments)
-    with invocation():
+    with invocation("validate"):
+        names = [env] if env else list(load_registry().environments)
+        failed: list[Stop] = []
         for name in names:
-            perform(c, "validate", name, validate_environment)
+            try:
+                perform(c, "validate", name, validate_environment)
+            except Stop as stop:
+                failed.append(stop)
+        if len(failed) == 1:
+            raise failed[0]
+        if failed:
+            raise Stop(
+                "validate",
+                ", ".join(stop.env for stop in failed),
+                StepFailure(
+                    f"{len(failed)} environments do not validate.",
+                    "Fix each one listed above; `invoke validate --env=X` checks one.",
+                    details="\n".join(f"{stop.env}: {stop.failure.why}" for stop in failed),
+                ),
+            )
 
 
 def lint_repository_yaml(ctx: StepContext) -> str:

@@ -203,8 +203,9 @@ def validate(
     """Run the suite against the step's environment; raise StepFailure naming failed tests."""
     env = ctx.environment
     report = report or report_path(env)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.unlink(missing_ok=True)
+    if not ctx.dry_run:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.unlink(missing_ok=True)
     # The step's own view of the environment wins over what the suite would load.
     settings = {"SMOKE_NAMESPACE": env.namespace}
     if warmup is not None:

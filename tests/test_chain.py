@@ -93,7 +93,19 @@ def test_unknown_environment_lists_the_known_ones():
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def local_state() -> dict[str, float]:
+    """What a run may leave in the checkout outside git: reports, charts, local builds."""
+    folders = ["reports", "mybinder/charts", ".local/chart-repository", ".local/tools"]
+    return {
+        str(path): path.stat().st_mtime
+        for folder in folders
+        for path in (PROJECT_ROOT / folder).rglob("*")
+        if path.is_file()
+    }
+
+
 def test_dry_run_of_prod_prints_the_whole_plan_quickly_and_changes_nothing():
+    files_before = local_state()
     before = subprocess.run(
         ["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True
     ).stdout
@@ -120,6 +132,7 @@ def test_dry_run_of_prod_prints_the_whole_plan_quickly_and_changes_nothing():
         ["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True
     ).stdout
     assert before == after
+    assert local_state() == files_before
 
 
 def test_ci_on_a_pull_request_validates_offline(chart_dependencies):
@@ -451,4 +464,21 @@ def test_rollback_on_failure_of_a_first_install_says_there_is_nothing_to_return_
     assert result.returncode == 1, out[-4000:]
     assert "FAILED: smoke-test on local-prod" in out
     assert "has no earlier good revision to return to" in out
+    assert "Traceback" not in out
+
+
+def test_validate_reports_every_environment_that_fails(chart_dependencies, tmp_path):
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("static:\n  replicas: two\n")
+    env, _ = demo_registry(tmp_path, {"extra_values": [str(wrong)]})
+    registry_file = Path(env["DEPLOY_REGISTRY"])
+    document = yaml.safe_load(registry_file.read_text())
+    document["environments"]["local-prod"]["extra_values"] = [str(wrong)]
+    registry_file.write_text(yaml.safe_dump(document))
+    result = invoke("validate", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert re.search(r"FAILED: validate on local-(staging|prod), local-(prod|staging)", out)
+    assert "2 environments do not validate" in out
+    assert out.count("/static/replicas") >= 2
     assert "Traceback" not in out
