@@ -14,6 +14,7 @@ import getpass
 import json
 import os
 import socket
+import tempfile
 import time
 from datetime import UTC, datetime
 
@@ -36,7 +37,8 @@ def holder() -> str:
 
 def lock_lifetime(ctx: StepContext) -> int:
     timeouts = ctx.environment.timeouts
-    return timeouts.upgrade + timeouts.rollout + timeouts.smoke + 300
+    # Room for an automatic rollback and its rollout too.
+    return timeouts.upgrade + 2 * timeouts.rollout + timeouts.smoke + 300
 
 
 def _kubectl(ctx: StepContext, *args: str, check: bool = True) -> str:
@@ -49,18 +51,20 @@ def _kubectl(ctx: StepContext, *args: str, check: bool = True) -> str:
 def acquire(ctx: StepContext, me: str) -> None:
     """Take the environment's lock or explain who holds it."""
     env = ctx.environment
-    expires = int(time.time()) + lock_lifetime(ctx)
+    ours = {
+        "holder": me,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "expires": str(int(time.time()) + lock_lifetime(ctx)),
+    }
     ctx.runner.run(["kubectl", "create", "namespace", env.namespace], quiet=True, check=False)
-    for _ in range(2):
+    for _ in range(3):
         try:
             _kubectl(
                 ctx,
                 "create",
                 "configmap",
                 LOCK_NAME,
-                f"--from-literal=holder={me}",
-                f"--from-literal=started={datetime.now(UTC).isoformat(timespec='seconds')}",
-                f"--from-literal=expires={expires}",
+                *(f"--from-literal={key}={value}" for key, value in ours.items()),
             )
             return
         except CommandFailed as failed:
@@ -69,15 +73,17 @@ def acquire(ctx: StepContext, me: str) -> None:
                     f"Could not take the deploy lock of {env.name}: {failed.tail(3)}",
                     f"Check access to namespace {env.namespace}: invoke doctor --env={env.name}",
                 ) from None
-        current = current_lock(ctx)
-        if current is None:
+        lock_object = read_lock(ctx)
+        if lock_object is None:
             continue
+        current = lock_object.get("data") or {}
         if int(current.get("expires", "0")) < time.time():
             warn(
                 f"the deploy lock of {env.name} held by {current.get('holder')} since "
                 f"{current.get('started')} has expired; taking it over."
             )
-            _kubectl(ctx, "delete", "configmap", LOCK_NAME, "--ignore-not-found", check=False)
+            if take_over(ctx, lock_object, ours):
+                return
             continue
         minutes = max(1, round((int(current["expires"]) - time.time()) / 60))
         raise StepFailure(
@@ -89,7 +95,26 @@ def acquire(ctx: StepContext, me: str) -> None:
     raise StepFailure(f"Could not take the deploy lock of {env.name}: it kept changing hands.")
 
 
-def current_lock(ctx: StepContext) -> dict[str, str] | None:
+def take_over(ctx: StepContext, lock_object: dict, ours: dict[str, str]) -> bool:
+    """Replace an expired lock with ours, unless another deploy changed it meanwhile.
+
+    The object keeps the resourceVersion it was read at, so the API server
+    refuses the replacement if anyone else took the lock in between.
+    """
+    lock_object["data"] = ours
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="deploy-lock-") as file:
+        json.dump(lock_object, file)
+        file.flush()
+        result = ctx.runner.run(
+            ["kubectl", "--namespace", ctx.environment.namespace, "replace", "-f", file.name],
+            quiet=True,
+            check=False,
+        )
+    return result.ok
+
+
+def read_lock(ctx: StepContext) -> dict | None:
+    """The lock's ConfigMap as the API server has it, or None."""
     result = ctx.runner.run(
         [
             "kubectl",
@@ -106,7 +131,13 @@ def current_lock(ctx: StepContext) -> dict[str, str] | None:
     )
     if result.dry_run or not result.ok:
         return None
-    return json.loads(result.stdout).get("data") or {}
+    return json.loads(result.stdout)
+
+
+def current_lock(ctx: StepContext) -> dict[str, str] | None:
+    """Who holds the lock (holder, started, expires), or None."""
+    lock_object = read_lock(ctx)
+    return None if lock_object is None else lock_object.get("data") or {}
 
 
 def release(ctx: StepContext, me: str) -> None:
