@@ -38,8 +38,8 @@ from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
 from tasks.output import say, warn
 from tasks.pipeline import StepContext, held_for_run, register_cluster_access
 from tasks.registry import Bastion, Environment
+from tasks.values import is_locked
 
-GIT_CRYPT_HEADER = b"\x00GITCRYPT"
 # kubectl's discovery cache would otherwise land in the operator's ~/.kube/cache.
 KUBE_CACHE_DIR = Path(__file__).resolve().parent.parent / ".local" / "kube-cache"
 SSH_TIMEOUT = 15.0
@@ -107,15 +107,10 @@ def credentials(ctx: StepContext) -> Iterator[dict[str, str]]:
         else:
             variables = opened.enter_context(_gke(ctx))
         variables["KUBECACHEDIR"] = str(KUBE_CACHE_DIR)
-        if bastion_of(env) is not None:
+        if env.bastion is not None:
             through = opened.enter_context(tunnel(ctx, Path(variables["KUBECONFIG"])))
             variables["KUBECONFIG"] = str(through)
         yield variables
-
-
-def bastion_of(env: Environment) -> Bastion | None:
-    """The environment's SSH bastion; None when its API server is reached directly."""
-    return env.bastion
 
 
 def local_kubeconfig(ctx: StepContext) -> Path:
@@ -140,12 +135,11 @@ def secret_file(env: Environment, relative: str, field: str) -> Path:
             "Unlock the secrets (invoke decrypt-secrets) or fix the path in "
             "config/environments.yaml.",
         )
-    with path.open("rb") as file:
-        if file.read(len(GIT_CRYPT_HEADER)) == GIT_CRYPT_HEADER:
-            raise StepFailure(
-                f"{path} ({field}) is still encrypted.",
-                f"Unlock the secrets first: invoke decrypt-secrets --env={env.name}",
-            )
+    if is_locked(path):
+        raise StepFailure(
+            f"{path} ({field}) is still encrypted.",
+            f"Unlock the secrets first: invoke decrypt-secrets --env={env.name}",
+        )
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
         path.chmod(0o600)
     return path
@@ -279,7 +273,7 @@ def _absolute(section: dict, field: str, base: Path) -> None:
 def tunnel(ctx: StepContext, kubeconfig: Path) -> Iterator[Path]:
     """An SSH tunnel through the environment's bastion to its API server, for the block."""
     env = ctx.environment
-    bastion = bastion_of(env)
+    bastion = env.bastion
     if bastion is None:
         raise StepFailure(f"Environment {env.name} has no bastion.")
     server = urlsplit(api_server(kubeconfig) if kubeconfig.exists() else "https://server")

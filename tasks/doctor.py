@@ -31,7 +31,8 @@ from tasks.output import say
 from tasks.pipeline import StepContext, perform
 from tasks.registry import Environment, Registry
 from tasks.runner import PROJECT_ROOT, Runner
-from tasks.secrets_keys import EXPIRY_WARNING_DAYS, GIT_CRYPT_HEADER, check_certificates
+from tasks.secrets_keys import EXPIRY_WARNING_DAYS, check_certificates
+from tasks.values import is_locked
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 HTTP_TIMEOUT = 10.0
@@ -114,9 +115,8 @@ def locked_files(env: Environment, registry: Registry, root: Path = PROJECT_ROOT
     for path in sorted(base.rglob("*")) if base.is_dir() else []:
         if not path.is_file() or any(path.is_relative_to(o) for o in others):
             continue
-        with path.open("rb") as file:
-            if file.read(len(GIT_CRYPT_HEADER)) == GIT_CRYPT_HEADER:
-                found.append(path.relative_to(root) if path.is_relative_to(root) else path)
+        if is_locked(path):
+            found.append(path.relative_to(root) if path.is_relative_to(root) else path)
     return found
 
 
@@ -133,7 +133,7 @@ def secrets_checks(env: Environment, registry: Registry, root: Path = PROJECT_RO
             )
         ]
     needed = secrets.required_files(env)
-    bastion = access.bastion_of(env)
+    bastion = env.bastion
     if bastion is not None:
         needed.append((env.secrets_dir / bastion.key_file, "bastion.key_file"))
     missing = [f"{path} ({entry})" for path, entry in needed if not (root / path).exists()]
@@ -171,7 +171,7 @@ def credential_checks(ctx: StepContext) -> list[Check]:
                     "(Google checks it when gcloud logs in)",
                 )
             )
-        bastion = access.bastion_of(env)
+        bastion = env.bastion
         if bastion is not None:
             access.secret_file(env, bastion.key_file, "bastion.key_file")
             found.append(

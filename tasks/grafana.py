@@ -27,13 +27,13 @@ from tasks.errors import StepFailure
 from tasks.output import MASK, masker, say, warn
 from tasks.pipeline import Skipped, StepContext, Stop, perform
 from tasks.registry import Environment, Grafana
+from tasks.values import GIT_CRYPT_HEADER
 
 SUCCESS = "success"
 FAILURE = "failure"
 INTERRUPTED = "interrupted"
 OUTCOMES = (SUCCESS, FAILURE, INTERRUPTED)
 
-_GITCRYPT_HEADER = b"\x00GITCRYPT"
 _PERMISSION_FIX = (
     "Check the token; the Grafana service account it belongs to needs the Editor role "
     "(or the annotations:write permission) in the organisation of the dashboard."
@@ -246,7 +246,7 @@ def read_token(env: Environment) -> str:
             "config/environments.yaml.",
         )
     raw = path.read_bytes()
-    if raw.startswith(_GITCRYPT_HEADER):
+    if raw.startswith(GIT_CRYPT_HEADER):
         raise StepFailure(
             f"The Grafana token file {path} is still encrypted: the secrets are locked.",
             f"Unlock them first: invoke decrypt-secrets --env={env.name}",

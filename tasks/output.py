@@ -170,9 +170,6 @@ class Summary:
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(line.rstrip() for line in lines)
 
-    def failed(self) -> bool:
-        return any(r.result in ("failed", "interrupted") for r in self.records)
-
     def reset(self) -> None:
         self.records.clear()
         self.warnings.clear()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import hmac
 import json
+import secrets as secrets_module
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,13 +207,20 @@ def split_manifest(manifest: str, default_namespace: str) -> dict[ResourceKey, d
     return resources
 
 
+# A fresh key per run: digests show which values changed within one diff, but a
+# digest in a CI log cannot be matched against guessed passwords.
+_DIGEST_KEY = secrets_module.token_bytes(32)
+
+
 def _masked_secret(document: dict) -> dict:
-    """A Secret with each value replaced by a digest: changes show, values do not."""
+    """A Secret with each value replaced by a keyed digest: changes show, values do not."""
     masked = dict(document)
     for field in ("data", "stringData"):
         if isinstance(document.get(field), dict):
             masked[field] = {
-                key: f"<secret sha256:{hashlib.sha256(str(value).encode()).hexdigest()[:12]}>"
+                key: "<secret hmac:"
+                + hmac.new(_DIGEST_KEY, str(value).encode(), hashlib.sha256).hexdigest()[:12]
+                + ">"
                 for key, value in document[field].items()
             }
     return masked

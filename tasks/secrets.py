@@ -28,7 +28,6 @@ from tasks.pipeline import Skipped, StepContext, perform
 from tasks.registry import REGISTRY_FILE, Environment
 from tasks.runner import PROJECT_ROOT
 from tasks.secrets_keys import (
-    GIT_CRYPT_HEADER,
     Repository,
     check_certificates,
     decrypted_key,
@@ -40,6 +39,7 @@ from tasks.secrets_keys import (
     private_files,
     secret_env_names,
 )
+from tasks.values import is_locked
 
 
 @task(
@@ -88,15 +88,7 @@ def required_files(env: Environment) -> list[tuple[Path, str]]:
 
 
 def still_encrypted(root: Path, paths: list[Path]) -> list[Path]:
-    found = []
-    for path in paths:
-        try:
-            with open(root / path, "rb") as file:
-                if file.read(len(GIT_CRYPT_HEADER)) == GIT_CRYPT_HEADER:
-                    found.append(path)
-        except OSError:
-            continue
-    return found
+    return [path for path in paths if is_locked(root / path)]
 
 
 def require_unlocked(env: Environment, root: Path = PROJECT_ROOT) -> None:

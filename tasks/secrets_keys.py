@@ -31,9 +31,9 @@ from tasks.output import masker, say, warn
 from tasks.pipeline import StepContext
 from tasks.registry import REGISTRY_FILE, Environment
 from tasks.runner import Runner
+from tasks.values import GIT_CRYPT_HEADER
 
 # The first bytes of every file git-crypt encrypted.
-GIT_CRYPT_HEADER = b"\x00GITCRYPT"
 # The first bytes of an exported key: magic, then a 32-bit format version.
 _KEY_MAGIC = b"\x00GITCRYPTKEY"
 _KEY_FIELD_END = 0

@@ -51,9 +51,12 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def is_locked(path: Path) -> bool:
-    """True when the file is still git-crypt ciphertext."""
-    with path.open("rb") as handle:
-        return handle.read(len(GIT_CRYPT_HEADER)) == GIT_CRYPT_HEADER
+    """True when the file is still git-crypt ciphertext (False when it cannot be read)."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(GIT_CRYPT_HEADER)) == GIT_CRYPT_HEADER
+    except OSError:
+        return False
 
 
 def check_file(path: Path, shown_as: Path | None = None, documents: bool = False) -> list[Problem]:

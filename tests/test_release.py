@@ -67,7 +67,7 @@ def test_diff_masks_secret_data(site_env, tmp_path):
     token = values_file(tmp_path, "token.yaml", f"federationRedirect:\n  secretToken: {canary}\n")
     chunks = release.diff_release(with_values(ctx, token))
     secret = next(c for c in chunks if c.startswith("--- Secret/federation-redirect"))
-    assert "<secret sha256:" in secret
+    assert "<secret hmac:" in secret
     encoded = base64.b64encode(canary.encode()).decode()
     assert canary not in "\n".join(chunks) and encoded not in "\n".join(chunks)
 
