@@ -4,9 +4,17 @@
 suite that `invoke smoke-test --env=X` runs against a live environment.
 """
 
+from tests.fixtures.chain import both_clusters
 from tests.fixtures.cluster import LocalCluster, local_cluster
 from tests.fixtures.site import chart_dependencies, demo_secrets, site_env
 
 collect_ignore = ["smoke"]
 
-__all__ = ["LocalCluster", "chart_dependencies", "demo_secrets", "local_cluster", "site_env"]
+__all__ = [
+    "LocalCluster",
+    "both_clusters",
+    "chart_dependencies",
+    "demo_secrets",
+    "local_cluster",
+    "site_env",
+]

@@ -14,16 +14,16 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tasks import chain, registry
-from tasks.cluster import clusters, tools
+from tasks.cluster import clusters
 from tasks.runner import PROJECT_ROOT
 from tests.fakes.grafana_server import FakeGrafana
+from tests.fixtures.chain import demo_registry, invoke, lock_exists, release_exists, values
 
 STEP_NAMES = {
     "decrypt_secrets": "decrypt-secrets",
@@ -34,19 +34,6 @@ STEP_NAMES = {
     "wait_rollout": "wait-rollout",
     "smoke_test": "smoke-test",
 }
-
-
-def invoke(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def described(calls) -> list[str]:
@@ -162,52 +149,6 @@ def test_ci_pull_request_mode_detection(monkeypatch):
 
 
 # -- the chain on the local clusters ---------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def both_clusters(chart_dependencies):
-    started = [name for name in clusters.DEMO_CLUSTERS if not clusters.is_up(name)]
-    for name in clusters.DEMO_CLUSTERS:
-        clusters.up(name)
-    yield
-    for name in started:
-        clusters.down(name)
-
-
-def demo_registry(
-    tmp_path: Path, staging_changes: dict | None = None, top: dict | None = None
-) -> tuple[dict[str, str], dict[str, str]]:
-    """A registry like the shipped demo pair, in fresh namespaces: its env vars, namespaces."""
-    shipped = yaml.safe_load((PROJECT_ROOT / "config/environments.yaml").read_text())
-    suffix = uuid.uuid4().hex[:6]
-    environments = {
-        name: dict(shipped["environments"][name]) for name in ("local-staging", "local-prod")
-    }
-    namespaces = {}
-    for name, env in environments.items():
-        env["namespace"] = namespaces[name] = f"{name}-{suffix}"
-        env["timeouts"] = {"upgrade": 60, "rollout": 40, "smoke": 60}
-    environments["local-staging"].update(staging_changes or {})
-    document = {"chart": "mybinder", **(top or {}), "environments": environments}
-    path = tmp_path / "environments.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return {"DEPLOY_REGISTRY": str(path), "SMOKE_WARMUP_SECONDS": "2"}, namespaces
-
-
-def release_exists(cluster: str, namespace: str) -> bool:
-    result = subprocess.run(
-        [str(tools.binary("helm")), "status", "binder", "--namespace", namespace],
-        env={**os.environ, "KUBECONFIG": str(clusters.kubeconfig(cluster))},
-        capture_output=True,
-        text=True,
-    )
-    return result.returncode == 0
-
-
-def values(tmp_path: Path, text: str) -> list[str]:
-    path = tmp_path / "injected.yaml"
-    path.write_text(text)
-    return [str(path)]
 
 
 def assert_stopped_on_staging(result, step: str, namespaces: dict[str, str]) -> str:
@@ -400,11 +341,6 @@ def plant_lock(namespace: str, holder: str, expires: int) -> None:
         "--from-literal=started=2026-11-26T10:00:00+00:00",
         f"--from-literal=expires={expires}",
     )
-
-
-def lock_exists(namespace: str) -> bool:
-    found = clusters.kubectl("binder-staging", "get", "configmap", "-n", namespace, "-o", "name")
-    return "configmap/binder-deploy-lock" in found
 
 
 @pytest.mark.cluster

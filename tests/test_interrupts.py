@@ -9,9 +9,7 @@ import time
 import pytest
 
 from tasks.runner import PROJECT_ROOT
-from tests.test_chain import both_clusters, demo_registry, lock_exists, release_exists, values
-
-__all__ = ["both_clusters"]
+from tests.fixtures.chain import demo_registry, lock_exists, release_exists, values
 
 SCRIPT = """
 import os, signal, threading, time
