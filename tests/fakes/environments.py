@@ -27,7 +27,10 @@ def use_registry(
         body.setdefault("release", "binder")
         body.setdefault("namespace", "default")
         body.setdefault("secrets", {"dir": str(folder / "secrets")})
-        body["secrets"].setdefault("key", {"source": "file", "path": "unused.key"})
+        # The public demo key: decrypt-secrets, run by a deploy, can use it in any checkout.
+        body["secrets"].setdefault(
+            "key", {"source": "file", "name": "demo", "path": "config/demo/git-crypt-demo.key"}
+        )
     path = folder / "environments.yaml"
     path.write_text(
         yaml.safe_dump({"chart": "mybinder", "environments": environments}, sort_keys=False)
