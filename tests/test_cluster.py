@@ -8,6 +8,8 @@ the shared one keeps running.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -304,6 +306,20 @@ def test_down_leaves_no_process_or_port(local_cluster: LocalCluster) -> None:
         }
         ports = clusters.listening_ports(set(pids.values()))
         assert ports, "the throwaway cluster listens on no port?"
+
+        # A component that died (e.g. kwok-controller losing its port to another
+        # cluster) makes the cluster "not up", and `up` starts it afresh.
+        os.kill(pids["kwok-controller"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while clusters.pid_alive(pids["kwok-controller"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert clusters.dead_components(name) == ["kwok-controller"]
+        assert not clusters.is_up(name)
+        clusters.up(name, echo=lambda _msg: None)
+        pids = clusters.cluster_pids(name)
+        assert clusters.dead_components(name) == []
+        assert clusters.is_up(name)
+        ports = clusters.listening_ports(set(pids.values()))
     finally:
         clusters.down(name, echo=lambda _msg: None)
     still_running = [pid for pid in pids.values() if clusters.pid_alive(pid)]

@@ -152,7 +152,7 @@ def cluster_env(name: str) -> dict[str, str]:
 
 def is_up(name: str) -> bool:
     """True when the cluster's API server answers /readyz."""
-    if not kubeconfig(name).is_file():
+    if not kubeconfig(name).is_file() or dead_components(name):
         return False
     try:
         out = kubectl(name, "get", "--raw", "/readyz", "--request-timeout=3s", timeout=10)
@@ -203,6 +203,35 @@ def _up(name: str, nodes: int, echo: Echo) -> Path:
         echo(f"{name}: found stale state, cleaning it up first")
         _down(name, echo=lambda _msg: None)
         config.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in (1, 2):
+        _create(paths, name, config, echo)
+        time.sleep(1)  # a component that cannot bind its port exits within a moment
+        dead = dead_components(name)
+        if not dead:
+            break
+        # Another cluster started at the same moment can take a port kwokctl chose.
+        reason = _last_log_line(name, dead[0])
+        if attempt == 2:
+            raise Exit(
+                f"{name}: {', '.join(dead)} exited right after starting ({reason}). "
+                f"Its logs are in {workdir(name) / 'logs'}."
+            )
+        echo(f"{name}: {', '.join(dead)} exited right after starting ({reason}); starting again")
+        _down(name, echo=lambda _msg: None)
+        config.parent.mkdir(parents=True, exist_ok=True)
+    kubectl(name, "apply", "-f", str(POLICIES_FILE))
+    _ensure_nodes(name, nodes, echo)
+    # Pods are refused until the controller manager has made the default service account.
+    _wait_for(
+        lambda: bool(kubectl(name, "get", "serviceaccount", "default", "-o", "name", check=False)),
+        60,
+        f"{name}: the default service account never appeared",
+    )
+    echo(f"{name}: up at {server_url(name)}, kubeconfig {config}")
+    return config
+
+
+def _create(paths: dict[str, Path], name: str, config: Path, echo: Echo) -> None:
     echo(f"{name}: starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok")
     _kwokctl(
         paths,
@@ -233,16 +262,21 @@ def _up(name: str, nodes: int, echo: Echo) -> Path:
         ],
         timeout=300,
     )
-    kubectl(name, "apply", "-f", str(POLICIES_FILE))
-    _ensure_nodes(name, nodes, echo)
-    # Pods are refused until the controller manager has made the default service account.
-    _wait_for(
-        lambda: bool(kubectl(name, "get", "serviceaccount", "default", "-o", "name", check=False)),
-        60,
-        f"{name}: the default service account never appeared",
-    )
-    echo(f"{name}: up at {server_url(name)}, kubeconfig {config}")
-    return config
+
+
+def dead_components(name: str) -> list[str]:
+    """Components of the cluster whose process is gone (kwok-controller, etcd, ...)."""
+    return [component for component, pid in cluster_pids(name).items() if not pid_alive(pid)]
+
+
+def _last_log_line(name: str, component: str) -> str:
+    log = workdir(name) / "logs" / f"{component}.log"
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    last = lines[-1] if lines else "empty log"
+    return last if len(last) < 300 else last[:300] + "…"
 
 
 def _down(name: str, echo: Echo) -> None:
