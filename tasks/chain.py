@@ -79,6 +79,9 @@ def stage(registry: Registry, env: Environment, dry_run: bool, target: str | Non
     pre += [call(step, env=env.name, dry_run=dry_run) for step in ENV_STEPS]
 
     def passed(c: Context) -> None:
+        perform(
+            c, "verified", env.name, release.record_verified, dry_run=dry_run, needs_cluster=True
+        )
         lock.release_lock(c, env.name, dry_run)
         try:
             grafana.close_region(env.name, "success")

@@ -16,13 +16,15 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from invoke import Context, task
 
 from tasks.errors import CommandFailed, StepFailure
 from tasks.output import say, warn
-from tasks.pipeline import StepContext, perform
+from tasks.pipeline import StepContext, held_for_run, perform
 
 LOCK_NAME = "binder-deploy-lock"
 
@@ -148,6 +150,30 @@ def release(ctx: StepContext, me: str) -> None:
 
 # Environments whose lock this process holds, so a failed run releases them.
 held_locks: set[str] = set()
+
+
+@contextmanager
+def _holding(ctx: StepContext) -> Iterator[None]:
+    me = holder()
+    acquire(ctx, me)
+    held_locks.add(ctx.environment.name)
+    try:
+        yield
+    finally:
+        release(ctx, me)
+        held_locks.discard(ctx.environment.name)
+
+
+def ensure_held(ctx: StepContext) -> None:
+    """Hold the environment's lock until the run ends, unless this run already holds it.
+
+    A step that changes the release (upgrade, rollback, recover-release) run on
+    its own must not race a deploy of the same environment.
+    """
+    env = ctx.environment
+    if ctx.dry_run or env.name in held_locks:
+        return
+    held_for_run(("deploy-lock", env.name), lambda: _holding(ctx))
 
 
 def take(ctx: StepContext) -> str:

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import secrets as secrets_module
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import yaml
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from tasks import secrets
+from tasks import lock, secrets
 from tasks import values as values_module
 from tasks.charts import archive_is_valid, pinned_dependencies, shown
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
@@ -156,6 +157,7 @@ def helm_values_args(files: list[Path]) -> list[str]:
 def upgrade_release(ctx: StepContext, timeout: int | None = None) -> str:
     env = ctx.environment
     files = check_ready_to_deploy(ctx)
+    lock.ensure_held(ctx)
     refuse_if_pending(ctx)
     seconds = timeout or env.timeouts.upgrade
     command = [
@@ -296,7 +298,20 @@ def last_good_revision(revisions: list[dict]) -> int | None:
 
 
 def rollback_release(ctx: StepContext, revision: int | None = None) -> str:
+    """Roll back to `revision`, by default the last good one before the current."""
     env = ctx.environment
+    lock.ensure_held(ctx)
+    if revision is None and not ctx.dry_run:
+        revisions = history(ctx)
+        revision = previous_good_revision(revisions, verified_revisions(ctx))
+        if revision is None:
+            known = ", ".join(f"{r['revision']} ({r['status']})" for r in revisions) or "none"
+            raise StepFailure(
+                f"{env.release} in {env.namespace} has no earlier good revision to roll back "
+                f"to. Its revisions: {known}.",
+                f"Fix forward, or pick one: invoke rollback --env={env.name} --revision N",
+            )
+        say(f"rolling back to revision {revision}, the last good one before the current")
     command = ["helm", "rollback", env.release]
     if revision is not None:
         command.append(str(revision))
@@ -305,28 +320,88 @@ def rollback_release(ctx: StepContext, revision: int | None = None) -> str:
         ctx.runner.run(command)
     except CommandFailed as failed:
         raise _explain(failed, env, "helm rollback failed") from None
-    return f"rolled back to revision {revision}" if revision else "rolled back one revision"
+    return f"rolled back to revision {revision}" if revision else "rolled back"
 
 
-def previous_good_revision(revisions: list[dict]) -> int | None:
-    """The newest good revision before the latest one: what a failed upgrade returns to."""
+def _revision_number(revision: object) -> int | None:
+    if revision is None:
+        return None
+    try:
+        return int(str(revision))
+    except ValueError:
+        raise StepFailure(
+            f"--revision must be a revision number, not {revision!r}.",
+            "See the revisions with: helm history RELEASE --namespace NAMESPACE",
+        ) from None
+
+
+VERIFIED = "binder-deploy-verified"
+
+
+def record_verified(ctx: StepContext) -> str:
+    """Remember that the release's current revision passed wait-rollout and smoke-test.
+
+    helm only knows whether its own upgrade succeeded; a revision that crash-looped
+    afterwards is "superseded" like any good one. Rollbacks return to verified ones.
+    """
+    env = ctx.environment
+    status = _read_release(ctx, "status")
+    if status is None:
+        return "dry run" if ctx.dry_run else "no release to record"
+    revision = int(status["version"])
+    known = sorted(verified_revisions(ctx) | {revision})[-50:]
+    data = ",".join(str(r) for r in known)
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": VERIFIED, "namespace": env.namespace},
+        "data": {"release": env.release, "revisions": data},
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="verified-") as file:
+        json.dump(manifest, file)
+        file.flush()
+        ctx.runner.run(["kubectl", "apply", "-f", file.name], quiet=True)
+    return f"revision {revision} recorded as verified"
+
+
+def verified_revisions(ctx: StepContext) -> set[int]:
+    result = ctx.runner.run(
+        [
+            "kubectl",
+            "--namespace",
+            ctx.environment.namespace,
+            "get",
+            "configmap",
+            VERIFIED,
+            "-o",
+            "jsonpath={.data.revisions}",
+        ],
+        quiet=True,
+        check=False,
+    )
+    if result.dry_run or not result.ok:
+        return set()
+    return {int(r) for r in result.stdout.split(",") if r.strip().isdigit()}
+
+
+def previous_good_revision(revisions: list[dict], verified: set[int] | None = None) -> int | None:
+    """The newest good revision before the latest one: what a failed upgrade returns to.
+
+    Good means verified by a deploy (wait-rollout and smoke-test passed) where such
+    records exist, else what helm calls deployed or superseded.
+    """
     if not revisions:
         return None
     latest = max(r["revision"] for r in revisions)
-    return last_good_revision([r for r in revisions if r["revision"] < latest])
+    earlier = [r for r in revisions if r["revision"] < latest]
+    if verified:
+        earlier = [r for r in earlier if r["revision"] in verified]
+    return last_good_revision(earlier)
 
 
 def roll_back_to_last_good(ctx: StepContext) -> str:
     """After the latest revision failed its rollout or smoke tests, return to the one before."""
-    revision = previous_good_revision(history(ctx))
-    if revision is None and not ctx.dry_run:
-        raise StepFailure(
-            f"{ctx.environment.release} has no earlier good revision to return to (a first "
-            "install, or every earlier revision failed); it was left as it is.",
-            f"Fix forward, or remove it: helm uninstall {ctx.environment.release} "
-            f"--namespace {ctx.environment.namespace}",
-        )
-    return rollback_release(ctx, revision)
+    return rollback_release(ctx)
 
 
 def recovery_plan(revisions: list[dict]) -> tuple[str, int | None]:
@@ -342,6 +417,7 @@ def recovery_plan(revisions: list[dict]) -> tuple[str, int | None]:
 
 def recover(ctx: StepContext, approve: Callable[[str], bool]) -> str:
     env = ctx.environment
+    lock.ensure_held(ctx)
     revisions = history(ctx)
     action, revision = recovery_plan(revisions)
     if ctx.dry_run and not revisions:
@@ -422,12 +498,13 @@ def rollback(
     """Roll the release back, then wait for the rollout."""
     from tasks.rollout import wait_rollout
 
-    with invocation():
+    with invocation("rollback"):
+        target = _revision_number(revision)
         perform(
             c,
             "rollback",
             env,
-            lambda ctx: rollback_release(ctx, revision),
+            lambda ctx: rollback_release(ctx, target),
             dry_run=dry_run,
             needs_cluster=True,
         )

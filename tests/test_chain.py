@@ -329,7 +329,7 @@ def test_ci_on_another_branch_only_validates(chart_dependencies):
 
 
 def plant_lock(namespace: str, holder: str, expires: int) -> None:
-    clusters.kubectl("binder-staging", "create", "namespace", namespace)
+    clusters.kubectl("binder-staging", "create", "namespace", namespace, check=False)
     clusters.kubectl(
         "binder-staging",
         "create",
@@ -399,7 +399,7 @@ def test_rollback_on_failure_of_a_first_install_says_there_is_nothing_to_return_
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-4000:]
     assert "FAILED: smoke-test on local-prod" in out
-    assert "has no earlier good revision to return to" in out
+    assert "has no earlier good revision to roll back to" in out
     assert "Traceback" not in out
 
 
@@ -418,3 +418,32 @@ def test_validate_reports_every_environment_that_fails(chart_dependencies, tmp_p
     assert "2 environments do not validate" in out
     assert out.count("/static/replicas") >= 2
     assert "Traceback" not in out
+
+
+@pytest.mark.cluster
+def test_rollback_returns_to_the_last_good_revision_and_respects_the_lock(both_clusters, tmp_path):
+    env, namespaces = demo_registry(tmp_path)
+    assert invoke("deploy", "--env=local-staging", env=env).returncode == 0
+    registry_file = Path(env["DEPLOY_REGISTRY"])
+    document = yaml.safe_load(registry_file.read_text())
+    crash = "static:\n  podLabels:\n    kwok.binder.test/fail: crashloop\n"
+    document["environments"]["local-staging"]["extra_values"] = values(tmp_path, crash)
+    registry_file.write_text(yaml.safe_dump(document))
+    for _ in range(2):  # two failed deploys in a row: revisions 2 and 3 are both broken
+        assert invoke("deploy", "--env=local-staging", env=env).returncode == 1
+
+    plant_lock(namespaces["local-staging"], "a deploy in progress", int(time.time()) + 600)
+    refused = invoke("rollback", "--env=local-staging", env=env)
+    assert refused.returncode == 1
+    assert "Another deploy of local-staging is running: a deploy in progress" in refused.stderr
+    assert invoke("unlock", "--env=local-staging", env=env).returncode == 0
+
+    result = invoke("rollback", "--env=local-staging", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "rolling back to revision 1, the last good one before the current" in out
+    assert not lock_exists(namespaces["local-staging"])
+
+    wrong = invoke("rollback", "--env=local-staging", "--revision=last", env=env)
+    assert wrong.returncode == 1
+    assert "--revision must be a revision number, not 'last'" in wrong.stderr

@@ -189,6 +189,13 @@ def test_previous_good_revision_skips_the_latest_and_failed_ones():
         {"revision": 3, "status": "deployed"},
     ]
     assert release.previous_good_revision(revisions) == 1
+    crash_looped = [
+        {"revision": 1, "status": "superseded"},
+        {"revision": 2, "status": "superseded"},
+        {"revision": 3, "status": "deployed"},
+    ]
+    assert release.previous_good_revision(crash_looped) == 2
+    assert release.previous_good_revision(crash_looped, verified={1}) == 1
 
 
 def test_recovery_plans():

@@ -83,7 +83,9 @@ def repo(tmp_path: Path, client_cert: tuple[str, str]) -> SecretsRepo:
 
 
 def temporary_leftovers() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("deploy-*"))
+    """What decrypt-secrets puts in the temporary folder: the key and a GNUPGHOME."""
+    folder = Path(tempfile.gettempdir())
+    return {*folder.glob("deploy-git-crypt-*"), *folder.glob("deploy-gnupg-*")}
 
 
 def openssl_encrypt(repo: SecretsRepo, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
