@@ -74,6 +74,9 @@ def stage(registry: Registry, env: Environment, dry_run: bool, target: str | Non
     ]
     pre.append(call(charts.helm_deps, dry_run=dry_run))
     if not env.gated_by:
+        # Every environment's values render before the first one is touched: a typo in
+        # prod's values fails the run before staging is upgraded.
+        pre += [call(charts.validate, env=member.name) for member in chain]
         pre += [call(preflight, env=member.name, dry_run=dry_run) for member in chain]
     pre.append(call(lock.take_lock, env=env.name, dry_run=dry_run))
     pre += [call(step, env=env.name, dry_run=dry_run) for step in ENV_STEPS]
@@ -87,7 +90,11 @@ def stage(registry: Registry, env: Environment, dry_run: bool, target: str | Non
             grafana.close_region(env.name, "success")
         except StepFailure as failure:
             raise Stop("annotate-grafana", env.name, failure) from None
-        say(f"{env.name}: deployed and validated" + (" (dry run)" if dry_run else ""))
+        say(
+            f"{env.name}: would be deployed and validated"
+            if dry_run
+            else f"{env.name}: deployed and validated"
+        )
 
     return Task(passed, name=f"deploy-{env.name}", pre=pre)
 

@@ -13,6 +13,7 @@ When they are already there, the step finishes without touching the network.
 from __future__ import annotations
 
 import hashlib
+import re
 import tarfile
 import time
 from collections.abc import Callable
@@ -223,6 +224,15 @@ def _write_atomically(path: Path, content: bytes) -> None:
     partial.replace(path)
 
 
+def name_the_layer(failure: StepFailure, files: list[Path]) -> StepFailure:
+    """Say which values file sets the key a schema error names."""
+    found = re.search(r"at '(/[^']*)'", failure.why)
+    setting = values_module.layers_setting(files, found.group(1)) if found else []
+    if setting:
+        failure.fix = f"It is set in {', '.join(shown(p) for p in setting)}. {failure.fix}"
+    return failure
+
+
 def shown(path: Path) -> str:
     """A path as the operator knows it: relative to the project where it can be."""
     return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
@@ -300,7 +310,7 @@ def validate_environment(ctx: StepContext) -> str:
     if problems:
         raise StepFailure(
             f"{len(problems)} problem(s) in the values files of {env.name}.",
-            "Fix each line listed; YAML allows no tab characters in indentation.",
+            values_module.advice(problems),
             details="\n".join(str(p) for p in problems),
         )
     for path in layers:
@@ -317,9 +327,8 @@ def validate_environment(ctx: StepContext) -> str:
         try:
             ctx.runner.run(command, quiet=True, touches_nothing=True)
         except CommandFailed as failed:
-            raise explain(
-                failed, RENDER_FAILURES, f"`{command[1]}` failed for {env.name}"
-            ) from None
+            failure = explain(failed, RENDER_FAILURES, f"`{command[1]}` failed for {env.name}")
+            raise name_the_layer(failure, layers) from None
     note = f"{len(layers)} values layers rendered and linted"
     if placeholders:
         note += f"; placeholders for {len(placeholders)} locked secret file(s)"
@@ -403,7 +412,7 @@ def lint_repository_yaml(ctx: StepContext) -> str:
     if problems:
         raise StepFailure(
             f"{len(problems)} YAML problem(s) in the repository.",
-            "Fix each line listed; YAML allows no tab characters in indentation.",
+            values_module.advice(problems),
             details="\n".join(str(p) for p in problems),
         )
     return f"{len(readable)} YAML files clean ({len(paths) - len(readable)} encrypted, skipped)"

@@ -27,7 +27,7 @@ from tasks.errors import StepFailure
 from tasks.output import MASK, masker, say, warn
 from tasks.pipeline import Skipped, StepContext, Stop, perform
 from tasks.registry import Environment, Grafana
-from tasks.values import GIT_CRYPT_HEADER
+from tasks.values import GIT_CRYPT_HEADER, is_locked
 
 SUCCESS = "success"
 FAILURE = "failure"
@@ -261,6 +261,16 @@ def read_token(env: Environment) -> str:
 
 def _token_for_dry_run(env: Environment) -> str:
     # A dry run often happens with the secrets locked; saying so is enough.
+    grafana = env.grafana
+    locked = (
+        grafana is not None
+        and grafana.token_file
+        and is_locked(env.secret_path(grafana.token_file))
+    )
+    if locked:
+        # In a real run decrypt-secrets has unlocked it by now.
+        say(f"[dry-run] Grafana token: from {env.secret_path(grafana.token_file)} (encrypted now)")
+        return ""
     try:
         return read_token(env)
     except StepFailure as failure:

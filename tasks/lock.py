@@ -179,13 +179,13 @@ def ensure_held(ctx: StepContext) -> None:
 def take(ctx: StepContext) -> str:
     acquire(ctx, holder())
     held_locks.add(ctx.environment.name)
-    return "held by this deploy"
+    return "would take the deploy lock" if ctx.dry_run else "held by this deploy"
 
 
 def give_back(ctx: StepContext) -> str:
     release(ctx, holder())
     held_locks.discard(ctx.environment.name)
-    return "released"
+    return "would release the deploy lock" if ctx.dry_run else "released"
 
 
 @task(help={"env": "Environment to lock.", "dry_run": "Print the commands; lock nothing."})

@@ -26,7 +26,7 @@ from invoke.exceptions import Exit
 
 from tasks import lock, secrets
 from tasks import values as values_module
-from tasks.charts import archive_is_valid, pinned_dependencies, shown
+from tasks.charts import archive_is_valid, name_the_layer, pinned_dependencies, shown
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
 from tasks.output import masker, say
 from tasks.pipeline import StepContext, confirm, invocation, perform
@@ -96,7 +96,7 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
     if problems:
         raise StepFailure(
             f"{len(problems)} problem(s) in the values files of {env.name}; nothing was deployed.",
-            "Fix each line listed; YAML allows no tab characters in indentation.",
+            values_module.advice(problems),
             details="\n".join(str(p) for p in problems),
         )
     chart_dir = PROJECT_ROOT / ctx.registry.chart
@@ -177,7 +177,7 @@ def upgrade_release(ctx: StepContext, timeout: int | None = None) -> str:
     try:
         ctx.runner.run(command, timeout=seconds + 60)
     except CommandFailed as failed:
-        raise _explain(failed, env, "helm upgrade failed") from None
+        raise name_the_layer(_explain(failed, env, "helm upgrade failed"), files) from None
     return f"release {env.release} in {env.namespace}"
 
 
@@ -347,7 +347,7 @@ def record_verified(ctx: StepContext) -> str:
     env = ctx.environment
     status = _read_release(ctx, "status")
     if status is None:
-        return "dry run" if ctx.dry_run else "no release to record"
+        return "would record the revision as verified" if ctx.dry_run else "no release to record"
     revision = int(status["version"])
     known = sorted(verified_revisions(ctx) | {revision})[-50:]
     data = ",".join(str(r) for r in known)

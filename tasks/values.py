@@ -136,3 +136,35 @@ def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def advice(problems: list[Problem]) -> str:
+    """What to do about a list of problems, naming only the kinds it holds."""
+    hints = ["Fix each line listed"]
+    if any("tab character" in p.message for p in problems):
+        hints.append("indent with spaces: YAML allows no tab characters there")
+    if any("appears twice" in p.message for p in problems):
+        hints.append("keep one of each repeated key")
+    if any("does not exist" in p.message for p in problems):
+        hints.append("fix the path in config/environments.yaml or add the file")
+    return "; ".join(hints) + "."
+
+
+def layers_setting(paths: list[Path], pointer: str) -> list[Path]:
+    """The values files that set the key at a JSON pointer like '/static/replicas'."""
+    keys = [key for key in pointer.strip("/").split("/") if key]
+    found = []
+    for path in paths:
+        if not path.exists() or is_locked(path):
+            continue
+        try:
+            node: Any = load(path)
+        except yaml.YAMLError:
+            continue
+        for key in keys:
+            if not isinstance(node, dict) or key not in node:
+                break
+            node = node[key]
+        else:
+            found.append(path)
+    return found

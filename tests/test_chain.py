@@ -49,6 +49,8 @@ def test_plan_runs_staging_fully_before_prod_and_shared_steps_once():
     assert steps == [
         "decrypt-secrets[staging]",
         "helm-deps",
+        "validate[staging]",
+        "validate[prod]",
         "preflight[staging]",
         "preflight[prod]",
         "lock[staging]",
@@ -447,3 +449,20 @@ def test_rollback_returns_to_the_last_good_revision_and_respects_the_lock(both_c
     wrong = invoke("rollback", "--env=local-staging", "--revision=last", env=env)
     assert wrong.returncode == 1
     assert "--revision must be a revision number, not 'last'" in wrong.stderr
+
+
+@pytest.mark.cluster
+def test_a_mistake_in_prods_values_stops_the_run_before_staging_is_touched(both_clusters, tmp_path):
+    env, namespaces = demo_registry(tmp_path)
+    registry_file = Path(env["DEPLOY_REGISTRY"])
+    document = yaml.safe_load(registry_file.read_text())
+    document["environments"]["local-prod"]["extra_values"] = values(
+        tmp_path, "static:\n  replicas: two\n"
+    )
+    registry_file.write_text(yaml.safe_dump(document))
+    result = invoke("deploy", "--env=local-prod", "--yes", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-3000:]
+    assert "FAILED: validate on local-prod" in out
+    assert "==> upgrade" not in out
+    assert not release_exists("binder-staging", namespaces["local-staging"])
