@@ -229,7 +229,9 @@ def name_the_layer(failure: StepFailure, files: list[Path]) -> StepFailure:
     found = re.search(r"at '(/[^']*)'", failure.why)
     setting = values_module.layers_setting(files, found.group(1)) if found else []
     if setting:
-        failure.fix = f"It is set in {', '.join(shown(p) for p in setting)}. {failure.fix}"
+        where = ", ".join(shown(p) for p in setting)
+        last = " (the last one wins)" if len(setting) > 1 else ""
+        failure.fix = f"It is set in {where}{last}. {failure.fix}"
     return failure
 
 

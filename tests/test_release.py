@@ -78,7 +78,9 @@ def test_schema_violation_is_explained_with_the_key(site_env, tmp_path):
         release.upgrade_release(ctx)
     assert "values.schema.json" in raised.value.why or "schema" in raised.value.why
     assert "/static/replicas" in raised.value.why
-    assert raised.value.fix.startswith(f"It is set in {tmp_path}/bad.yaml.")
+    assert raised.value.fix.startswith(
+        f"It is set in config/local-staging.yaml, {tmp_path}/bad.yaml (the last one wins)."
+    )
 
 
 def test_tab_in_values_stops_before_helm(site_env, tmp_path):
