@@ -675,10 +675,10 @@ def _log_section(
     api: Api, namespace: str, pod: Obj, container: str, problem: PodProblem | None
 ) -> tuple[str, list[str]]:
     name = pod["metadata"]["name"]
+    if not scheduled_on(pod):
+        return ("logs:", ["none: the pod was never scheduled, so no container started"])
     if problem and problem.never_started:
         return (f"logs of container {container}:", ["none: the container never started"])
-    if not scheduled_on(pod):
-        return (f"logs of container {container}:", ["none: the pod never started"])
     # A crash-looping container's useful lines are those of the run that crashed.
     attempts = [True, False] if problem and problem.reason == "CrashLoopBackOff" else [False]
     errors = []
@@ -748,18 +748,36 @@ def wait(
 ) -> str:
     """The step's domain function: wait for the environment's release; return the summary note."""
     env = ctx.environment
-    report = wait_for_rollout(
-        ctx.runner,
-        env.namespace,
-        timeout=timeout or env.timeouts.rollout,
-        unschedulable_grace=UNSCHEDULABLE_GRACE
-        if unschedulable_grace is None
-        else unschedulable_grace,
-        kubectl=kubectl_binary(env.is_local),
-    )
+    try:
+        report = wait_for_rollout(
+            ctx.runner,
+            env.namespace,
+            timeout=timeout or env.timeouts.rollout,
+            unschedulable_grace=UNSCHEDULABLE_GRACE
+            if unschedulable_grace is None
+            else unschedulable_grace,
+            kubectl=kubectl_binary(env.is_local),
+        )
+    except StepFailure as failure:
+        raise for_this_environment(failure, ctx) from None
     if ctx.dry_run:
         return f"would wait for the workloads of namespace {env.namespace}"
     return masker.mask(report.note())
+
+
+def for_this_environment(failure: StepFailure, ctx: StepContext) -> StepFailure:
+    """Make the suggested commands runnable as printed, and name the way back."""
+    if "More: kubectl " not in failure.fix:
+        return failure  # not a workload that failed to roll out
+    kubeconfig = ctx.runner.env.get("KUBECONFIG", "")
+    if kubeconfig and not kubeconfig.startswith(tempfile.gettempdir()):
+        with_config = f"More: kubectl --kubeconfig {kubeconfig} "
+        failure.fix = failure.fix.replace("More: kubectl ", with_config)
+    failure.fix += (
+        "\n       To return to the last verified revision: "
+        f"invoke rollback --env={ctx.environment.name}"
+    )
+    return failure
 
 
 def seconds(value: str | float | None, flag: str) -> float | None:

@@ -68,10 +68,9 @@ NEVER_STARTED = (
 
 FIXES = {
     "CrashLoopBackOff": (
-        "The container starts and exits, again and again: look at the component's logs "
-        "(kubectl logs --previous). As the reference document says, a severe bug in the "
-        "deployed version makes the rollout hang forever: fix or revert the change that "
-        "brought it."
+        "The container starts and exits, again and again: a bug or a configuration error in "
+        "the version just deployed. Its logs from the crashed run say which; fix or revert "
+        "the change that brought it (waiting longer would not help: it would crash forever)."
     ),
     "ImagePullBackOff": (
         "The cluster cannot pull the container's image. Check the image name and tag in the "
