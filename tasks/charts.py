@@ -162,7 +162,8 @@ def _index(repository: str, mirrors: dict[str, str], cache: dict[str, dict]) -> 
                 f"Could not fetch the index of the chart repository {shown}: {error}.",
                 "The repository or the network is having difficulties; re-run the step. "
                 "For a network without outside access, add a mirror under "
-                "`repository_mirrors` in config/environments.yaml.",
+                "`repository_mirrors` in config/environments.yaml or DEPLOY_CHART_MIRRORS "
+                "(`invoke demo` serves one for the demo environments).",
             ) from None
     return base, cache[base]
 
@@ -219,6 +220,7 @@ def download(dependency: Dependency, charts_dir: Path, mirrors: dict[str, str], 
 
 
 def _write_atomically(path: Path, content: bytes) -> None:
+    path.parent.mkdir(exist_ok=True)
     partial = path.with_suffix(".partial")
     partial.write_bytes(content)
     partial.replace(path)
@@ -268,7 +270,6 @@ def sync_dependencies(chart_dir: Path, mirrors: dict[str, str], dry_run: bool = 
         for path in stale:
             say(f"[dry-run] remove stale {shown(path)}")
         return f"{len(missing)} to fetch"
-    charts_dir.mkdir(exist_ok=True)
     for path in stale:
         say(f"removing {shown(path)}: not pinned by Chart.lock")
         path.unlink()

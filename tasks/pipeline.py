@@ -193,6 +193,11 @@ def _interrupted_screen() -> str:
             "  helm may have left the release locked in a pending state; if the next "
             f"upgrade says so, run: invoke recover-release --env={where.env}"
         )
+    elif where and where.step in ("wait-rollout", "smoke-test"):
+        lines.append(
+            f"  {where.env} runs the new version, not yet verified. Deploy again, or return "
+            f"to the last verified revision: invoke rollback --env={where.env}"
+        )
     return "\n".join(lines)
 
 

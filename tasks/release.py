@@ -444,14 +444,15 @@ def recover(ctx: StepContext, approve: Callable[[str], bool]) -> str:
 
 # -- tasks --------------------------------------------------------------------
 
-ENV_HELP = "Environment from config/environments.yaml (invoke --help lists none: see the README)."
+ENV_HELP = "Environment from config/environments.yaml (an unknown name lists the known ones)."
 DRY_RUN_HELP = "Print every command that would run, secrets masked; touch nothing."
 
 
 @task(
     help={
         "env": ENV_HELP,
-        "timeout": "Seconds helm may spend on the upgrade (default: the registry's, 600).",
+        "timeout": "Seconds helm may spend on the upgrade (default: the environment's "
+        "timeouts.upgrade in config/environments.yaml).",
         "dry_run": DRY_RUN_HELP,
     }
 )
