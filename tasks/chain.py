@@ -76,7 +76,7 @@ def stage(registry: Registry, env: Environment, dry_run: bool, target: str | Non
     if not env.gated_by:
         # Every environment's values render before the first one is touched: a typo in
         # prod's values fails the run before staging is upgraded.
-        pre += [call(charts.validate, env=member.name) for member in chain]
+        pre += [call(charts.validate, env=member.name, dry_run=dry_run) for member in chain]
         pre += [call(preflight, env=member.name, dry_run=dry_run) for member in chain]
     pre.append(call(lock.take_lock, env=env.name, dry_run=dry_run))
     pre += [call(step, env=env.name, dry_run=dry_run) for step in ENV_STEPS]

@@ -328,7 +328,9 @@ def validate_environment(ctx: StepContext) -> str:
         ["helm", "lint", chart, "--namespace", env.namespace, *values_args],
     ):
         try:
-            ctx.runner.run(command, quiet=True, touches_nothing=True)
+            # Rendering reads only local files; a dry run shows it instead, since the
+            # dependencies it needs may not be fetched yet.
+            ctx.runner.run(command, quiet=True, touches_nothing=not ctx.dry_run)
         except CommandFailed as failed:
             failure = explain(failed, RENDER_FAILURES, f"`{command[1]}` failed for {env.name}")
             raise name_the_layer(failure, layers) from None
@@ -369,16 +371,17 @@ def helm_deps(c: Context, dry_run: bool = False) -> None:
 @task(
     help={
         "env": "Validate this environment only (default: every environment in the registry).",
+        "dry_run": "Check the values files; print the helm commands instead of running them.",
     }
 )
-def validate(c: Context, env: str | None = None) -> None:
+def validate(c: Context, env: str | None = None, dry_run: bool = False) -> None:
     """Check values files and render + lint the chart per environment, offline."""
     with invocation("validate"):
         names = [env] if env else list(load_registry().environments)
         failed: list[Stop] = []
         for name in names:
             try:
-                perform(c, "validate", name, validate_environment)
+                perform(c, "validate", name, validate_environment, dry_run=dry_run)
             except Stop as stop:
                 failed.append(stop)
         if len(failed) == 1:

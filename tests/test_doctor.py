@@ -69,8 +69,10 @@ def kubeconfig_environment(
 ) -> Path:
     secrets = tmp_path / "secrets"
     (secrets / "config").mkdir(parents=True, exist_ok=True)
-    for name in ("common.yaml", "site.yaml"):
-        (secrets / "config" / name).write_text("# secret values\n")
+    (secrets / "config" / "common.yaml").write_text("# secret values\n")
+    (secrets / "config" / "site.yaml").write_text(
+        "federationRedirect:\n  secretToken: doctor-test-token\n"
+    )
     (secrets / "kubeconfig").write_text(text)
     body = {"cluster": {"kind": "kubeconfig", "kubeconfig": "kubeconfig"}, **extra}
     use_registry(monkeypatch, tmp_path, {"site": body})
