@@ -11,10 +11,8 @@ environment's timeouts, and `invoke unlock --env=X` removes one by hand.
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +20,7 @@ from datetime import UTC, datetime
 
 from invoke import Context, task
 
+from tasks import configmaps
 from tasks.errors import CommandFailed, StepFailure
 from tasks.output import say, warn
 from tasks.pipeline import StepContext, held_for_run, perform
@@ -104,36 +103,12 @@ def take_over(ctx: StepContext, lock_object: dict, ours: dict[str, str]) -> bool
     refuses the replacement if anyone else took the lock in between.
     """
     lock_object["data"] = ours
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="deploy-lock-") as file:
-        json.dump(lock_object, file)
-        file.flush()
-        result = ctx.runner.run(
-            ["kubectl", "--namespace", ctx.environment.namespace, "replace", "-f", file.name],
-            quiet=True,
-            check=False,
-        )
-    return result.ok
+    return configmaps.write(ctx, lock_object, "replace")
 
 
 def read_lock(ctx: StepContext) -> dict | None:
     """The lock's ConfigMap as the API server has it, or None."""
-    result = ctx.runner.run(
-        [
-            "kubectl",
-            "--namespace",
-            ctx.environment.namespace,
-            "get",
-            "configmap",
-            LOCK_NAME,
-            "-o",
-            "json",
-        ],
-        quiet=True,
-        check=False,
-    )
-    if result.dry_run or not result.ok:
-        return None
-    return json.loads(result.stdout)
+    return configmaps.read(ctx, LOCK_NAME)
 
 
 def current_lock(ctx: StepContext) -> dict[str, str] | None:

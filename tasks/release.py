@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import secrets as secrets_module
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import yaml
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from tasks import lock, secrets
+from tasks import configmaps, lock, secrets
 from tasks import values as values_module
 from tasks.charts import archive_is_valid, name_the_layer, pinned_dependencies, shown
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
@@ -350,38 +349,19 @@ def record_verified(ctx: StepContext) -> str:
         return "would record the revision as verified" if ctx.dry_run else "no release to record"
     revision = int(status["version"])
     known = sorted(verified_revisions(ctx) | {revision})[-50:]
-    data = ",".join(str(r) for r in known)
-    manifest = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": VERIFIED, "namespace": env.namespace},
-        "data": {"release": env.release, "revisions": data},
-    }
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="verified-") as file:
-        json.dump(manifest, file)
-        file.flush()
-        ctx.runner.run(["kubectl", "apply", "-f", file.name], quiet=True)
+    data = {"release": env.release, "revisions": ",".join(str(r) for r in known)}
+    if not configmaps.write(ctx, configmaps.new(ctx, VERIFIED, data)):
+        raise StepFailure(
+            f"Could not record revision {revision} as verified in namespace {env.namespace}.",
+            f"Check access to the namespace: invoke doctor --env={env.name}",
+        )
     return f"revision {revision} recorded as verified"
 
 
 def verified_revisions(ctx: StepContext) -> set[int]:
-    result = ctx.runner.run(
-        [
-            "kubectl",
-            "--namespace",
-            ctx.environment.namespace,
-            "get",
-            "configmap",
-            VERIFIED,
-            "-o",
-            "jsonpath={.data.revisions}",
-        ],
-        quiet=True,
-        check=False,
-    )
-    if result.dry_run or not result.ok:
-        return set()
-    return {int(r) for r in result.stdout.split(",") if r.strip().isdigit()}
+    found = configmaps.read(ctx, VERIFIED) or {}
+    listed = (found.get("data") or {}).get("revisions", "")
+    return {int(r) for r in listed.split(",") if r.strip().isdigit()}
 
 
 def previous_good_revision(revisions: list[dict], verified: set[int] | None = None) -> int | None:
