@@ -27,7 +27,7 @@ from invoke import Context, task
 
 from tasks import values as values_module
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
-from tasks.output import masker, say
+from tasks.output import say
 from tasks.pipeline import Skipped, StepContext, Stop, invocation, load_registry, perform
 from tasks.registry import Environment
 from tasks.runner import PROJECT_ROOT
@@ -316,9 +316,6 @@ def validate_environment(ctx: StepContext) -> str:
             values_module.advice(problems),
             details="\n".join(str(p) for p in problems),
         )
-    for path in layers:
-        if is_secret_layer(env, path):
-            masker.register_tree(values_module.load(path))
     values_args: list[str] = []
     for path in layers:
         values_args += ["--values", shown(path)]

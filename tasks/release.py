@@ -469,7 +469,7 @@ def diff(c: Context, env: str | None = None) -> None:
 @task(
     help={
         "env": ENV_HELP,
-        "revision": "Revision to roll back to (default: the previous one).",
+        "revision": "Revision to roll back to (default: the last one a deploy verified).",
         "dry_run": DRY_RUN_HELP,
     }
 )

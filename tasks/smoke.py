@@ -23,12 +23,12 @@ from invoke import Context, task
 
 from tasks import access  # noqa: F401  (registers how a step opens its cluster's credentials)
 from tasks import values as values_module
-from tasks.charts import is_secret_layer
 from tasks.errors import StepFailure
-from tasks.output import masker, say
+from tasks.output import say
 from tasks.pipeline import StepContext, perform
 from tasks.registry import REGISTRY_FILE, Environment
 from tasks.runner import PROJECT_ROOT
+from tasks.secrets import register_secret_values
 
 SUITE_DIR = Path("tests/smoke")
 REPORTS_DIR = Path("reports")
@@ -99,10 +99,8 @@ def component_states(env: Environment, root: Path = PROJECT_ROOT) -> dict[str, C
 
 
 def register_secrets(env: Environment, root: Path = PROJECT_ROOT) -> None:
-    """Mask every value of the environment's secret values layers from now on."""
-    for path in env.values_files(root):
-        if is_secret_layer(env, path) and not values_module.is_locked(path):
-            masker.register_tree(values_module.load(path))
+    """Mask the environment's secrets in the suite's own process, as every step does."""
+    register_secret_values(env, root)
 
 
 @dataclass(frozen=True)
@@ -213,8 +211,6 @@ def validate(
     kubectl = _pinned_kubectl()
     if kubectl:
         settings["SMOKE_KUBECTL"] = kubectl
-    # pytest's own output streams through this process: mask what it could show.
-    register_secrets(env)
     runner = ctx.runner.with_env(**settings)
     result = runner.run(
         suite_command(env, report, keyword=keyword),
