@@ -171,9 +171,8 @@ def _failed(spec: str, url: str, message: str, phases: list[str], log: deque[str
     part = "launch" if launching else "build"
     # BinderHub relays a failed build pod as a bare `failed`: the reason is in the log.
     reason = mask(message) or f"the {part} ended in failure (BinderHub gave no reason)"
-    return f"BinderHub failed to {part} {spec}{_after(phases)}: {reason}\n  stream: {mask(url)}" + (
-        _log(log)
-    )
+    stream = f"\n  stream: {mask(url)}"
+    return f"BinderHub failed to {part} {spec}{_after(phases)}: {reason}{stream}{_log(log)}"
 
 
 def _late(url: str, deadline: float, phases: list[str], log: deque[str]) -> str:
