@@ -24,7 +24,21 @@ fi
 
 step "Python packages (requirements.txt)"
 python3 -m pip install -q --disable-pip-version-check -r requirements.txt
-if [ -f tests/smoke_requirements.txt ]; then
+
+# BinderHub itself comes as a wheel beside the project (its PyPI release is from 2018);
+# the tests run the smoke suite against it, and skip those runs where it is absent.
+shared="${BINDER_DEPLOY_SHARED:-../shared}"
+wheel=""
+for candidate in "$shared"/binderhub/binderhub-*.whl; do
+  [ -f "$candidate" ] && wheel="$candidate"
+done
+if [ -n "$wheel" ]; then
+  step "BinderHub ($wheel) and the smoke suite's test bed (tests/smoke_requirements.txt)"
+  python3 -m pip install -q --disable-pip-version-check -r tests/smoke_requirements.txt "$wheel"
+else
+  step "Smoke suite's test bed (tests/smoke_requirements.txt)"
+  echo "    no BinderHub wheel in $shared/binderhub/: the tests against a live BinderHub" \
+    "will be skipped (set BINDER_DEPLOY_SHARED to the folder that holds binderhub/)"
   python3 -m pip install -q --disable-pip-version-check -r tests/smoke_requirements.txt
 fi
 

@@ -1,24 +1,23 @@
 """The deployment validation suite (tests/smoke/), run for real against local targets.
 
 The hub checks run against a real JupyterHub with its real proxy
-(configurable-http-proxy), healthy and broken. BinderHub cannot run here, so the
-binder, launch and build checks run against tests/fakes/binderhub_events.py,
-which speaks BinderHub's event stream. The cluster checks run against the local
-cluster. Each run is the suite as `invoke smoke-test` starts it, in its own
-pytest process; the assertions read its JUnit report.
+(configurable-http-proxy), healthy and broken. The binder, launch and build
+checks run against a live BinderHub, the service of a real JupyterHub that
+launches real servers, building on the local cluster (tests/testbed/binderhub.py),
+healthy and with its hub down, a build pod failing, a build hanging and a
+launch timing out. The cluster checks run against the local cluster. Each run
+is the suite as `invoke smoke-test` starts it, in its own pytest process; the
+assertions read its JUnit report.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,13 +34,19 @@ from tasks.pipeline import StepContext, load_registry
 from tasks.registry import REGISTRY_FILE
 from tasks.runner import PROJECT_ROOT, Runner
 from tasks.smoke import CheckOutcome, component_states, read_report, suite_command, validate
-from tests.fakes.binderhub_events import FAILED_BUILD_LOG, FakeBinderHub
+from tests.fakes.binder_front import BinderFront
 from tests.fakes.sshd import LocalSshd, keypair
 from tests.smoke.launches import cleanup_command, git_environment, scratch_commands
+from tests.testbed.binderhub import (
+    BUILD_LOG,
+    LAUNCH_TIMEOUT,
+    SHARED_ENV,
+    BinderBed,
+    JupyterHub,
+    bare_repository,
+    require_binderhub,
+)
 
-CHP_VERSION = "5.3.0"
-NPM_PREFIX = Path.home() / ".cache" / "binder-deploy" / "npm"
-CHP = NPM_PREFIX / "node_modules" / ".bin" / "configurable-http-proxy"
 # Patient enough for a loaded machine, short enough that a broken target fails fast.
 FAST = {
     "SMOKE_WARMUP_SECONDS": "0",
@@ -101,104 +106,6 @@ def step_context(env: str, **settings: str) -> StepContext:
 # --- a real JupyterHub ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def configurable_http_proxy() -> Path:
-    """JupyterHub's proxy from npm, installed once into the user's cache, never the repo."""
-    if not CHP.exists():
-        subprocess.run(
-            [
-                "npm",
-                "install",
-                "--no-audit",
-                "--no-fund",
-                f"--prefix={NPM_PREFIX}",
-                f"configurable-http-proxy@{CHP_VERSION}",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    return CHP
-
-
-class JupyterHub:
-    """A JupyterHub on free local ports, with its proxy, run from a config in `workdir`.
-
-    `keep_proxy` leaves the proxy running when the hub stops, as happens on a
-    site when the hub pod dies: the proxy keeps routing to a hub that is gone.
-    """
-
-    def __init__(self, workdir: Path, keep_proxy: bool = False) -> None:
-        try:
-            import jupyterhub  # noqa: F401
-        except ImportError:
-            pytest.fail(
-                "jupyterhub is not installed: pip install -r tests/smoke_requirements.txt",
-                pytrace=False,
-            )
-        self.workdir = workdir
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.proxy_pid_file = workdir / "proxy.pid"
-        config = f"""
-            c.JupyterHub.bind_url = "{self.url}"
-            c.JupyterHub.hub_bind_url = "http://127.0.0.1:{free_port()}"
-            c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"
-            c.ConfigurableHTTPProxy.command = ["{configurable_http_proxy()}"]
-            c.ConfigurableHTTPProxy.pid_file = "{self.proxy_pid_file}"
-            c.JupyterHub.cleanup_proxy = {not keep_proxy}
-            c.JupyterHub.authenticator_class = "dummy"
-            c.JupyterHub.spawner_class = "simple"
-            c.JupyterHub.db_url = "sqlite:///{workdir}/jupyterhub.sqlite"
-            c.JupyterHub.cookie_secret_file = "{workdir}/cookie_secret"
-            c.JupyterHub.pid_file = "{workdir}/jupyterhub.pid"
-        """
-        (workdir / "jupyterhub_config.py").write_text(textwrap.dedent(config))
-        self.log = workdir / "jupyterhub.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> JupyterHub:
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "jupyterhub", "-f", "jupyterhub_config.py"],
-                cwd=self.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                # Through the proxy: ready once the hub's route is registered.
-                if requests.get(f"{self.url}/hub/api/health", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
-        self.stop()
-        pytest.fail(f"JupyterHub did not come up at {self.url}:\n{tail}", pytrace=False)
-
-    def stop_hub(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        self.stop_hub()
-        if self.proxy_pid_file.exists():
-            pid = int(self.proxy_pid_file.read_text().strip() or 0)
-            if pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-            self.proxy_pid_file.unlink()
-
-
 @pytest.fixture(scope="module")
 def jupyterhub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterHub]:
     hub = JupyterHub(tmp_path_factory.mktemp("jupyterhub")).start()
@@ -206,10 +113,12 @@ def jupyterhub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterHub]
     hub.stop()
 
 
-@pytest.fixture
-def binderhub() -> Iterator[FakeBinderHub]:
-    with FakeBinderHub() as fake:
-        yield fake
+@pytest.fixture(scope="module")
+def bed(local_cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BinderBed]:
+    """JupyterHub and BinderHub, building on the local cluster, started once for the module."""
+    require_binderhub()
+    with BinderBed(tmp_path_factory.mktemp("binder-bed"), local_cluster) as live:
+        yield live
 
 
 HUB_CHECKS = {
@@ -228,12 +137,44 @@ BINDER_CHECKS = {
 }
 
 
-def site_urls(hub: JupyterHub, binder: FakeBinderHub) -> dict[str, str]:
+def test_without_binderhub_its_checks_skip_or_say_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "binderhub", None)  # as if not installed
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path))
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        require_binderhub()
+    assert str(skipped.value) == (
+        f"no BinderHub to test against: {tmp_path}/binderhub holds no binderhub wheel "
+        f"(set {SHARED_ENV} to the folder that holds binderhub/)"
+    )
+    (tmp_path / "binderhub").mkdir()
+    (tmp_path / "binderhub" / "binderhub-0.2.0-py3-none-any.whl").touch()
+    with pytest.raises(pytest.fail.Exception) as failed:
+        require_binderhub()
+    assert str(failed.value) == (
+        f"BinderHub is not installed: ./setup.sh installs it from {tmp_path}/binderhub"
+    )
+
+
+def live_site(bed: BinderBed, **settings: str) -> dict[str, str]:
+    """The suite's settings for the live test bed: its URLs, what it launches, time to do so."""
     return {
-        "SMOKE_HUB_URL": hub.url,
-        "SMOKE_BINDER_URL": binder.url,
-        "SMOKE_FEDERATION_REDIRECT_URL": binder.url,
+        "SMOKE_BINDER_URL": bed.binder.url,
+        "SMOKE_LAUNCH_SPEC": bed.launchable.spec(),
+        # Beyond BinderHub's own launch timeout, so that its verdict is the one seen:
+        # the stream is silent while a server starts.
+        "SMOKE_STALL_SECONDS": str(LAUNCH_TIMEOUT * 2),
+        "SMOKE_TEST_TIMEOUT": str(LAUNCH_TIMEOUT * 4),
+        **settings,
     }
+
+
+def wait_until_gone(pid: int, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not Path(f"/proc/{pid}").exists()
 
 
 # --- which checks run where -------------------------------------------------------------
@@ -275,12 +216,10 @@ def test_local_environment_without_urls_runs_only_cluster_checks(tmp_path: Path)
     assert "KUBECONFIG is not set" in run.message("test_cluster::test_no_pod_restarting")
 
 
-def test_checks_of_a_disabled_component_skip_naming_the_values_file(
-    tmp_path: Path, binderhub: FakeBinderHub
-) -> None:
-    local = run_suite(
-        "local-staging", tmp_path, "-k", "binder_page", SMOKE_BINDER_URL=binderhub.url
-    )
+def test_checks_of_a_disabled_component_skip_naming_the_values_file(tmp_path: Path) -> None:
+    # Nothing listens there: a disabled component's checks never ask.
+    nowhere = "http://127.0.0.1:9"
+    local = run_suite("local-staging", tmp_path, "-k", "binder_page", SMOKE_BINDER_URL=nowhere)
     assert local.message("test_binder::test_binder_page") == (
         "environment local-staging disables binderhub "
         "(binderhub.enabled: false in config/local-staging.yaml)"
@@ -290,7 +229,7 @@ def test_checks_of_a_disabled_component_skip_naming_the_values_file(
         "environment staging has no public URL (urls.federation_redirect)"
     )
     overridden = run_suite(
-        "staging", tmp_path, "-k", "active_hosts", SMOKE_FEDERATION_REDIRECT_URL=binderhub.url
+        "staging", tmp_path, "-k", "active_hosts", SMOKE_FEDERATION_REDIRECT_URL=nowhere
     )
     assert overridden.message("test_federation::test_active_hosts") == (
         "environment staging disables federation-redirect "
@@ -338,19 +277,26 @@ def test_hub_behind_a_wrong_prefix_fails_its_health_and_404s_unknown_urls(
     assert run.result("test_hub::test_unknown_prefix") == "passed"
 
 
-# --- the whole suite, healthy, through the task's own entry ----------------------------
+# --- the whole suite, healthy, through the task's own entry, against a live BinderHub --
 
 
+@pytest.mark.cluster
 def test_healthy_site_passes_and_the_report_says_what_each_test_checks(
-    tmp_path: Path, jupyterhub: JupyterHub, binderhub: FakeBinderHub, capsys
+    tmp_path: Path, jupyterhub: JupyterHub, bed: BinderBed, capsys
 ) -> None:
     report = tmp_path / "report.xml"
-    note = validate(
-        step_context("prod", **site_urls(jupyterhub, binderhub)),
-        keyword="not cluster",
-        warmup=0,
-        report=report,
-    )
+    before = set(bed.servers())
+    # The hub checks go to a hub that lets visitors log in; BinderHub's own hub
+    # (its chart's null authenticator) answers a visitor's login with 403.
+    urls = {"SMOKE_HUB_URL": jupyterhub.url, "SMOKE_FEDERATION_REDIRECT_URL": ""}
+    with BinderFront() as redirector:
+        urls["SMOKE_FEDERATION_REDIRECT_URL"] = redirector.url
+        note = validate(
+            step_context("prod", **live_site(bed, **urls)),
+            keyword="not cluster",
+            warmup=0,
+            report=report,
+        )
     assert note.startswith("10 passed, 1 skipped")
     outcomes = {o.name: o for o in read_report(report)}
     assert {n for n, o in outcomes.items() if o.result == "passed"} == HUB_CHECKS | BINDER_CHECKS
@@ -361,10 +307,15 @@ def test_healthy_site_passes_and_the_report_says_what_each_test_checks(
         "environment prod provides no push key for a scratch repository "
         "(secrets/binderhub-ci-repos-deploy-key)"
     )
-    assert binderhub.builds == ["gh/binder-examples/requirements/50533eb"]
-    # The launched server was shut down through its own API.
-    assert [server.running for server in binderhub.servers.values()] == [False]
     assert "smoke tests on prod: 10 passed, 1 skipped" in capsys.readouterr().out
+    # BinderHub built the image in a build pod of the cluster, then deleted the pod.
+    binder_log = bed.binder.log_text()
+    assert "Started build build-file-" in binder_log
+    assert bed.build_pods() == []
+    # The hub started one real server for the launch; the suite stopped it through its own API.
+    [launched] = [server for name, server in bed.servers().items() if name not in before]
+    assert launched["url"].startswith("/user/") and launched["state"]["pid"] > 0
+    assert wait_until_gone(launched["state"]["pid"]), "the launched server still runs"
 
 
 def test_dry_run_prints_the_suite_command_and_runs_nothing(capsys) -> None:
@@ -377,68 +328,75 @@ def test_dry_run_prints_the_suite_command_and_runs_nothing(capsys) -> None:
     assert f"--junitxml={PROJECT_ROOT}/reports/smoke-prod.xml" in printed
 
 
-# --- launches through the event stream --------------------------------------------------
+# --- launches through the event stream of the live BinderHub, and how they fail ----------
 
 
-def test_failed_build_names_the_phase_and_the_log(tmp_path: Path) -> None:
-    with FakeBinderHub(build="failed") as binder:
-        run = run_suite("prod", tmp_path, "-k", "test_launch", SMOKE_BINDER_URL=binder.url)
+def launch_run(bed: BinderBed, tmp_path: Path, spec: str, **settings: str) -> SuiteRun:
+    return run_suite(
+        "prod", tmp_path, "-k", "test_launch", **live_site(bed, SMOKE_LAUNCH_SPEC=spec, **settings)
+    )
+
+
+@pytest.mark.cluster
+def test_failed_build_pod_fails_the_launch_naming_the_build(bed: BinderBed, tmp_path: Path) -> None:
+    spec = bed.failing.spec()
+    run = launch_run(bed, tmp_path, spec)
     message = run.message("test_launch::test_launch")
     assert message.startswith(
-        "BinderHub failed to build gh/binder-examples/requirements/50533eb "
+        f"BinderHub failed to build {spec} "
         "(after phase 'building'; phases seen: waiting, fetching, building): "
-        "Error during build: exit status 1"
-    )
-    assert FAILED_BUILD_LOG.splitlines()[-1] in message
+        "the build ended in failure (BinderHub gave no reason)"
+    ), run.output
+    # The build's own log, as BinderHub relayed it from the pod.
+    assert BUILD_LOG[-1]["message"].strip() in message
 
 
-def test_stalled_build_stream_fails_with_a_timeout_message(tmp_path: Path) -> None:
-    with FakeBinderHub(build="stall", heartbeat=0.1) as binder:
-        started = time.monotonic()
-        run = run_suite(
-            "prod",
-            tmp_path,
-            "-k",
-            "test_launch",
-            SMOKE_BINDER_URL=binder.url,
-            SMOKE_STALL_SECONDS="1",
-        )
+@pytest.mark.cluster
+def test_launch_that_times_out_fails_naming_the_launch(bed: BinderBed, tmp_path: Path) -> None:
+    spec = bed.unanswering.spec()
+    run = launch_run(bed, tmp_path, spec)
     message = run.message("test_launch::test_launch")
     assert message.startswith(
-        f"the build stream {binder.url}/build/gh/binder-examples/requirements/50533eb stalled: "
-        "no event for 1s (last phase: 'building')."
-    )
-    assert time.monotonic() - started < 20
+        f"BinderHub failed to launch {spec} (after phase 'launching'; "
+        "phases seen: waiting, fetching, building, built, launching): Image "
+    ), run.output
+    assert "took too long to launch" in message.splitlines()[0]
 
 
-def test_every_test_has_a_timeout_of_its_own(tmp_path: Path) -> None:
-    # A launch gives up on its own just before its timeout, saying where it was.
-    with FakeBinderHub(build="stall") as binder:
-        stalled = run_suite(
-            "prod",
-            tmp_path,
-            "-k",
-            "test_launch",
-            SMOKE_BINDER_URL=binder.url,
-            SMOKE_STALL_SECONDS="60",
-            SMOKE_TEST_TIMEOUT="2",
-        )
-    assert stalled.message("test_launch::test_launch").startswith(
-        f"the build stream {binder.url}/build/gh/binder-examples/requirements/50533eb did not "
-        "reach 'ready' within 1.8s (after phase 'building'"
-    )
-    # Anything else that hangs is stopped by pytest-timeout.
-    with FakeBinderHub(delay=30) as binder:
+@pytest.mark.cluster
+def test_stalled_build_fails_with_a_timeout_message(bed: BinderBed, tmp_path: Path) -> None:
+    spec = bed.hanging.spec()
+    stream = f"{bed.binder.url}/build/{spec}"
+    run = launch_run(bed, tmp_path, spec, SMOKE_STALL_SECONDS="1")
+    assert run.message("test_launch::test_launch").startswith(
+        f"the build stream {stream} stalled: no event for 1s (last phase: 'building')."
+    ), run.output
+    # Silence up to the deadline: the launch gives up on its own, just before its timeout.
+    late = launch_run(bed, tmp_path, spec, SMOKE_STALL_SECONDS="60", SMOKE_TEST_TIMEOUT="3")
+    assert late.message("test_launch::test_launch").startswith(
+        f"the build stream {stream} did not reach 'ready' within 2.7s (after phase 'building'"
+    ), late.output
+    [pod] = bed.build_pods()
+    assert pod["status"]["phase"] == "Running"
+
+
+@pytest.mark.cluster
+def test_a_hung_binderhub_is_stopped_by_the_tests_timeout(bed: BinderBed, tmp_path: Path) -> None:
+    assert bed.binder.process is not None
+    bed.binder.process.send_signal(signal.SIGSTOP)
+    try:
         started = time.monotonic()
         hung = run_suite(
             "prod",
             tmp_path,
             "-k",
             "binder_health",
-            SMOKE_BINDER_URL=binder.url,
+            SMOKE_BINDER_URL=bed.binder.url,
             SMOKE_REQUEST_SECONDS="60",
             SMOKE_TEST_TIMEOUT="2",
         )
+    finally:
+        bed.binder.process.send_signal(signal.SIGCONT)
     assert hung.message("test_binder::test_binder_health").startswith(
         "Timeout (>2.0s) from pytest-timeout"
     )
@@ -466,29 +424,20 @@ def test_failures_never_show_the_environments_secrets_or_tokens(demo_secrets: No
 
 
 def test_warm_up_retries_a_proxy_that_answers_503_at_first(tmp_path: Path) -> None:
-    with FakeBinderHub(warming_requests=3) as binder:
+    with BinderFront(warming_requests=3) as front:
         patient = run_suite(
             "prod",
             tmp_path,
             "-k",
             "binder_health",
-            SMOKE_BINDER_URL=binder.url,
+            SMOKE_BINDER_URL=front.url,
             SMOKE_WARMUP_SECONDS="20",
         )
     assert patient.result("test_binder::test_binder_health") == "passed", patient.output
-    with FakeBinderHub(warming_requests=3) as binder:
-        hasty = run_suite("prod", tmp_path, "-k", "binder_health", SMOKE_BINDER_URL=binder.url)
+    with BinderFront(warming_requests=3) as front:
+        hasty = run_suite("prod", tmp_path, "-k", "binder_health", SMOKE_BINDER_URL=front.url)
     assert hasty.message("test_binder::test_binder_health").startswith(
-        f"GET {binder.url}/health answered 503 Service Unavailable: expected 200"
-    )
-
-
-def test_unhealthy_binderhub_names_the_failing_check(tmp_path: Path) -> None:
-    with FakeBinderHub(healthy=False) as binder:
-        run = run_suite("prod", tmp_path, "-k", "binder_health", SMOKE_BINDER_URL=binder.url)
-    assert run.message("test_binder::test_binder_health").startswith(
-        f"GET {binder.url}/health answered 503 Service Unavailable: expected 200\n"
-        '  body: {"ok": false, "checks": [{"service": "JupyterHub API", "ok": false}'
+        f"GET {front.url}/health answered 503 Service Unavailable: the answer is not JSON"
     )
 
 
@@ -514,37 +463,20 @@ def test_scratch_commit_is_pushed_with_the_key_alone(tmp_path: Path) -> None:
     assert cleanup_command("smoke-x", clone)[-2:] == ["origin", ":refs/heads/smoke-x"]
 
 
-def scratch_repository(tmp_path: Path) -> tuple[Path, Path]:
-    """A bare repository with one commit, and the file its hook logs each push to."""
-    remote, seed = tmp_path / "scratch.git", tmp_path / "seed"
-    git = {**os.environ, **git_environment(tmp_path / "no-key", tmp_path / "no-hosts")}
-    subprocess.run(["git", "init", "--quiet", "--bare", str(remote)], check=True, env=git)
-    subprocess.run(["git", "init", "--quiet", str(seed)], check=True, env=git)
-    (seed / "Dockerfile").write_text("FROM scratch\n")
-    for command in (
-        ["git", "-C", str(seed), "add", "Dockerfile"],
-        ["git", "-C", str(seed), "commit", "--quiet", "-m", "seed"],
-        ["git", "-C", str(seed), "push", "--quiet", str(remote), "HEAD:refs/heads/main"],
-        ["git", "-C", str(remote), "symbolic-ref", "HEAD", "refs/heads/main"],
-    ):
-        subprocess.run(command, check=True, env=git)
-    pushes = tmp_path / "pushes.log"
-    hook = remote / "hooks" / "post-receive"
-    hook.write_text(f"#!/bin/sh\ncat >> '{pushes}'\n")
-    hook.chmod(0o755)
-    return remote, pushes
-
-
-def test_fresh_build_pushes_over_ssh_with_the_key_launches_and_deletes_the_branch(
-    tmp_path: Path, binderhub: FakeBinderHub
+@pytest.mark.cluster
+def test_fresh_build_pushes_over_ssh_with_the_key_builds_launches_and_deletes_the_branch(
+    tmp_path: Path, bed: BinderBed
 ) -> None:
-    remote, pushes = scratch_repository(tmp_path)
+    # BinderHub reads the scratch repository through its file:// URL; the suite pushes
+    # to the same repository over SSH, with the key, as it pushes to GitHub.
+    pushes = tmp_path / "pushes.log"
+    scratch = bare_repository(tmp_path / "scratch.git", pushes)
     with LocalSshd(tmp_path / "sshd") as sshd:
-        settings = {
-            "SMOKE_BINDER_URL": binderhub.url,
-            "SMOKE_SCRATCH_REMOTE": f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{remote}",
-            "SMOKE_SCRATCH_SPEC": "gh/org/scratch",
-        }
+        settings = live_site(
+            bed,
+            SMOKE_SCRATCH_REMOTE=f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{scratch.path}",
+            SMOKE_SCRATCH_SPEC=scratch.spec_prefix,
+        )
         run = run_suite(
             "prod",
             tmp_path,
@@ -558,23 +490,52 @@ def test_fresh_build_pushes_over_ssh_with_the_key_launches_and_deletes_the_branc
             "prod", tmp_path, "-k", "fresh_build", SMOKE_SCRATCH_KEY=str(stranger), **settings
         )
     assert run.result("test_build::test_fresh_build") == "passed", run.output
-    [built] = binderhub.builds
-    assert built.startswith("gh/org/scratch/smoke-prod-")
-    branch = built.rsplit("/", 1)[1]
     zero = "0" * 40
     created, deleted = [line.split() for line in pushes.read_text().splitlines()]
-    assert created[0] == zero and created[2] == f"refs/heads/{branch}"
-    assert deleted[1] == zero and deleted[2] == f"refs/heads/{branch}"
+    assert created[0] == zero and created[2].startswith("refs/heads/smoke-prod-")
+    assert deleted[1] == zero and deleted[2] == created[2]
+    branch, commit = created[2].removeprefix("refs/heads/"), created[1]
     pushed_file = subprocess.run(
-        ["git", "-C", str(remote), "show", f"{created[1]}:branchname"],
+        ["git", "-C", str(scratch.path), "show", f"{commit}:branchname"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     assert pushed_file == branch + "\n"
+    # BinderHub resolved the branch to the pushed commit, built it and launched its image.
+    assert any(
+        "Starting server for user " in line and line.endswith(f":{commit}")
+        for line in bed.binder.log_text().splitlines()
+    )
     message = refused.message("test_build::test_fresh_build")
     assert message.startswith("`git clone --quiet --depth=1 ssh://")
     assert "Permission denied (publickey)" in message
+
+
+# --- BinderHub's hub down: last, as it takes the test bed's hub away ---------------------
+
+
+@pytest.mark.cluster
+def test_binderhub_whose_hub_is_down_fails_its_health_naming_the_hub(
+    bed: BinderBed, tmp_path: Path
+) -> None:
+    health = f"{bed.binder.url}/health"
+    bed.hub.stop_hub()
+    try:
+        # BinderHub caches each health check for 15 seconds.
+        deadline = time.monotonic() + 60
+        while requests.get(health, timeout=10).status_code != 503:
+            assert time.monotonic() < deadline, "BinderHub never noticed its hub was down"
+            time.sleep(1)
+        run = run_suite("prod", tmp_path, "-k", "binder_health", SMOKE_BINDER_URL=bed.binder.url)
+    finally:
+        bed.hub.stop()
+        bed.hub.start()
+    assert run.message("test_binder::test_binder_health").startswith(
+        f"GET {health} answered 503 Service Unavailable: "
+        "BinderHub reports unhealthy: JupyterHub API\n"
+        '  body: {"ok": false, "checks": ['
+    ), run.output
 
 
 # --- the cluster checks against the local cluster ---------------------------------------

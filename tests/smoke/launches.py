@@ -1,11 +1,13 @@
 """Launching through BinderHub, as the launch page does, and pushing a scratch commit.
 
 BinderHub's build endpoint, `GET {binder}/build/<provider>/<spec>`, answers a
-text/event-stream of `data: {"phase": ..., "message": ...}` lines: waiting,
-fetching, building, pushing, built, launching and finally `ready`, which
-carries the server's `url` and its `token`; or `failed`. Between events it
-sends `:heartbeat` comments, so a stalled build is one with no *event* for a
-while, even though bytes still arrive.
+text/event-stream of `data: {"phase": ..., "message": ...}` lines. A build
+starts with `waiting`, relays repo2docker's log lines (fetching, building,
+pushing) and ends with `built`; an image the registry already holds starts at
+`built` ("Found built image"). Then `launching`, and finally `ready`, which
+carries the server's `url` and its `token`; or `failed` at any point. Every 25
+seconds it sends a `:keepalive` comment, so a stalled build is one with no
+*event* for a while, even though bytes still arrive.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from tasks.output import masker
 from tests.smoke.probes import Probe, describe, excerpt, mask
 
 _LOG_LINES_SHOWN = 8
+# Phases after the image exists: a failure from here on is the launch's.
+LAUNCH_PHASES = frozenset({"built", "launching"})
 
 
 @dataclass
@@ -55,8 +59,16 @@ def launch(probe: Probe, binder_url: str, spec: str, deadline_seconds: float) ->
     """Follow the build event stream of `spec` to `ready`; fail naming the phase otherwise."""
     url = build_url(binder_url, spec)
     stall = probe.target.settings.stall_seconds
-    response = probe.expect(url, 200, headers={"Accept": "text/event-stream"}, stream=True)
-    started = last_event = time.monotonic()
+    started = time.monotonic()
+    response = probe.expect(
+        url,
+        200,
+        headers={"Accept": "text/event-stream"},
+        stream=True,
+        # A silent stream ends the wait at the deadline too, not only at the stall limit.
+        read_seconds=min(stall, deadline_seconds),
+    )
+    last_event = time.monotonic()
     phases: list[str] = []
     log: deque[str] = deque(maxlen=_LOG_LINES_SHOWN)
     try:
@@ -65,11 +77,7 @@ def launch(probe: Probe, binder_url: str, spec: str, deadline_seconds: float) ->
             if now - last_event > stall:
                 pytest.fail(_stalled(url, stall, phases, log), pytrace=False)
             if now - started > deadline_seconds:
-                pytest.fail(
-                    f"the build stream {mask(url)} did not reach 'ready' within "
-                    f"{deadline_seconds:g}s{_after(phases)}.{_log(log)}",
-                    pytrace=False,
-                )
+                pytest.fail(_late(url, deadline_seconds, phases, log), pytrace=False)
             event = _event(line)
             if event is None:
                 continue
@@ -79,20 +87,23 @@ def launch(probe: Probe, binder_url: str, spec: str, deadline_seconds: float) ->
             if message:
                 log.extend(mask(m) for m in message.splitlines() if m.strip())
             if phase == "failed":
-                pytest.fail(
-                    f"BinderHub failed to build {spec}{_after(phases)}: {mask(message)}"
-                    f"\n  stream: {mask(url)}{_log(log)}",
-                    pytrace=False,
-                )
+                pytest.fail(_failed(spec, url, message, phases, log), pytrace=False)
             if phase and (not phases or phases[-1] != phase):
                 phases.append(phase)
             if phase == "ready":
                 return _ready(url, event, phases)
     except (requests.RequestException, urllib3.exceptions.HTTPError):
-        # A read that waited longer than the stall limit raises.
-        pytest.fail(_stalled(url, stall, phases, log), pytrace=False)
+        # A read that waited longer than the stall limit, or past the deadline, raises.
+        silent = True
+    else:
+        silent = False
     finally:
         response.close()
+    # Failed outside the handler, so that the message is not chained to the read's error.
+    if silent and time.monotonic() - started > deadline_seconds:
+        pytest.fail(_late(url, deadline_seconds, phases, log), pytrace=False)
+    if silent:
+        pytest.fail(_stalled(url, stall, phases, log), pytrace=False)
     pytest.fail(
         f"the build stream {mask(url)} ended before 'ready'{_after(phases)}.{_log(log)}",
         pytrace=False,
@@ -152,6 +163,23 @@ def _log(log: deque[str]) -> str:
     if not log:
         return ""
     return "\n  last log lines:\n" + "\n".join(f"    {line}" for line in log)
+
+
+def _failed(spec: str, url: str, message: str, phases: list[str], log: deque[str]) -> str:
+    """Which part failed: the build, or the launch of the built image."""
+    launching = any(phase in LAUNCH_PHASES for phase in phases)
+    part = "launch" if launching else "build"
+    # BinderHub relays a failed build pod as a bare `failed`: the reason is in the log.
+    reason = mask(message) or f"the {part} ended in failure (BinderHub gave no reason)"
+    stream = f"\n  stream: {mask(url)}"
+    return f"BinderHub failed to {part} {spec}{_after(phases)}: {reason}{stream}{_log(log)}"
+
+
+def _late(url: str, deadline: float, phases: list[str], log: deque[str]) -> str:
+    return (
+        f"the build stream {mask(url)} did not reach 'ready' within "
+        f"{deadline:g}s{_after(phases)}.{_log(log)}"
+    )
 
 
 def _stalled(url: str, stall: float, phases: list[str], log: deque[str]) -> str:

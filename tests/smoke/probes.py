@@ -82,11 +82,13 @@ class Probe:
         headers: dict[str, str] | None = None,
         follow_redirects: bool = True,
         stream: bool = False,
+        read_seconds: float | None = None,
     ) -> requests.Response:
         """The answer to `method url` once it has `status` and passes `check`; else fail.
 
-        With `stream`, the body is left unread and each read may wait up to the
-        suite's stall limit: the caller follows it as it arrives.
+        With `stream`, the body is left unread and each read may wait up to
+        `read_seconds` (by default the suite's stall limit): the caller follows
+        it as it arrives.
         """
         settings = self.target.settings
         wanted = (status,) if isinstance(status, int) else status
@@ -100,7 +102,7 @@ class Probe:
                     headers=headers,
                     allow_redirects=follow_redirects,
                     stream=stream,
-                    timeout=(settings.request_seconds, settings.stall_seconds)
+                    timeout=(settings.request_seconds, read_seconds or settings.stall_seconds)
                     if stream
                     else settings.request_seconds,
                 )

@@ -1,0 +1,81 @@
+"""What a visitor reaches in front of BinderHub, for the two cases a live one cannot give.
+
+The smoke suite's BinderHub checks run against a live BinderHub
+(tests/testbed/binderhub.py). This stand-in serves only:
+
+    a proxy still warming up   its first `warming_requests` answers are 503, as a
+                               proxy whose routes are not registered yet answers
+                               right after a deploy; then /health answers as
+                               BinderHub does (200, {"ok": true, "checks": [...]})
+    GET /active_hosts          the federation redirector's list of members: the
+                               redirector is mybinder.org's own service, not
+                               BinderHub, and does not run here
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from tests.fakes.loopback import LoopbackServer
+
+
+@dataclass
+class BinderFront:
+    """`with BinderFront(warming_requests=3) as front:` serves on `front.url` until the end."""
+
+    warming_requests: int = 0
+    _http: LoopbackServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        assert self._http is not None, "use BinderFront as a context manager"
+        return self._http.url
+
+    def __enter__(self) -> BinderFront:
+        self._http = LoopbackServer(_handler_for(self), "BinderHub's front")
+        self._http.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._http is not None
+        self._http.stop()
+
+    def still_warming(self) -> bool:
+        with self._lock:
+            if self.warming_requests > 0:
+                self.warming_requests -= 1
+                return True
+            return False
+
+
+def _handler_for(front: BinderFront) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if front.still_warming():
+                self._send(503, "text/plain", "Service Unavailable")
+            elif self.path == "/health":
+                checks = [{"service": "JupyterHub API", "ok": True}]
+                self._send(200, "application/json", json.dumps({"ok": True, "checks": checks}))
+            elif self.path == "/active_hosts":
+                hosts = {"active_hosts": [front.url]}
+                self._send(200, "application/json", json.dumps(hosts))
+            else:
+                self._send(404, "text/plain", "Not Found")
+
+        def _send(self, status: int, content_type: str, body: str) -> None:
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler

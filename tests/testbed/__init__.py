@@ -1,0 +1,1 @@
+"""Live services the project's tests run the smoke suite against."""
