@@ -130,9 +130,13 @@ def _register_values(text: str) -> None:
     try:
         masker.register_tree(yaml.safe_load(text))
     except yaml.YAMLError:
-        # A values file helm cannot read is still full of secrets.
+        # A values file helm cannot read is still full of secrets. The mistake is often
+        # on the secret's own line (`token: "abc…": x`): its pieces are secrets too.
         for found in re.finditer(r"^[^:#\n]*:[ \t]*(\S.*)$", text, re.MULTILINE):
-            masker.register(found.group(1).strip("'\" "))
+            value = found.group(1)
+            masker.register(value.strip("'\" "))
+            for piece in re.split(r"['\"]|:\s|\s#", value):
+                masker.register(piece.strip())
 
 
 def _register_credentials(text: str) -> None:
