@@ -345,7 +345,11 @@ def validate_environment(ctx: StepContext) -> str:
         except CommandFailed as failed:
             failure = explain(failed, RENDER_FAILURES, f"`{command[1]}` failed for {env.name}")
             raise name_the_layer(failure, layers) from None
-    note = f"{len(layers)} values layers rendered and linted"
+    note = (
+        f"{len(layers)} values layers checked; would render and lint them"
+        if ctx.dry_run
+        else f"{len(layers)} values layers rendered and linted"
+    )
     if placeholders:
         note += f"; placeholders for {len(placeholders)} locked secret file(s)"
     return note
@@ -376,7 +380,15 @@ RENDER_FAILURES = (
 @task(help={"dry_run": "Print what would be fetched; fetch nothing."})
 def helm_deps(c: Context, dry_run: bool = False) -> None:
     """Fetch the chart's dependencies at exactly the versions Chart.lock pins."""
-    perform(c, "helm-deps", None, build_dependencies, dry_run=dry_run, needs_env=False)
+    perform(
+        c,
+        "helm-deps",
+        None,
+        build_dependencies,
+        dry_run=dry_run,
+        needs_env=False,
+        changes_checkout=True,
+    )
 
 
 @task(

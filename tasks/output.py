@@ -181,6 +181,8 @@ class Summary:
 
     records: list[StepRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # What the run leaves that the next one must deal with, each with its remedy.
+    left_behind: list[str] = field(default_factory=list)
 
     def add(self, record: StepRecord) -> None:
         record.note = masker.mask(record.note)
@@ -203,6 +205,7 @@ class Summary:
     def reset(self) -> None:
         self.records.clear()
         self.warnings.clear()
+        self.left_behind.clear()
 
 
 summary = Summary()

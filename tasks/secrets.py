@@ -50,7 +50,7 @@ from tasks.values import is_locked
 )
 def decrypt_secrets(c: Context, env: str | None = None, dry_run: bool = False) -> None:
     """Unlock secrets/ with the environment's git-crypt key, then check the result."""
-    perform(c, "decrypt-secrets", env, unlock, dry_run=dry_run)
+    perform(c, "decrypt-secrets", env, unlock, dry_run=dry_run, changes_checkout=True)
 
 
 @task
@@ -67,7 +67,7 @@ def check_secrets(c: Context) -> None:
 )
 def lock_secrets(c: Context, env: str | None = None, dry_run: bool = False) -> None:
     """Encrypt secrets/ in the working tree again, refusing to lose uncommitted work."""
-    perform(c, "lock-secrets", env, lock, dry_run=dry_run, needs_env=False)
+    perform(c, "lock-secrets", env, lock, dry_run=dry_run, needs_env=False, changes_checkout=True)
 
 
 def required_files(env: Environment) -> list[tuple[Path, str]]:
