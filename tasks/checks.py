@@ -15,8 +15,9 @@ from tasks.runner import invoke_dry_refusal
 )
 def test(c: Context, quick: bool = False, pytest_args: str = "") -> None:
     """Lint, check formatting, and run every test (what .ci/run runs)."""
-    if invoke_dry_refusal(c, "test"):
-        raise Exit(invoke_dry_refusal(c, "test"))
+    refusal = invoke_dry_refusal(c, "test")
+    if refusal:
+        raise Exit(refusal)
     watch = Stopwatch()
     c.run("ruff check .", echo=True)
     c.run("ruff format --check .", echo=True)

@@ -210,6 +210,8 @@ def release_aftermath(ctx: StepContext, action: str) -> tuple[str, str]:
             f"{env.namespace}` says pending-*, run invoke recover-release --env={env.name}",
         )
     if status is None:
+        if action == "uninstall":
+            return f"The uninstall had finished: {name} is gone.", ""
         return f"helm stopped before creating {name}: nothing was installed.", ""
     state, revision = status["info"]["status"], status.get("version")
     if state in PENDING_STATES:
@@ -220,10 +222,15 @@ def release_aftermath(ctx: StepContext, action: str) -> tuple[str, str]:
             f"{name}, stuck in {state}: invoke recover-release --env={env.name}",
         )
     if state == "failed":
+        way_back = (
+            f"Deploy again, or return to the last verified revision: invoke rollback "
+            f"--env={env.name}"
+            if revision != 1
+            else "Deploy again: it is the release's first revision, with none to return to."
+        )
         return (
             f"helm cancelled the {action}: {name} is marked failed at revision {revision}, "
-            "and the cluster may run part of it. Deploy again, or return to the last "
-            f"verified revision: invoke rollback --env={env.name}",
+            f"and the cluster may run part of it. {way_back}",
             "",
         )
     return (

@@ -140,7 +140,10 @@ def _register_values(text: str) -> None:
 
 
 def _register_credentials(text: str) -> None:
-    if "PRIVATE KEY-----" in text:
+    # A key file is secret through and through; a JSON key's other fields (its
+    # token URL, its account's address) are public, and masking their fragments
+    # would blank out what error messages need to say.
+    if "PRIVATE KEY-----" in text and text.lstrip().startswith("-----BEGIN"):
         masker.register(text)
     if '"private_key"' in text:
         try:

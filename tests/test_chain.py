@@ -368,10 +368,11 @@ def plant_lock(
 def test_a_second_deploy_of_the_same_environment_is_refused(both_clusters, tmp_path):
     env, namespaces = demo_registry(tmp_path)
     plant_lock(namespaces["local-staging"], "octocat on CI run 41", int(time.time()) + 600)
+    # Found by preflight, before the first change.
     out = assert_stopped_on_staging(
-        invoke("deploy", "--env=local-prod", "--yes", env=env), "lock", namespaces
+        invoke("deploy", "--env=local-prod", "--yes", env=env), "preflight", namespaces
     )
-    assert "Another deploy of local-staging is running: octocat on CI run 41" in out
+    assert "another deploy of local-staging is running: octocat on CI run 41" in out
     assert "invoke unlock --env=local-staging" in out
     assert not release_exists("binder-staging", namespaces["local-staging"])
     assert lock_exists(namespaces["local-staging"])

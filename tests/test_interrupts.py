@@ -94,8 +94,8 @@ def test_ctrl_c_during_helm_upgrade_names_the_upgrade_and_releases_the_lock(
     out = run.output
     assert run.returncode == 130, out[-3000:]
     assert "INTERRUPTED: upgrade on local-staging" in out, out[-3000:]
-    assert "helm cancelled the upgrade" in out and "is marked failed" in out
-    assert "invoke rollback --env=local-staging" in out
+    assert "helm cancelled the upgrade" in out and "is marked failed at revision 1" in out
+    assert "Deploy again: it is the release's first revision" in out
     assert "Left behind: nothing." in out
     assert "Traceback" not in out
     assert not lock_exists(namespaces["local-staging"])
