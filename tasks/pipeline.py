@@ -219,9 +219,10 @@ def _unexpected(bug: Exception) -> StepFailure:
 def _interrupted_screen() -> str:
     # The first: a later one is the cleanup's, interrupted by a second Ctrl-C.
     where = next((r for r in summary.records if r.result == "interrupted"), None)
-    lines = ["INTERRUPTED" + (f": {where.step} on {where.env}" if where and where.env else "")]
-    if where and where.step and not where.env:
-        lines[0] = f"INTERRUPTED: {where.step}"
+    title = "INTERRUPTED"
+    if where:
+        title += f": {where.step}" + (f" on {where.env}" if where.env else "")
+    lines = [title]
     if where and where.note:
         lines.append(f"  {where.note}")
     elif where and where.step in ("upgrade", "rollback", "recover-release"):
