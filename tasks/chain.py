@@ -17,18 +17,23 @@ it starts. The lock (tasks/lock.py) keeps two deploys off one environment.
 from __future__ import annotations
 
 import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
+from contextlib import nullcontext
 
 from invoke import Call, Collection, Context, Executor, Task, call, task
 from invoke.exceptions import Exit
 
-from tasks import charts, doctor, grafana, lock, release, rollout, secrets, smoke
+from tasks import charts, checkout, doctor, grafana, lock, release, rollout, secrets, smoke
 from tasks.errors import StepFailure
 from tasks.output import folded, say, warn
-from tasks.pipeline import StepContext, Stop, confirm, invocation, load_registry, perform
+from tasks.pipeline import (
+    StepContext,
+    Stop,
+    confirm,
+    dry_run_asked,
+    invocation,
+    load_registry,
+    perform,
+)
 from tasks.registry import Environment, Registry
 
 ENV_STEPS = (grafana.annotate_grafana, release.upgrade, rollout.wait_rollout, smoke.smoke_test)
@@ -106,23 +111,10 @@ def plan(registry: Registry, target: str, dry_run: bool = False) -> list[Call]:
     return executor.dedupe(executor.expand_calls([Call(final)]))
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """CI cancels a job with SIGTERM: treat it like Ctrl-C so the run ends cleanly."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_deploy(
     c: Context, target: str | None, dry_run: bool, yes: bool, rollback_on_failure: bool = False
 ) -> None:
+    dry_run = dry_run_asked(c, dry_run, "deploy")
     registry = load_registry()
     env = registry.get(target)
     chain = registry.chain(target)
@@ -132,15 +124,18 @@ def run_deploy(
     if asks and not confirm(question):
         raise Exit("Not confirmed; nothing was deployed. Pass --yes to skip the question.")
     final = stage(registry, env, dry_run)
-    try:
-        with _sigterm_as_interrupt(), grafana.regions_closed_on_exit():
-            Executor(Collection(final), config=c.config).execute(final.name)
-    except Stop as stop:
-        if rollback_on_failure and not dry_run:
-            roll_back_after(c, stop, env.name)
-        raise
-    finally:
-        lock.release_all(c, dry_run)
+    # Held from before decrypt-secrets to the end: a second run from this checkout
+    # is refused at once instead of racing this one on git-crypt.
+    with checkout.held() if not dry_run else nullcontext():
+        try:
+            with grafana.regions_closed_on_exit():
+                Executor(Collection(final), config=c.config).execute(final.name)
+        except Stop as stop:
+            if rollback_on_failure and not dry_run:
+                roll_back_after(c, stop, env.name)
+            raise
+        finally:
+            lock.release_all(c, dry_run)
 
 
 @task(
@@ -176,6 +171,19 @@ def roll_back_after(c: Context, stop: Stop, target: str) -> None:
         warn(f"the automatic rollback of {target} did not complete: {failed.failure.why}")
     else:
         warn(f"{target} was rolled back to its last good revision after {stop.step} failed.")
+        # The failure's own advice to roll back is done already; what is left is the cause.
+        kept = [
+            line
+            for line in stop.failure.fix.splitlines()
+            if f"invoke rollback --env={target}" not in line
+        ]
+        note = (
+            f"{target} was rolled back automatically and runs its last good revision again; "
+            f"fix the cause of the {stop.step} failure, then deploy again."
+        )
+        stop.failure.fix = "\n       ".join(
+            part for part in ("\n".join(kept).rstrip(), note) if part
+        )
 
 
 def pull_request_ci() -> bool | None:
@@ -217,6 +225,7 @@ def ci(
     """What CI runs: validate offline on pull requests, deploy on the main branch."""
     is_pr = True if pull_request else pull_request_ci()
     with invocation("ci"):
+        dry_run_asked(c, None, "ci")
         if is_pr is None:
             say("No CI pull-request variables found: validating only (as for a pull request).")
             is_pr = True
@@ -249,7 +258,7 @@ def demo(c: Context, dry_run: bool = False) -> None:
     from tasks.cluster import clusters, tools
 
     with invocation("demo"):
-        if dry_run:
+        if dry_run_asked(c, dry_run, "demo"):
             say("[dry-run] would start the local clusters and serve the demo chart repository")
             run_deploy(c, "local-prod", dry_run=True, yes=True)
             return

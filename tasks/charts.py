@@ -155,17 +155,24 @@ def _index(repository: str, mirrors: dict[str, str], cache: dict[str, dict]) -> 
         try:
             cache[base] = yaml.safe_load(fetch_with_retries(url)) or {}
         except FetchError as error:
-            shown = (
-                base if base == repository.rstrip("/") + "/" else f"{base} (mirror of {repository})"
-            )
             raise StepFailure(
-                f"Could not fetch the index of the chart repository {shown}: {error}.",
+                f"Could not fetch the index of the chart repository {_source(base, repository)}: "
+                f"{error}.",
                 "The repository or the network is having difficulties; re-run the step. "
                 "For a network without outside access, add a mirror under "
                 "`repository_mirrors` in config/environments.yaml or DEPLOY_CHART_MIRRORS "
                 "(`invoke demo` serves one for the demo environments).",
             ) from None
     return base, cache[base]
+
+
+def _is_mirror(base: str, repository: str) -> bool:
+    return base != repository.rstrip("/") + "/"
+
+
+def _source(base: str, repository: str) -> str:
+    """The repository as read: its mirror, when one stands in for it."""
+    return f"{base} (mirror of {repository})" if _is_mirror(base, repository) else base
 
 
 def _newest(versions: list[str], count: int = 5) -> list[str]:
@@ -184,15 +191,22 @@ def download(dependency: Dependency, charts_dir: Path, mirrors: dict[str, str], 
     entry = next((e for e in entries if str(e.get("version")) == dependency.version), None)
     if entry is None:
         offered = _newest([str(e.get("version")) for e in entries])
+        lagging = (
+            f"The mirror {base} may lag behind {dependency.repository}: bring it up to date, "
+            "or remove it from repository_mirrors (DEPLOY_CHART_MIRRORS). "
+            if _is_mirror(base, dependency.repository)
+            else ""
+        )
         raise StepFailure(
             f"Can't get a valid version for {dependency.name}: {dependency.version} is not in "
-            f"the index of {dependency.repository}. "
+            f"the index of {_source(base, dependency.repository)}. "
             + (
                 f"The newest versions it offers: {', '.join(offered)}."
                 if offered
                 else f"The repository has no chart called {dependency.name}."
             ),
-            "If the version was merged upstream recently, it may not be published yet: wait "
+            lagging
+            + "If the version was merged upstream recently, it may not be published yet: wait "
             "until it appears in the repository's index.yaml before bumping it in "
             "mybinder/Chart.yaml. Otherwise fix the version there and in Chart.lock.",
         )
@@ -331,7 +345,11 @@ def validate_environment(ctx: StepContext) -> str:
         except CommandFailed as failed:
             failure = explain(failed, RENDER_FAILURES, f"`{command[1]}` failed for {env.name}")
             raise name_the_layer(failure, layers) from None
-    note = f"{len(layers)} values layers rendered and linted"
+    note = (
+        f"{len(layers)} values layers checked; would render and lint them"
+        if ctx.dry_run
+        else f"{len(layers)} values layers rendered and linted"
+    )
     if placeholders:
         note += f"; placeholders for {len(placeholders)} locked secret file(s)"
     return note
@@ -362,7 +380,15 @@ RENDER_FAILURES = (
 @task(help={"dry_run": "Print what would be fetched; fetch nothing."})
 def helm_deps(c: Context, dry_run: bool = False) -> None:
     """Fetch the chart's dependencies at exactly the versions Chart.lock pins."""
-    perform(c, "helm-deps", None, build_dependencies, dry_run=dry_run, needs_env=False)
+    perform(
+        c,
+        "helm-deps",
+        None,
+        build_dependencies,
+        dry_run=dry_run,
+        needs_env=False,
+        changes_checkout=True,
+    )
 
 
 @task(

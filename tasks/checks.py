@@ -1,8 +1,10 @@
 """The project's own checks: lint, format, and the test suite."""
 
 from invoke import Context, task
+from invoke.exceptions import Exit
 
 from tasks.output import Stopwatch, format_seconds, say
+from tasks.runner import invoke_dry_refusal
 
 
 @task(
@@ -13,6 +15,9 @@ from tasks.output import Stopwatch, format_seconds, say
 )
 def test(c: Context, quick: bool = False, pytest_args: str = "") -> None:
     """Lint, check formatting, and run every test (what .ci/run runs)."""
+    refusal = invoke_dry_refusal(c, "test")
+    if refusal:
+        raise Exit(refusal)
     watch = Stopwatch()
     c.run("ruff check .", echo=True)
     c.run("ruff format --check .", echo=True)

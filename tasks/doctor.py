@@ -7,6 +7,8 @@ Each check answers OK, WARN or FAIL, and says what to do when it is not OK:
     credentials   the kubeconfig, key or bastion key present, decrypted, not expired
     cluster       the API server answers `kubectl version`
     namespace     the credentials may create and patch Deployments there
+    lock          no other deploy of the environment holds its deploy lock
+    release       the release is not stuck in a pending state
     grafana       the annotation token is accepted
     charts        every dependency's repository index is reachable and lists the pin
 
@@ -17,15 +19,16 @@ environment of its chain before it changes anything (`preflight`).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import requests
 import yaml
 from invoke import Context, task
 
-from tasks import access, charts, grafana, secrets, toolchain
+from tasks import access, charts, grafana, lock, release, secrets, toolchain
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
 from tasks.output import say
 from tasks.pipeline import StepContext, perform
@@ -203,10 +206,13 @@ def _certificates(ctx: StepContext, kubeconfig: Path, shown: str) -> Check:
 
 
 def cluster_checks(ctx: StepContext) -> list[Check]:
-    """Credentials, the API server and the namespace: what a deploy needs from the cluster.
+    """Credentials, the API server, the namespace, the deploy lock and the release.
 
-    Opens the environment's credentials for the run (a later step reuses them).
-    Stops at the first failure: what follows it could only fail the same way.
+    What a deploy needs from the cluster, and what would stop it half-way: a
+    deploy of prod must not upgrade staging first and only then find prod locked
+    or its release stuck. Opens the environment's credentials for the run (a
+    later step reuses them). Stops at the first failure of the cluster or the
+    namespace: what follows could only fail the same way.
     """
     env = ctx.environment
     found = credential_checks(ctx)
@@ -214,13 +220,41 @@ def cluster_checks(ctx: StepContext) -> list[Check]:
         return found
     try:
         with access.open_cluster(ctx) as variables:
-            runner = ctx.runner.with_env(**variables)
-            found.append(_reachable(runner, env))
+            opened = replace(ctx, runner=ctx.runner.with_env(**variables))
+            found.append(_reachable(opened.runner, env))
             if found[-1].status != FAIL:
-                found.append(_writable(runner, env))
+                found.append(_writable(opened.runner, env))
+            if found[-1].status != FAIL:
+                found += [_lock_check(opened), _release_check(opened)]
     except StepFailure as failure:
         found.append(Check("cluster", FAIL, failure.why, failure.fix))
     return found
+
+
+def _lock_check(ctx: StepContext) -> Check:
+    env = ctx.environment
+    held = lock.current_lock(ctx)
+    if held is None:
+        return Check("lock", OK, f"no deploy of {env.name} holds its deploy lock")
+    verdict = lock.judge(held, time.time(), env.name)
+    if verdict.takeable:
+        return Check("lock", OK, f"{verdict.why}: a deploy takes it over")
+    return Check("lock", FAIL, verdict.why, lock.refusal(verdict, env.name).fix)
+
+
+def _release_check(ctx: StepContext) -> Check:
+    env = ctx.environment
+    status = release.release_status(ctx)
+    name = f"release {env.release} in {env.namespace}"
+    if status in release.PENDING_STATES:
+        return Check(
+            "release",
+            FAIL,
+            f"{name} is stuck in {status}: an earlier helm operation was interrupted",
+            f"invoke recover-release --env={env.name} (after asking, it rolls back to the "
+            "last deployed revision, or removes a release that never deployed)",
+        )
+    return Check("release", OK, f"{name} is {status or 'not installed yet'}")
 
 
 def _reachable(runner: Runner, env: Environment) -> Check:
@@ -420,7 +454,7 @@ def preflight_checks(ctx: StepContext) -> str:
     failed = [check for check in found if check.status == FAIL]
     if failed:
         raise StepFailure(failed[0].detail, failed[0].fix)
-    return "cluster reachable, namespace writable"
+    return "cluster reachable, namespace writable, not locked, release not pending"
 
 
 def preflight(c: Context, env: str) -> None:

@@ -9,6 +9,7 @@ explanation instead of a traceback.
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -45,7 +46,37 @@ class CommandFailed(Exception):
         self.exit_code = exit_code
         self.stdout = masker.mask(stdout)
         self.stderr = masker.mask(stderr)
-        super().__init__(f"{self.command} exited with {exit_code}")
+        super().__init__(f"{self.command} {self.ending}")
+
+    @property
+    def ending(self) -> str:
+        """How the command ended: its exit code, or the signal that killed it."""
+        if self.exit_code >= 0:
+            return f"exited with {self.exit_code}"
+        number = -self.exit_code
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            return f"was killed by signal {number}"
+        return f"was killed by {name} (signal {number})"
+
+    @property
+    def killed_advice(self) -> str:
+        """What a death by signal most likely means; empty for an ordinary exit."""
+        if self.exit_code >= 0:
+            return ""
+        if -self.exit_code == signal.SIGKILL:
+            return (
+                "Nothing can catch SIGKILL: most often the kernel's out-of-memory killer sent "
+                "it (see `dmesg`, or the CI job's memory limit), or a CI job's hard time limit "
+                "did. If it recurs, give the machine more memory."
+            )
+        if -self.exit_code in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            return (
+                "Something asked it to stop: a CI cancellation or time limit, a closed "
+                "terminal, or an operator."
+            )
+        return "It crashed; if it recurs, report it to the tool's makers."
 
     @property
     def output(self) -> str:
@@ -66,6 +97,7 @@ def explain(
             fix = diagnosis.fix.format(*found.groups(), **found.groupdict())
             return StepFailure(why, fix, details=failure.tail())
     return StepFailure(
-        f"{fallback_why} (`{failure.command}` exited with {failure.exit_code}).",
+        f"{fallback_why} (`{failure.command}` {failure.ending}).",
+        failure.killed_advice,
         details=failure.tail(),
     )

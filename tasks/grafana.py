@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any
 
 import requests
+import urllib3
 from invoke import Context, task
 
 from tasks.errors import StepFailure
@@ -45,18 +46,27 @@ class RetryPolicy:
     """How hard to try before giving up on Grafana.
 
     A deploy must not wait long for a dashboard decoration, so the defaults
-    are short; tests shrink them further.
+    are short; tests shrink them further. `budget` bounds one request with all
+    its retries and pauses.
     """
 
     attempts: int = 3
     first_delay: float = 1.0  # doubled before each further attempt
     timeout: float = 10.0  # seconds, per request
+    budget: float = 15.0  # seconds, per request with its retries
 
     def delay_before(self, attempt: int) -> float:
         return self.first_delay * 2 ** (attempt - 2)
 
 
 retry_policy = RetryPolicy()
+
+# Grafana URLs that took a request and did not answer in time, this run: each further
+# request would cost the deploy another timeout, so none is sent.
+unresponsive: set[str] = set()
+
+# Answers that say Grafana did not act on the request, so a POST may be sent again.
+_NOT_DONE = (500, 503)
 
 
 @dataclass
@@ -129,7 +139,7 @@ def start_region(ctx: StepContext, *, strict: bool = False) -> str | None:
                 "Check that grafana.url points at Grafana itself, not at a login page or proxy.",
             )
     except StepFailure as failure:
-        _fail_softly(failure, strict, f"Grafana annotation for {env.name} not created")
+        _fail_softly(failure, strict, f"Grafana annotation for {env.name} not opened")
         return "no annotation (see warning)"
     open_regions[env.name] = Region(env.name, grafana, token, tags, now, strict, annotation_id)
     return f"annotation {annotation_id} opened"
@@ -279,23 +289,44 @@ def _token_for_dry_run(env: Environment) -> str:
 
 
 def _send(method: str, url: str, grafana: Grafana, token: str, body: dict[str, Any]) -> dict:
-    """Send one request with retries; the decoded JSON answer, or a StepFailure."""
+    """Send one request, retried within the policy's budget; the JSON answer, or a StepFailure.
+
+    A POST creates a region each time Grafana receives it, so it is sent again only
+    when the last attempt certainly did not create one: the connection was never
+    made, or Grafana answered that it failed. A PATCH sets the same fields each
+    time and may be repeated.
+    """
     policy = retry_policy
+    if grafana.url in unresponsive:
+        raise StepFailure(
+            f"Grafana at {grafana.url} did not answer earlier in this run; {method} {url} "
+            "was not sent, so the deploy does not wait on it again.",
+            "Check Grafana's health; the deploy itself is not affected.",
+        )
+    deadline = time.monotonic() + policy.budget
     problem = ""
     for attempt in range(1, policy.attempts + 1):
         if attempt > 1:
+            pause = policy.delay_before(attempt)
+            if time.monotonic() + pause >= deadline:
+                break
             say(f"Grafana: {problem}; retrying ({attempt}/{policy.attempts})")
-            time.sleep(policy.delay_before(attempt))
+            time.sleep(pause)
+        wait = min(policy.timeout, max(deadline - time.monotonic(), 0.1))
         try:
             response = requests.request(
-                method, url, json=body, headers=_headers(grafana, token), timeout=policy.timeout
+                method, url, json=body, headers=_headers(grafana, token), timeout=wait
             )
-        except requests.Timeout:
-            problem = f"no answer from {grafana.url} within {policy.timeout:g}s"
-            continue
-        except requests.ConnectionError as error:
+        except (requests.ConnectTimeout, requests.ConnectionError) as error:
+            if not _never_sent(error):
+                raise _maybe_done(
+                    method, url, grafana, f"the connection broke ({_root_cause(error)})"
+                ) from None
             problem = f"could not connect to {grafana.url} ({_root_cause(error)})"
             continue
+        except requests.Timeout:
+            unresponsive.add(grafana.url)
+            raise _maybe_done(method, url, grafana, f"no answer within {wait:g}s") from None
         except requests.RequestException as error:
             raise StepFailure(
                 f"Grafana {method} {url} could not be sent: {_root_cause(error)}",
@@ -303,11 +334,38 @@ def _send(method: str, url: str, grafana: Grafana, token: str, body: dict[str, A
             ) from None
         if response.status_code >= 500:
             problem = f"{grafana.url} answered {response.status_code} {response.reason}"
+            if method == "POST" and response.status_code not in _NOT_DONE:
+                # A gateway's error: Grafana behind it may have acted on the request.
+                raise _maybe_done(method, url, grafana, problem)
             continue
         return _accepted(method, url, grafana, response)
     raise StepFailure(
-        f"Grafana {method} {url} gave up after {policy.attempts} attempts: {problem}.",
+        f"Grafana {method} {url} gave up after {attempt} attempt(s): {problem}.",
         "Grafana may be down or unreachable from here; check its status and the network.",
+    )
+
+
+def _never_sent(error: requests.RequestException) -> bool:
+    """True when the request cannot have reached Grafana: no connection was made."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+def _maybe_done(method: str, url: str, grafana: Grafana, what: str) -> StepFailure:
+    if method != "POST":
+        return StepFailure(
+            f"Grafana {method} {url} failed: {what}.",
+            "Check Grafana's health; the deploy itself is not affected.",
+        )
+    return StepFailure(
+        f"Grafana at {grafana.url} received the annotation but gave no answer ({what}). It may "
+        "have created the region all the same; the request was not sent again, so that one "
+        "deploy never makes two regions, and such a region stays open (no id came back to "
+        "close it).",
+        "Check Grafana's health; if an open region for this deploy appears on the dashboard, "
+        "end or delete it there.",
     )
 
 

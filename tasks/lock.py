@@ -5,25 +5,29 @@ on the same release, one can take the site down half-way through the other's
 rollout. The lock lives in the cluster itself (a ConfigMap in the release's
 namespace, created atomically by the API server), so it holds across CI
 runners and laptops alike. A lock whose holder died expires after the
-environment's timeouts, and `invoke unlock --env=X` removes one by hand.
+environment's timeouts; one whose holder was a process on this machine that
+is gone is taken over at once; `invoke unlock --env=X` removes one by hand.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from invoke import Context, task
 
 from tasks import configmaps
 from tasks.errors import CommandFailed, StepFailure
-from tasks.output import say, warn
-from tasks.pipeline import StepContext, held_for_run, perform
+from tasks.output import say, summary, warn
+from tasks.pipeline import StepContext, Stop, held_for_run, perform
 
 LOCK_NAME = "binder-deploy-lock"
 
@@ -32,8 +36,90 @@ def holder() -> str:
     """Who is deploying, as the other deploy's operator will read it."""
     run = os.environ.get("GITHUB_RUN_ID") or os.environ.get("TRAVIS_JOB_ID")
     who = os.environ.get("GITHUB_ACTOR") or getpass.getuser()
-    where = f"CI run {run}" if run else socket.gethostname()
+    where = f"CI run {run} on {socket.gethostname()}" if run else socket.gethostname()
     return f"{who} on {where}, pid {os.getpid()}"
+
+
+def process_identity(pid: int) -> str | None:
+    """Which process `pid` is, told apart from any later one given the same pid.
+
+    The boot and the pid namespace say which machine (or container) counts pids;
+    the start time, in clock ticks since boot, tells a reused pid from the
+    original. None when the process does not exist.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    # Field 22 of stat (start time) is the 20th after the command name; a zombie has exited.
+    if fields[0] == "Z":
+        return None
+    return f"{boot}/{namespace}/{pid}/{fields[19]}"
+
+
+def holder_gone(data: dict[str, str]) -> str | None:
+    """Why the lock's holder is certainly dead, or None when it may be alive.
+
+    Only a holder on this machine, in this pid namespace, can be judged: its
+    pid is gone, or belongs to a process started later.
+    """
+    recorded = data.get("process", "")
+    parts = recorded.split("/")
+    if len(parts) != 4 or not parts[2].isdigit():
+        return None
+    boot, namespace, pid, _ = parts
+    mine = process_identity(os.getpid()) or ""
+    if mine.split("/")[:2] != [boot, namespace]:
+        return None
+    now = process_identity(int(pid))
+    if now is None:
+        return f"its process (pid {pid}) is no longer running on this machine"
+    if now != recorded:
+        return f"its process (pid {pid}) has ended; that pid now belongs to another program"
+    return None
+
+
+@dataclass(frozen=True)
+class LockVerdict:
+    """What a lock found in the cluster means for a deploy that wants it."""
+
+    takeable: bool
+    why: str  # for the operator: who holds it and why it can or cannot be taken
+
+
+def judge(data: dict[str, str], now: float, env_name: str) -> LockVerdict:
+    """Whether a deploy may take over the lock `data`, and what to tell the operator."""
+    who = f"held by {data.get('holder', 'an unknown holder')} since {data.get('started', '?')}"
+    gone = holder_gone(data)
+    if gone:
+        return LockVerdict(True, f"the deploy lock of {env_name} {who}: {gone}")
+    expires = data.get("expires", "")
+    if not re.fullmatch(r"\d+", expires.strip()):
+        return LockVerdict(
+            False,
+            f"the deploy lock of {env_name} is {who}, and its expiry ({expires!r}) is not "
+            "a time this pipeline wrote, so whether that deploy is still running cannot be "
+            "told",
+        )
+    if int(expires) < now:
+        return LockVerdict(True, f"the deploy lock of {env_name} {who} has expired")
+    minutes = max(1, round((int(expires) - now) / 60))
+    return LockVerdict(
+        False,
+        f"another deploy of {env_name} is running: {data.get('holder')}, since "
+        f"{data.get('started')} (its lock expires in about {minutes} min)",
+    )
+
+
+def refusal(verdict: LockVerdict, env_name: str) -> StepFailure:
+    return StepFailure(
+        verdict.why[0].upper() + verdict.why[1:] + ".",
+        "Wait for it to finish. If it died and its lock is stale, remove the lock: "
+        f"invoke unlock --env={env_name}",
+    )
 
 
 def lock_lifetime(ctx: StepContext) -> int:
@@ -56,6 +142,7 @@ def acquire(ctx: StepContext, me: str) -> None:
         "holder": me,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "expires": str(int(time.time()) + lock_lifetime(ctx)),
+        "process": process_identity(os.getpid()) or "",
     }
     ctx.runner.run(["kubectl", "create", "namespace", env.namespace], quiet=True, check=False)
     for _ in range(3):
@@ -77,22 +164,12 @@ def acquire(ctx: StepContext, me: str) -> None:
         lock_object = read_lock(ctx)
         if lock_object is None:
             continue
-        current = lock_object.get("data") or {}
-        if int(current.get("expires", "0")) < time.time():
-            warn(
-                f"the deploy lock of {env.name} held by {current.get('holder')} since "
-                f"{current.get('started')} has expired; taking it over."
-            )
-            if take_over(ctx, lock_object, ours):
-                return
-            continue
-        minutes = max(1, round((int(current["expires"]) - time.time()) / 60))
-        raise StepFailure(
-            f"Another deploy of {env.name} is running: {current.get('holder')}, since "
-            f"{current.get('started')} (its lock expires in about {minutes} min).",
-            "Wait for it to finish. If it died and its lock is stale, remove the lock: "
-            f"invoke unlock --env={env.name}",
-        )
+        verdict = judge(lock_object.get("data") or {}, time.time(), env.name)
+        if not verdict.takeable:
+            raise refusal(verdict, env.name)
+        warn(f"{verdict.why}; taking it over.")
+        if take_over(ctx, lock_object, ours):
+            return
     raise StepFailure(f"Could not take the deploy lock of {env.name}: it kept changing hands.")
 
 
@@ -120,7 +197,14 @@ def current_lock(ctx: StepContext) -> dict[str, str] | None:
 def release(ctx: StepContext, me: str) -> None:
     current = current_lock(ctx)
     if current is not None and current.get("holder") == me:
-        _kubectl(ctx, "delete", "configmap", LOCK_NAME, "--ignore-not-found", check=False)
+        _kubectl(ctx, "delete", "configmap", LOCK_NAME, "--ignore-not-found")
+
+
+def _left_behind(env_name: str, why: str) -> None:
+    summary.left_behind.append(
+        f"the deploy lock of {env_name} ({why}); once no deploy of it runs: "
+        f"invoke unlock --env={env_name}"
+    )
 
 
 # Environments whose lock this process holds, so a failed run releases them.
@@ -131,12 +215,18 @@ held_locks: set[str] = set()
 def _holding(ctx: StepContext) -> Iterator[None]:
     me = holder()
     acquire(ctx, me)
-    held_locks.add(ctx.environment.name)
+    name = ctx.environment.name
+    held_locks.add(name)
     try:
         yield
     finally:
-        release(ctx, me)
-        held_locks.discard(ctx.environment.name)
+        held_locks.discard(name)
+        try:
+            release(ctx, me)
+        except (StepFailure, CommandFailed) as error:
+            _left_behind(name, f"not released: {error}")
+        except KeyboardInterrupt:
+            _left_behind(name, "its release was interrupted")
 
 
 def ensure_held(ctx: StepContext) -> None:
@@ -175,12 +265,22 @@ def release_lock(c: Context, env: str, dry_run: bool = False) -> None:
 
 
 def release_all(c: Context, dry_run: bool = False) -> None:
-    """Give back every lock this run still holds, also after a failure."""
+    """Give back every lock this run still holds, also after a failure or an interrupt.
+
+    A lock that cannot be given back is named in the run's closing screen.
+    """
+    interrupted_here = False
     for env in sorted(held_locks):
         try:
             release_lock(c, env, dry_run)
-        except Exception as error:  # a failed release must not hide the run's own failure
-            warn(f"could not release the deploy lock of {env}: {error}")
+        except KeyboardInterrupt:
+            interrupted_here = True
+            _left_behind(env, "its release was interrupted")
+        except Stop as stop:  # a failed release must not hide the run's own failure
+            _left_behind(env, f"not released: {stop.failure.why}")
+        held_locks.discard(env)
+    if interrupted_here:
+        raise KeyboardInterrupt
 
 
 def remove(ctx: StepContext) -> str:

@@ -8,6 +8,7 @@ run's summary table.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -18,13 +19,21 @@ from typing import TextIO
 MASK = "********"
 # Shorter values ("true", "1", "prod") would mask ordinary words everywhere.
 _MIN_SECRET_LENGTH = 6
+# Tools quote secrets in part: PyYAML's error shows a shortened line
+# ("... 0123456789abcdef0123: x"), a truncated repr ends in "...". Any run of
+# this many characters of a long secret is masked wherever it appears; shorter
+# runs would hit ordinary words.
+FRAGMENT_LENGTH = 12
+_FRAGMENT_SOURCE = re.compile(rf"\S{{{FRAGMENT_LENGTH},}}")
 
 
 class SecretMasker:
-    """Remembers secret values and blanks them out of any text."""
+    """Remembers secret values and blanks them, whole or in part, out of any text."""
 
     def __init__(self) -> None:
         self._values: set[str] = set()
+        # Every FRAGMENT_LENGTH-character window of every long, unbroken run of a secret.
+        self._windows: set[str] = set()
 
     def register(self, value: object) -> None:
         """Mask `value` (and each of its lines) in everything printed from now on."""
@@ -34,6 +43,10 @@ class SecretMasker:
             candidate = candidate.strip()
             if len(candidate) >= _MIN_SECRET_LENGTH:
                 self._values.add(candidate)
+        for run in _FRAGMENT_SOURCE.findall(value):
+            self._windows.update(
+                run[i : i + FRAGMENT_LENGTH] for i in range(len(run) - FRAGMENT_LENGTH + 1)
+            )
 
     def register_tree(self, tree: object) -> None:
         """Mask every string leaf of a parsed YAML/JSON document."""
@@ -53,10 +66,27 @@ class SecretMasker:
         for value in sorted(self._values, key=len, reverse=True):
             if value in text:
                 text = text.replace(value, MASK)
+        return self._mask_fragments(text)
+
+    def _mask_fragments(self, text: str) -> str:
+        """Blank out every stretch of `text` made of windows of a secret."""
+        if not self._windows:
+            return text
+        spans: list[list[int]] = []
+        for start in range(len(text) - FRAGMENT_LENGTH + 1):
+            if text[start : start + FRAGMENT_LENGTH] in self._windows:
+                end = start + FRAGMENT_LENGTH
+                if spans and start <= spans[-1][1]:
+                    spans[-1][1] = end
+                else:
+                    spans.append([start, end])
+        for start, end in reversed(spans):
+            text = text[:start] + MASK + text[end:]
         return text
 
     def forget_all(self) -> None:
         self._values.clear()
+        self._windows.clear()
 
 
 masker = SecretMasker()
@@ -151,6 +181,8 @@ class Summary:
 
     records: list[StepRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # What the run leaves that the next one must deal with, each with its remedy.
+    left_behind: list[str] = field(default_factory=list)
 
     def add(self, record: StepRecord) -> None:
         record.note = masker.mask(record.note)
@@ -173,6 +205,7 @@ class Summary:
     def reset(self) -> None:
         self.records.clear()
         self.warnings.clear()
+        self.left_behind.clear()
 
 
 summary = Summary()

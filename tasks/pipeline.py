@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from invoke import Context
 from invoke.exceptions import Exit
 
+from tasks import checkout
 from tasks import registry as registry_module
 from tasks.errors import CommandFailed, StepFailure
 from tasks.output import (
@@ -35,7 +36,13 @@ from tasks.output import (
     warn,
 )
 from tasks.registry import Environment, Registry
-from tasks.runner import PROJECT_ROOT, Runner, interrupted
+from tasks.runner import (
+    PROJECT_ROOT,
+    Runner,
+    interrupted,
+    invoke_dry_refusal,
+    sigterm_as_interrupt,
+)
 
 T = TypeVar("T")
 
@@ -60,6 +67,19 @@ class StepContext:
 
 class Skipped(Exception):
     """Raised by a step that has nothing to do; its message says why."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """An interrupt, with what the interrupted step found it left behind.
+
+    `aftermath` describes the state the interrupt left (a release helm cancelled,
+    say); `left_behind` names what the next run needs removed, and how.
+    """
+
+    def __init__(self, aftermath: str, left_behind: str = "") -> None:
+        super().__init__(aftermath)
+        self.aftermath = aftermath
+        self.left_behind = left_behind
 
 
 class Stop(Exception):
@@ -121,6 +141,8 @@ def _release_held() -> None:
         closing.close()
     except Exception as error:
         warn(f"Closing what the run held open failed: {error}")
+    except KeyboardInterrupt:
+        warn("Closing what the run held open was interrupted.")
 
 
 _depth = 0
@@ -131,7 +153,10 @@ def invocation(task: str = "") -> Iterator[None]:
     """The outermost task of a run prints the summary and sets the exit code.
 
     A failure raised outside any step (an unknown environment given to
-    `deploy`, say) is reported the same way, under the task's name.
+    `deploy`, say) is reported the same way, under the task's name. SIGTERM
+    (CI cancelling the job) ends the run like Ctrl-C. What the run held open
+    (deploy locks, credentials) is given back before the closing screen, so
+    the screen can say what, if anything, was left behind.
     """
     global _depth
     _depth += 1
@@ -141,17 +166,20 @@ def invocation(task: str = "") -> Iterator[None]:
         interrupted.clear()
     try:
         try:
-            yield
+            with sigterm_as_interrupt() if outermost else nullcontext():
+                yield
         except StepFailure as failure:
             raise Stop(task, "", failure) from None
     except Stop as stop:
         if not outermost:
             raise
+        _release_held()
         _finish()
         raise Exit(_failure_screen(stop), code=1) from None
     except KeyboardInterrupt:
         if not outermost:
             raise
+        _release_held()
         _finish()
         raise Exit(_interrupted_screen(), code=130) from None
     except Exit:
@@ -159,11 +187,15 @@ def invocation(task: str = "") -> Iterator[None]:
     except Exception as bug:
         if not outermost or os.environ.get("DEPLOY_DEBUG"):
             raise
+        _release_held()
         _finish()
         raise Exit(_failure_screen(Stop(task, "", _unexpected(bug))), code=1) from None
     else:
         if outermost:
+            _release_held()
             _finish()
+            if summary.left_behind:
+                say("\n".join(_left_behind_lines()))
     finally:
         _depth -= 1
         if outermost:
@@ -185,10 +217,15 @@ def _unexpected(bug: Exception) -> StepFailure:
 
 
 def _interrupted_screen() -> str:
-    where = next((r for r in reversed(summary.records) if r.result == "interrupted"), None)
-    lines = ["INTERRUPTED" + (f": {where.step} on {where.env}" if where else "")]
-    lines.append("  Nothing further was started.")
-    if where and where.step in ("upgrade", "rollback", "recover-release"):
+    # The first: a later one is the cleanup's, interrupted by a second Ctrl-C.
+    where = next((r for r in summary.records if r.result == "interrupted"), None)
+    title = "INTERRUPTED"
+    if where:
+        title += f": {where.step}" + (f" on {where.env}" if where.env else "")
+    lines = [title]
+    if where and where.note:
+        lines.append(f"  {where.note}")
+    elif where and where.step in ("upgrade", "rollback", "recover-release"):
         lines.append(
             "  helm may have left the release locked in a pending state; if the next "
             f"upgrade says so, run: invoke recover-release --env={where.env}"
@@ -198,7 +235,17 @@ def _interrupted_screen() -> str:
             f"  {where.env} runs the new version, not yet verified. Deploy again, or return "
             f"to the last verified revision: invoke rollback --env={where.env}"
         )
-    return "\n".join(lines)
+    lines.append("  Nothing further was started.")
+    lines += _left_behind_lines()
+    return masker.mask("\n".join(lines))
+
+
+def _left_behind_lines() -> list[str]:
+    if not summary.left_behind:
+        return ["  Left behind: nothing."]
+    return ["  Left behind, for the next run to deal with:"] + [
+        f"    - {what}" for what in summary.left_behind
+    ]
 
 
 def _failure_screen(stop: Stop) -> str:
@@ -210,7 +257,22 @@ def _failure_screen(stop: Stop) -> str:
     if failure.details:
         lines.append("  last output:")
         lines += [f"    {line}" for line in failure.details.splitlines()[-12:]]
+    if summary.left_behind:
+        lines += _left_behind_lines()
     return masker.mask("\n".join(lines))
+
+
+def dry_run_asked(c: Context, dry_run: bool | None, task: str) -> bool:
+    """A task's `--dry-run`, or invoke's own `--dry` ("echo commands instead of running").
+
+    `dry_run` is None for a task that has no dry run: under `--dry` it refuses
+    rather than run for real.
+    """
+    if not c.config.run.dry:
+        return bool(dry_run)
+    if dry_run is None:
+        raise StepFailure(invoke_dry_refusal(c, task))
+    return True
 
 
 def perform(
@@ -219,15 +281,22 @@ def perform(
     env_name: str | None,
     action: Callable[[StepContext], str | None],
     *,
-    dry_run: bool = False,
+    dry_run: bool | None = None,
     needs_env: bool = True,
     needs_cluster: bool = False,
+    changes_checkout: bool = False,
 ) -> None:
-    """Run one step of the pipeline: time it, report it, explain its failure."""
+    """Run one step of the pipeline: time it, report it, explain its failure.
+
+    `dry_run` is None for a step that has no dry run. `changes_checkout` marks
+    a step that rewrites the working tree (decrypt-secrets, helm-deps): it holds
+    the checkout against other runs (tasks/checkout.py).
+    """
     with invocation():
         watch = Stopwatch()
         env: Environment | None = None
         try:
+            dry = dry_run_asked(c, dry_run, step)
             registry = load_registry()
             env = registry.get(env_name) if (needs_env or env_name) else None
         except StepFailure as failure:
@@ -240,16 +309,17 @@ def perform(
             from tasks.secrets import register_secret_values
 
             register_secret_values(env)
-        runner = Runner(c, dry_run=dry_run, tool_dirs=pinned_tool_dirs())
-        ctx = StepContext(c, registry, env, runner, dry_run, step)
-        with folded(title + (" (dry run)" if dry_run else "")):
+        runner = Runner(c, dry_run=dry, tool_dirs=pinned_tool_dirs())
+        ctx = StepContext(c, registry, env, runner, dry, step)
+        with folded(title + (" (dry run)" if dry else "")):
             try:
+                exclusive = checkout.held() if changes_checkout and not dry else nullcontext()
                 access = (
                     _cluster_access[0](ctx)
                     if needs_cluster and _cluster_access
                     else nullcontext({})
                 )
-                with access as extra_env:
+                with exclusive, access as extra_env:
                     ctx.runner = ctx.runner.with_env(**extra_env)
                     note = action(ctx) or ""
             except Skipped as skipped:
@@ -261,12 +331,19 @@ def perform(
                 raise Stop(step, env_label, failure) from None
             except CommandFailed as failed:
                 failure = StepFailure(
-                    f"`{failed.command}` exited with {failed.exit_code}.", details=failed.tail()
+                    f"`{failed.command}` {failed.ending}.",
+                    failed.killed_advice,
+                    details=failed.tail(),
                 )
                 _record(step, env_label, "failed", watch, failure.why)
                 raise Stop(step, env_label, failure) from None
+            except Interrupted as interrupt:
+                _record(step, env_label, "interrupted", watch, interrupt.aftermath)
+                if interrupt.left_behind:
+                    summary.left_behind.append(masker.mask(interrupt.left_behind))
+                raise
             except KeyboardInterrupt:
-                _record(step, env_label, "interrupted", watch, "interrupted")
+                _record(step, env_label, "interrupted", watch, "")
                 raise
             except Exit as refusal:
                 # Helpers shared with the cluster tasks refuse with invoke's Exit.
@@ -279,7 +356,7 @@ def perform(
                 failure = _unexpected(bug)
                 _record(step, env_label, "failed", watch, failure.why)
                 raise Stop(step, env_label, failure) from None
-        result = "dry-run" if dry_run else "ok"
+        result = "dry-run" if dry else "ok"
         _record(step, env_label, result, watch, note)
         say(f"{step}: {result} in {format_seconds(watch.seconds)}" + (f" — {note}" if note else ""))
 

@@ -8,9 +8,11 @@ runs.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -168,6 +170,28 @@ class RegistryError(StepFailure):
     pass
 
 
+# Kubernetes: a namespace is a DNS label (RFC 1123); helm: a release name is a
+# DNS subdomain of at most 53 characters (its Secrets add a suffix).
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_RELEASE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def url_problem(value: object) -> str:
+    """Why `value` cannot be an http(s) URL the pipeline can request; "" when it can."""
+    if not isinstance(value, str):
+        return f"{value!r} is not a URL"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        return f"{value!r} does not start with https:// (or http://)"
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        return f"{value!r} has a port that is not a number from 1 to 65535"
+    if not parts.hostname or any(ch.isspace() for ch in value):
+        return f"{value!r} names no host"
+    return ""
+
+
 class _Reader:
     """Reads mappings from the registry file, keeping line numbers for errors."""
 
@@ -219,6 +243,34 @@ class _Reader:
             key: self.text(value, f"{what}.{key}")
             for key, value in self.mapping(node, what, ()).items()
         }
+
+    def url(self, node: yaml.Node, what: str) -> str:
+        value = self.scalar(node)
+        problem = url_problem(value)
+        if problem:
+            raise self.fail(
+                node,
+                f"{what} must be an http(s) URL such as https://binder.example.org: {problem}.",
+            )
+        return str(value)
+
+    def kubernetes_name(self, node: yaml.Node, what: str, kind: str) -> str:
+        value = self.text(node, what)
+        if kind == "namespace" and (len(value) > 63 or not _DNS_LABEL.fullmatch(value)):
+            raise self.fail(
+                node,
+                f"{what} {value!r} is not a valid Kubernetes namespace: at most 63 lowercase "
+                "letters, digits and '-', starting and ending with a letter or digit.",
+                f"e.g. {_suggested(value)!r}",
+            )
+        if kind == "release" and (len(value) > 53 or not _RELEASE_NAME.fullmatch(value)):
+            raise self.fail(
+                node,
+                f"{what} {value!r} is not a valid helm release name: at most 53 lowercase "
+                "letters, digits, '-' and '.', starting and ending with a letter or digit.",
+                f"e.g. {_suggested(value)!r}",
+            )
+        return value
 
     def text_list(self, node: yaml.Node, what: str) -> tuple[str, ...]:
         if not isinstance(node, yaml.SequenceNode):
@@ -334,8 +386,8 @@ def _environment(reader: _Reader, name: str, node: yaml.Node) -> Environment:
         if "description" in items
         else "",
         cluster=_cluster(reader, where, items["cluster"]),
-        release=reader.text(items["release"], f"{where} release"),
-        namespace=reader.text(items["namespace"], f"{where} namespace"),
+        release=reader.kubernetes_name(items["release"], f"{where} release", "release"),
+        namespace=reader.kubernetes_name(items["namespace"], f"{where} namespace", "namespace"),
         secrets_dir=Path(reader.text(secrets["dir"], f"{where} secrets.dir"))
         if "dir" in secrets
         else Path("secrets"),
@@ -364,7 +416,14 @@ def _environment(reader: _Reader, name: str, node: yaml.Node) -> Environment:
 def _urls(reader: _Reader, where: str, node: yaml.Node) -> dict[str, str]:
     # An empty URL means "this environment has none" (e.g. no federation redirector).
     urls = reader.mapping(node, f"{where} urls", ())
-    return {name: str(reader.scalar(value) or "") for name, value in urls.items()}
+    return {
+        name: reader.url(value, f"{where} urls.{name}") if reader.scalar(value) else ""
+        for name, value in urls.items()
+    }
+
+
+def _suggested(name: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:53] or "binder"
 
 
 def _cluster(reader: _Reader, where: str, node: yaml.Node) -> ClusterAccess:
@@ -394,6 +453,12 @@ def _cluster(reader: _Reader, where: str, node: yaml.Node) -> ClusterAccess:
             raise reader.fail(node, f"{where} cluster of kind {kind} needs `{key}:`.")
     values = {k: reader.text(v, f"{where} cluster.{k}") for k, v in items.items() if k != "kind"}
     local_name = values.pop("name", "")
+    if kind == "local" and not re.fullmatch(r"[A-Za-z0-9][-A-Za-z0-9]*", local_name):
+        raise reader.fail(
+            items["name"],
+            f"{where} cluster.name {local_name!r} is not a local cluster name: letters, digits "
+            "and '-', as `invoke cluster.up --name=NAME` takes.",
+        )
     return ClusterAccess(kind=kind, local_name=local_name, **values)
 
 
@@ -474,6 +539,7 @@ def _grafana(reader: _Reader, where: str, node: yaml.Node) -> Grafana | None:
         for key in ("url", "token_file", "token_env", "dashboard_uid")
         if key in items
     }
+    reader.url(items["url"], f"{what}.url")
     org_id = reader.scalar(items["org_id"]) if "org_id" in items else None
     if org_id is not None and (isinstance(org_id, bool) or not isinstance(org_id, int)):
         raise reader.fail(items["org_id"], f"{what}.org_id must be a whole number, not {org_id!r}.")

@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import hmac
 import json
+import re
 import secrets as secrets_module
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,12 +28,20 @@ from tasks import configmaps, lock, secrets
 from tasks import values as values_module
 from tasks.charts import archive_is_valid, name_the_layer, pinned_dependencies, shown
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
-from tasks.output import masker, say
-from tasks.pipeline import StepContext, confirm, invocation, perform
-from tasks.registry import Environment
+from tasks.output import masker, say, summary
+from tasks.pipeline import Interrupted, StepContext, confirm, invocation, perform
 from tasks.runner import PROJECT_ROOT
+from tasks.secrets_keys import check_certificates
 
 PENDING_STATES = ("pending-install", "pending-upgrade", "pending-rollback")
+
+# A refusal of the deployer's identity or rights; "is forbidden" alone is also
+# what quotas and pod security say, which are not about credentials.
+CREDENTIALS_REFUSED = (
+    r"(Unauthorized|You must be logged in|asked for the client to provide credentials"
+    r'|forbidden: User "|cannot \w+ resource|certificate has expired|x509: certificate'
+    r"|credentials)"
+)
 
 CLUSTER_FAILURES = (
     Diagnosis(
@@ -42,8 +51,7 @@ CLUSTER_FAILURES = (
         "Run `invoke recover-release --env={env}` to roll back to the last deployed revision.",
     ),
     Diagnosis(
-        r"(Unauthorized|You must be logged in|asked for the client to provide credentials"
-        r"|forbidden|certificate has expired|x509: certificate|credentials)",
+        CREDENTIALS_REFUSED,
         "The cluster refused the deployer's credentials (expired, revoked, or lacking "
         "permission in this namespace).",
         "Check the credentials in the environment's secrets (`invoke doctor --env={env}` "
@@ -70,14 +78,52 @@ CLUSTER_FAILURES = (
         "Fix the template or the value it names; `invoke validate --env={env}` renders "
         "it offline with `helm template`.",
     ),
+    Diagnosis(
+        r'(\S+ "[^"]+") is invalid: ([^\n]+)',
+        "The API server refused {0}: {1}",
+        "Fix the value in the environment's values files. `helm template` (and so "
+        "`invoke validate`) cannot see this: only the API server checks it. "
+        "`invoke diff --env={env}` asks the API server without changing anything.",
+    ),
+    Diagnosis(
+        r'(admission webhook "[^"]+" denied the request: [^\n]+'
+        r'|\S+ "[^"]+" is forbidden: [^\n]+)',
+        "A policy of the cluster refused the change: {0}",
+        "Change the values so the objects meet the cluster's policy (quota, pod security, "
+        "admission webhook), or ask the cluster's administrators. `invoke diff --env={env}` "
+        "asks the API server without changing anything.",
+    ),
 )
 
 
-def _explain(failed: CommandFailed, env: Environment, fallback: str) -> StepFailure:
+def _explain(ctx: StepContext, failed: CommandFailed, fallback: str) -> StepFailure:
+    env = ctx.environment
     catalogue = [
         Diagnosis(d.pattern, d.why, d.fix.replace("{env}", env.name)) for d in CLUSTER_FAILURES
     ]
-    return explain(failed, catalogue, fallback)
+    failure = explain(failed, catalogue, fallback)
+    if re.search(CREDENTIALS_REFUSED, failed.output):
+        expired = expired_certificate(ctx)
+        if expired is not None:
+            expired.details = failure.details
+            return expired
+    return failure
+
+
+def expired_certificate(ctx: StepContext) -> StepFailure | None:
+    """The expiry of the kubeconfig's client certificate, when that is why the cluster refused.
+
+    A step run alone has not been through decrypt-secrets' or preflight's
+    certificate checks; the cluster only says it wants credentials.
+    """
+    kubeconfig = ctx.runner.env.get("KUBECONFIG")
+    if not kubeconfig:
+        return None
+    try:
+        check_certificates(ctx, PROJECT_ROOT, [Path(kubeconfig)])
+    except StepFailure as failure:
+        return failure if "expired" in failure.why else None
+    return None
 
 
 def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
@@ -124,7 +170,7 @@ def _read_release(ctx: StepContext, command: str) -> Any:
     except CommandFailed as failed:
         if "not found" in failed.output:
             return None
-        raise _explain(failed, env, f"helm could not read the release's {command}") from None
+        raise _explain(ctx, failed, f"helm could not read the release's {command}") from None
     return None if result.dry_run else json.loads(result.stdout)
 
 
@@ -144,6 +190,77 @@ def refuse_if_pending(ctx: StepContext) -> None:
             f"Run `invoke recover-release --env={env.name}`: it rolls back to the last "
             "deployed revision (or removes a release that never deployed), after asking.",
         )
+
+
+def release_aftermath(ctx: StepContext, action: str) -> tuple[str, str]:
+    """What helm left of the release after `action` was stopped half-way.
+
+    Returns what to tell the operator, and what the next run must deal with
+    ("" when nothing).
+    """
+    env = ctx.environment
+    name = f"release {env.release} in {env.namespace}"
+    try:
+        status = _read_release(ctx, "status")
+    except (StepFailure, KeyboardInterrupt) as error:
+        why = error.why if isinstance(error, StepFailure) else "interrupted again"
+        return (
+            f"The state of {name} after the {action} could not be read ({why}).",
+            f"possibly {name} in a pending state: if `helm status {env.release} --namespace "
+            f"{env.namespace}` says pending-*, run invoke recover-release --env={env.name}",
+        )
+    if status is None:
+        if action == "uninstall":
+            return f"The uninstall had finished: {name} is gone.", ""
+        return f"helm stopped before creating {name}: nothing was installed.", ""
+    state, revision = status["info"]["status"], status.get("version")
+    if state in PENDING_STATES:
+        return (
+            f"helm was stopped before it could finish the {action}: {name} is stuck in "
+            f"{state} (revision {revision}), and helm refuses every operation on it until "
+            f"`invoke recover-release --env={env.name}` has run.",
+            f"{name}, stuck in {state}: invoke recover-release --env={env.name}",
+        )
+    if state == "failed":
+        way_back = (
+            f"Deploy again, or return to the last verified revision: invoke rollback "
+            f"--env={env.name}"
+            if revision != 1
+            else "Deploy again: it is the release's first revision, with none to return to."
+        )
+        return (
+            f"helm cancelled the {action}: {name} is marked failed at revision {revision}, "
+            f"and the cluster may run part of it. {way_back}",
+            "",
+        )
+    return (
+        f"The {action} had finished: {name} is {state} at revision {revision}, not verified. "
+        f"Deploy again, or return to the last verified revision: invoke rollback --env={env.name}",
+        "",
+    )
+
+
+def _change_release(
+    ctx: StepContext,
+    command: list[str],
+    action: str,
+    *,
+    timeout: float | None = None,
+    files: list[Path] | None = None,
+) -> None:
+    """Run a helm command that changes the release; an interrupt or a kill says what it left."""
+    try:
+        ctx.runner.run(command, timeout=timeout)
+    except KeyboardInterrupt:
+        raise Interrupted(*release_aftermath(ctx, action)) from None
+    except CommandFailed as failed:
+        failure = name_the_layer(_explain(ctx, failed, f"helm {action} failed"), files or [])
+        if failed.exit_code < 0:
+            aftermath, left_behind = release_aftermath(ctx, action)
+            failure.fix = f"{aftermath} {failure.fix}".strip()
+            if left_behind:
+                summary.left_behind.append(left_behind)
+        raise failure from None
 
 
 def helm_values_args(files: list[Path]) -> list[str]:
@@ -173,10 +290,7 @@ def upgrade_release(ctx: StepContext, timeout: int | None = None) -> str:
         f"{seconds}s",
         *helm_values_args(files),
     ]
-    try:
-        ctx.runner.run(command, timeout=seconds + 60)
-    except CommandFailed as failed:
-        raise name_the_layer(_explain(failed, env, "helm upgrade failed"), files) from None
+    _change_release(ctx, command, "upgrade", timeout=seconds + 60, files=files)
     return f"release {env.release} in {env.namespace}"
 
 
@@ -213,22 +327,50 @@ def split_manifest(manifest: str, default_namespace: str) -> dict[ResourceKey, d
 _DIGEST_KEY = secrets_module.token_bytes(32)
 
 
+def _keyed(value: object, what: str = "secret") -> str:
+    return (
+        f"<{what} hmac:"
+        + hmac.new(_DIGEST_KEY, str(value).encode(), hashlib.sha256).hexdigest()[:12]
+        + ">"
+    )
+
+
 def _masked_secret(document: dict) -> dict:
     """A Secret with each value replaced by a keyed digest: changes show, values do not."""
     masked = dict(document)
     for field in ("data", "stringData"):
         if isinstance(document.get(field), dict):
-            masked[field] = {
-                key: "<secret hmac:"
-                + hmac.new(_DIGEST_KEY, str(value).encode(), hashlib.sha256).hexdigest()[:12]
-                + ">"
-                for key, value in document[field].items()
+            masked[field] = {key: _keyed(value) for key, value in document[field].items()}
+    return masked
+
+
+def _masked_checksums(node: object) -> object:
+    """`node` with every checksum annotation replaced by a keyed digest.
+
+    Charts put `checksum/secret: {{ include "secret.yaml" . | sha256sum }}` on pod
+    templates so a changed Secret restarts its pods. That plain sha256 would let
+    anyone test guesses of the Secret offline; which checksums come from Secrets
+    cannot be told from the manifest (binderhub calls its Secret's `checksum/config`),
+    so every one is keyed: a change still shows.
+    """
+    if isinstance(node, list):
+        return [_masked_checksums(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    masked = {}
+    for key, value in node.items():
+        if key == "annotations" and isinstance(value, dict):
+            masked[key] = {
+                name: _keyed(text, "checksum") if "checksum" in str(name).lower() else text
+                for name, text in value.items()
             }
+        else:
+            masked[key] = _masked_checksums(value)
     return masked
 
 
 def diff_manifests(current: str, proposed: str, namespace: str) -> list[str]:
-    """Unified diffs, resource by resource, with the data of Secrets masked."""
+    """Unified diffs, resource by resource, with the data of Secrets and checksums masked."""
     before = split_manifest(current, namespace)
     after = split_manifest(proposed, namespace)
     chunks: list[str] = []
@@ -237,8 +379,8 @@ def diff_manifests(current: str, proposed: str, namespace: str) -> list[str]:
         if key.kind == "Secret":
             old = _masked_secret(old) if old else old
             new = _masked_secret(new) if new else new
-        old_text = yaml.safe_dump(old, sort_keys=True) if old else ""
-        new_text = yaml.safe_dump(new, sort_keys=True) if new else ""
+        old_text = yaml.safe_dump(_masked_checksums(old), sort_keys=True) if old else ""
+        new_text = yaml.safe_dump(_masked_checksums(new), sort_keys=True) if new else ""
         if old_text == new_text:
             continue
         label = "added" if not old else "removed" if not new else "changed"
@@ -276,7 +418,7 @@ def diff_release(ctx: StepContext) -> list[str]:
             quiet=True,
         )
     except CommandFailed as failed:
-        raise _explain(failed, env, "helm could not render the upgrade") from None
+        raise _explain(ctx, failed, "helm could not render the upgrade") from None
     if rendered.dry_run:
         return []
     proposed = json.loads(rendered.stdout).get("manifest", "")
@@ -315,10 +457,7 @@ def rollback_release(ctx: StepContext, revision: int | None = None) -> str:
     if revision is not None:
         command.append(str(revision))
     command += ["--namespace", env.namespace, "--cleanup-on-fail"]
-    try:
-        ctx.runner.run(command)
-    except CommandFailed as failed:
-        raise _explain(failed, env, "helm rollback failed") from None
+    _change_release(ctx, command, "rollback")
     return f"rolled back to revision {revision}" if revision else "rolled back"
 
 
@@ -418,7 +557,9 @@ def recover(ctx: StepContext, approve: Callable[[str], bool]) -> str:
         )
     if action == "rollback":
         return rollback_release(ctx, revision)
-    ctx.runner.run(["helm", "uninstall", env.release, "--namespace", env.namespace])
+    _change_release(
+        ctx, ["helm", "uninstall", env.release, "--namespace", env.namespace], "uninstall"
+    )
     return f"uninstalled {env.release}"
 
 

@@ -11,9 +11,11 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 from invoke import Context
 from invoke.exceptions import CommandTimedOut
@@ -24,8 +26,44 @@ from tasks.output import MaskedStream, masker, say
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-# Set when the operator (Ctrl-C) or CI (SIGTERM) interrupts the run.
+# Set when the operator (Ctrl-C) or CI (SIGTERM) interrupts the command running now.
+# Cleared before each command: the cleanup after an interrupt (releasing the
+# deploy lock, closing a Grafana region) must run its own commands to the end.
 interrupted = threading.Event()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """CI cancels a job with SIGTERM: treat it like Ctrl-C so the run ends cleanly.
+
+    Only the main thread may install signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def invoke_dry_refusal(c: Context, task: str) -> str:
+    """Why `task`, which has no dry run, refuses invoke's own `--dry`; "" without `--dry`.
+
+    invoke documents `--dry` as "echo commands instead of running"; a task that
+    cannot honour it must not run for real instead.
+    """
+    if not c.config.run.dry:
+        return ""
+    return (
+        f"`invoke --dry` asks for commands to be shown instead of run, and {task} has no "
+        f"dry run: nothing was done. Run it without --dry (see `invoke --help {task}`)."
+    )
 
 
 class ForwardingLocal(Local):
@@ -103,6 +141,7 @@ class Runner:
         if not quiet:
             say(f"$ {masker.mask(line)}")
         self.c.config.runners.local = ForwardingLocal
+        interrupted.clear()
         try:
             result = self.c.run(
                 line,

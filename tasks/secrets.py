@@ -50,7 +50,7 @@ from tasks.values import is_locked
 )
 def decrypt_secrets(c: Context, env: str | None = None, dry_run: bool = False) -> None:
     """Unlock secrets/ with the environment's git-crypt key, then check the result."""
-    perform(c, "decrypt-secrets", env, unlock, dry_run=dry_run)
+    perform(c, "decrypt-secrets", env, unlock, dry_run=dry_run, changes_checkout=True)
 
 
 @task
@@ -67,7 +67,7 @@ def check_secrets(c: Context) -> None:
 )
 def lock_secrets(c: Context, env: str | None = None, dry_run: bool = False) -> None:
     """Encrypt secrets/ in the working tree again, refusing to lose uncommitted work."""
-    perform(c, "lock-secrets", env, lock, dry_run=dry_run, needs_env=False)
+    perform(c, "lock-secrets", env, lock, dry_run=dry_run, needs_env=False, changes_checkout=True)
 
 
 def required_files(env: Environment) -> list[tuple[Path, str]]:
@@ -130,13 +130,20 @@ def _register_values(text: str) -> None:
     try:
         masker.register_tree(yaml.safe_load(text))
     except yaml.YAMLError:
-        # A values file helm cannot read is still full of secrets.
+        # A values file helm cannot read is still full of secrets. The mistake is often
+        # on the secret's own line (`token: "abc…": x`): its pieces are secrets too.
         for found in re.finditer(r"^[^:#\n]*:[ \t]*(\S.*)$", text, re.MULTILINE):
-            masker.register(found.group(1).strip("'\" "))
+            value = found.group(1)
+            masker.register(value.strip("'\" "))
+            for piece in re.split(r"['\"]|:\s|\s#", value):
+                masker.register(piece.strip())
 
 
 def _register_credentials(text: str) -> None:
-    if "PRIVATE KEY-----" in text:
+    # A key file is secret through and through; a JSON key's other fields (its
+    # token URL, its account's address) are public, and masking their fragments
+    # would blank out what error messages need to say.
+    if "PRIVATE KEY-----" in text and text.lstrip().startswith("-----BEGIN"):
         masker.register(text)
     if '"private_key"' in text:
         try:

@@ -44,20 +44,14 @@ _KEY_FIELD_NAME = 1
 logging.getLogger("gnupg").addHandler(logging.NullHandler())
 logging.getLogger("gnupg").propagate = False
 
-BAD_DECRYPT_FIX = (
-    "Revert the change that re-encrypted it (git log -- {file}); put any additional "
-    "secret under secrets/, where git-crypt encrypts it."
-)
+# What openssl says when a ciphertext's length is not whole AES blocks.
+_TRUNCATED = "wrong final block length"
+_BLOCK = 16
+# The header of every exported key (magic, then format version 2): exactly the
+# first AES block, the only one a wrong IV garbles in CBC mode.
+_KEY_HEADER = _KEY_MAGIC + (2).to_bytes(4, "big")
 
 OPENSSL_FAILURES = (
-    Diagnosis(
-        r"bad decrypt",
-        "openssl could not decrypt {file} with the key and IV in {key_env} and {iv_env}: the "
-        "file was most likely overwritten by encrypting another file (`travis encrypt-file` "
-        "can hold only one encrypted file per repository, and encrypting a second one makes "
-        "the first undecryptable).",
-        BAD_DECRYPT_FIX,
-    ),
     Diagnosis(
         r"(No such file|Can't open)",
         "openssl could not read {file}.",
@@ -161,14 +155,6 @@ def check_key(env: Environment, data: bytes, origin: str) -> None:
     """Refuse anything that is not the git-crypt key the environment's secrets use."""
     name = key_name_in(data)
     if name is None:
-        if env.key.source == "openssl":
-            raise StepFailure(
-                f"openssl decrypted {env.key.file}, but the result is not a git-crypt key: the "
-                f"key in {env.key.key_env} does not belong to this file, which was most likely "
-                "overwritten by encrypting another file (`travis encrypt-file` can hold only "
-                "one).",
-                BAD_DECRYPT_FIX.format(file=env.key.file),
-            )
         raise StepFailure(
             f"{origin} is not a git-crypt key.",
             "Export the key with `git-crypt export-key FILE` (add `-k NAME` for a named key) "
@@ -234,16 +220,148 @@ def _openssl(ctx: StepContext, env: Environment, root: Path, target: Path) -> No
             f"{env.name}, secrets.key.file).",
             "Restore it from git, or fix the path.",
         )
+    if not ctx.dry_run:
+        say(f"decrypting {key.file} with the key in {key.key_env} and the IV in {key.iv_env}")
     command = ["openssl", "aes-256-cbc", "-d", "-K", secret, "-iv", iv]
     try:
         ctx.runner.run([*command, "-in", encrypted, "-out", target], quiet=True)
     except CommandFailed as failed:
-        values = {"file": key.file, "key_env": key.key_env, "iv_env": key.iv_env}
+        names = {"file": key.file, "key_env": key.key_env, "iv_env": key.iv_env}
+        if re.search(r"bad decrypt|wrong final block length", failed.output):
+            raise OpenSSLMismatch.diagnose(ctx, env, encrypted.read_bytes(), None) from None
         catalogue = [
-            Diagnosis(d.pattern, d.why.format(**values), d.fix.format(**values))
+            Diagnosis(d.pattern, d.why.format(**names), d.fix.format(**names))
             for d in OPENSSL_FAILURES
         ]
         raise explain(failed, catalogue, f"openssl could not decrypt {key.file}") from None
+    if ctx.dry_run:
+        return
+    decrypted = target.read_bytes()
+    if key_name_in(decrypted) is None:
+        raise OpenSSLMismatch.diagnose(ctx, env, encrypted.read_bytes(), decrypted)
+
+
+def is_key_layout(data: bytes, start: int = len(_KEY_HEADER)) -> bool:
+    """True when `data` from `start` on is laid out as an exported key's fields.
+
+    The header fields, then one or more key entries, each a list of fields ending
+    with a zero; every field an id, a length and that many bytes. Random bytes
+    almost never fit.
+    """
+    position, entries, in_header = start, 0, True
+    while position < len(data):
+        if position + 4 > len(data):
+            return False
+        field = int.from_bytes(data[position : position + 4], "big")
+        position += 4
+        if field == _KEY_FIELD_END:
+            if not in_header:
+                entries += 1
+            in_header = False
+            continue
+        if position + 4 > len(data) or field > 255:
+            return False
+        length = int.from_bytes(data[position : position + 4], "big")
+        position += 4 + length
+        if length > 4096 or position > len(data):
+            return False
+    return position == len(data) and entries > 0
+
+
+def openssl_verdict(ciphertext: bytes, decrypted: bytes | None) -> str:
+    """What an openssl key+IV decryption that did not yield a git-crypt key means.
+
+    `decrypted` is None when openssl itself refused. One of: "passphrase" (the
+    file was encrypted with a passphrase, not a key), "damaged" (not whole
+    AES blocks), "wrong-iv" (only the first block is wrong: CBC with the right
+    key), "other-file" (it decrypts, to something else), "wrong-key".
+    """
+    if ciphertext.startswith(b"Salted__"):
+        return "passphrase"
+    if not ciphertext or len(ciphertext) % _BLOCK:
+        return "damaged"
+    if decrypted is None:
+        return "wrong-key"
+    if decrypted[:_BLOCK] != _KEY_HEADER and is_key_layout(decrypted):
+        return "wrong-iv"
+    body = decrypted[_BLOCK:]
+    printable = sum(32 <= byte < 127 or byte in (9, 10, 13) for byte in body)
+    if body and printable / len(body) > 0.9:
+        return "other-file"
+    # One wrong key in about 256 ends in valid padding, and openssl does not notice.
+    return "wrong-key"
+
+
+class OpenSSLMismatch(StepFailure):
+    """The key, the IV and the encrypted file of an openssl key source do not go together."""
+
+    @classmethod
+    def diagnose(
+        cls, ctx: StepContext, env: Environment, ciphertext: bytes, decrypted: bytes | None
+    ) -> OpenSSLMismatch:
+        key = env.key
+        file, key_env, iv_env = key.file, key.key_env, key.iv_env
+        used = f"the key in {key_env} and the IV in {iv_env}"
+        history = _last_change(ctx, key.file)
+        verdict = openssl_verdict(ciphertext, decrypted)
+        if verdict == "passphrase":
+            return cls(
+                f"{file} was encrypted with a passphrase (it starts with `Salted__`, as "
+                f"`openssl enc -k/-pass` writes), but this environment decrypts it with {used}.",
+                f"Encrypt the git-crypt key with a key and IV instead (`openssl aes-256-cbc -K "
+                f"KEY -iv IV`, as `travis encrypt-file` does) and put them in {key_env} and "
+                f"{iv_env}.",
+            )
+        if verdict == "damaged":
+            return cls(
+                f"{file} is not an openssl ciphertext: {len(ciphertext)} bytes, not a whole "
+                "number of 16-byte blocks. It is empty, cut short or altered (a Git LFS "
+                "pointer, or line endings converted on checkout).",
+                f"Restore it from git (git checkout -- {file}); mark it `binary` in "
+                ".gitattributes if line endings were converted.",
+            )
+        if verdict == "wrong-iv":
+            return cls(
+                f"{iv_env} is wrong, and {key_env} is right: openssl decrypted {file} with "
+                f"{used}, and everything but the first 16 bytes came out as the git-crypt key "
+                "(a wrong IV garbles only the first block).",
+                f"Set {iv_env} to the IV that was made with the key in {key_env} (one "
+                f"`travis encrypt-file` run prints both; rotating the key means a new IV too).",
+            )
+        if verdict == "other-file":
+            return cls(
+                f"{file} decrypts with {used}, but to another file, not a git-crypt key: it "
+                "was overwritten by encrypting another file with the same key and IV "
+                "(`travis encrypt-file` holds one file per repository)"
+                + (f"; {history}" if history else "")
+                + ".",
+                f"Revert the change that re-encrypted it (git log -- {file}); put any further "
+                "secret under secrets/, where git-crypt encrypts it.",
+            )
+        return cls(
+            f"The key in {key_env} and the IV in {iv_env} do not decrypt {file}. Most likely "
+            f"{key_env} is wrong: "
+            "mistyped, copied from another repository, or rotated without the file being "
+            f"encrypted again. Less likely, {file} was encrypted again with a new key and "
+            f"IV, and {key_env} and {iv_env} still hold the old ones"
+            + (f" ({history})" if history else "")
+            + ".",
+            f"Check {key_env} and {iv_env} against the values printed when {file} was "
+            "encrypted (repository secrets on CI: GitHub Settings > Secrets and variables > "
+            f"Actions). If {file} changed in git since then, set both to that change's values.",
+        )
+
+
+def _last_change(ctx: StepContext, relative: str) -> str:
+    """When git last changed the encrypted file, for the operator to compare with the variables."""
+    result = ctx.runner.run(
+        ["git", "-C", ctx.runner.cwd, "log", "-1", "--format=%h on %cs: %s", "--", relative],
+        quiet=True,
+        check=False,
+        touches_nothing=True,
+    )
+    found = result.stdout.strip() if result.ok else ""
+    return f"it last changed in commit {found}" if found else ""
 
 
 def _base64_env(ctx: StepContext, env: Environment, root: Path, target: Path) -> None:

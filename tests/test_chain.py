@@ -8,9 +8,11 @@ local-staging. After each failure, prod's namespace must hold no release.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +25,17 @@ from tasks import chain, registry
 from tasks.cluster import clusters
 from tasks.runner import PROJECT_ROOT
 from tests.fakes.grafana_server import FakeGrafana
-from tests.fixtures.chain import demo_registry, invoke, lock_exists, release_exists, values
+from tests.fixtures.chain import (
+    command_line,
+    demo_registry,
+    descendants,
+    invoke,
+    lock_exists,
+    release_exists,
+    run_and_act,
+    slow_chart,
+    values,
+)
 
 STEP_NAMES = {
     "decrypt_secrets": "decrypt-secrets",
@@ -334,10 +346,12 @@ def test_ci_on_another_branch_only_validates(chart_dependencies):
     assert re.search(r"^validate\s+prod\s+ok", result.stdout, re.MULTILINE)
 
 
-def plant_lock(namespace: str, holder: str, expires: int) -> None:
-    clusters.kubectl("binder-staging", "create", "namespace", namespace, check=False)
+def plant_lock(
+    namespace: str, holder: str, expires: int | str, cluster: str = "binder-staging", **more: str
+) -> None:
+    clusters.kubectl(cluster, "create", "namespace", namespace, check=False)
     clusters.kubectl(
-        "binder-staging",
+        cluster,
         "create",
         "configmap",
         "binder-deploy-lock",
@@ -346,6 +360,7 @@ def plant_lock(namespace: str, holder: str, expires: int) -> None:
         f"--from-literal=holder={holder}",
         "--from-literal=started=2026-11-26T10:00:00+00:00",
         f"--from-literal=expires={expires}",
+        *(f"--from-literal={key}={value}" for key, value in more.items()),
     )
 
 
@@ -353,10 +368,11 @@ def plant_lock(namespace: str, holder: str, expires: int) -> None:
 def test_a_second_deploy_of_the_same_environment_is_refused(both_clusters, tmp_path):
     env, namespaces = demo_registry(tmp_path)
     plant_lock(namespaces["local-staging"], "octocat on CI run 41", int(time.time()) + 600)
+    # Found by preflight, before the first change.
     out = assert_stopped_on_staging(
-        invoke("deploy", "--env=local-prod", "--yes", env=env), "lock", namespaces
+        invoke("deploy", "--env=local-prod", "--yes", env=env), "preflight", namespaces
     )
-    assert "Another deploy of local-staging is running: octocat on CI run 41" in out
+    assert "another deploy of local-staging is running: octocat on CI run 41" in out
     assert "invoke unlock --env=local-staging" in out
     assert not release_exists("binder-staging", namespaces["local-staging"])
     assert lock_exists(namespaces["local-staging"])
@@ -426,6 +442,14 @@ def test_validate_reports_every_environment_that_fails(chart_dependencies, tmp_p
     assert "Traceback" not in out
 
 
+def test_a_dry_run_of_validate_does_not_claim_to_have_rendered(chart_dependencies):
+    result = invoke("validate", "--env=local-staging", "--dry-run")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "would render and lint them" in out
+    assert "rendered and linted" not in out
+
+
 @pytest.mark.cluster
 def test_rollback_returns_to_the_last_good_revision_and_respects_the_lock(both_clusters, tmp_path):
     env, namespaces = demo_registry(tmp_path)
@@ -470,3 +494,190 @@ def test_a_mistake_in_prods_values_stops_the_run_before_staging_is_touched(both_
     assert "FAILED: validate on local-prod" in out
     assert "==> upgrade" not in out
     assert not release_exists("binder-staging", namespaces["local-staging"])
+
+
+# -- found before the first change ----------------------------------------------
+
+
+@pytest.mark.cluster
+def test_a_locked_target_stops_the_deploy_before_staging_is_touched(both_clusters, tmp_path):
+    env, namespaces = demo_registry(tmp_path)
+    plant_lock(
+        namespaces["local-prod"], "octocat on CI run 7", int(time.time()) + 600, "binder-prod"
+    )
+    result = invoke("deploy", "--env=local-prod", "--yes", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-3000:]
+    assert "FAILED: preflight on local-prod" in out, out[-3000:]
+    assert "another deploy of local-prod is running: octocat on CI run 7" in out
+    assert "invoke unlock --env=local-prod" in out
+    assert "==> upgrade" not in out
+    assert not release_exists("binder-staging", namespaces["local-staging"])
+    assert lock_exists(namespaces["local-prod"], "binder-prod")
+
+
+@pytest.mark.cluster
+def test_a_stuck_target_release_stops_the_deploy_before_staging_is_touched(both_clusters, tmp_path):
+    env, namespaces = demo_registry(tmp_path)
+    # A real stuck release: helm killed half-way through installing local-prod.
+    stuck_env = {**env, "DEPLOY_REGISTRY": str(tmp_path / "slow.yaml")}
+    document = yaml.safe_load(Path(env["DEPLOY_REGISTRY"]).read_text())
+    document["chart"] = str(slow_chart(tmp_path))
+    Path(stuck_env["DEPLOY_REGISTRY"]).write_text(yaml.safe_dump(document))
+
+    def kill_helm(process: subprocess.Popen) -> None:
+        time.sleep(2)
+        for pid in descendants(process.pid):
+            command = command_line(pid)
+            if Path(command[0]).name == "helm" and "upgrade" in command:
+                os.kill(pid, signal.SIGKILL)
+
+    killed = run_and_act(["upgrade", "--env=local-prod"], stuck_env, "$ helm upgrade", kill_helm)
+    assert "stuck in pending-install" in killed.output, killed.output[-3000:]
+
+    result = invoke("deploy", "--env=local-prod", "--yes", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-3000:]
+    assert "FAILED: preflight on local-prod" in out, out[-3000:]
+    assert "is stuck in pending-install" in out
+    assert "invoke recover-release --env=local-prod" in out
+    assert "==> upgrade" not in out
+    assert not release_exists("binder-staging", namespaces["local-staging"])
+
+
+@pytest.mark.cluster
+def test_a_lock_with_an_unreadable_expiry_is_explained_not_called_a_bug(both_clusters, tmp_path):
+    env, namespaces = demo_registry(tmp_path)
+    plant_lock(namespaces["local-staging"], "someone by hand", "tomorrow")
+    result = invoke("deploy", "--env=local-staging", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-3000:]
+    assert "its expiry ('tomorrow') is not a time this pipeline wrote" in out, out[-3000:]
+    assert "invoke unlock --env=local-staging" in out
+    assert "bug" not in out
+    assert not release_exists("binder-staging", namespaces["local-staging"])
+
+
+# -- invoke's own --dry ------------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_invokes_own_dry_flag_is_a_dry_run_that_deploys_nothing(both_clusters, tmp_path):
+    env, namespaces = demo_registry(tmp_path)
+    result = invoke("--dry", "deploy", "--env=local-prod", "--yes", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "helm upgrade binder mybinder --install" in out and "[dry-run]" in out
+    assert "local-prod: would be deployed and validated" in out
+    assert not release_exists("binder-staging", namespaces["local-staging"])
+    assert not release_exists("binder-prod", namespaces["local-prod"])
+
+
+def test_invokes_own_dry_flag_is_refused_where_a_task_has_no_dry_run():
+    for task in ("doctor", "diff", "ci", "cluster.status", "test"):
+        args = [task, "--env=local-staging"] if task == "diff" else [task]
+        result = invoke("--dry", *args)
+        out = result.stdout + result.stderr
+        assert result.returncode == 1, (task, out[-2000:])
+        assert "has no dry run: nothing was done" in out, (task, out[-2000:])
+        assert "Traceback" not in out
+
+
+# -- one run per checkout ----------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_a_second_run_from_the_same_checkout_is_refused_before_it_touches_anything(
+    both_clusters, tmp_path
+):
+    env, _ = demo_registry(tmp_path, top={"chart": str(slow_chart(tmp_path))})
+    second: list[subprocess.CompletedProcess] = []
+
+    def start_another(first: subprocess.Popen) -> None:
+        second.append(invoke("deploy", "--env=local-prod", "--yes", env=env))
+        second.append(invoke("decrypt-secrets", "--env=local-staging", env=env))
+        first.send_signal(signal.SIGINT)
+
+    run_and_act(["deploy", "--env=local-prod", "--yes"], env, "$ helm upgrade", start_another)
+    for refused in second:
+        out = refused.stdout + refused.stderr
+        assert refused.returncode == 1, out[-3000:]
+        assert "Another run is changing this checkout" in out, out[-3000:]
+        assert "`invoke deploy --env=local-prod --yes`" in out
+        assert "unlocking" not in out and "==> upgrade" not in out
+
+    # The kernel gives the checkout back when its holder dies, however it dies.
+    def kill(process: subprocess.Popen) -> None:
+        process.kill()
+        process.wait()
+
+    run_and_act(["deploy", "--env=local-staging"], env, "==> validate", kill)
+    after = invoke("decrypt-secrets", "--env=local-staging", env=env)
+    assert after.returncode == 0, (after.stdout + after.stderr)[-3000:]
+
+
+@pytest.mark.cluster
+def test_a_lock_left_by_a_dead_process_on_this_machine_is_taken_over(both_clusters, tmp_path):
+    slow_smoke = values(tmp_path, "static:\n  replicas: 0\n")
+    env, namespaces = demo_registry(tmp_path, {"extra_values": slow_smoke})
+    env["SMOKE_WARMUP_SECONDS"] = "50"
+
+    def kill_everything(process: subprocess.Popen) -> None:
+        time.sleep(2)
+        children = descendants(process.pid)
+        process.kill()
+        process.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    run_and_act(
+        ["deploy", "--env=local-staging"], env, "==> smoke-test [local-staging]", kill_everything
+    )
+    assert lock_exists(namespaces["local-staging"])
+
+    result = invoke("deploy", "--env=local-staging", env={**env, "SMOKE_WARMUP_SECONDS": "2"})
+    out = result.stdout + result.stderr
+    assert "is no longer running on this machine; taking it over" in out, out[-3000:]
+    assert "==> upgrade [local-staging]" in out
+    assert not lock_exists(namespaces["local-staging"])
+
+
+@pytest.mark.cluster
+def test_a_live_lock_of_this_machine_is_never_taken_over(both_clusters, tmp_path):
+    from tasks import lock
+
+    env, namespaces = demo_registry(tmp_path)
+    # This test's own process: alive, on this machine.
+    plant_lock(
+        namespaces["local-staging"],
+        "a deploy in this machine's other terminal",
+        int(time.time()) + 600,
+        process=lock.process_identity(os.getpid()),
+    )
+    result = invoke("deploy", "--env=local-staging", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-3000:]
+    assert "another deploy of local-staging is running" in out
+    assert not release_exists("binder-staging", namespaces["local-staging"])
+
+
+@pytest.mark.cluster
+def test_after_an_automatic_rollback_the_failure_no_longer_says_to_roll_back(
+    both_clusters, tmp_path
+):
+    env, _ = demo_registry(tmp_path)
+    assert invoke("deploy", "--env=local-staging", env=env).returncode == 0
+    registry_file = Path(env["DEPLOY_REGISTRY"])
+    document = yaml.safe_load(registry_file.read_text())
+    crash = "static:\n  podLabels:\n    kwok.binder.test/fail: crashloop\n"
+    document["environments"]["local-staging"]["extra_values"] = values(tmp_path, crash)
+    registry_file.write_text(yaml.safe_dump(document))
+    result = invoke("deploy", "--env=local-staging", "--rollback-on-failure", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-4000:]
+    assert "local-staging was rolled back to its last good revision" in out
+    screen = out[out.index("FAILED: wait-rollout on local-staging") :]
+    assert "was rolled back automatically" in screen
+    assert "invoke rollback --env=local-staging" not in screen
+    assert "kubectl --kubeconfig" in screen

@@ -328,3 +328,31 @@ def test_down_leaves_no_process_or_port(local_cluster: LocalCluster) -> None:
     assert not clusters.kubeconfig(name).exists()
     assert not clusters.workdir(name).exists()
     assert clusters.is_up(local_cluster.name)
+
+
+@pytest.mark.cluster
+def test_up_restarts_a_cluster_whose_api_server_died_keeping_its_state(
+    local_cluster: LocalCluster,
+) -> None:
+    name = THROWAWAY_CLUSTER
+    if clusters.is_up(name):
+        clusters.down(name, echo=lambda _msg: None)
+    clusters.up(name, echo=lambda _msg: None)
+    try:
+        clusters.kubectl(name, "create", "namespace", "kept-across-restarts")
+        apiserver = clusters.cluster_pids(name)["kube-apiserver"]
+        os.kill(apiserver, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while clusters.pid_alive(apiserver) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not clusters.is_up(name)
+
+        said: list[str] = []
+        clusters.up(name, echo=said.append)
+
+        assert clusters.is_up(name)
+        assert clusters.kubectl(name, "get", "namespace", "kept-across-restarts", "-o", "name")
+        assert any("restarted" in line and "state kept" in line for line in said), said
+        assert not any("gone" in line for line in said), said
+    finally:
+        clusters.down(name, echo=lambda _msg: None)

@@ -102,6 +102,8 @@ def test_a_healthy_local_environment_is_all_ok(
         "credentials",
         "cluster",
         "namespace",
+        "lock",
+        "release",
         "grafana",
         "charts",
     ]

@@ -100,6 +100,16 @@ def test_version_not_in_index_lists_what_is_there_and_says_to_wait(tmp_path, rep
     assert list((chart / "charts").glob("*.tgz")) == []
 
 
+def test_version_missing_from_a_mirror_names_the_mirror_that_was_read(tmp_path, repository):
+    chart = site_chart(tmp_path, version="1.5.0")
+    with pytest.raises(StepFailure) as raised:
+        charts.sync_dependencies(chart, {UPSTREAM: repository.url})
+    failure = raised.value
+    mirror = repository.url.rstrip("/") + "/"
+    assert f"is not in the index of {mirror} (mirror of {UPSTREAM})" in failure.why
+    assert f"The mirror {mirror} may lag behind {UPSTREAM}" in failure.fix
+
+
 def test_archive_not_matching_the_index_digest_is_not_kept(tmp_path, repository):
     repository.replace_archive("hub-1.3.0.tgz", b"not the archive the index describes")
     chart = site_chart(tmp_path)

@@ -1,27 +1,44 @@
-"""A cancelled run stops: SIGTERM from CI or Ctrl-C reaches the running command."""
+"""A cancelled run stops: SIGTERM from CI or Ctrl-C reaches the running command.
+
+It ends with a screen naming the step that was running, what the interrupt left
+of the release, and what (if anything) is left behind for the next run; the
+deploy lock is given back.
+"""
 
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+from invoke import Context
 
-from tasks.runner import PROJECT_ROOT
-from tests.fixtures.chain import demo_registry, lock_exists, release_exists, values
+from tasks import runner
+from tasks.errors import CommandFailed
+from tasks.runner import PROJECT_ROOT, Runner
+from tests.fixtures.chain import (
+    command_line,
+    demo_registry,
+    descendants,
+    lock_exists,
+    release_exists,
+    run_and_act,
+    slow_chart,
+    values,
+)
 
 SCRIPT = """
 import os, signal, threading, time
 import tasks
 from invoke import Context
-from tasks.chain import _sigterm_as_interrupt
-from tasks.runner import Runner
+from tasks.runner import Runner, sigterm_as_interrupt
 
 threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
 started = time.monotonic()
 try:
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         Runner(Context()).run(["sleep", "20"], quiet=True)
     print("finished normally")
 except KeyboardInterrupt:
@@ -38,6 +55,107 @@ def test_sigterm_stops_the_running_command_and_the_run():
     assert time.monotonic() - started < 10
     leftover = subprocess.run(["pgrep", "-f", "^sleep 20$"], capture_output=True, text=True)
     assert leftover.stdout == ""
+
+
+def test_the_commands_after_an_interrupt_run_to_their_end():
+    # The interrupt of one command must not cut short the cleanup's own commands
+    # (releasing the deploy lock): the flag is the interrupted command's alone.
+    runner.interrupted.set()
+    try:
+        result = Runner(Context()).run(["echo", "cleanup ran"], quiet=True)
+    finally:
+        runner.interrupted.clear()
+    assert result.stdout.strip() == "cleanup ran"
+
+
+def test_a_command_killed_by_a_signal_is_named_with_the_signal():
+    with pytest.raises(CommandFailed) as failed:
+        Runner(Context()).run(["sh", "-c", "kill -KILL $$"], quiet=True)
+    assert failed.value.ending == "was killed by SIGKILL (signal 9)"
+    assert "out-of-memory killer" in failed.value.killed_advice
+
+
+def deploy_env(tmp_path, **staging_changes):
+    chart = slow_chart(tmp_path)
+    return demo_registry(tmp_path, staging_changes, top={"chart": str(chart)})
+
+
+@pytest.mark.cluster
+def test_ctrl_c_during_helm_upgrade_names_the_upgrade_and_releases_the_lock(
+    both_clusters, tmp_path
+):
+    env, namespaces = deploy_env(tmp_path)
+    run = run_and_act(
+        ["deploy", "--env=local-prod", "--yes"],
+        env,
+        "$ helm upgrade binder",
+        lambda process: (time.sleep(2), process.send_signal(signal.SIGINT)),
+    )
+    out = run.output
+    assert run.returncode == 130, out[-3000:]
+    assert "INTERRUPTED: upgrade on local-staging" in out, out[-3000:]
+    assert "helm cancelled the upgrade" in out and "is marked failed at revision 1" in out
+    assert "Deploy again: it is the release's first revision" in out
+    assert "Left behind: nothing." in out
+    assert "Traceback" not in out
+    assert not lock_exists(namespaces["local-staging"])
+    assert not release_exists("binder-prod", namespaces["local-prod"])
+
+
+@pytest.mark.cluster
+def test_sigterm_during_the_smoke_suite_names_it_and_releases_the_lock(both_clusters, tmp_path):
+    # No static-files pod: the suite waits, within its warm-up, for the Service's endpoints.
+    env, namespaces = demo_registry(
+        tmp_path, {"extra_values": values(tmp_path, "static:\n  replicas: 0\n")}
+    )
+    env["SMOKE_WARMUP_SECONDS"] = "50"
+    suites: list[int] = []
+
+    def cancel(process: subprocess.Popen) -> None:
+        time.sleep(3)
+        suites.extend(
+            pid for pid in descendants(process.pid) if "tests/smoke" in " ".join(command_line(pid))
+        )
+        process.send_signal(signal.SIGTERM)
+
+    run = run_and_act(
+        ["deploy", "--env=local-prod", "--yes"], env, "==> smoke-test [local-staging]", cancel
+    )
+    out = run.output
+    assert suites, "the smoke suite was not running when the deploy was cancelled"
+    assert run.returncode == 130, out[-3000:]
+    assert "INTERRUPTED: smoke-test on local-staging" in out, out[-3000:]
+    assert "invoke rollback --env=local-staging" in out
+    assert "Left behind: nothing." in out
+    assert "Traceback" not in out
+    assert not lock_exists(namespaces["local-staging"])
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in suites)
+
+
+@pytest.mark.cluster
+def test_helm_killed_mid_upgrade_is_named_with_its_signal_and_the_stuck_release(
+    both_clusters, tmp_path
+):
+    env, namespaces = deploy_env(tmp_path)
+
+    def kill_helm(process: subprocess.Popen) -> None:
+        time.sleep(2)
+        for pid in descendants(process.pid):
+            command = command_line(pid)
+            if Path(command[0]).name == "helm" and "upgrade" in command:
+                os.kill(pid, signal.SIGKILL)
+
+    run = run_and_act(
+        ["deploy", "--env=local-prod", "--yes"], env, "$ helm upgrade binder", kill_helm
+    )
+    out = run.output
+    assert run.returncode == 1, out[-3000:]
+    assert "FAILED: upgrade on local-staging" in out
+    assert "was killed by SIGKILL (signal 9)" in out
+    assert "stuck in pending-install" in out
+    assert "Left behind, for the next run to deal with:" in out
+    assert "invoke recover-release --env=local-staging" in out
+    assert not lock_exists(namespaces["local-staging"])
 
 
 @pytest.mark.cluster

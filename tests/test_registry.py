@@ -122,3 +122,54 @@ def test_wrong_types_and_empty_values_are_named_with_their_line(tmp_path, line, 
         registry.load(root)
     assert message in raised.value.why
     assert raised.value.why.startswith("config/environments.yaml:")
+
+
+@pytest.mark.parametrize(
+    ("line", "wanted"),
+    [
+        ("    urls: {binder: 8080}\n", "urls.binder must be an http(s) URL"),
+        ("    urls: {hub: 'hub.example.org'}\n", "does not start with https://"),
+        ("    urls: {binder: 'https://binder.example.org:99999'}\n", "has a port that is not"),
+        ("    grafana: {url: 'grafana.example.org'}\n", "grafana.url must be an http(s) URL"),
+    ],
+)
+def test_a_url_that_can_never_be_requested_is_refused_with_its_line(tmp_path, line, wanted):
+    root = write_registry(tmp_path, "environments:\n  a:" + LOCAL + line)
+    with pytest.raises(StepFailure) as raised:
+        registry.load(root)
+    assert "config/environments.yaml:7" in raised.value.why
+    assert wanted in raised.value.why
+
+
+def test_an_empty_url_still_means_none(tmp_path):
+    urls = "    urls: {binder: 'https://b.example.org', hub: ''}\n"
+    loaded = registry.load(write_registry(tmp_path, "environments:\n  a:" + LOCAL + urls))
+    assert loaded.get("a").urls == {"binder": "https://b.example.org", "hub": ""}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "wanted"),
+    [
+        ("namespace", "Binder_Staging", "is not a valid Kubernetes namespace"),
+        ("namespace", "x" * 64, "is not a valid Kubernetes namespace"),
+        ("release", "My Release", "is not a valid helm release name"),
+        ("release", "r" * 54, "is not a valid helm release name"),
+    ],
+)
+def test_a_kubernetes_name_the_cluster_would_refuse_is_refused_with_its_line(
+    tmp_path, field, value, wanted
+):
+    body = LOCAL.replace(f"    {field}: ", f"    {field}: '{value}' #")
+    root = write_registry(tmp_path, "environments:\n  a:" + body)
+    with pytest.raises(StepFailure) as raised:
+        registry.load(root)
+    assert "config/environments.yaml:" in raised.value.why
+    assert wanted in raised.value.why
+    assert raised.value.fix.startswith("e.g. '")
+
+
+def test_a_local_cluster_name_invoke_cluster_up_would_refuse_is_refused(tmp_path):
+    body = LOCAL.replace("name: binder-staging", "name: ../elsewhere")
+    root = write_registry(tmp_path, "environments:\n  a:" + body)
+    with pytest.raises(StepFailure, match="is not a local cluster name"):
+        registry.load(root)

@@ -3,15 +3,17 @@
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from dataclasses import replace
 
 import pytest
+import yaml
 
 from tasks import release
-from tasks.cluster import tools
+from tasks.cluster import clusters, tools
 from tasks.errors import StepFailure
 from tasks.output import masker
 from tasks.pipeline import load_registry
@@ -274,3 +276,73 @@ def test_tab_in_a_secret_values_file_is_named_without_its_content(site_env, tmp_
     assert "local-staging.yaml:2:1: tab character" in failure.details
     everything = failure.why + failure.fix + failure.details + "".join(capfd.readouterr())
     assert canary not in everything
+
+
+def test_diff_keys_checksum_annotations_which_would_let_a_secret_be_guessed(site_env, tmp_path):
+    ctx = site_env()
+    release.upgrade_release(ctx)
+    token = values_file(
+        tmp_path, "token.yaml", "federationRedirect:\n  secretToken: a-guessable-token-1234\n"
+    )
+    chunks = release.diff_release(with_values(ctx, token))
+    deployment = next(c for c in chunks if c.startswith("--- Deployment/federation-redirect"))
+    assert "checksum/secret: <checksum hmac:" in deployment
+    # A plain sha256 of the rendered Secret would let a guess be checked offline.
+    assert not re.search(r"\b[0-9a-f]{64}\b", "\n".join(chunks))
+
+
+# Passes the schema and `helm template`; only the API server refuses it.
+REFUSED_BY_THE_CLUSTER = "static:\n  podLabels:\n    team: not a valid label value!\n"
+
+
+def test_an_upgrade_the_api_server_refuses_says_what_to_do(site_env, tmp_path):
+    ctx = site_env(values_file(tmp_path, "refused.yaml", REFUSED_BY_THE_CLUSTER))
+    with pytest.raises(StepFailure) as raised:
+        release.upgrade_release(ctx)
+    assert 'The API server refused Deployment.apps "static-files"' in raised.value.why
+    assert "Invalid value" in raised.value.why
+    assert "invoke diff --env=local-staging" in raised.value.fix
+
+
+def expired_client_kubeconfig(local_cluster, tmp_path) -> str:
+    """The local cluster's kubeconfig with a client certificate its CA issued, expired in 2025."""
+    pki = clusters.workdir(local_cluster.name) / "pki"
+    work = tmp_path / "expired"
+    work.mkdir()
+    (work / "index.txt").write_text("")
+    (work / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = throwaway\n[throwaway]\ndatabase = index.txt\nnew_certs_dir = .\n"
+        "serial = serial\ndefault_md = sha256\npolicy = any\nrand_serial = yes\n"
+        "[any]\norganizationName = optional\ncommonName = supplied\n"
+    )
+    openssl = ["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes"]
+    subject = ["-subj", "/O=system:masters/CN=kwok-admin"]
+    subprocess.run([*openssl, "-keyout", "c.key", "-out", "c.csr", *subject], cwd=work, check=True)
+    subprocess.run(
+        [
+            *("openssl", "ca", "-batch", "-config", "ca.cnf", "-in", "c.csr", "-out", "c.crt"),
+            *("-cert", pki / "ca.crt", "-keyfile", pki / "ca.key"),
+            *("-startdate", "20240101000000Z", "-enddate", "20250101000000Z"),
+        ],
+        cwd=work,
+        check=True,
+        capture_output=True,
+    )
+    config = yaml.safe_load(local_cluster.kubeconfig.read_text())
+    user = config["users"][0]["user"]
+    user.pop("client-certificate"), user.pop("client-key")
+    user["client-certificate-data"] = base64.b64encode((work / "c.crt").read_bytes()).decode()
+    user["client-key-data"] = base64.b64encode((work / "c.key").read_bytes()).decode()
+    path = work / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_upgrade_alone_names_an_expired_client_certificate(site_env, local_cluster, tmp_path):
+    ctx = site_env()
+    ctx.runner = ctx.runner.with_env(KUBECONFIG=expired_client_kubeconfig(local_cluster, tmp_path))
+    with pytest.raises(StepFailure) as raised:
+        release.upgrade_release(ctx)
+    assert "The client certificate of user" in raised.value.why
+    assert "expired on 2025-01-01" in raised.value.why
+    assert "provide credentials" in raised.value.details

@@ -234,7 +234,7 @@ def test_decrypted_key_is_private_and_deleted_even_on_failure(
 # Failures are explained, and leave nothing unlocked.
 
 
-def test_wrong_openssl_key_says_the_encrypted_file_was_overwritten(
+def test_wrong_openssl_key_names_the_variable_first(
     repo: SecretsRepo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     openssl_encrypt(repo, monkeypatch)
@@ -243,10 +243,90 @@ def test_wrong_openssl_key_says_the_encrypted_file_was_overwritten(
     with pytest.raises(StepFailure) as failed:
         unlock(repo, environment(key=OPENSSL))
 
-    assert "overwritten by encrypting another file" in failed.value.why
-    assert "travis encrypt-file" in failed.value.why
-    assert "Revert the change" in failed.value.fix and "git-crypt" in failed.value.fix
+    why = failed.value.why
+    assert "The key in CRYPT_KEY and the IV in CRYPT_IV do not decrypt ../crypt-key.enc" in why
+    assert "Most likely CRYPT_KEY is wrong" in why and "rotated" in why
+    assert "Check CRYPT_KEY and CRYPT_IV" in failed.value.fix
     assert repo.keys_installed() == [] and repo.is_locked("secrets/config/common.yaml")
+
+
+def test_wrong_openssl_iv_is_told_from_a_wrong_key(
+    repo: SecretsRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    openssl_encrypt(repo, monkeypatch)
+    monkeypatch.setenv("CRYPT_IV", os.urandom(16).hex())
+
+    with pytest.raises(StepFailure) as failed:
+        unlock(repo, environment(key=OPENSSL))
+
+    assert failed.value.why.startswith("CRYPT_IV is wrong, and CRYPT_KEY is right")
+    assert "Set CRYPT_IV" in failed.value.fix
+    assert repo.keys_installed() == []
+
+
+def test_encrypted_key_file_cut_short_is_called_damaged(
+    repo: SecretsRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    openssl_encrypt(repo, monkeypatch)
+    encrypted = repo.root.parent / "crypt-key.enc"
+    encrypted.write_bytes(encrypted.read_bytes()[:100])
+
+    with pytest.raises(StepFailure) as failed:
+        unlock(repo, environment(key=OPENSSL))
+
+    assert "100 bytes, not a whole number of 16-byte blocks" in failed.value.why
+    assert "git checkout -- ../crypt-key.enc" in failed.value.fix
+
+
+def test_key_file_encrypted_with_a_passphrase_is_named_so(
+    repo: SecretsRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    openssl_encrypt(repo, monkeypatch)
+    encrypted = repo.root.parent / "crypt-key.enc"
+    run(
+        "openssl",
+        "aes-256-cbc",
+        "-pbkdf2",
+        "-pass",
+        "pass:hunter2hunter2",
+        "-in",
+        repo.default_key,
+        "-out",
+        encrypted,
+    )
+
+    with pytest.raises(StepFailure) as failed:
+        unlock(repo, environment(key=OPENSSL))
+
+    assert "was encrypted with a passphrase" in failed.value.why
+
+
+def test_key_file_overwritten_with_another_file_under_the_same_key_says_so(
+    repo: SecretsRepo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key, iv = openssl_encrypt(repo, monkeypatch)
+    other = tmp_path / "id_rsa.txt"
+    other.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a git-crypt key at all\n" * 4)
+    run(
+        "openssl",
+        "aes-256-cbc",
+        "-K",
+        key,
+        "-iv",
+        iv,
+        "-in",
+        other,
+        "-out",
+        repo.root.parent / "crypt-key.enc",
+    )
+
+    with pytest.raises(StepFailure) as failed:
+        unlock(repo, environment(key=OPENSSL))
+
+    assert "decrypts with the key in CRYPT_KEY and the IV in CRYPT_IV, but to another file" in (
+        failed.value.why
+    )
+    assert "Revert the change" in failed.value.fix
 
 
 def test_short_openssl_key_is_refused_before_openssl_pads_it(

@@ -14,8 +14,10 @@ from __future__ import annotations
 import time
 
 from invoke import Collection, Context, task
+from invoke.exceptions import Exit
 
 from tasks.cluster import clusters, tools
+from tasks.runner import invoke_dry_refusal
 
 
 def _names(name: str | None) -> list[str]:
@@ -26,9 +28,17 @@ def _took(started: float) -> str:
     return f"({time.monotonic() - started:.1f}s)"
 
 
+def _refuse_invoke_dry(c: Context, task_name: str) -> None:
+    # These tasks run their commands directly; invoke's --dry would not stop them.
+    refusal = invoke_dry_refusal(c, f"cluster.{task_name}")
+    if refusal:
+        raise Exit(refusal)
+
+
 @task
 def build(c: Context) -> None:
     """Build the pinned Kubernetes, etcd, KWOK and Helm binaries (cached per version)."""
+    _refuse_invoke_dry(c, "build")
     started = time.monotonic()
     paths = tools.ensure_built()
     versions = tools.pinned_versions()
@@ -47,6 +57,7 @@ def build(c: Context) -> None:
 )
 def up(c: Context, name: str | None = None, nodes: int = clusters.NODES_PER_CLUSTER) -> None:
     """Start local clusters (building the pinned tools first if needed)."""
+    _refuse_invoke_dry(c, "up")
     started = time.monotonic()
     for each in _names(name):
         one = time.monotonic()
@@ -65,6 +76,7 @@ def up(c: Context, name: str | None = None, nodes: int = clusters.NODES_PER_CLUS
 )
 def down(c: Context, name: str | None = None, all: bool = False) -> None:
     """Stop local clusters, delete their state, and check no process or port is left."""
+    _refuse_invoke_dry(c, "down")
     started = time.monotonic()
     names = clusters.known_clusters() if all else _names(name)
     for each in names:
@@ -75,6 +87,7 @@ def down(c: Context, name: str | None = None, all: bool = False) -> None:
 @task(help={"name": "Only this cluster (default: the demo clusters and any other known one)."})
 def status(c: Context, name: str | None = None) -> None:
     """Say which local clusters run, their API server URLs and where their kubeconfigs are."""
+    _refuse_invoke_dry(c, "status")
     started = time.monotonic()
     names = [name] if name else sorted(set(clusters.DEMO_CLUSTERS) | set(clusters.known_clusters()))
     for each in names:

@@ -198,9 +198,18 @@ def _up(name: str, nodes: int, echo: Echo) -> Path:
     config = kubeconfig(name)
     config.parent.mkdir(parents=True, exist_ok=True)
     if workdir(name).exists():
-        # Leftovers of a cluster that is not answering: start from scratch rather
-        # than have kwokctl resume a half-dead one.
-        echo(f"{name}: found stale state, cleaning it up first")
+        # A cluster that stopped answering still has its etcd data: restart every
+        # component on it, so its namespaces and releases survive. Only a cluster
+        # that cannot be restarted is replaced, and that is said out loud.
+        problem = _restart(paths, name, echo)
+        if not problem:
+            _ensure_nodes(name, nodes, echo)
+            echo(f"{name}: restarted at {server_url(name)} with its state kept")
+            return config
+        echo(
+            f"{name}: could not be restarted from its state ({problem}); starting a new, "
+            "empty cluster instead: the namespaces and releases it held are gone"
+        )
         _down(name, echo=lambda _msg: None)
         config.parent.mkdir(parents=True, exist_ok=True)
     for attempt in (1, 2):
@@ -229,6 +238,23 @@ def _up(name: str, nodes: int, echo: Echo) -> Path:
     )
     echo(f"{name}: up at {server_url(name)}, kubeconfig {config}")
     return config
+
+
+def _restart(paths: dict[str, Path], name: str, echo: Echo) -> str:
+    """Restart a cluster that stopped answering, on its own state; "" when it answers again."""
+    if not kubeconfig(name).is_file():
+        return f"its kubeconfig {kubeconfig(name)} is gone"
+    echo(f"{name}: not answering; restarting its components on its state in {workdir(name)}")
+    _kwokctl(paths, name, ["stop", "cluster"], timeout=60, check=False)
+    try:
+        _kwokctl(paths, name, ["start", "cluster", "--wait", "1m"], timeout=90, check=False)
+    except Exit as error:
+        return str(error)
+    time.sleep(1)  # a component that cannot bind its port exits within a moment
+    dead = dead_components(name)
+    if dead:
+        return f"{', '.join(dead)} exited right after starting ({_last_log_line(name, dead[0])})"
+    return "" if is_up(name) else "its API server does not answer"
 
 
 def _create(paths: dict[str, Path], name: str, config: Path, echo: Echo) -> None:

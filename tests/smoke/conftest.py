@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from tasks import values
 from tasks.errors import StepFailure
 from tasks.registry import load
-from tasks.smoke import CHECKS_PROPERTY
+from tasks.runner import PROJECT_ROOT
+from tasks.smoke import CHECKS_PROPERTY, register_secrets
 from tests.smoke.kube import ContainerRestarts, Kube
 from tests.smoke.probes import Probe
 from tests.smoke.target import Target
@@ -53,9 +55,19 @@ def pytest_configure(config: pytest.Config) -> None:
         env = load().get(name)
     except StepFailure as failure:
         raise pytest.UsageError(f"{failure.why} {failure.fix}".strip()) from None
-    target = Target.load(env)
-    target.register_secrets()
-    config.stash[_target_key] = target
+    # Masked before anything reads them; checked by the project's loader, whose messages
+    # name a line and a column but never quote it (PyYAML's own would quote a secret).
+    register_secrets(env)
+    # A layer still encrypted is read as empty (tasks/smoke.py says why).
+    readable = [path for path in env.values_files() if not values.is_locked(path)]
+    problems = values.check_files(readable, PROJECT_ROOT)
+    if problems:
+        raise pytest.UsageError(
+            f"the values files of {env.name} cannot be read: "
+            + "; ".join(str(problem) for problem in problems)
+            + f". {values.advice(problems)}"
+        )
+    config.stash[_target_key] = Target.load(env)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
