@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from types import FrameType
 
 from invoke import Call, Collection, Context, Executor, Task, call, task
@@ -250,13 +250,19 @@ def demo(c: Context, dry_run: bool = False) -> None:
 
     with invocation("demo"):
         if dry_run:
-            say("[dry-run] would start the local clusters and serve the demo chart repository")
+            say("[dry-run] would start the local clusters and serve the chart repository's copy")
             run_deploy(c, "local-prod", dry_run=True, yes=True)
             return
         for name in clusters.DEMO_CLUSTERS:
             if not clusters.is_up(name):
                 tools.ensure_built(echo=say)
                 clusters.up(name, echo=say)
-        with chartrepo.mirror_upstream(tools.binary("helm")):
+        try:
+            mirror = chartrepo.mirror_upstream(chartrepo.mirror_folder())
+        except StepFailure as failure:
+            warn(f"{failure.why} helm-deps fetches from {chartrepo.UPSTREAM} itself.")
+            mirror = nullcontext(chartrepo.UPSTREAM)
+        with mirror as url:
+            say(f"chart repository {chartrepo.UPSTREAM}: served from {url}")
             load_registry.cache_clear()
             run_deploy(c, "local-prod", dry_run=False, yes=True)
