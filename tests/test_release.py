@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -35,18 +36,28 @@ def values_file(tmp_path, name, text):
     return path
 
 
-def test_upgrade_installs_the_site_chart_without_waiting(site_env):
+def test_upgrade_installs_the_site_chart_and_binderhub_after_its_hook(site_env):
     ctx = site_env()
-    assert release.upgrade_release(ctx) == f"release binder in {ctx.env.namespace}"
-    status = helm_json(ctx, "status", "binder", "--namespace", ctx.env.namespace)
+    note = release.upgrade_release(ctx)
+    assert note.startswith(f"release {ctx.env.release} in {ctx.env.namespace}; ")
+    assert re.search(r"hook Job hook-image-awaiter succeeded in \d+\.\ds$", note), note
+    status = helm_json(ctx, "status", ctx.env.release, "--namespace", ctx.env.namespace)
     assert status["info"]["status"] == "deployed"
     names = ctx.runner.run(
-        ["kubectl", "get", "deploy,ds", "-n", ctx.env.namespace, "-o", "name"], quiet=True
+        ["kubectl", "get", "deploy,ds,sts", "-n", ctx.env.namespace, "-o", "name"], quiet=True
     ).stdout.split()
-    assert names == [
-        "deployment.apps/federation-redirect",
-        "deployment.apps/static-files",
-        "daemonset.apps/node-agent",
+    # BinderHub's image cleaner is named after the release.
+    workloads = [n.split("/")[1].replace(ctx.env.release, "RELEASE") for n in names]
+    assert sorted(workloads) == [
+        "RELEASE-image-cleaner",
+        "binder",
+        "federation-redirect",
+        "hub",
+        "node-agent",
+        "proxy",
+        "static-files",
+        "user-placeholder",
+        "user-scheduler",
     ]
 
 
@@ -76,10 +87,12 @@ def test_schema_violation_is_explained_with_the_key(site_env, tmp_path):
     ctx = site_env(values_file(tmp_path, "bad.yaml", "static:\n  replicas: two\n"))
     with pytest.raises(StepFailure) as raised:
         release.upgrade_release(ctx)
-    assert "values.schema.json" in raised.value.why or "schema" in raised.value.why
-    assert "/static/replicas" in raised.value.why
+    assert raised.value.why.startswith(
+        "The site chart's schema (mybinder/values.schema.json) refuses static.replicas ("
+    )
     assert raised.value.fix.startswith(
-        f"It is set in config/local-staging.yaml, {tmp_path}/bad.yaml (the last one wins)."
+        f"static.replicas is set in config/local-staging.yaml, {tmp_path}/bad.yaml "
+        "(the last one wins)."
     )
 
 
@@ -92,7 +105,7 @@ def test_tab_in_values_stops_before_helm(site_env, tmp_path):
     assert (
         "not found"
         in ctx.runner.run(
-            ["helm", "status", "binder", "-n", ctx.env.namespace], quiet=True, check=False
+            ["helm", "status", ctx.env.release, "-n", ctx.env.namespace], quiet=True, check=False
         ).stderr
     )
 
@@ -134,7 +147,7 @@ def kill_helm_mid_upgrade(ctx, tmp_path):
     command = [
         str(tools.binary("helm")),
         "upgrade",
-        "binder",
+        ctx.env.release,
         "mybinder",
         "--namespace",
         ctx.env.namespace,
@@ -240,7 +253,7 @@ def test_dry_run_touches_nothing(site_env, capsys):
     out = capsys.readouterr().out
     assert (
         "[dry-run] KUBECONFIG=" in out
-        and "helm upgrade binder mybinder --install --cleanup-on-fail" in out
+        and f"helm upgrade {ctx.env.release} mybinder --install --cleanup-on-fail" in out
     )
     assert "secretToken" not in out
     ctx.runner.dry_run = False
@@ -274,3 +287,53 @@ def test_tab_in_a_secret_values_file_is_named_without_its_content(site_env, tmp_
     assert "local-staging.yaml:2:1: tab character" in failure.details
     everything = failure.why + failure.fix + failure.details + "".join(capfd.readouterr())
     assert canary not in everything
+
+
+# -- hooks: jupyterhub's image-puller Job runs before every upgrade ---------------
+
+
+def hook_pods_labelled(tmp_path, failure: str):
+    """Values that route the image-puller hook's pod to a simulated failure."""
+    return values_file(
+        tmp_path,
+        "hook.yaml",
+        "binderhub:\n  jupyterhub:\n    prePuller:\n      labels:\n"
+        f"        kwok.binder.test/fail: {failure}\n",
+    )
+
+
+def test_hook_job_whose_pods_fail_is_named_with_pod_and_exit_code(site_env, tmp_path):
+    ctx = site_env(hook_pods_labelled(tmp_path, "exit"))
+    with pytest.raises(StepFailure) as raised:
+        release.upgrade_release(ctx, timeout=25)
+    failure = raised.value
+    assert failure.why.startswith("The pre-install hook Job hook-image-awaiter did not complete")
+    assert re.search(
+        r"pod hook-image-awaiter-\w+ failed: container hook-image-awaiter exited with code 1 "
+        r"\(Error\)",
+        failure.why,
+    ), failure.why
+    assert re.search(r"\d+ of its pods failed \(the Job gives up after 6 failures\)", failure.why)
+    assert re.search(
+        r"describe pod hook-image-awaiter-\w+ --namespace " + ctx.env.namespace, failure.fix
+    )
+    assert "prePuller.hook.enabled: false" in failure.fix
+    assert "context deadline exceeded" not in failure.why
+    assert release.release_status(ctx) == "failed"
+
+
+def test_hook_job_that_never_completes_names_what_its_pod_waits_for(site_env, tmp_path):
+    ctx = site_env(hook_pods_labelled(tmp_path, "imagepull"))
+    with pytest.raises(StepFailure) as raised:
+        release.upgrade_release(ctx, timeout=15)
+    failure = raised.value
+    assert re.search(
+        r"did not complete: pod hook-image-awaiter-\w+ waits: container "
+        r"hook-image-awaiter is (ErrImagePull|ImagePullBackOff)",
+        failure.why,
+    ), failure.why
+    assert "Helm waited up to 15s" in failure.fix
+    # Once the hook's pod is fixed, the next upgrade runs the hook afresh and deploys.
+    assert "succeeded" in release.upgrade_release(
+        replace(ctx, env=replace(ctx.env, extra_values=()))
+    )
