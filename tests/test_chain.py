@@ -24,6 +24,7 @@ from tasks.cluster import clusters
 from tasks.runner import PROJECT_ROOT
 from tests.fakes.grafana_server import FakeGrafana
 from tests.fixtures.chain import demo_registry, invoke, lock_exists, release_exists, values
+from tests.fixtures.site import unique_release
 
 STEP_NAMES = {
     "decrypt_secrets": "decrypt-secrets",
@@ -186,7 +187,28 @@ def test_demo_chain_deploys_staging_then_prod(both_clusters, tmp_path):
             "jsonpath={range .items[*]}{.metadata.name}="
             "{.status.readyReplicas}{.status.numberReady} {end}",
         )
-        assert sorted(ready.split()) == ["federation-redirect=2", "node-agent=2", "static-files=2"]
+        release = unique_release(namespace)
+        assert sorted(ready.split()) == [
+            f"{release}-image-cleaner=2",
+            "binder=1",
+            "federation-redirect=2",
+            "hub=1",
+            "node-agent=2",
+            "proxy=1",
+            "static-files=2",
+            "user-scheduler=2",
+        ]
+        claim = clusters.kubectl(
+            cluster, "get", "pvc", "hub-db-dir", "-n", namespace, "-o", "jsonpath={.status.phase}"
+        )
+        assert claim == "Bound"
+    # Each upgrade waited for jupyterhub's image-puller hook; each smoke test ran the
+    # cluster checks, more of them than the HTTP checks KWOK's pods cannot answer.
+    upgrades = re.findall(r"^upgrade: ok in .*; hook Job hook-image-awaiter succeeded", out, re.M)
+    assert len(upgrades) == 2, out[-3000:]
+    for env in ("local-staging", "local-prod"):
+        found = re.search(rf"smoke tests on {env}: (\d+) passed, (\d+) skipped", out)
+        assert found and int(found.group(1)) > int(found.group(2)), out[-3000:]
 
 
 @pytest.mark.cluster
@@ -422,7 +444,7 @@ def test_validate_reports_every_environment_that_fails(chart_dependencies, tmp_p
     assert result.returncode == 1, out
     assert re.search(r"FAILED: validate on local-(staging|prod), local-(prod|staging)", out)
     assert "2 environments do not validate" in out
-    assert out.count("/static/replicas") >= 2
+    assert out.count("refuses static.replicas") >= 2
     assert "Traceback" not in out
 
 
