@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import FrameType
 
 from invoke import Call, Collection, Context, Executor, Task, call, task
@@ -258,11 +258,14 @@ def demo(c: Context, dry_run: bool = False) -> None:
                 tools.ensure_built(echo=say)
                 clusters.up(name, echo=say)
         try:
-            mirror = chartrepo.mirror_upstream(chartrepo.mirror_folder())
+            folder = chartrepo.mirror_folder()
         except StepFailure as failure:
             warn(f"{failure.why} helm-deps fetches from {chartrepo.UPSTREAM} itself.")
-            mirror = nullcontext(chartrepo.UPSTREAM)
+            mirror: AbstractContextManager[str | None] = nullcontext(None)
+        else:
+            mirror = chartrepo.mirror_upstream(folder)
         with mirror as url:
-            say(f"chart repository {chartrepo.UPSTREAM}: served from {url}")
+            if url:
+                say(f"chart repository {chartrepo.UPSTREAM}: served from {folder} at {url}")
             load_registry.cache_clear()
             run_deploy(c, "local-prod", dry_run=False, yes=True)

@@ -214,7 +214,8 @@ def _index(repository: str, mirrors: dict[str, str], cache: dict[str, dict]) -> 
                 "The repository or the network is having difficulties; re-run the step. "
                 "For a network without outside access, add a mirror under "
                 "`repository_mirrors` in config/environments.yaml or DEPLOY_CHART_MIRRORS "
-                "(`invoke demo` serves one for the demo environments).",
+                "(`invoke demo` serves a local copy of the JupyterHub repository from "
+                "../shared/charts/jupyterhub-helm-chart or DEPLOY_CHART_REPOSITORY_DIR).",
             ) from None
     return base, cache[base]
 

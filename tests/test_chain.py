@@ -85,7 +85,7 @@ def test_unknown_environment_lists_the_known_ones():
 
 def local_state() -> dict[str, float]:
     """What a run may leave in the checkout outside git: reports, charts, local builds."""
-    folders = ["reports", "mybinder/charts", ".local/chart-repository", ".local/tools"]
+    folders = ["reports", "mybinder/charts", ".local/tools"]
     return {
         str(path): path.stat().st_mtime
         for folder in folders
