@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.fakes.loopback import LoopbackServer
+from tests.fakes.loopback import LoopbackServer, send_file
 
 
 def make_authority(folder: Path, host: str) -> tuple[Path, Path, Path]:
@@ -80,19 +80,8 @@ class InterceptingProxy:
             def do_GET(self) -> None:
                 proxy.requests.append(f"GET https://{proxy.host}{self.path}")
                 relative = self.path.split("?", 1)[0]
-                path = None
-                if relative.startswith(proxy.prefix):
-                    path = proxy.folder / relative[len(proxy.prefix) :]
-                if path is None or not path.is_file() or ".." in relative:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body = path.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                served = relative.startswith(proxy.prefix) and ".." not in relative
+                send_file(self, proxy.folder / relative[len(proxy.prefix) :] if served else None)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
