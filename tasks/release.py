@@ -216,14 +216,17 @@ def hooks_run(status: dict | None) -> list[str]:
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
-    try:
-        started, ended = (
-            datetime.fromisoformat(t.replace("Z", "+00:00")[:26] + "+00:00")
-            for t in (start or "", end or "")
-        )
-    except ValueError:
-        return None
-    return (ended - started).total_seconds()
+    """Seconds between two of helm's timestamps (RFC 3339, nanoseconds), None if unreadable."""
+    times = []
+    for text in (start or "", end or ""):
+        # Python reads at most microseconds: cut helm's nanoseconds down to six digits.
+        found = re.fullmatch(r"(.+T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+        if not found:
+            return None
+        head, fraction, zone = found.groups()
+        iso = f"{head}.{(fraction or '0')[:6]}{'+00:00' if zone == 'Z' else zone}"
+        times.append(datetime.fromisoformat(iso))
+    return (times[1] - times[0]).total_seconds()
 
 
 def hook_failure(ctx: StepContext, event: str, job: str, seconds: int) -> StepFailure:

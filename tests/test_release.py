@@ -344,3 +344,75 @@ def test_hook_job_that_never_completes_names_what_its_pod_waits_for(site_env, tm
     assert "succeeded" in release.upgrade_release(
         replace(ctx, env=replace(ctx.env, extra_values=()))
     )
+
+
+def test_hook_runs_are_read_from_helms_status():
+    status = {
+        "hooks": [
+            {"name": "hook-image-puller", "kind": "DaemonSet", "last_run": {"phase": "Succeeded"}},
+            {
+                "name": "hook-image-awaiter",
+                "kind": "Job",
+                "last_run": {
+                    "started_at": "2026-11-29T05:33:03.415150056Z",
+                    "completed_at": "2026-11-29T07:33:04.487565553+02:00",
+                    "phase": "Succeeded",
+                },
+            },
+        ]
+    }
+    assert release.hooks_run(status) == ["hook Job hook-image-awaiter succeeded in 1.1s"]
+    assert release.hooks_run({"hooks": []}) == [] and release.hooks_run(None) == []
+
+
+def test_hook_job_that_gave_up_is_named_with_the_reason_and_the_failed_pod():
+    job = {
+        "spec": {"backoffLimit": 2},
+        "status": {
+            "failed": 3,
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "message": "Job has reached the specified backoff limit",
+                }
+            ],
+        },
+    }
+
+    def pod(name: str, created: str, phase: str) -> dict:
+        terminated = {"exitCode": 2, "reason": "Error"}
+        return {
+            "metadata": {"name": name, "creationTimestamp": created},
+            "status": {
+                "phase": phase,
+                "containerStatuses": [{"name": "awaiter", "state": {"terminated": terminated}}],
+            },
+        }
+
+    why, lines, shown = release.describe_hook_job(
+        "pre-upgrade",
+        "hook-image-awaiter",
+        job,
+        [
+            pod("a-2", "2026-11-29T05:00:02Z", "Failed"),
+            pod("a-1", "2026-11-29T05:00:01Z", "Failed"),
+        ],
+    )
+    assert why == (
+        "The pre-upgrade hook Job hook-image-awaiter did not complete: the Job failed "
+        "(BackoffLimitExceeded: Job has reached the specified backoff limit); 3 of its pods "
+        "failed (the Job gives up after 2 failures)."
+    )
+    assert lines == [
+        "pod a-1 failed: container awaiter exited with code 2 (Error)",
+        "pod a-2 failed: container awaiter exited with code 2 (Error)",
+    ]
+    assert shown == "a-2"
+    gone = release.describe_hook_job("post-install", "x", None, [])
+    assert gone == (
+        "The post-install hook Job x did not complete, and is gone from the cluster.",
+        [],
+        "",
+    )
