@@ -17,7 +17,7 @@ it starts. The lock (tasks/lock.py) keeps two deploys off one environment.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 from invoke import Call, Collection, Context, Executor, Task, call, task
 from invoke.exceptions import Exit
@@ -259,13 +259,22 @@ def demo(c: Context, dry_run: bool = False) -> None:
 
     with invocation("demo"):
         if dry_run_asked(c, dry_run, "demo"):
-            say("[dry-run] would start the local clusters and serve the demo chart repository")
+            say("[dry-run] would start the local clusters and serve the chart repository's copy")
             run_deploy(c, "local-prod", dry_run=True, yes=True)
             return
         for name in clusters.DEMO_CLUSTERS:
             if not clusters.is_up(name):
                 tools.ensure_built(echo=say)
                 clusters.up(name, echo=say)
-        with chartrepo.mirror_upstream(tools.binary("helm")):
+        try:
+            folder = chartrepo.mirror_folder()
+        except StepFailure as failure:
+            warn(f"{failure.why} helm-deps fetches from {chartrepo.UPSTREAM} itself.")
+            mirror: AbstractContextManager[str | None] = nullcontext(None)
+        else:
+            mirror = chartrepo.mirror_upstream(folder)
+        with mirror as url:
+            if url:
+                say(f"chart repository {chartrepo.UPSTREAM}: served from {folder} at {url}")
             load_registry.cache_clear()
             run_deploy(c, "local-prod", dry_run=False, yes=True)

@@ -1,17 +1,21 @@
-"""A local chart repository on loopback, for the demo and the tests.
+"""A local mirror of the JupyterHub chart repository, served on loopback.
 
-This machine cannot reach the JupyterHub chart repository, so the demo mirrors
-it: the charts under `demo/chart-repository/` are packaged with the pinned
-helm (`helm package`, `helm repo index`, exactly what a real repository
-publishes) and served over HTTP on 127.0.0.1. `repository_mirrors` (or the
-DEPLOY_CHART_MIRRORS variable) points helm-deps at it.
+The site chart pins binderhub from https://jupyterhub.github.io/helm-chart/.
+Where that repository cannot be reached (this machine, CI without outside
+access), a folder holding a complete copy of it (its index.yaml and the
+archives the index names) is served over HTTP on 127.0.0.1, and the
+repository mirror map (DEPLOY_CHART_MIRRORS) points helm-deps at it for the
+duration of the run. Nothing is copied into the project.
+
+The folder is `../shared/charts/jupyterhub-helm-chart/` beside the project,
+or whatever DEPLOY_CHART_REPOSITORY_DIR names. On a machine with outside
+access no folder is needed: helm-deps fetches from the real repository.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,8 +25,9 @@ from pathlib import Path
 from tasks.errors import StepFailure
 from tasks.runner import PROJECT_ROOT
 
-SOURCE = PROJECT_ROOT / "demo" / "chart-repository"
 UPSTREAM = "https://jupyterhub.github.io/helm-chart/"
+FOLDER_VARIABLE = "DEPLOY_CHART_REPOSITORY_DIR"
+SHARED_FOLDER = PROJECT_ROOT.parent / "shared" / "charts" / "jupyterhub-helm-chart"
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -30,23 +35,21 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-def build(target: Path, helm: Path) -> Path:
-    """Package every chart under demo/chart-repository/ into `target`, with its index."""
-    target.mkdir(parents=True, exist_ok=True)
-    commands = [
-        [str(helm), "package", str(chart), "--destination", str(target)]
-        for chart in sorted(p for p in SOURCE.iterdir() if (p / "Chart.yaml").exists())
-    ]
-    for command in [*commands, [str(helm), "repo", "index", str(target)]]:
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise StepFailure(
-                f"Could not build the demo's local chart repository: `{' '.join(command)}` "
-                f"exited with {done.returncode}.",
-                "Check the charts under demo/chart-repository/ (helm lint them).",
-                details=done.stderr.strip(),
-            )
-    return target
+def mirror_folder() -> Path:
+    """The folder holding the repository's copy; a StepFailure naming it when it is absent."""
+    configured = os.environ.get(FOLDER_VARIABLE)
+    folder = Path(configured).expanduser().resolve() if configured else SHARED_FOLDER
+    if not (folder / "index.yaml").is_file():
+        origin = f"{FOLDER_VARIABLE}={configured}" if configured else "the default"
+        raise StepFailure(
+            f"No local copy of the chart repository {UPSTREAM} at {folder} ({origin}): "
+            "it holds no index.yaml.",
+            f"Set {FOLDER_VARIABLE} to a folder holding that repository's index.yaml and "
+            "the archives it lists (e.g. a `helm repo index`ed folder of `helm pull`ed charts). "
+            "On a machine that reaches the repository no copy is needed: unset "
+            f"{FOLDER_VARIABLE} and leave DEPLOY_CHART_MIRRORS empty.",
+        )
+    return folder
 
 
 @contextmanager
@@ -54,6 +57,7 @@ def serve(directory: Path) -> Iterator[str]:
     """Serve `directory` on a free loopback port for the duration of the block."""
     handler = functools.partial(_QuietHandler, directory=str(directory))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     )
@@ -66,13 +70,12 @@ def serve(directory: Path) -> Iterator[str]:
 
 
 @contextmanager
-def mirror_upstream(helm: Path) -> Iterator[str]:
-    """Build and serve the local repository as the JupyterHub repository's mirror.
+def mirror_upstream(folder: Path | None = None) -> Iterator[str]:
+    """Serve the repository's local copy and make it the mirror of the real repository.
 
     Sets DEPLOY_CHART_MIRRORS for this process only while the block runs.
     """
-    directory = build(PROJECT_ROOT / ".local" / "chart-repository", helm)
-    with serve(directory) as url:
+    with serve(folder or mirror_folder()) as url:
         previous = os.environ.get("DEPLOY_CHART_MIRRORS")
         os.environ["DEPLOY_CHART_MIRRORS"] = f"{UPSTREAM}={url}"
         try:

@@ -13,6 +13,7 @@ When they are already there, the step finishes without touching the network.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tarfile
 import time
@@ -68,10 +69,8 @@ def pinned_dependencies(chart_dir: Path) -> list[Dependency]:
             "Run `helm dependency update mybinder` where the chart repositories are "
             "reachable, and commit Chart.lock.",
         )
-    locked = {
-        entry["name"]: entry
-        for entry in (yaml.safe_load(lock_file.read_text()) or {}).get("dependencies") or []
-    }
+    lock_document = yaml.safe_load(lock_file.read_text()) or {}
+    locked = {entry["name"]: entry for entry in lock_document.get("dependencies") or []}
     pinned = []
     for entry in wanted:
         name, version, repository = entry["name"], str(entry["version"]), entry["repository"]
@@ -85,7 +84,59 @@ def pinned_dependencies(chart_dir: Path) -> list[Dependency]:
                 "Run `helm dependency update mybinder` and commit Chart.lock with Chart.yaml.",
             )
         pinned.append(Dependency(name, version, repository))
+    expected = lock_digest(wanted, lock_document.get("dependencies") or [])
+    if lock_document.get("digest") != expected:
+        raise StepFailure(
+            f"{shown(lock_file)}'s digest ({lock_document.get('digest') or 'none'}) is not "
+            "the one helm computes from the dependencies of Chart.yaml and Chart.lock "
+            f"({expected}): "
+            "Chart.yaml's dependencies changed (a condition, an alias, tags) since "
+            "Chart.lock was written, or Chart.lock was edited by hand.",
+            "Run `helm dependency update mybinder` and commit Chart.lock with Chart.yaml; "
+            "`helm dependency build` refuses a lock out of sync the same way.",
+        )
     return pinned
+
+
+# The fields of helm's chart.Dependency in the order Go marshals them, and whether
+# an empty value is left out (`omitempty`).
+_DEPENDENCY_FIELDS = (
+    ("name", False),
+    ("version", True),
+    ("repository", False),
+    ("condition", True),
+    ("tags", True),
+    ("enabled", True),
+    ("import-values", True),
+    ("alias", True),
+)
+
+
+def lock_digest(requirements: list[dict], locked: list[dict]) -> str:
+    """Chart.lock's digest as helm computes it (`resolver.HashReq`).
+
+    sha256 of Go's JSON encoding of [Chart.yaml's dependencies, Chart.lock's
+    dependencies]; `helm dependency build` refuses a lock whose digest differs.
+    """
+
+    def as_go(entry: dict) -> dict:
+        encoded: dict = {}
+        for key, omit_empty in _DEPENDENCY_FIELDS:
+            value = entry.get(key)
+            if omit_empty and not value:
+                continue
+            encoded[key] = (
+                value if key in ("tags", "enabled", "import-values") else str(value or "")
+            )
+        return encoded
+
+    document = [[as_go(e) for e in requirements], [as_go(e) for e in locked]]
+    text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    # Go's encoder escapes these for HTML; the hash covers its exact bytes.
+    for character, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        text = text.replace(character, escaped)
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def archive_is_valid(path: Path, dependency: Dependency) -> bool:
@@ -161,7 +212,8 @@ def _index(repository: str, mirrors: dict[str, str], cache: dict[str, dict]) -> 
                 "The repository or the network is having difficulties; re-run the step. "
                 "For a network without outside access, add a mirror under "
                 "`repository_mirrors` in config/environments.yaml or DEPLOY_CHART_MIRRORS "
-                "(`invoke demo` serves one for the demo environments).",
+                "(`invoke demo` serves a local copy of the JupyterHub repository from "
+                "../shared/charts/jupyterhub-helm-chart or DEPLOY_CHART_REPOSITORY_DIR).",
             ) from None
     return base, cache[base]
 
@@ -240,15 +292,143 @@ def _write_atomically(path: Path, content: bytes) -> None:
     partial.replace(path)
 
 
-def name_the_layer(failure: StepFailure, files: list[Path]) -> StepFailure:
-    """Say which values file sets the key a schema error names."""
-    found = re.search(r"at '(/[^']*)'", failure.why)
-    setting = values_module.layers_setting(files, found.group(1)) if found else []
-    if setting:
-        where = ", ".join(shown(p) for p in setting)
-        last = " (the last one wins)" if len(setting) > 1 else ""
-        failure.fix = f"It is set in {where}{last}. {failure.fix}"
-    return failure
+# -- schema refusals ------------------------------------------------------------
+
+SCHEMA_REFUSAL = "values don't meet the specifications of the schema(s) in the following chart(s):"
+
+
+@dataclass(frozen=True)
+class SchemaError:
+    """One value a chart's values.schema.json refused, as helm reports it."""
+
+    chart: str  # the chart whose schema refused it, by helm's name for it
+    pointer: str  # where, within that chart's own values ('' for its top level)
+    message: str
+
+
+def schema_errors(output: str) -> list[SchemaError]:
+    """Every refusal in helm's report: one `NAME:` line per chart, `- at 'PTR': MSG` lines."""
+    if SCHEMA_REFUSAL not in output:
+        return []
+    found: list[SchemaError] = []
+    for report in output.split(SCHEMA_REFUSAL)[1:]:
+        chart = ""
+        for line in report.splitlines():
+            text = line.strip()
+            heading = re.fullmatch(r"([\w.-]+):", text)
+            refusal = re.match(r"- at '([^']*)': (.*)", text)
+            if heading:
+                chart = heading.group(1)
+            elif refusal and chart:
+                error = SchemaError(chart, refusal.group(1), refusal.group(2))
+                if error not in found:
+                    found.append(error)
+            elif text:
+                break
+    return found
+
+
+def chart_value_paths(chart_dir: Path) -> dict[str, list[tuple[str, ...]]]:
+    """Chart name -> where that chart takes its values within the site chart's values.
+
+    The site chart takes them all; a dependency those under its name (or
+    alias); a chart packaged inside a dependency those under both names.
+    """
+    meta = yaml.safe_load((chart_dir / "Chart.yaml").read_text()) or {}
+    paths: dict[str, list[tuple[str, ...]]] = {str(meta.get("name", chart_dir.name)): [()]}
+    for entry in meta.get("dependencies") or []:
+        key = str(entry.get("alias") or entry["name"])
+        paths.setdefault(key, []).append((key,))
+        archive = chart_dir / "charts" / f"{entry['name']}-{entry['version']}.tgz"
+        for nested in _charts_inside(archive, str(entry["name"])):
+            paths.setdefault(nested[-1], []).append((key, *nested))
+    return paths
+
+
+def _charts_inside(archive: Path, name: str) -> list[tuple[str, ...]]:
+    """The charts an archive carries in its charts/ folders, as key paths below it."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getnames()
+    except (tarfile.TarError, OSError):
+        return []
+    nested = []
+    for member in members:
+        parts = member.split("/")
+        inner = parts[1:-1]
+        charts_folders = inner[0::2]
+        if (
+            parts[0] == name
+            and parts[-1] == "Chart.yaml"
+            and inner
+            and len(inner) % 2 == 0
+            and all(part == "charts" for part in charts_folders)
+        ):
+            nested.append(tuple(inner[1::2]))
+    return nested
+
+
+def _refused_keys(error: SchemaError, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+    base = (*prefix, *(key for key in error.pointer.split("/") if key))
+    extra = re.search(
+        r"(?:additional|missing) propert(?:y|ies) ((?:'[^']*'(?:, )?)+)", error.message
+    )
+    if extra:
+        return [(*base, name) for name in re.findall(r"'([^']*)'", extra.group(1))]
+    return [base]
+
+
+def schema_failure(
+    output: str, files: list[Path], chart_dir: Path, env_name: str
+) -> StepFailure | None:
+    """Name the chart whose schema refused a value, the key and the values files setting it."""
+    errors = schema_errors(output)
+    if not errors:
+        return None
+    value_paths = chart_value_paths(chart_dir)
+    conditions = {
+        str(entry.get("alias") or entry["name"]): str(entry.get("condition") or "")
+        for entry in (yaml.safe_load((chart_dir / "Chart.yaml").read_text()) or {}).get(
+            "dependencies"
+        )
+        or []
+    }
+    lines: list[str] = []
+    settings: list[str] = []
+    switches: list[str] = []
+    for error in errors:
+        for prefix in value_paths.get(error.chart) or [()]:
+            if prefix:
+                whose = f"the {error.chart} subchart's schema (values under {'.'.join(prefix)}:)"
+            else:
+                whose = f"the site chart's schema ({shown(chart_dir / 'values.schema.json')})"
+            for keys in _refused_keys(error, prefix):
+                key = ".".join(keys) or "(top level)"
+                setting = values_module.layers_setting(files, "/" + "/".join(keys))
+                where = (
+                    "set in "
+                    + ", ".join(shown(p) for p in setting)
+                    + (" (the last one wins)" if len(setting) > 1 else "")
+                    if setting
+                    else "set in no values file"
+                )
+                lines.append(f"{whose} refuses {key} ({error.message}), {where}")
+                settings.append(f"{key} is {where}.")
+                if len(keys) == 2 and keys[1] == "enabled" and conditions.get(keys[0]):
+                    switches.append(
+                        f"{keys[0]} is switched on and off by `{conditions[keys[0]]}`, its "
+                        f"condition in {shown(chart_dir / 'Chart.yaml')}, not by {key}."
+                    )
+    check = f"`invoke validate --env={env_name}` checks every layer offline."
+    if len(lines) == 1:
+        why = f"{lines[0][0].upper()}{lines[0][1:]}."
+        fix = " ".join([*settings, *switches, "Fix or remove it there;", check])
+    else:
+        why = (
+            f"{len(lines)} values of {env_name} are refused by charts' schemas; first, {lines[0]}."
+        )
+        fix = " ".join([*switches, "Fix or remove each key listed below in the file named;", check])
+    return StepFailure(why, fix, details="\n".join(lines) if len(lines) > 1 else "")
 
 
 def shown(path: Path) -> str:
@@ -343,8 +523,10 @@ def validate_environment(ctx: StepContext) -> str:
             # dependencies it needs may not be fetched yet.
             ctx.runner.run(command, quiet=True, touches_nothing=not ctx.dry_run)
         except CommandFailed as failed:
-            failure = explain(failed, RENDER_FAILURES, f"`{command[1]}` failed for {env.name}")
-            raise name_the_layer(failure, layers) from None
+            refused = schema_failure(failed.output, layers, PROJECT_ROOT / chart, env.name)
+            raise refused or explain(
+                failed, RENDER_FAILURES, f"`{command[1]}` failed for {env.name}"
+            ) from None
     note = (
         f"{len(layers)} values layers checked; would render and lint them"
         if ctx.dry_run
@@ -356,11 +538,6 @@ def validate_environment(ctx: StepContext) -> str:
 
 
 RENDER_FAILURES = (
-    Diagnosis(
-        r"values don't meet the specifications of the schema[\s\S]*?(at '[^']*'[^\n]*)",
-        "The values do not match mybinder/values.schema.json: {0}.",
-        "Fix that key in the environment's values files.",
-    ),
     Diagnosis(
         r"missing in charts/ directory: ([^\n]+)",
         "The chart's dependencies are not built ({0} missing).",

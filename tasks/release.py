@@ -15,8 +15,10 @@ import hmac
 import json
 import re
 import secrets as secrets_module
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,9 @@ import yaml
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from tasks import configmaps, lock, secrets
+from tasks import configmaps, lock, rollout_status, secrets
 from tasks import values as values_module
-from tasks.charts import archive_is_valid, name_the_layer, pinned_dependencies, shown
+from tasks.charts import archive_is_valid, pinned_dependencies, schema_failure, shown
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
 from tasks.output import masker, say, summary
 from tasks.pipeline import Interrupted, StepContext, confirm, invocation, perform
@@ -65,12 +67,6 @@ CLUSTER_FAILURES = (
         "Check the cluster (`invoke doctor --env={env}`; for a local cluster "
         "`invoke cluster.status`). If it is a cloud cluster, check its status page; "
         "re-run the step once it answers.",
-    ),
-    Diagnosis(
-        r"values don't meet the specifications of the schema[\s\S]*?(at '[^']*'[^\n]*)",
-        "The values do not match the chart's values.schema.json: {0}.",
-        "Fix that key in the environment's values files (config/ or secrets/); "
-        "`invoke validate --env={env}` checks every layer offline.",
     ),
     Diagnosis(
         r"((?:parse error|execution error|template:|YAML parse error)[^\n]*)",
@@ -247,20 +243,43 @@ def _change_release(
     *,
     timeout: float | None = None,
     files: list[Path] | None = None,
+    hooks_wait: int | None = None,
 ) -> None:
-    """Run a helm command that changes the release; an interrupt or a kill says what it left."""
+    """Run a helm command that changes the release; an interrupt or a kill says what it left.
+
+    `hooks_wait` is helm's own --timeout, which bounds its wait for hook Jobs.
+    """
     try:
         ctx.runner.run(command, timeout=timeout)
     except KeyboardInterrupt:
         raise Interrupted(*release_aftermath(ctx, action)) from None
     except CommandFailed as failed:
-        failure = name_the_layer(_explain(ctx, failed, f"helm {action} failed"), files or [])
+        failure = _diagnose_change(ctx, failed, action, files or [], hooks_wait)
         if failed.exit_code < 0:
             aftermath, left_behind = release_aftermath(ctx, action)
             failure.fix = f"{aftermath} {failure.fix}".strip()
             if left_behind:
                 summary.left_behind.append(left_behind)
         raise failure from None
+
+
+def _diagnose_change(
+    ctx: StepContext,
+    failed: CommandFailed,
+    action: str,
+    files: list[Path],
+    hooks_wait: int | None,
+) -> StepFailure:
+    """A schema refusal, a hook Job that did not complete, or a known helm failure."""
+    refused = schema_failure(
+        failed.output, files, PROJECT_ROOT / ctx.registry.chart, ctx.environment.name
+    )
+    if refused:
+        return refused
+    hook = HOOK_NOT_READY.search(failed.output)
+    if hook and hooks_wait is not None:
+        return hook_failure(ctx, hook.group("event"), hook.group("job"), hooks_wait)
+    return _explain(ctx, failed, f"helm {action} failed")
 
 
 def helm_values_args(files: list[Path]) -> list[str]:
@@ -290,8 +309,155 @@ def upgrade_release(ctx: StepContext, timeout: int | None = None) -> str:
         f"{seconds}s",
         *helm_values_args(files),
     ]
-    _change_release(ctx, command, "upgrade", timeout=seconds + 60, files=files)
-    return f"release {env.release} in {env.namespace}"
+    _change_release(ctx, command, "upgrade", timeout=seconds + 60, files=files, hooks_wait=seconds)
+    note = f"release {env.release} in {env.namespace}"
+    hooks = hooks_run(_read_release(ctx, "status")) if not ctx.dry_run else []
+    return "; ".join([note, *hooks])
+
+
+# -- hooks ----------------------------------------------------------------------
+
+# helm 4 waits for a hook Job until it completes or --timeout passes, then says only this.
+HOOK_NOT_READY = re.compile(
+    r"failed (?P<event>(?:pre|post)-(?:install|upgrade|rollback|delete)): "
+    r"resource Job/[^/\s]+/(?P<job>\S+) not ready"
+)
+
+# Hooks of the charts the site carries, and how to switch each off.
+KNOWN_HOOKS = {
+    "hook-image-awaiter": "It is jupyterhub's image-puller hook: it waits until every node has "
+    "pulled the user images; binderhub.jupyterhub.prePuller.hook.enabled: false in the "
+    "environment's values turns it off.",
+}
+
+
+def hooks_run(status: dict | None) -> list[str]:
+    """What the release's hook Jobs did in its last operation: 'hook Job x succeeded in 1.2s'."""
+    done = []
+    for hook in (status or {}).get("hooks") or []:
+        run = hook.get("last_run") or {}
+        if hook.get("kind") != "Job" or not run.get("phase"):
+            continue
+        took = _seconds_between(run.get("started_at"), run.get("completed_at"))
+        done.append(
+            f"hook Job {hook['name']} {run['phase'].lower()}"
+            + (f" in {took:.1f}s" if took is not None else "")
+        )
+    return done
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    """Seconds between two of helm's timestamps (RFC 3339, nanoseconds), None if unreadable."""
+    times = []
+    for text in (start or "", end or ""):
+        # Python reads at most microseconds: cut helm's nanoseconds down to six digits.
+        found = re.fullmatch(r"(.+T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+        if not found:
+            return None
+        head, fraction, zone = found.groups()
+        iso = f"{head}.{(fraction or '0')[:6]}{'+00:00' if zone == 'Z' else zone}"
+        times.append(datetime.fromisoformat(iso))
+    return (times[1] - times[0]).total_seconds()
+
+
+def hook_failure(ctx: StepContext, event: str, job: str, seconds: int) -> StepFailure:
+    """Why a hook Job did not complete: the Job, its pods and their reasons, from the cluster."""
+    env = ctx.environment
+    found = _kubectl_json(ctx, ["get", "job", job])
+    pods = _kubectl_json(ctx, ["get", "pods", "--selector", f"batch.kubernetes.io/job-name={job}"])
+    why, lines, pod = describe_hook_job(event, job, found, (pods or {}).get("items") or [])
+    kubectl = "kubectl"
+    kubeconfig = ctx.runner.env.get("KUBECONFIG", "")
+    if kubeconfig and not kubeconfig.startswith(tempfile.gettempdir()):
+        kubectl += f" --kubeconfig {kubeconfig}"
+    look = (
+        f"{kubectl} describe pod {pod} --namespace {env.namespace} (its events) and "
+        f"{kubectl} logs {pod} --namespace {env.namespace}"
+        if pod
+        else f"{kubectl} describe job {job} --namespace {env.namespace}"
+    )
+    applied = (
+        "none of the new version was applied"
+        if event.startswith("pre-")
+        else "the new version was applied before it"
+    )
+    fix = (
+        f"Helm waited up to {seconds}s (the environment's timeouts.upgrade) and marked the "
+        f"release failed; {applied}. See why: {look}. Fix what it names and deploy again: the "
+        "next upgrade runs the hook afresh."
+    )
+    if job in KNOWN_HOOKS:
+        fix += " " + KNOWN_HOOKS[job]
+    return StepFailure(why, fix, details="\n".join(lines))
+
+
+def _kubectl_json(ctx: StepContext, args: list[str]) -> dict | None:
+    result = ctx.runner.run(
+        ["kubectl", "--namespace", ctx.environment.namespace, *args, "-o", "json"],
+        quiet=True,
+        check=False,
+    )
+    return json.loads(result.stdout) if result.ok and result.stdout.strip() else None
+
+
+def describe_hook_job(
+    event: str, job: str, found: dict | None, pods: list[dict]
+) -> tuple[str, list[str], str]:
+    """(why, one line per pod, the pod to look at) for a hook Job that did not complete.
+
+    The pod to look at is the newest that failed, else the newest.
+    """
+    if found is None:
+        return (
+            f"The {event} hook Job {job} did not complete, and is gone from the cluster.",
+            [],
+            "",
+        )
+    status = found.get("status") or {}
+    pods = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    lines = [f"pod {p['metadata']['name']} {hook_pod_state(p)}" for p in pods]
+    failed = [i for i, p in enumerate(pods) if (p.get("status") or {}).get("phase") == "Failed"]
+    shown = failed[-1] if failed else len(pods) - 1
+    gave_up = next(
+        (
+            c
+            for c in status.get("conditions") or []
+            if c.get("type") == "Failed" and c.get("status") == "True"
+        ),
+        None,
+    )
+    if gave_up:
+        verdict = f"the Job failed ({gave_up.get('reason')}: {gave_up.get('message', '')})"
+    elif not pods:
+        verdict = "the Job started no pod"
+    else:
+        verdict = lines[shown]
+    why = f"The {event} hook Job {job} did not complete: {verdict}"
+    if status.get("failed"):
+        limit = (found.get("spec") or {}).get("backoffLimit", 6)
+        why += f"; {status['failed']} of its pods failed (the Job gives up after {limit} failures)"
+    return why + ".", lines, pods[shown]["metadata"]["name"] if pods else ""
+
+
+def hook_pod_state(pod: dict) -> str:
+    """Why a hook Job's pod has not completed, to follow its name."""
+    status = pod.get("status") or {}
+    if status.get("phase") == "Failed":
+        for container in status.get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated")
+            if terminated:
+                said = f" ({terminated['message']})" if terminated.get("message") else ""
+                return (
+                    f"failed: container {container.get('name')} exited with code "
+                    f"{terminated.get('exitCode', '?')} ({terminated.get('reason', 'no reason')})"
+                    + said
+                )
+        return f"failed ({status.get('reason') or 'no reason given'})"
+    problem = rollout_status.container_problem(pod) or rollout_status.unschedulable(pod)
+    if problem:
+        what = f"waits: container {problem.container} is " if problem.container else "is "
+        return f"{what}{problem.reason}" + (f" ({problem.message})" if problem.message else "")
+    return f"is {rollout_status.pod_state(pod)}"
 
 
 # -- diff ---------------------------------------------------------------------

@@ -46,17 +46,23 @@ class Component:
     """A part of the site the chart can switch off, and the objects it runs."""
 
     name: str
-    values_key: str
+    switch: tuple[str, ...]  # the values key that turns it on and off
     kind: str
     objects: tuple[str, ...]
 
 
 COMPONENTS: tuple[Component, ...] = (
     # The BinderHub chart's own Deployments: BinderHub, its JupyterHub and that hub's proxy.
-    Component("binderhub", "binderhub", "Deployment", ("binder", "hub", "proxy")),
-    Component("static-files", "static", "Deployment", ("static-files",)),
-    Component("federation-redirect", "federationRedirect", "Deployment", ("federation-redirect",)),
-    Component("node-agent", "nodeAgent", "DaemonSet", ("node-agent",)),
+    # Its switch is the dependency's condition, outside the binderhub chart's values.
+    Component("binderhub", ("binderhubEnabled",), "Deployment", ("binder", "hub", "proxy")),
+    Component("static-files", ("static", "enabled"), "Deployment", ("static-files",)),
+    Component(
+        "federation-redirect",
+        ("federationRedirect", "enabled"),
+        "Deployment",
+        ("federation-redirect",),
+    ),
+    Component("node-agent", ("nodeAgent", "enabled"), "DaemonSet", ("node-agent",)),
 )
 
 
@@ -86,16 +92,40 @@ def component_states(env: Environment, root: Path = PROJECT_ROOT) -> dict[str, C
             # this run would have refused it, so it is read as empty here.
             if values_module.is_locked(path):
                 continue
-            switch = (values_module.load(path).get(component.values_key) or {}).get("enabled")
+            switch = _lookup(values_module.load(path), component.switch)
             if switch is not None:
                 enabled = bool(switch)
                 shown = path.relative_to(root) if path.is_relative_to(root) else path
-                decided_by = f"{component.values_key}.enabled: {str(enabled).lower()} in {shown}"
+                key = ".".join(component.switch)
+                decided_by = f"{key}: {str(enabled).lower()} in {shown}"
         if component.name in env.components:
             enabled = env.components[component.name]
             decided_by = f"components.{component.name} in {REGISTRY_FILE}"
         states[component.name] = ComponentState(component, enabled, decided_by)
     return states
+
+
+def _lookup(values: dict, keys: tuple[str, ...]) -> object:
+    node: object = values
+    for key in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
+def layered_values(env: Environment, root: Path = PROJECT_ROOT) -> dict:
+    """The values helm renders `env` with: chart defaults, then every readable layer."""
+    merged = values_module.load(root / "mybinder" / "values.yaml")
+    for path in env.values_files(root):
+        if not values_module.is_locked(path):
+            merged = values_module.merge(merged, values_module.load(path))
+    return merged
+
+
+def declared(env: Environment, *keys: str, root: Path = PROJECT_ROOT) -> object:
+    """One value as the environment's layered values set it (None when none does)."""
+    return _lookup(layered_values(env, root), keys)
 
 
 def register_secrets(env: Environment, root: Path = PROJECT_ROOT) -> None:

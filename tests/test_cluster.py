@@ -287,12 +287,118 @@ def test_unschedulable_label(local_cluster: LocalCluster, namespace: str, tmp_pa
     assert "Pending" in pod_table(local_cluster, namespace, "stuck")
 
 
+def claim(name: str, storage_class: str | None = None) -> dict:
+    spec: dict = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    if storage_class is not None:
+        spec["storageClassName"] = storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def claim_status(cluster: LocalCluster, namespace: str, name: str) -> dict:
+    found = cluster.kubectl("-n", namespace, "get", "pvc", name, "-o", "json")
+    return json.loads(found)
+
+
+@pytest.mark.cluster
+def test_claim_without_a_class_is_bound_by_the_hostpath_provisioner(
+    local_cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    apply(local_cluster, namespace, claim("data"), tmp_path)
+    bound = wait_until(
+        lambda: claim_status(local_cluster, namespace, "data")["status"].get("phase") == "Bound",
+        30,
+        "the claim to be Bound",
+    )
+    assert bound
+    found = claim_status(local_cluster, namespace, "data")
+    assert found["spec"]["storageClassName"] == "standard"
+    volume = json.loads(
+        local_cluster.kubectl("get", "pv", found["spec"]["volumeName"], "-o", "json")
+    )
+    folder = Path(volume["spec"]["hostPath"]["path"])
+    assert clusters.HOSTPATH_VOLUMES in folder.parents and folder.is_dir()
+    assert folder in clusters.provisioned_volumes(local_cluster.name)
+    # Deleting the claim deletes its volume and the folder (reclaimPolicy Delete).
+    local_cluster.kubectl("-n", namespace, "delete", "pvc", "data")
+    wait_until(lambda: not folder.exists(), 30, f"{folder} to be removed with its volume")
+
+
+@pytest.mark.cluster
+def test_claim_of_a_missing_class_stays_pending_with_the_controllers_reason(
+    local_cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    apply(local_cluster, namespace, claim("orphan", storage_class="fast-ssd"), tmp_path)
+
+    def refusal() -> str:
+        events = local_cluster.kubectl(
+            "-n",
+            namespace,
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=orphan",
+            "-o",
+            "jsonpath={.items[*].message}",
+        )
+        return events if "not found" in events else ""
+
+    message = wait_until(refusal, 30, "the PersistentVolume controller's ProvisioningFailed event")
+    assert 'storageclass.storage.k8s.io "fast-ssd" not found' in str(message)
+    assert claim_status(local_cluster, namespace, "orphan")["status"]["phase"] == "Pending"
+
+
+@pytest.mark.cluster
+def test_exit_label_fails_a_jobs_pod_and_an_unlabelled_one_completes(
+    local_cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    def job(name: str, fail: str | None) -> dict:
+        labels = {"app": name, **({clusters.FAIL_LABEL: fail} if fail else {})}
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "main", "image": "registry.invalid/job:1"}],
+                    },
+                },
+            },
+        }
+
+    apply(local_cluster, namespace, job("fails", "exit"), tmp_path)
+    apply(local_cluster, namespace, job("works", None), tmp_path)
+
+    def finished(name: str, condition: str) -> bool:
+        found = json.loads(local_cluster.kubectl("-n", namespace, "get", "job", name, "-o", "json"))
+        return any(
+            c["type"] == condition and c["status"] == "True"
+            for c in found.get("status", {}).get("conditions") or []
+        )
+
+    wait_until(lambda: finished("fails", "Failed"), 30, "job/fails to fail")
+    wait_until(lambda: finished("works", "Complete"), 30, "job/works to complete")
+    [pod] = pods(local_cluster, namespace, "fails")
+    assert pod["status"]["phase"] == "Failed"
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (1, "Error")
+
+
 @pytest.mark.cluster
 def test_down_leaves_no_process_or_port(local_cluster: LocalCluster) -> None:
     name = THROWAWAY_CLUSTER
     if clusters.is_up(name):
         clusters.down(name, echo=lambda _msg: None)
     clusters.up(name, echo=lambda _msg: None)
+    volumes: list[Path] = []
     try:
         # Runs side by side with the shared cluster, on its own ports.
         assert clusters.server_url(name) != clusters.server_url(local_cluster.name)
@@ -320,8 +426,18 @@ def test_down_leaves_no_process_or_port(local_cluster: LocalCluster) -> None:
         assert clusters.dead_components(name) == []
         assert clusters.is_up(name)
         ports = clusters.listening_ports(set(pids.values()))
+
+        # A volume the provisioner made for a claim still there goes with the cluster.
+        manifest = Path(clusters.workdir(name)) / "claim.json"
+        manifest.write_text(json.dumps(claim("kept")))
+        clusters.kubectl(name, "-n", "default", "apply", "-f", str(manifest))
+        volumes = list(
+            wait_until(lambda: clusters.provisioned_volumes(name), 30, "a volume for the claim")
+        )
+        assert all(folder.is_dir() for folder in volumes)
     finally:
         clusters.down(name, echo=lambda _msg: None)
+    assert not any(folder.exists() for folder in volumes)
     still_running = [pid for pid in pids.values() if clusters.pid_alive(pid)]
     assert not still_running
     assert not ports & clusters.listening_ports()

@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tasks import charts
 from tasks.cluster import tools
@@ -41,9 +42,10 @@ def site_chart(tmp_path: Path, version: str = "1.3.0", locked: str | None = None
         "apiVersion: v2\nname: site\nversion: 0.1.0\ndependencies:\n"
         f"  - name: hub\n    version: {version}\n    repository: {UPSTREAM}\n"
     )
-    (chart / "Chart.lock").write_text(
-        f"dependencies:\n- name: hub\n  repository: {UPSTREAM}\n  version: {locked or version}\n"
-    )
+    requirements = [{"name": "hub", "version": version, "repository": UPSTREAM}]
+    pins = [{"name": "hub", "version": locked or version, "repository": UPSTREAM}]
+    lock = {"dependencies": pins, "digest": charts.lock_digest(requirements, pins)}
+    (chart / "Chart.lock").write_text(yaml.safe_dump(lock))
     return chart
 
 

@@ -189,7 +189,7 @@ def test_components_follow_the_layered_values() -> None:
     assert staging.decided_by == "federationRedirect.enabled: false in config/staging.yaml"
     local = component_states(registry.get("local-staging"))
     assert local["binderhub"].reason == (
-        "disables binderhub (binderhub.enabled: false in config/local-staging.yaml)"
+        "enables binderhub (binderhubEnabled: true in config/local-staging.yaml)"
     )
     assert local["static-files"].enabled and local["node-agent"].enabled
 
@@ -208,21 +208,34 @@ def test_local_environment_without_urls_runs_only_cluster_checks(tmp_path: Path)
     for name in HUB_CHECKS | BINDER_CHECKS:
         assert run.result(name) == "skipped"
     assert run.message("test_hub::test_hub_health") == (
-        "environment local-staging has no public URL (urls.hub)"
+        "environment local-staging has no public URL (urls.hub): "
+        "its pods are simulated by KWOK and serve no HTTP"
     )
     assert run.message("test_launch::test_launch") == (
-        "environment local-staging has no public URL (urls.binder)"
+        "environment local-staging has no public URL (urls.binder): "
+        "its pods are simulated by KWOK and serve no HTTP"
     )
     assert "KUBECONFIG is not set" in run.message("test_cluster::test_no_pod_restarting")
 
 
 def test_checks_of_a_disabled_component_skip_naming_the_values_file(tmp_path: Path) -> None:
+    switched_off = tmp_path / "no-binderhub.yaml"
+    switched_off.write_text("binderhubEnabled: false\n")
+    registry = yaml.safe_load((PROJECT_ROOT / REGISTRY_FILE).read_text())
+    registry["environments"]["local-staging"]["extra_values"] = [str(switched_off)]
+    (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
     # Nothing listens there: a disabled component's checks never ask.
     nowhere = "http://127.0.0.1:9"
-    local = run_suite("local-staging", tmp_path, "-k", "binder_page", SMOKE_BINDER_URL=nowhere)
+    local = run_suite(
+        "local-staging",
+        tmp_path,
+        "-k",
+        "binder_page",
+        SMOKE_BINDER_URL=nowhere,
+        DEPLOY_REGISTRY=str(tmp_path / "registry.yaml"),
+    )
     assert local.message("test_binder::test_binder_page") == (
-        "environment local-staging disables binderhub "
-        "(binderhub.enabled: false in config/local-staging.yaml)"
+        f"environment local-staging disables binderhub (binderhubEnabled: false in {switched_off})"
     )
     staging = run_suite("staging", tmp_path, "-k", "active_hosts")
     assert staging.message("test_federation::test_active_hosts") == (
@@ -626,6 +639,8 @@ def registry_with_namespace(tmp_path: Path, env: str, namespace: str) -> Path:
     """A copy of the registry whose `env` lives in `namespace`."""
     document = yaml.safe_load((PROJECT_ROOT / REGISTRY_FILE).read_text())
     document["environments"][env]["namespace"] = namespace
+    # The namespaces hold the site's own workloads only, not BinderHub.
+    document["environments"][env]["components"] = {"binderhub": False}
     path = tmp_path / f"environments-{namespace}.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
@@ -696,11 +711,14 @@ def test_cluster_checks_on_the_local_cluster(local_cluster, tmp_path: Path) -> N
         "test_cluster::test_component_present[static-files]",
         "test_cluster::test_component_present[federation-redirect]",
         "test_cluster::test_component_present[node-agent]",
+        "test_cluster::test_every_pod_ready[static-files]",
+        "test_cluster::test_every_pod_ready[federation-redirect]",
+        "test_cluster::test_every_pod_ready[node-agent]",
         "test_cluster::test_no_pod_restarting",
     }
     assert outcomes["test_cluster::test_component_present[binderhub]"].message == (
         "environment local-staging disables binderhub "
-        "(binderhub.enabled: false in config/local-staging.yaml)"
+        "(components.binderhub in config/environments.yaml)"
     )
 
     assert bad.returncode == 1

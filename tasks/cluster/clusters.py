@@ -16,10 +16,15 @@ Failure simulation: label a pod (or a Deployment's pod template) with
     kwok.binder.test/fail: imagepull      ErrImagePull / ImagePullBackOff, stays Pending
     kwok.binder.test/fail: configerror    CreateContainerConfigError, stays Pending
     kwok.binder.test/fail: unschedulable  Pending, PodScheduled=False reason Unschedulable
+    kwok.binder.test/fail: exit           exit code 1, pod Failed (a Job's pod whose command fails)
 
-The first three are KWOK Stages (`stages.yaml`); `unschedulable` is a
+All but `unschedulable` are KWOK Stages (`stages.yaml`); `unschedulable` is a
 MutatingAdmissionPolicy (`policies.yaml`) adding a node selector no node matches, so
 the real scheduler refuses the pod.
+
+Storage: a default StorageClass (`storage.yaml`) whose claims
+kube-controller-manager's in-tree hostPath provisioner binds (`kwokctl.yaml`),
+each to a folder under /tmp/hostpath_pv/ that `down()` removes.
 
 Python API: `kubeconfig(name)`, `is_up(name)`, `up(name)`, `down(name)`,
 `status(name)`, `kubectl(name, *args)`, `cluster_env(name)`, `known_clusters()`.
@@ -46,14 +51,18 @@ from tasks.cluster import tools
 DEMO_CLUSTERS: tuple[str, ...] = ("binder-staging", "binder-prod")
 NODES_PER_CLUSTER = 2
 FAIL_LABEL = "kwok.binder.test/fail"
-FAILURES: tuple[str, ...] = ("crashloop", "imagepull", "configerror", "unschedulable")
+FAILURES: tuple[str, ...] = ("crashloop", "imagepull", "configerror", "unschedulable", "exit")
 
 LOCAL_DIR = tools.REPO_ROOT / ".local"
 CLUSTERS_DIR = LOCAL_DIR / "clusters"
 KWOK_WORKDIR = LOCAL_DIR / "kwok"
 KUBE_CACHE_DIR = LOCAL_DIR / "kube-cache"
 STAGES_FILE = Path(__file__).with_name("stages.yaml")
+KWOKCTL_FILE = Path(__file__).with_name("kwokctl.yaml")
 POLICIES_FILE = Path(__file__).with_name("policies.yaml")
+STORAGE_FILE = Path(__file__).with_name("storage.yaml")
+# Where kube-controller-manager's hostPath provisioner puts every volume (fixed in its code).
+HOSTPATH_VOLUMES = Path("/tmp/hostpath_pv")
 
 Echo = Callable[[str], None]
 
@@ -228,7 +237,7 @@ def _up(name: str, nodes: int, echo: Echo) -> Path:
         echo(f"{name}: {', '.join(dead)} exited right after starting ({reason}); starting again")
         _down(name, echo=lambda _msg: None)
         config.parent.mkdir(parents=True, exist_ok=True)
-    kubectl(name, "apply", "-f", str(POLICIES_FILE))
+    kubectl(name, "apply", "-f", str(POLICIES_FILE), "-f", str(STORAGE_FILE))
     _ensure_nodes(name, nodes, echo)
     # Pods are refused until the controller manager has made the default service account.
     _wait_for(
@@ -281,6 +290,8 @@ def _create(paths: dict[str, Path], name: str, config: Path, echo: Echo) -> None
             str(config),
             "--config",
             str(STAGES_FILE),
+            "--config",
+            str(KWOKCTL_FILE),
             "--wait",
             "2m",
             "--timeout",
@@ -309,6 +320,7 @@ def _down(name: str, echo: Echo) -> None:
     pids = cluster_pids(name)
     alive = {component: pid for component, pid in pids.items() if pid_alive(pid)}
     ports = listening_ports(set(alive.values()))
+    volumes = provisioned_volumes(name) if alive else []
     if workdir(name).exists():
         paths = {n: p for n, p in _cached_paths().items() if p.is_file()}
         if "kwokctl" in paths:
@@ -335,10 +347,32 @@ def _down(name: str, echo: Echo) -> None:
     )
     _remove_tree(workdir(name))
     _remove_tree(kubeconfig(name).parent)
+    for folder in volumes:
+        shutil.rmtree(folder, ignore_errors=True)
     if alive:
         echo(f"{name}: down (stopped pids {sorted(alive.values())}, freed ports {sorted(ports)})")
     else:
         echo(f"{name}: was not running; state removed")
+
+
+def provisioned_volumes(name: str) -> list[Path]:
+    """The folders the hostPath provisioner made for the cluster's volumes still there.
+
+    Only paths below HOSTPATH_VOLUMES count: a volume an operator made by hand
+    pointing anywhere else is never deleted.
+    """
+    if not is_up(name):
+        return []
+    listed = kubectl(
+        name,
+        "get",
+        "persistentvolumes",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.hostPath.path}{'\\n'}{end}",
+        check=False,
+    )
+    paths = [Path(line) for line in listed.split() if line]
+    return [p for p in paths if HOSTPATH_VOLUMES in p.parents and ".." not in p.parts]
 
 
 def status(name: str) -> ClusterStatus:

@@ -1,1 +1,1 @@
-"""Local stand-ins for the services the pipeline talks to, speaking their real protocols."""
+"""Local substitutes for the services the pipeline talks to, speaking their real protocols."""

@@ -13,7 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from tests.fakes.loopback import LoopbackServer
+from tests.fakes.loopback import LoopbackServer, send_file
 
 
 def package_chart(helm: Path, source: Path, target: Path) -> None:
@@ -44,16 +44,7 @@ class ChartRepository:
                     self.send_response(status)
                     self.end_headers()
                     return
-                path = repository.folder / self.path.lstrip("/")
-                if not path.is_file():
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                body = path.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_file(self, repository.folder / self.path.lstrip("/"))
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

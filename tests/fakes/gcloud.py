@@ -1,4 +1,4 @@
-"""A stand-in `gcloud` executable that records how it was called.
+"""A fake `gcloud` executable that records how it was called.
 
 Google cannot be reached from the test machine, so the exact commands the
 pipeline sends to gcloud are checked here instead: each call appends its

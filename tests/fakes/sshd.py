@@ -1,4 +1,4 @@
-"""A real OpenSSH server on loopback, standing in for an environment's bastion host.
+"""A real OpenSSH server on loopback, playing the part of an environment's bastion host.
 
 Debian's sshd runs in the foreground with its own host key, authorized_keys and
 configuration, all in a temporary folder, on a free port of 127.0.0.1. It lets

@@ -7,6 +7,7 @@ for the run. The suite never changes anything in the cluster.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from dataclasses import dataclass
@@ -83,6 +84,21 @@ class Kube:
             if item["metadata"]["name"] == name:
                 return item
         return None
+
+    def pods_of(self, workload: dict[str, Any]) -> list[dict[str, Any]]:
+        """The pods a Deployment, DaemonSet or StatefulSet selects, terminating ones left out."""
+        labels = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+        pods = self.items("pods", f"--selector={selector}")
+        return [pod for pod in pods if not pod["metadata"].get("deletionTimestamp")]
+
+    def secret_data(self, name: str) -> dict[str, str] | None:
+        """The Secret's values, decoded; None when there is no such Secret. Never print them."""
+        found = self.items("secrets", f"--field-selector=metadata.name={name}")
+        if not found:
+            return None
+        data = found[0].get("data") or {}
+        return {key: base64.b64decode(raw).decode(errors="replace") for key, raw in data.items()}
 
     def ready_endpoints(self, service: str) -> int:
         """How many ready endpoints the EndpointSlices of `service` list."""

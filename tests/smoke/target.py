@@ -111,9 +111,16 @@ class Target:
         )
 
     def url(self, key: str) -> str:
-        """The public URL `key`, or skip: an environment without one is not served publicly."""
+        """The public URL `key`, or skip: an environment without one is not served publicly.
+
+        On a local cluster KWOK simulates the pods: they run no container, so
+        nothing answers HTTP there unless a SMOKE_*_URL points elsewhere.
+        """
         if not self.urls.get(key):
-            pytest.skip(f"environment {self.env.name} has no public URL (urls.{key})")
+            served = (
+                ": its pods are simulated by KWOK and serve no HTTP" if self.env.is_local else ""
+            )
+            pytest.skip(f"environment {self.env.name} has no public URL (urls.{key}){served}")
         return self.urls[key]
 
     def require(self, component: str) -> None:
