@@ -524,16 +524,18 @@ def _wait(
     namespace = waiter.namespace
     deadline = waiter.started + waiter.timeout
     announced = False
+    looked = -TICK_SECONDS
     while True:
         now = time.monotonic()
         try:
             change = changes.get(timeout=max(0.0, min(TICK_SECONDS, deadline - now)))
         except queue.Empty:
             change = None
+        changed = False
         while change is not None:
             if change.type == "ERROR":
                 raise _stream_failure(change, namespace)
-            waiter.view.apply(change, time.monotonic())
+            changed = waiter.view.apply(change, time.monotonic()) or changed
             try:
                 change = changes.get_nowait()
             except queue.Empty:
@@ -548,6 +550,11 @@ def _wait(
                     "Check that the cluster answers: kubectl get pods -n " + namespace,
                 )
             continue
+        # User pods coming and going change no verdict: the clock's rules are looked at
+        # every tick, the workloads again only when something of theirs changed.
+        if not changed and now - looked < TICK_SECONDS:
+            continue
+        looked = now
         verdicts = waiter.verdicts(now)
         if not verdicts:
             say(

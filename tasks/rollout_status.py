@@ -387,7 +387,9 @@ class NamespaceView:
     """The objects of the namespace as the watch streams last reported them."""
 
     def __init__(self) -> None:
+        # objects["pods"] holds the pods some controller owns; the others are apart.
         self.objects: dict[str, dict[str, Obj]] = {name: {} for name in WATCHED}
+        self.uncontrolled: dict[str, Obj] = {}
         self.synced: set[str] = set()
         self.last_pod_gone = 0.0
         # Read when a pod of the release finds no node; None until then.
@@ -398,30 +400,61 @@ class NamespaceView:
         # (kind, name) -> events, oldest first; rebuilt after the events change.
         self._events: dict[tuple[str, str], list[Obj]] | None = None
 
-    def apply(self, change: Change, now: float) -> None:
-        # A busy namespace's events come by the hundred; they leave the pods' index alone.
+    def apply(self, change: Change, now: float) -> bool:
+        """Take in what a watch stream reported; return whether it can change a verdict.
+
+        Pods no workload controls (a BinderHub's user servers and builds, by the
+        thousand at peak hours) are kept apart: they change no verdict, so their
+        comings and goings, and their events, neither rebuild the index of the
+        workloads' pods nor call for a new look at the workloads.
+        """
+        if change.resource == "pods":
+            return self._apply_pods(change, now)
         if change.resource == "events":
             self._events = None
         else:
             self._children = None
         store = self.objects[change.resource]
         if change.type == "SYNC":
-            listed = {_uid(o) for o in change.objects}
-            if change.resource == "pods" and any(
-                _workload_pod(p) for uid, p in store.items() if uid not in listed
-            ):
-                self.last_pod_gone = now
             store.clear()
-            store.update((_uid(obj), obj) for obj in change.objects)
             self.synced.add(change.resource)
-            return
         for obj in change.objects:
             if change.type == "DELETED":
                 store.pop(_uid(obj), None)
-                if change.resource == "pods" and _workload_pod(obj):
-                    self.last_pod_gone = now
             else:
                 store[_uid(obj)] = obj
+        # Events (one a user pod, at least) decide nothing alone: what they tell of a pod
+        # waiting for a node is read at the next tick.
+        return change.resource != "events" or change.type == "SYNC"
+
+    def _apply_pods(self, change: Change, now: float) -> bool:
+        controlled = self.objects["pods"]
+        if change.type == "SYNC":
+            listed = {_uid(o) for o in change.objects}
+            if any(_workload_pod(p) for uid, p in controlled.items() if uid not in listed):
+                self.last_pod_gone = now
+            controlled.clear()
+            self.uncontrolled.clear()
+            self.synced.add("pods")
+        matters = change.type == "SYNC"
+        for pod in change.objects:
+            uid = _uid(pod)
+            # A pod may be adopted or orphaned: whichever store held it before matters too.
+            matters = matters or uid in controlled or controller_of(pod) is not None
+            if change.type == "DELETED":
+                controlled.pop(uid, None)
+                self.uncontrolled.pop(uid, None)
+                if _workload_pod(pod):
+                    self.last_pod_gone = now
+            elif controller_of(pod) is not None:
+                controlled[uid] = pod
+                self.uncontrolled.pop(uid, None)
+            else:
+                self.uncontrolled[uid] = pod
+                controlled.pop(uid, None)
+        if matters:
+            self._children = None
+        return matters
 
     @property
     def complete(self) -> bool:
@@ -565,7 +598,7 @@ class NamespaceView:
 
     def neighbours(self) -> list[Obj]:
         """The namespace's pods that no workload controls: user servers, builds."""
-        return [p for p in self.objects["pods"].values() if not _workload_pod(p) and _active(p)]
+        return [p for p in self.uncontrolled.values() if _active(p)]
 
     def owner_chain(self, pod: Obj) -> list[tuple[str, str]]:
         """(kind, name) of the pod's controller and, for a ReplicaSet, its Deployment."""

@@ -468,6 +468,24 @@ def test_user_pods_coming_and_going_do_not_hold_off_an_unschedulable_verdict() -
     assert waiter.blocker(waiter.verdicts(25.0), 25.0) is not None
 
 
+def test_user_pods_changing_call_for_no_new_look_at_the_workloads() -> None:
+    waiter = waiter_with(_unschedulable_objects())
+    index = waiter.view.children("pods", "rs-1")
+    user = pod("jupyter-someone", owner=("ReplicaSet", "x", "x"))
+    user["metadata"]["ownerReferences"] = []
+    assert not waiter.view.apply(Change("pods", "ADDED", [user]), 1.0)
+    assert not waiter.view.apply(Change("pods", "DELETED", [user]), 2.0)
+    assert waiter.view.children("pods", "rs-1") is index  # not rebuilt
+    assert waiter.view.last_pod_gone == 0.0
+    # Adopted by a ReplicaSet, it is a workload's pod from then on; orphaned, no longer.
+    adopted = pod("jupyter-someone", owner=("ReplicaSet", "hub-1", "rs-1"))
+    assert waiter.view.apply(Change("pods", "MODIFIED", [adopted]), 3.0)
+    assert len(waiter.view.children("pods", "rs-1")) == 2
+    assert waiter.view.apply(Change("pods", "MODIFIED", [user]), 4.0)
+    assert len(waiter.view.children("pods", "rs-1")) == 1
+    assert waiter.view.neighbours() == [user]
+
+
 def test_a_pod_the_autoscaler_adds_a_node_for_is_waited_on_and_said_so() -> None:
     waiter = waiter_with(_unschedulable_objects())
     waiter.blocker(waiter.verdicts(0.0), 0.0)
