@@ -28,15 +28,20 @@ class KubeApi:
         self.session.verify = cluster["certificate-authority"]
         self.session.cert = (user["client-certificate"], user["client-key"])
 
-    def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content: str = "application/json",
+        **params: Any,
+    ) -> Any:
         response = self.session.request(
             method,
             self.base + path,
             params=params or None,
             data=None if body is None else json.dumps(body),
-            headers={"Content-Type": "application/merge-patch+json"}
-            if method == "PATCH"
-            else {"Content-Type": "application/json"},
+            headers={"Content-Type": content},
             timeout=30,
         )
         if response.status_code >= 300:
@@ -53,7 +58,14 @@ class KubeApi:
         return self.request("POST", path, body)
 
     def patch(self, path: str, body: dict[str, Any]) -> Any:
-        return self.request("PATCH", path, body)
+        return self.request("PATCH", path, body, "application/merge-patch+json")
+
+    def apply(self, path: str, body: dict[str, Any], manager: str) -> Any:
+        """Server-side apply: `body` becomes what `manager` says of the object, fields it no
+        longer sets included."""
+        return self.request(
+            "PATCH", path, body, "application/apply-patch+yaml", fieldManager=manager, force="true"
+        )
 
     def delete(self, path: str, **params: Any) -> None:
         try:
@@ -62,11 +74,13 @@ class KubeApi:
             if error.status != 404:
                 raise
 
-    def watch(self, path: str, version: str, seconds: int = 60) -> Iterator[dict[str, Any]]:
+    def watch(
+        self, path: str, version: str, seconds: int = 60, **params: Any
+    ) -> Iterator[dict[str, Any]]:
         """The watch events of `path` from `version`, until the server ends the watch."""
         response = self.session.get(
             self.base + path,
-            params={"watch": "1", "resourceVersion": version, "timeoutSeconds": seconds},
+            params={"watch": "1", "resourceVersion": version, "timeoutSeconds": seconds, **params},
             stream=True,
             timeout=(5, seconds + 10),
         )
