@@ -42,7 +42,7 @@ def test_sigterm_stops_the_running_command_and_the_run():
 
 @pytest.mark.cluster
 def test_an_interrupted_deploy_says_where_it_stopped_and_releases_its_lock(both_clusters, tmp_path):
-    never_ready = "static:\n  podLabels:\n    kwok.binder.test/fail: unschedulable\n"
+    never_ready = "static:\n  podLabels:\n    kwok.binder.test/fail: notready\n"
     env, namespaces = demo_registry(tmp_path, {"extra_values": values(tmp_path, never_ready)})
     process = subprocess.Popen(
         [sys.executable, "-m", "invoke", "deploy", "--env=local-prod", "--yes"],

@@ -958,6 +958,18 @@ def test_the_overall_deadline_names_what_was_not_ready(namespace: Namespace, poo
 
 
 @pytest.mark.cluster
+def test_a_pod_whose_containers_never_start_holds_the_rollout_until_the_deadline(
+    namespace: Namespace,
+) -> None:
+    namespace.apply(deployment_manifest("hub", fail="notready"))
+    failure, seconds = namespace.failure(timeout=4)
+    (pod_name,) = namespace.pod_names("hub")
+    assert 4 <= seconds < FAST
+    assert failure.why == "Not rolled out within 4.0s: deployment/hub."
+    assert f"pod {pod_name}: Pending, scheduled, containers not created yet" in failure.details
+
+
+@pytest.mark.cluster
 def test_an_ondelete_daemonset_is_reported_not_waited_on(namespace: Namespace) -> None:
     namespace.apply(
         daemonset_manifest("image-puller", strategy="OnDelete"), deployment_manifest("hub")

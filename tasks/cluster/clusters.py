@@ -16,10 +16,13 @@ Failure simulation: label a pod (or a Deployment's pod template) with
     kwok.binder.test/fail: imagepull      ErrImagePull / ImagePullBackOff, stays Pending
     kwok.binder.test/fail: configerror    CreateContainerConfigError, stays Pending
     kwok.binder.test/fail: unschedulable  Pending, PodScheduled=False reason Unschedulable
+    kwok.binder.test/fail: notready       on a node, containers never started: never Ready,
+                                          never failing (a rollout that hangs)
 
 The first three are KWOK Stages (`stages.yaml`); `unschedulable` is a
 MutatingAdmissionPolicy (`policies.yaml`) adding a node selector no node matches, so
-the real scheduler refuses the pod.
+the real scheduler refuses the pod; `notready` needs neither: KWOK's pod-ready stage
+leaves every labelled pod alone.
 
 Python API: `kubeconfig(name)`, `is_up(name)`, `up(name)`, `down(name)`,
 `status(name)`, `kubectl(name, *args)`, `cluster_env(name)`, `known_clusters()`.
@@ -46,7 +49,7 @@ from tasks.cluster import tools
 DEMO_CLUSTERS: tuple[str, ...] = ("binder-staging", "binder-prod")
 NODES_PER_CLUSTER = 2
 FAIL_LABEL = "kwok.binder.test/fail"
-FAILURES: tuple[str, ...] = ("crashloop", "imagepull", "configerror", "unschedulable")
+FAILURES: tuple[str, ...] = ("crashloop", "imagepull", "configerror", "unschedulable", "notready")
 
 LOCAL_DIR = tools.REPO_ROOT / ".local"
 CLUSTERS_DIR = LOCAL_DIR / "clusters"
