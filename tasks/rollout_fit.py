@@ -656,6 +656,14 @@ def classify(
     room = ", ".join(said.room_reasons)
     if facts.nodes is None:
         return _from_message_alone(said, room)
+    if not facts.nodes:
+        # A cluster scaled to nothing: only an autoscaler brings a node.
+        return Fit(
+            FULL,
+            "the cluster has no node at all",
+            "Add nodes, or let a cluster autoscaler add them.",
+            room="no nodes",
+        )
     requests = pod_requests(pod)
     rejected = {_node_name(n): node_rejection(pod, n, requests) for n in facts.nodes}
     candidates = [n for n in facts.nodes if rejected[_node_name(n)] is None]
@@ -671,6 +679,11 @@ def classify(
     return _full(room, candidates, neighbours)
 
 
+_UNREAD_NODES = (
+    "nodes: not readable with the deploy credentials; judged from the scheduler's message"
+)
+
+
 def _from_message_alone(said: SchedulerMessage, room: str) -> Fit:
     reasons = ", ".join(f"{n} {r}" for n, r in said.reasons) or ", ".join(said.pod_reasons)
     if said.only_permanent:
@@ -679,17 +692,14 @@ def _from_message_alone(said: SchedulerMessage, room: str) -> Fit:
             f"no node can take it: {reasons}",
             "Check the node selectors, affinities and tolerations in the values against the "
             "nodes' labels and taints (kubectl get nodes --show-labels).",
-            (
-                "nodes: not readable with the deploy credentials; judged from the scheduler's "
-                "message",
-            ),
+            (_UNREAD_NODES,),
         )
     return Fit(
         FULL,
         f"no node has room for it right now ({room or reasons})",
         "The nodes are full, not misconfigured: add nodes (or let a cluster autoscaler add "
         "them), or deploy when fewer users are on.",
-        ("nodes: not readable with the deploy credentials; judged from the scheduler's message",),
+        (_UNREAD_NODES,),
         room or reasons,
     )
 

@@ -264,6 +264,12 @@ def test_selectors_and_taints_no_node_satisfies_can_never_fit_and_say_which_node
     assert "nodeSelector" in fit.fix and "toleration" in fit.fix
 
 
+def test_a_cluster_scaled_to_no_node_at_all_waits_for_one() -> None:
+    fit = classify(pod(), "0/0 nodes are available.", facts(nodes=()), no_events)
+    assert fit.kind == FULL
+    assert fit.summary == "the cluster has no node at all"
+
+
 def test_without_the_nodes_the_schedulers_message_decides() -> None:
     unread = ClusterFacts(read_at=0.0, unreadable=("/api/v1/nodes (HTTP 403)",))
     assert classify(pod(), TOO_MANY_PODS, unread, no_events).kind == FULL
