@@ -278,7 +278,9 @@ def _diagnose_change(
         return refused
     hook = HOOK_NOT_READY.search(failed.output)
     if hook and hooks_wait is not None:
-        return hook_failure(ctx, hook.group("event"), hook.group("job"), hooks_wait)
+        return hook_failure(
+            ctx, hook.group("event"), hook.group("kind"), hook.group("name"), hooks_wait
+        )
     return _explain(ctx, failed, f"helm {action} failed")
 
 
@@ -317,10 +319,11 @@ def upgrade_release(ctx: StepContext, timeout: int | None = None) -> str:
 
 # -- hooks ----------------------------------------------------------------------
 
-# helm 4 waits for a hook Job until it completes or --timeout passes, then says only this.
+# helm 4 waits for a hook Job or Pod until it completes or --timeout passes, then says only this
+# (followed by "context deadline exceeded", which is not about reaching the cluster).
 HOOK_NOT_READY = re.compile(
     r"failed (?P<event>(?:pre|post)-(?:install|upgrade|rollback|delete)): "
-    r"resource Job/[^/\s]+/(?P<job>\S+) not ready"
+    r"resource (?P<kind>Job|Pod)/[^/\s]+/(?P<name>\S+) not ready"
 )
 
 # Hooks of the charts the site carries, and how to switch each off.
@@ -360,12 +363,17 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
     return (times[1] - times[0]).total_seconds()
 
 
-def hook_failure(ctx: StepContext, event: str, job: str, seconds: int) -> StepFailure:
-    """Why a hook Job did not complete: the Job, its pods and their reasons, from the cluster."""
+def hook_failure(ctx: StepContext, event: str, kind: str, name: str, seconds: int) -> StepFailure:
+    """Why a hook Job (or bare Pod) did not complete: it, its pods and their reasons."""
     env = ctx.environment
-    found = _kubectl_json(ctx, ["get", "job", job])
-    pods = _kubectl_json(ctx, ["get", "pods", "--selector", f"batch.kubernetes.io/job-name={job}"])
-    why, lines, pod = describe_hook_job(event, job, found, (pods or {}).get("items") or [])
+    if kind == "Job":
+        found = _kubectl_json(ctx, ["get", "job", name])
+        pods = _kubectl_json(
+            ctx, ["get", "pods", "--selector", f"batch.kubernetes.io/job-name={name}"]
+        )
+        why, lines, pod = describe_hook_job(event, name, found, (pods or {}).get("items") or [])
+    else:
+        why, lines, pod = describe_hook_pod(event, name, _kubectl_json(ctx, ["get", "pod", name]))
     kubectl = "kubectl"
     kubeconfig = ctx.runner.env.get("KUBECONFIG", "")
     if kubeconfig and not kubeconfig.startswith(tempfile.gettempdir()):
@@ -374,7 +382,7 @@ def hook_failure(ctx: StepContext, event: str, job: str, seconds: int) -> StepFa
         f"{kubectl} describe pod {pod} --namespace {env.namespace} (its events) and "
         f"{kubectl} logs {pod} --namespace {env.namespace}"
         if pod
-        else f"{kubectl} describe job {job} --namespace {env.namespace}"
+        else f"{kubectl} describe {kind.lower()} {name} --namespace {env.namespace}"
     )
     applied = (
         "none of the new version was applied"
@@ -386,8 +394,8 @@ def hook_failure(ctx: StepContext, event: str, job: str, seconds: int) -> StepFa
         f"release failed; {applied}. See why: {look}. Fix what it names and deploy again: the "
         "next upgrade runs the hook afresh."
     )
-    if job in KNOWN_HOOKS:
-        fix += " " + KNOWN_HOOKS[job]
+    if name in KNOWN_HOOKS:
+        fix += " " + KNOWN_HOOKS[name]
     return StepFailure(why, fix, details="\n".join(lines))
 
 
@@ -437,6 +445,18 @@ def describe_hook_job(
         limit = (found.get("spec") or {}).get("backoffLimit", 6)
         why += f"; {status['failed']} of its pods failed (the Job gives up after {limit} failures)"
     return why + ".", lines, pods[shown]["metadata"]["name"] if pods else ""
+
+
+def describe_hook_pod(event: str, name: str, found: dict | None) -> tuple[str, list[str], str]:
+    """(why, one line, the pod to look at) for a hook that is a bare Pod and did not complete."""
+    if found is None:
+        return (
+            f"The {event} hook Pod {name} did not complete, and is gone from the cluster.",
+            [],
+            "",
+        )
+    line = f"pod {name} {hook_pod_state(found)}"
+    return f"The {event} hook Pod {name} did not complete: {line}.", [line], name
 
 
 def hook_pod_state(pod: dict) -> str:

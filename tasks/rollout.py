@@ -8,10 +8,18 @@ unchanged) and one HTTP watch per kind of object, all feeding one queue. What
 `tasks/rollout_status.py`.
 
 A pod that will never get ready (crash loop, image that cannot be pulled,
-missing Secret, no node to run on) or a Deployment past its progress deadline
-fails the step within seconds, naming the object, the pod, the container, the
-reason, the recent events and the container's last log lines: the reference
-document's "kubectl rollout hanging forever" becomes a one-screen diagnosis.
+missing Secret, no node it could ever run on) or a Deployment past its progress
+deadline fails the step within seconds, naming the object, the pod, the
+container, the reason, the recent events and the container's last log lines:
+the reference document's "kubectl rollout hanging forever" becomes a one-screen
+diagnosis.
+
+A pod that finds the nodes full is another matter on a busy BinderHub: the
+nodes, the pod's claims and the cluster autoscaler's status are read (GETs,
+every few seconds, only while such a pod waits) to tell "full right now" from
+"can never fit", and the autoscaler's events on the pod are followed: a node on
+its way is waited for, a refusal fails the step at once with the autoscaler's
+reason (`tasks/rollout_fit.py`).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from invoke.exceptions import Exit
 from tasks.errors import StepFailure
 from tasks.output import format_seconds, masker, say
 from tasks.pipeline import StepContext, perform
+from tasks.rollout_fit import AUTOSCALER_CONFIGMAP, AUTOSCALER_NAMESPACE, ClusterFacts, Note
 from tasks.rollout_status import (
     FIXES,
     READY,
@@ -69,6 +78,16 @@ RESOURCES = {
     "controllerrevisions": "/apis/apps/v1/namespaces/{ns}/controllerrevisions",
     "pods": "/api/v1/namespaces/{ns}/pods",
     "events": "/api/v1/namespaces/{ns}/events",
+}
+# Read, not watched, while a pod of the release finds no node: what tells a full
+# cluster from a pod that can never fit, and whether an autoscaler adds nodes.
+FACTS = {
+    "nodes": "/api/v1/nodes",
+    "storage_classes": "/apis/storage.k8s.io/v1/storageclasses",
+    "claims": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
+    "autoscaler_status": (
+        f"/api/v1/namespaces/{AUTOSCALER_NAMESPACE}/configmaps/{AUTOSCALER_CONFIGMAP}"
+    ),
 }
 
 LOG_LINES = 20
@@ -114,7 +133,8 @@ def kubectl_binary(is_local: bool) -> str:
 
 
 def proxy_command(kubectl: str | Path, namespace: str) -> list[str]:
-    """`kubectl proxy` on a free loopback port, answering read-only requests on the namespace only.
+    """`kubectl proxy` on a free loopback port, answering read-only requests on the namespace,
+    and on the few cluster objects that say whether a pod can find a node (FACTS).
 
     The filter keeps the proxy from lending the deploy credentials to anything
     else on the machine that finds the port while it runs.
@@ -122,9 +142,10 @@ def proxy_command(kubectl: str | Path, namespace: str) -> list[str]:
     ns = re.escape(namespace)
     accept = [
         rf"^/api/v1/namespaces/{ns}$",
-        rf"^/api/v1/namespaces/{ns}/(pods|events)$",
+        rf"^/api/v1/namespaces/{ns}/(pods|events|persistentvolumeclaims)$",
         rf"^/api/v1/namespaces/{ns}/pods/[^/]+/log$",
         rf"^/apis/apps/v1/namespaces/{ns}/[a-z]+$",
+        *(f"^{re.escape(path)}$" for name, path in FACTS.items() if name != "claims"),
     ]
     return [
         str(kubectl),
@@ -236,6 +257,38 @@ class Api:
         return response
 
 
+def read_facts(api: Api, namespace: str, now: float) -> ClusterFacts:
+    """The nodes, StorageClasses, the namespace's claims and the autoscaler's status, as far as
+    the deploy credentials may read them; what may not be read is named, never fatal."""
+    found: dict[str, Any] = {}
+    unreadable = []
+    for name, path in FACTS.items():
+        path = path.format(ns=namespace)
+        try:
+            if name == "autoscaler_status":
+                found[name] = api.get(path, seconds=10).json()
+            else:
+                found[name] = tuple(_list_all(api, path))
+        except ApiError as error:
+            # No status ConfigMap is how a cluster without an autoscaler answers.
+            if not (name == "autoscaler_status" and error.status == 404):
+                unreadable.append(f"{path} (HTTP {error.status})")
+        except (requests.RequestException, ValueError) as error:
+            unreadable.append(f"{path} ({error})")
+    return ClusterFacts(read_at=now, unreadable=tuple(unreadable), **found)
+
+
+def _list_all(api: Api, path: str) -> Iterator[Obj]:
+    params: dict[str, Any] = {"limit": 500}
+    while True:
+        page = api.get(path, params, seconds=10).json()
+        yield from page.get("items") or ()
+        more = (page.get("metadata") or {}).get("continue")
+        if not more:
+            return
+        params["continue"] = more
+
+
 def _session() -> requests.Session:
     session = requests.Session()
     # An HTTP(S)_PROXY meant for the outside world must not capture loopback traffic.
@@ -344,7 +397,8 @@ class WatchStream(threading.Thread):
 
 
 class Progress:
-    """Ready out of desired, per workload: redrawn in place on a terminal, changes only in CI."""
+    """Ready out of desired, per workload, and what it waits on (a node, a claim): redrawn in
+    place on a terminal, changes only in CI."""
 
     MAX_ROWS = 15
 
@@ -352,22 +406,24 @@ class Progress:
         self.stream = stream
         self.tty = stream.isatty()
         self.deadline_seconds = deadline_seconds
-        self.shown: dict[str, tuple[str, int, int]] = {}
+        self.shown: dict[str, tuple[str, int, int, str]] = {}
         self.drawn: list[str] = []
         self.drawn_at = 0.0
         self.last_heartbeat = 0.0
 
-    def update(self, verdicts: dict[str, Verdict], elapsed: float) -> None:
+    def update(
+        self, verdicts: dict[str, Verdict], elapsed: float, notes: dict[str, Note] | None = None
+    ) -> None:
         if self.tty:
-            self._redraw(verdicts, elapsed)
+            self._redraw(verdicts, elapsed, notes or {})
         else:
-            self._print_changes(verdicts, elapsed)
+            self._print_changes(verdicts, elapsed, notes or {})
 
     def finish(self) -> None:
         """Leave the last drawing on screen; what follows starts below it."""
         self.drawn = []
 
-    def _redraw(self, verdicts: dict[str, Verdict], elapsed: float) -> None:
+    def _redraw(self, verdicts: dict[str, Verdict], elapsed: float, notes: dict[str, Note]) -> None:
         waiting = [(k, v) for k, v in verdicts.items() if v.state not in (READY, UNWAITABLE)]
         done = len(verdicts) - len(waiting)
         lines = [
@@ -375,11 +431,11 @@ class Progress:
             f"{format_seconds(elapsed)} of {format_seconds(self.deadline_seconds)}"
         ]
         for key, verdict in waiting[: self.MAX_ROWS]:
-            lines.append(f"  {key}: {verdict.ready}/{verdict.desired} ready ({verdict.message})")
+            lines.append(f"  {_waiting_line(key, verdict, notes.get(key))}")
         if len(waiting) > self.MAX_ROWS:
             lines.append(f"  ... and {len(waiting) - self.MAX_ROWS} more not ready")
         # The clock alone changes every tick; a redraw a second is enough for it.
-        if self.drawn and lines[1:] == self.drawn[1:] and elapsed - self.drawn_at < 1.0:
+        if self.drawn and elapsed - self.drawn_at < 1.0 and lines[1:] == self.drawn[1:]:
             return
         # Cursor up over the previous drawing, erase to the end of the screen, draw again.
         prefix = f"\x1b[{len(self.drawn)}F\x1b[J" if self.drawn else ""
@@ -387,10 +443,13 @@ class Progress:
         self.drawn = lines
         self.drawn_at = elapsed
 
-    def _print_changes(self, verdicts: dict[str, Verdict], elapsed: float) -> None:
+    def _print_changes(
+        self, verdicts: dict[str, Verdict], elapsed: float, notes: dict[str, Note]
+    ) -> None:
         changed = False
         for key, verdict in verdicts.items():
-            state = (verdict.state, verdict.ready, verdict.desired)
+            note = notes.get(key)
+            state = (verdict.state, verdict.ready, verdict.desired, note.kind if note else "")
             if self.shown.get(key) == state:
                 continue
             self.shown[key] = state
@@ -401,17 +460,22 @@ class Progress:
             elif verdict.state == UNWAITABLE:
                 line = f"{key}: not waited on: {verdict.message}"
             else:
-                line = f"{key}: {verdict.ready}/{verdict.desired} ready ({verdict.message})"
+                line = _waiting_line(key, verdict, note)
             say(line, stream=self.stream)
         if changed:
             self.last_heartbeat = elapsed
         elif elapsed - self.last_heartbeat >= HEARTBEAT_SECONDS:
             self.last_heartbeat = elapsed
             waiting = [k for k, v in verdicts.items() if v.state not in (READY, UNWAITABLE)]
-            shown = ", ".join(waiting[:5]) + (
-                f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""
-            )
+            shown = ", ".join(
+                f"{k} ({notes[k].text})" if k in notes else k for k in waiting[:5]
+            ) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
             say(f"still waiting after {format_seconds(elapsed)}: {shown}", stream=self.stream)
+
+
+def _waiting_line(key: str, verdict: Verdict, note: Note | None) -> str:
+    line = f"{key}: {verdict.ready}/{verdict.desired} ready ({verdict.message})"
+    return f"{line}; {note.text}" if note else line
 
 
 def wait_for_rollout(
@@ -460,16 +524,18 @@ def _wait(
     namespace = waiter.namespace
     deadline = waiter.started + waiter.timeout
     announced = False
+    looked = -TICK_SECONDS
     while True:
         now = time.monotonic()
         try:
             change = changes.get(timeout=max(0.0, min(TICK_SECONDS, deadline - now)))
         except queue.Empty:
             change = None
+        changed = False
         while change is not None:
             if change.type == "ERROR":
                 raise _stream_failure(change, namespace)
-            waiter.view.apply(change, time.monotonic())
+            changed = waiter.view.apply(change, time.monotonic()) or changed
             try:
                 change = changes.get_nowait()
             except queue.Empty:
@@ -484,6 +550,11 @@ def _wait(
                     "Check that the cluster answers: kubectl get pods -n " + namespace,
                 )
             continue
+        # User pods coming and going change no verdict: the clock's rules are looked at
+        # every tick, the workloads again only when something of theirs changed.
+        if not changed and now - looked < TICK_SECONDS:
+            continue
+        looked = now
         verdicts = waiter.verdicts(now)
         if not verdicts:
             say(
@@ -500,8 +571,12 @@ def _wait(
                 stream=out,
             )
             announced = True
-        progress.update(verdicts, elapsed)
         blocker = waiter.blocker(verdicts, now)
+        if blocker is None and waiter.wants_facts(now):
+            # A pod of the release found no node: what the cluster is made of decides.
+            waiter.view.facts = read_facts(api, namespace, now)
+            blocker = waiter.blocker(verdicts, now)
+        progress.update(verdicts, elapsed, waiter.notes)
         if blocker:
             progress.finish()
             report = RolloutReport(namespace, waiter.results(verdicts, blocker), elapsed)
@@ -542,7 +617,9 @@ def _api_failure(error: ApiError, namespace: str) -> StepFailure:
         return StepFailure(
             f"The deploy credentials may not read {error.path} in namespace {namespace}.",
             "Grant the deploy account get, list and watch on Deployments, DaemonSets, "
-            "StatefulSets, ReplicaSets, ControllerRevisions, Pods, Events and pods/log there.",
+            "StatefulSets, ReplicaSets, ControllerRevisions, Pods, Events and pods/log there "
+            "(and, to tell a full cluster from a pod that never fits, list on Nodes, "
+            "StorageClasses and PersistentVolumeClaims).",
             details=error.body,
         )
     if error.status in (500, 502, 503) and not error.body.lstrip().startswith("{"):
@@ -600,6 +677,13 @@ def _diagnose(
     facts = [f"message: {blocker.message}" if blocker.message else "message: (none)"]
     if problem and problem.last_exit:
         facts.append(f"last exit: {problem.last_exit}")
+    reason_fix = FIXES.get(blocker.reason, "")
+    if blocker.fit is not None:
+        why += f": {blocker.fit.summary}"
+        facts += blocker.fit.details
+        reason_fix = blocker.fit.fix
+        if view.facts is not None and view.facts.unreadable:
+            facts.append(f"could not read: {', '.join(view.facts.unreadable)}")
     owners = [(kind, name)]
     if pod is not None:
         owners = [*view.owner_chain(pod)[::-1], ("Pod", pod["metadata"]["name"])]
@@ -621,7 +705,6 @@ def _diagnose(
         full += [f"  {line}" for line in logs[1]]
     say("\n".join(full), stream=out)
 
-    reason_fix = FIXES.get(blocker.reason, "")
     if pod is None:
         command = f"kubectl describe {key} -n {namespace}"
     elif problem and problem.reason == "CrashLoopBackOff":
@@ -709,7 +792,7 @@ def _deadline_failure(waiter: RolloutWaiter, verdicts: dict[str, Verdict]) -> St
     lines = []
     for key in waiting:
         verdict = verdicts[key]
-        lines.append(f"{key}: {verdict.ready}/{verdict.desired} ready ({verdict.message})")
+        lines.append(_waiting_line(key, verdict, waiter.notes.get(key)))
         unready = [p for p in waiter.view.current_pods(by_key[key]) if not pod_ready(p)]
         lines += [f"  pod {p['metadata']['name']}: {pod_state(p)}" for p in unready[:3]]
     if len(lines) > DETAIL_LINES:
@@ -732,6 +815,8 @@ def _dry_run(
     for name in RESOURCES:
         path = RESOURCES[name].format(ns=namespace)
         say(f"[dry-run] GET {path}, then watch it from the list's resourceVersion", stream=out)
+    for path in FACTS.values():
+        say(f"[dry-run] GET {path.format(ns=namespace)} while a pod finds no node", stream=out)
     say(
         f"[dry-run] wait up to {format_seconds(timeout)} for every Deployment, DaemonSet and "
         f"StatefulSet of namespace {namespace}",

@@ -19,15 +19,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.output import format_seconds
+from tasks.rollout_fit import (
+    ClusterFacts,
+    Fit,
+    Note,
+    autoscaler_status,
+    autoscaler_word,
+    classify,
+    event_time,
+    placement,
+)
 
 Obj = dict[str, Any]
 
-# Long enough for the scheduler to place a pod once a terminating pod frees its
-# node (the waiter also holds off while any pod of the namespace terminates) and
-# for the cluster autoscaler to say it is adding a node (after which the pod is
-# waited on until the deadline); short enough that a pod no node can ever take
-# fails the step in well under a minute.
+# How long a pod of the release may find the nodes full before the step fails,
+# when no cluster autoscaler runs: long enough for the scheduler to place it once
+# a terminating pod frees its node (the waiter also holds off while a pod of the
+# release terminates), short enough to fail in well under a minute. A pod that
+# can never fit fails at once; one the autoscaler is adding a node for is waited
+# on until the deadline (tasks/rollout_fit.py).
 UNSCHEDULABLE_GRACE = 20.0
+# How often the nodes, claims and the autoscaler's status are read again while a
+# pod of the release finds no node.
+FACTS_SECONDS = 5.0
 # A ReplicaFailure (quota, admission) often clears once old pods are gone.
 REPLICA_FAILURE_GRACE = 20.0
 
@@ -88,11 +102,6 @@ FIXES = {
         "The container refers to a Secret or ConfigMap, or a key of one, that does not exist. "
         "Check the names in the values and that the secrets are deployed "
         "(invoke decrypt-secrets, then the upgrade again)."
-    ),
-    UNSCHEDULABLE: (
-        "No node can take the pod (the scheduler's message says why). Check the resource "
-        "requests, node selectors, affinities and tolerations in the values, and the cluster's "
-        "node pools and autoscaler."
     ),
     PROGRESS_DEADLINE_EXCEEDED: (
         "The Deployment made no progress within its progressDeadlineSeconds. Look at its new "
@@ -378,33 +387,74 @@ class NamespaceView:
     """The objects of the namespace as the watch streams last reported them."""
 
     def __init__(self) -> None:
+        # objects["pods"] holds the pods some controller owns; the others are apart.
         self.objects: dict[str, dict[str, Obj]] = {name: {} for name in WATCHED}
+        self.uncontrolled: dict[str, Obj] = {}
         self.synced: set[str] = set()
         self.last_pod_gone = 0.0
+        # Read when a pod of the release finds no node; None until then.
+        self.facts: ClusterFacts | None = None
         # resource -> controller uid -> objects it controls; rebuilt after changes,
         # so a check over 200 workloads costs one pass over the pods, not 200.
         self._children: dict[str, dict[str, list[Obj]]] | None = None
+        # (kind, name) -> events, oldest first; rebuilt after the events change.
+        self._events: dict[tuple[str, str], list[Obj]] | None = None
 
-    def apply(self, change: Change, now: float) -> None:
-        self._children = None
+    def apply(self, change: Change, now: float) -> bool:
+        """Take in what a watch stream reported; return whether it can change a verdict.
+
+        Pods no workload controls (a BinderHub's user servers and builds, by the
+        thousand at peak hours) are kept apart: they change no verdict, so their
+        comings and goings, and their events, neither rebuild the index of the
+        workloads' pods nor call for a new look at the workloads.
+        """
+        if change.resource == "pods":
+            return self._apply_pods(change, now)
+        if change.resource == "events":
+            self._events = None
+        else:
+            self._children = None
         store = self.objects[change.resource]
         if change.type == "SYNC":
-            listed = {_uid(o) for o in change.objects}
-            if change.resource == "pods" and any(
-                _workload_pod(p) for uid, p in store.items() if uid not in listed
-            ):
-                self.last_pod_gone = now
             store.clear()
-            store.update((_uid(obj), obj) for obj in change.objects)
             self.synced.add(change.resource)
-            return
         for obj in change.objects:
             if change.type == "DELETED":
                 store.pop(_uid(obj), None)
-                if change.resource == "pods" and _workload_pod(obj):
-                    self.last_pod_gone = now
             else:
                 store[_uid(obj)] = obj
+        # Events (one a user pod, at least) decide nothing alone: what they tell of a pod
+        # waiting for a node is read at the next tick.
+        return change.resource != "events" or change.type == "SYNC"
+
+    def _apply_pods(self, change: Change, now: float) -> bool:
+        controlled = self.objects["pods"]
+        if change.type == "SYNC":
+            listed = {_uid(o) for o in change.objects}
+            if any(_workload_pod(p) for uid, p in controlled.items() if uid not in listed):
+                self.last_pod_gone = now
+            controlled.clear()
+            self.uncontrolled.clear()
+            self.synced.add("pods")
+        matters = change.type == "SYNC"
+        for pod in change.objects:
+            uid = _uid(pod)
+            # A pod may be adopted or orphaned: whichever store held it before matters too.
+            matters = matters or uid in controlled or controller_of(pod) is not None
+            if change.type == "DELETED":
+                controlled.pop(uid, None)
+                self.uncontrolled.pop(uid, None)
+                if _workload_pod(pod):
+                    self.last_pod_gone = now
+            elif controller_of(pod) is not None:
+                controlled[uid] = pod
+                self.uncontrolled.pop(uid, None)
+            else:
+                self.uncontrolled[uid] = pod
+                controlled.pop(uid, None)
+        if matters:
+            self._children = None
+        return matters
 
     @property
     def complete(self) -> bool:
@@ -535,13 +585,20 @@ class NamespaceView:
         return False
 
     def events_of(self, kind: str, name: str) -> list[Obj]:
-        found = [
-            e
-            for e in self.objects["events"].values()
-            if (e.get("involvedObject") or {}).get("kind") == kind
-            and (e.get("involvedObject") or {}).get("name") == name
-        ]
-        return sorted(found, key=_event_time)
+        """The events about one object, oldest first."""
+        if self._events is None:
+            index: dict[tuple[str, str], list[Obj]] = {}
+            for event in self.objects["events"].values():
+                about = event.get("involvedObject") or {}
+                index.setdefault((about.get("kind", ""), about.get("name", "")), []).append(event)
+            for found in index.values():
+                found.sort(key=event_time)
+            self._events = index
+        return self._events.get((kind, name), [])
+
+    def neighbours(self) -> list[Obj]:
+        """The namespace's pods that no workload controls: user servers, builds."""
+        return [p for p in self.uncontrolled.values() if _active(p)]
 
     def owner_chain(self, pod: Obj) -> list[tuple[str, str]]:
         """(kind, name) of the pod's controller and, for a ReplicaSet, its Deployment."""
@@ -576,20 +633,9 @@ def _label(obj: Obj, key: str) -> str | None:
     return (obj["metadata"].get("labels") or {}).get(key)
 
 
-def _event_time(event: Obj) -> str:
-    series = event.get("series") or {}
-    return str(
-        series.get("lastObservedTime")
-        or event.get("lastTimestamp")
-        or event.get("eventTime")
-        or event["metadata"].get("creationTimestamp")
-        or ""
-    )
-
-
 def describe_event(event: Obj) -> str:
     """`12:00:03 Warning BackOff: Back-off restarting failed container (x4)`."""
-    stamp = _event_time(event)
+    stamp = event_time(event)
     clock = stamp[11:19] if len(stamp) >= 19 else stamp
     count = (event.get("series") or {}).get("count") or event.get("count") or 1
     repeat = f" (x{count})" if count > 1 else ""
@@ -656,7 +702,6 @@ class RolloutReport:
 # --- The waiter ----------------------------------------------------------------------------
 
 
-@dataclass
 @dataclass(frozen=True)
 class Blocker:
     """A workload that will not roll out without a change, and why."""
@@ -665,13 +710,15 @@ class Blocker:
     reason: str
     message: str
     problem: PodProblem | None = None
+    fit: Fit | None = None  # Unschedulable: full, never, or a claim, and what to do
 
 
 class RolloutWaiter:
     """Decides, from the namespace view, whether to go on waiting, succeed or fail.
 
     Time comes in as `now` (time.monotonic() seconds), so tests drive the
-    grace periods without sleeping.
+    grace periods without sleeping; `wall_offset` turns it into epoch seconds
+    for the API's timestamps (the autoscaler's events and status).
     """
 
     def __init__(
@@ -680,15 +727,22 @@ class RolloutWaiter:
         timeout: float,
         unschedulable_grace: float = UNSCHEDULABLE_GRACE,
         started: float | None = None,
+        wall_offset: float | None = None,
     ) -> None:
         self.namespace = namespace
         self.timeout = timeout
         self.unschedulable_grace = unschedulable_grace
         self.view = NamespaceView()
         self.started = time.monotonic() if started is None else started
+        self.wall_offset = time.time() - time.monotonic() if wall_offset is None else wall_offset
         self.ready_after: dict[str, float] = {}
         self.first_unschedulable: dict[str, float] = {}
         self.first_replica_failure: dict[str, float] = {}
+        # What each waiting workload waits on beyond kubectl's words (a node, a claim).
+        self.notes: dict[str, Note] = {}
+        # pod uid -> (resourceVersion, facts read at, fit): a pod's fit changes with the
+        # pod or the facts, not with every tick.
+        self._fits: dict[str, tuple[str, float, Fit]] = {}
 
     def verdicts(self, now: float) -> dict[str, Verdict]:
         """Every workload's verdict; remembers when each was first seen rolled out."""
@@ -711,6 +765,7 @@ class RolloutWaiter:
         unschedulable_seen: set[str] = set()
         replica_failures: set[str] = set()
         found: Blocker | None = None
+        self.notes = {}
         for workload in self.view.workloads():
             key = workload_key(workload)
             verdict = verdicts[key]
@@ -740,24 +795,51 @@ class RolloutWaiter:
                     continue
                 uid = _uid(pod)
                 unschedulable_seen.add(uid)
-                # A pod that just went away may have freed the room this one needs.
-                since = max(self.first_unschedulable.setdefault(uid, now), self.view.last_pod_gone)
-                if (
-                    not terminating
-                    and now - since >= self.unschedulable_grace
-                    and not self._scale_up_triggered(pod)
-                ):
-                    found = found or Blocker(workload, UNSCHEDULABLE, stuck.message, stuck)
+                first = self.first_unschedulable.setdefault(uid, now)
+                if self.view.facts is None:
+                    continue  # the nodes are being read; the verdict waits for them
+                decided = placement(
+                    self._fit(pod, stuck.message),
+                    autoscaler_word(self.view.events_of("Pod", pod["metadata"]["name"])),
+                    autoscaler_status(self.view.facts.autoscaler_status),
+                    waited=now - first,
+                    # A pod that just went away may have freed the room this one needs.
+                    waited_for_room=now - max(first, self.view.last_pod_gone),
+                    room_coming=terminating,
+                    grace=self.unschedulable_grace,
+                    wall_now=now + self.wall_offset,
+                )
+                if decided.fail:
+                    found = found or Blocker(
+                        workload, UNSCHEDULABLE, stuck.message, stuck, decided.fit
+                    )
+                elif decided.note is not None:
+                    self.notes.setdefault(key, decided.note)
         for uid in set(self.first_unschedulable) - unschedulable_seen:
             del self.first_unschedulable[uid]
+        for uid in set(self._fits) - unschedulable_seen:
+            del self._fits[uid]
         for key in set(self.first_replica_failure) - replica_failures:
             del self.first_replica_failure[key]
         return found
 
-    def _scale_up_triggered(self, pod: Obj) -> bool:
-        events = self.view.events_of("Pod", pod["metadata"]["name"])
-        reasons = [e.get("reason") for e in events if e.get("reason") in _SCALE_UP_REASONS]
-        return bool(reasons) and reasons[-1] == "TriggeredScaleUp"
+    def wants_facts(self, now: float) -> bool:
+        """Whether to read the nodes, claims and autoscaler status (again) before deciding."""
+        if not self.first_unschedulable:
+            return False
+        facts = self.view.facts
+        return facts is None or now - facts.read_at >= FACTS_SECONDS
+
+    def _fit(self, pod: Obj, message: str) -> Fit:
+        assert self.view.facts is not None
+        uid = _uid(pod)
+        version = str(pod["metadata"].get("resourceVersion", ""))
+        cached = self._fits.get(uid)
+        if cached and cached[:2] == (version, self.view.facts.read_at):
+            return cached[2]
+        fit = classify(pod, message, self.view.facts, self.view.events_of, self.view.neighbours())
+        self._fits[uid] = (version, self.view.facts.read_at, fit)
+        return fit
 
     def results(
         self, verdicts: dict[str, Verdict], blocker: Blocker | None = None
@@ -775,10 +857,7 @@ class RolloutWaiter:
                 results.append(WorkloadResult(key, "not waited", None, verdict.message))
             else:
                 detail = f"{verdict.ready}/{verdict.desired} ready: {verdict.message}"
+                if key in self.notes:
+                    detail += f"; {self.notes[key].text}"
                 results.append(WorkloadResult(key, "not ready", None, detail))
         return results
-
-
-# The cluster autoscaler's verdicts on an unschedulable pod; after TriggeredScaleUp
-# a node is on its way and the pod is waited for until the deadline.
-_SCALE_UP_REASONS = ("TriggeredScaleUp", "NotTriggerScaleUp", "FailedScaleUp")

@@ -589,7 +589,8 @@ def test_invokes_own_dry_flag_is_a_dry_run_that_deploys_nothing(both_clusters, t
     result = invoke("--dry", "deploy", "--env=local-prod", "--yes", env=env)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
-    assert "helm upgrade binder mybinder --install" in out and "[dry-run]" in out
+    release = unique_release(namespaces["local-staging"])
+    assert f"helm upgrade {release} mybinder --install" in out and "[dry-run]" in out
     assert "local-prod: would be deployed and validated" in out
     assert not release_exists("binder-staging", namespaces["local-staging"])
     assert not release_exists("binder-prod", namespaces["local-prod"])

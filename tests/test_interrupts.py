@@ -88,7 +88,7 @@ def test_ctrl_c_during_helm_upgrade_names_the_upgrade_and_releases_the_lock(
     run = run_and_act(
         ["deploy", "--env=local-prod", "--yes"],
         env,
-        "$ helm upgrade binder",
+        "$ helm upgrade ",
         lambda process: (time.sleep(2), process.send_signal(signal.SIGINT)),
     )
     out = run.output
@@ -145,9 +145,7 @@ def test_helm_killed_mid_upgrade_is_named_with_its_signal_and_the_stuck_release(
             if Path(command[0]).name == "helm" and "upgrade" in command:
                 os.kill(pid, signal.SIGKILL)
 
-    run = run_and_act(
-        ["deploy", "--env=local-prod", "--yes"], env, "$ helm upgrade binder", kill_helm
-    )
+    run = run_and_act(["deploy", "--env=local-prod", "--yes"], env, "$ helm upgrade ", kill_helm)
     out = run.output
     assert run.returncode == 1, out[-3000:]
     assert "FAILED: upgrade on local-staging" in out
@@ -160,7 +158,7 @@ def test_helm_killed_mid_upgrade_is_named_with_its_signal_and_the_stuck_release(
 
 @pytest.mark.cluster
 def test_an_interrupted_deploy_says_where_it_stopped_and_releases_its_lock(both_clusters, tmp_path):
-    never_ready = "static:\n  podLabels:\n    kwok.binder.test/fail: unschedulable\n"
+    never_ready = "static:\n  podLabels:\n    kwok.binder.test/fail: notready\n"
     env, namespaces = demo_registry(tmp_path, {"extra_values": values(tmp_path, never_ready)})
     process = subprocess.Popen(
         [sys.executable, "-m", "invoke", "deploy", "--env=local-prod", "--yes"],

@@ -17,6 +17,7 @@ from tasks.cluster import clusters, tools
 from tasks.errors import StepFailure
 from tasks.output import masker
 from tasks.pipeline import load_registry
+from tests.fixtures.chain import slow_chart
 
 pytestmark = pytest.mark.cluster
 
@@ -415,6 +416,21 @@ def test_hook_job_that_never_completes_names_what_its_pod_waits_for(site_env, tm
     assert "succeeded" in release.upgrade_release(
         replace(ctx, env=replace(ctx.env, extra_values=()))
     )
+
+
+def test_hook_pod_that_never_completes_is_named_not_blamed_on_the_cluster(site_env, tmp_path):
+    # helm ends such a wait with "context deadline exceeded", which is not about the network.
+    ctx = site_env()
+    ctx = replace(ctx, registry=replace(ctx.registry, chart=slow_chart(tmp_path)))
+    with pytest.raises(StepFailure) as raised:
+        release.upgrade_release(ctx, timeout=10)
+    failure = raised.value
+    assert failure.why.startswith(
+        "The pre-install hook Pod never-done-hook did not complete: pod never-done-hook is "
+    ), failure.why
+    assert "Unschedulable" in failure.why
+    assert "reach the cluster" not in failure.why
+    assert f"describe pod never-done-hook --namespace {ctx.env.namespace}" in failure.fix
 
 
 def test_hook_runs_are_read_from_helms_status():

@@ -11,10 +11,12 @@ from __future__ import annotations
 import io
 import os
 import queue
+import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import pytest
 import yaml
 from invoke import Context
 
-from tasks.cluster import tools
+from tasks.cluster import nodes, tools
 from tasks.errors import StepFailure
 from tasks.rollout import (
     Progress,
@@ -33,6 +35,7 @@ from tasks.rollout import (
     wait_for_rollout,
     wait_rollout,
 )
+from tasks.rollout_fit import ClusterFacts, Note
 from tasks.rollout_status import (
     FAILED,
     READY,
@@ -49,6 +52,7 @@ from tasks.rollout_status import (
     statefulset_verdict,
 )
 from tasks.runner import Runner
+from tests.fakes.cluster_autoscaler import FakeClusterAutoscaler
 from tests.fixtures.cluster import LocalCluster
 
 FAIL_LABEL = "kwok.binder.test/fail"
@@ -114,7 +118,7 @@ def pod(
     *,
     owner: tuple[str, str, str],
     waiting: str | None = None,
-    unschedulable: bool = False,
+    unschedulable: str | None = None,
     terminating: bool = False,
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -136,8 +140,7 @@ def pod(
                 "type": "PodScheduled",
                 "status": "False",
                 "reason": "Unschedulable",
-                "message": "0/2 nodes are available: 2 node(s) didn't match Pod's node "
-                "affinity/selector.",
+                "message": unschedulable,
             }
         )
     if waiting:
@@ -154,8 +157,45 @@ def pod(
     return {"kind": "Pod", "metadata": metadata, "spec": {}, "status": status}
 
 
-def waiter_with(objects: dict[str, list[dict[str, Any]]], started: float = 0.0) -> RolloutWaiter:
-    waiter = RolloutWaiter("ns", timeout=600, unschedulable_grace=20, started=started)
+# The scheduler's words (Kubernetes v1.36) for nodes that are full, and for nodes none of
+# which the pod selects.
+TOO_MANY_PODS = (
+    "0/2 nodes are available: 2 Too many pods. no new claims to deallocate, preemption: 0/2 "
+    "nodes are available: 2 No preemption victims found for incoming pod."
+)
+NO_NODE_SELECTED = (
+    "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector. no new "
+    "claims to deallocate, preemption: 0/2 nodes are available: 2 Preemption is not helpful "
+    "for scheduling."
+)
+# What wait-rollout reads about the cluster once a pod finds no node: two of the local
+# cluster's nodes, no autoscaler.
+TWO_NODES = ClusterFacts(
+    read_at=0.0,
+    nodes=tuple(
+        {
+            "metadata": {"name": f"node-00000{i}", "labels": {}},
+            "spec": {},
+            "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"}},
+        }
+        for i in range(2)
+    ),
+    storage_classes=(),
+    claims=(),
+)
+# Epoch seconds at the waiter's clock's zero, for the API's timestamps.
+EPOCH = 1_800_000_000.0
+
+
+def waiter_with(
+    objects: dict[str, list[dict[str, Any]]],
+    started: float = 0.0,
+    facts: ClusterFacts | None = TWO_NODES,
+) -> RolloutWaiter:
+    waiter = RolloutWaiter(
+        "ns", timeout=600, unschedulable_grace=20, started=started, wall_offset=EPOCH
+    )
+    waiter.view.facts = facts
     for resource in ("deployments", "daemonsets", "statefulsets", "replicasets"):
         waiter.view.apply(Change(resource, "SYNC", objects.get(resource, [])), started)
     for resource in ("controllerrevisions", "pods", "events"):
@@ -355,25 +395,61 @@ def test_the_current_replicaset_is_known_by_its_template_before_the_status_says_
     assert waiter.verdicts(1.0)["deployment/hub"].state == READY
 
 
-def _unschedulable_objects(*extra_pods: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def _unschedulable_objects(
+    *extra_pods: dict[str, Any], message: str = TOO_MANY_PODS
+) -> dict[str, list[dict[str, Any]]]:
     return {
         "deployments": [deployment(available=0)],
         "replicasets": [replicaset("hub-1", uid="rs-1", image="hub:1")],
         "pods": [
-            pod("hub-1-a", owner=("ReplicaSet", "hub-1", "rs-1"), unschedulable=True),
+            pod("hub-1-a", owner=("ReplicaSet", "hub-1", "rs-1"), unschedulable=message),
             *extra_pods,
         ],
     }
 
 
-def test_an_unschedulable_pod_fails_only_after_the_grace_period() -> None:
+def _autoscaler_event(reason: str, message: str, at: float) -> dict[str, Any]:
+    stamp = datetime.fromtimestamp(EPOCH + at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "metadata": {"uid": f"e-{reason}-{at}", "creationTimestamp": stamp},
+        "involvedObject": {"kind": "Pod", "name": "hub-1-a"},
+        "reason": reason,
+        "message": message,
+        "type": "Normal",
+        "source": {"component": "cluster-autoscaler"},
+        "lastTimestamp": stamp,
+    }
+
+
+def test_a_pod_finding_the_nodes_full_fails_only_after_the_grace_period() -> None:
     waiter = waiter_with(_unschedulable_objects())
     assert waiter.blocker(waiter.verdicts(0.0), 0.0) is None
     assert waiter.blocker(waiter.verdicts(19.0), 19.0) is None
+    assert waiter.notes["deployment/hub"].text == (
+        "no room right now (2 Too many pods); waiting 1.0s more for room"
+    )
     blocker = waiter.blocker(waiter.verdicts(20.5), 20.5)
-    assert blocker is not None
+    assert blocker is not None and blocker.fit is not None
     assert blocker.reason == "Unschedulable"
-    assert "didn't match" in blocker.message
+    assert blocker.fit.summary == "no node has room for it right now (2 Too many pods)"
+
+
+def test_a_pod_no_node_can_ever_take_fails_at_once() -> None:
+    waiter = waiter_with(_unschedulable_objects(message=NO_NODE_SELECTED))
+    blocker = waiter.blocker(waiter.verdicts(0.0), 0.0)
+    assert blocker is not None and blocker.fit is not None
+    assert blocker.fit.kind == "never"
+
+
+def test_the_verdict_on_an_unschedulable_pod_waits_until_the_nodes_are_read() -> None:
+    waiter = waiter_with(_unschedulable_objects(message=NO_NODE_SELECTED), facts=None)
+    assert not waiter.wants_facts(0.0)  # nothing is unschedulable until the waiter looks
+    assert waiter.blocker(waiter.verdicts(0.0), 0.0) is None
+    assert waiter.wants_facts(0.0)
+    waiter.view.facts = TWO_NODES
+    assert waiter.blocker(waiter.verdicts(0.1), 0.1) is not None
+    assert not waiter.wants_facts(1.0)
+    assert waiter.wants_facts(5.0)  # read again every few seconds while the pod waits
 
 
 def test_an_unschedulable_pod_waits_while_another_pod_terminates() -> None:
@@ -392,18 +468,50 @@ def test_user_pods_coming_and_going_do_not_hold_off_an_unschedulable_verdict() -
     assert waiter.blocker(waiter.verdicts(25.0), 25.0) is not None
 
 
-def test_an_unschedulable_pod_waits_once_the_autoscaler_adds_a_node() -> None:
+def test_user_pods_changing_call_for_no_new_look_at_the_workloads() -> None:
     waiter = waiter_with(_unschedulable_objects())
-    scale_up = {
-        "metadata": {"uid": "e-1", "creationTimestamp": "2026-11-27T00:00:01Z"},
-        "involvedObject": {"kind": "Pod", "name": "hub-1-a"},
-        "reason": "TriggeredScaleUp",
-        "message": "pod triggered scale-up",
-        "type": "Normal",
-    }
-    waiter.view.apply(Change("events", "ADDED", [scale_up]), 0.0)
+    index = waiter.view.children("pods", "rs-1")
+    user = pod("jupyter-someone", owner=("ReplicaSet", "x", "x"))
+    user["metadata"]["ownerReferences"] = []
+    assert not waiter.view.apply(Change("pods", "ADDED", [user]), 1.0)
+    assert not waiter.view.apply(Change("pods", "DELETED", [user]), 2.0)
+    assert waiter.view.children("pods", "rs-1") is index  # not rebuilt
+    assert waiter.view.last_pod_gone == 0.0
+    # Adopted by a ReplicaSet, it is a workload's pod from then on; orphaned, no longer.
+    adopted = pod("jupyter-someone", owner=("ReplicaSet", "hub-1", "rs-1"))
+    assert waiter.view.apply(Change("pods", "MODIFIED", [adopted]), 3.0)
+    assert len(waiter.view.children("pods", "rs-1")) == 2
+    assert waiter.view.apply(Change("pods", "MODIFIED", [user]), 4.0)
+    assert len(waiter.view.children("pods", "rs-1")) == 1
+    assert waiter.view.neighbours() == [user]
+
+
+def test_a_pod_the_autoscaler_adds_a_node_for_is_waited_on_and_said_so() -> None:
+    waiter = waiter_with(_unschedulable_objects())
     waiter.blocker(waiter.verdicts(0.0), 0.0)
+    triggered = _autoscaler_event(
+        "TriggeredScaleUp", "pod triggered scale-up: [{pool-1 1->2 (max: 3)}]", 2.0
+    )
+    waiter.view.apply(Change("events", "ADDED", [triggered]), 2.0)
     assert waiter.blocker(waiter.verdicts(60.0), 60.0) is None
+    assert waiter.notes["deployment/hub"].text == (
+        "waiting for a node: scale-up of pool-1 (1->2 nodes) triggered 58.0s ago"
+    )
+    assert "triggered 58.0s ago" in waiter.results(waiter.verdicts(60.0))[0].detail
+
+
+def test_a_pod_the_autoscaler_will_not_add_a_node_for_fails_at_once_with_its_reason() -> None:
+    waiter = waiter_with(_unschedulable_objects())
+    refused = _autoscaler_event(
+        "NotTriggerScaleUp", "pod didn't trigger scale-up: 1 max node group size reached", 1.0
+    )
+    waiter.view.apply(Change("events", "ADDED", [refused]), 1.0)
+    blocker = waiter.blocker(waiter.verdicts(1.0), 1.0)
+    assert blocker is not None and blocker.fit is not None
+    assert blocker.fit.summary.endswith(
+        "the cluster autoscaler will not add a node: pod didn't trigger scale-up: 1 max node "
+        "group size reached"
+    )
 
 
 # --- What the operator sees ------------------------------------------------------------------
@@ -420,6 +528,28 @@ def test_progress_outside_a_terminal_prints_only_changes() -> None:
     assert lines == [
         "deployment/hub: 0/1 ready (0 of 1 updated available)",
         "deployment/hub: 1/1 ready, rolled out after 3.0s",
+    ]
+
+
+def test_progress_says_what_a_workload_waits_on_once_and_in_the_heartbeat() -> None:
+    out = io.StringIO()
+    progress = Progress(out, deadline_seconds=600)
+    waiting = {"deployment/hub": Verdict(WAITING, 2, 3, "2 of 3 updated available")}
+    room = Note("room", "no room right now (2 Too many pods); waiting 1m00s more for room")
+    node = Note(
+        "scale-up", "waiting for a node: scale-up of pool-1 (1->2 nodes) triggered 1.0s ago"
+    )
+    later = Note(
+        "scale-up", "waiting for a node: scale-up of pool-1 (1->2 nodes) triggered 40.0s ago"
+    )
+    progress.update(waiting, 1.0, {"deployment/hub": room})
+    progress.update(waiting, 2.0, {"deployment/hub": node})
+    progress.update(waiting, 3.0, {"deployment/hub": node})
+    progress.update(waiting, 41.0, {"deployment/hub": later})
+    assert out.getvalue().splitlines() == [
+        f"deployment/hub: 2/3 ready (2 of 3 updated available); {room.text}",
+        f"deployment/hub: 2/3 ready (2 of 3 updated available); {node.text}",
+        f"still waiting after 41.0s: deployment/hub ({later.text})",
     ]
 
 
@@ -514,19 +644,55 @@ def _labels(app: str, fail: str | None) -> dict[str, str]:
 
 
 def deployment_manifest(
-    name: str, *, replicas: int = 1, fail: str | None = None, progress_deadline: int | None = None
+    name: str,
+    *,
+    replicas: int = 1,
+    fail: str | None = None,
+    progress_deadline: int | None = None,
+    pool: str | None = None,
+    cpu: str | None = None,
+    claim: str | None = None,
 ) -> dict[str, Any]:
+    """`pool`: run only on that node pool's nodes; `cpu`: request that much; `claim`: mount
+    that PersistentVolumeClaim."""
+    container: dict[str, Any] = {"name": name, "image": f"example.org/{name}:1"}
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        **(nodes.placed_on(pool) if pool else {}),
+    }
+    if cpu:
+        container["resources"] = {"requests": {"cpu": cpu}}
+    if claim:
+        pod_spec["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]
     spec: dict[str, Any] = {
         "replicas": replicas,
         "selector": {"matchLabels": {"app": name}},
-        "template": {
-            "metadata": {"labels": _labels(name, fail)},
-            "spec": {"containers": [{"name": name, "image": f"example.org/{name}:1"}]},
-        },
+        "template": {"metadata": {"labels": _labels(name, fail)}, "spec": pod_spec},
     }
     if progress_deadline is not None:
         spec["progressDeadlineSeconds"] = progress_deadline
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec}
+
+
+def user_pod(
+    name: str,
+    *,
+    component: str = "singleuser-server",
+    pool: str | None = None,
+    fail: str | None = None,
+) -> dict[str, Any]:
+    """A pod as a BinderHub's JupyterHub starts one for a user (or as BinderHub starts a build):
+    labelled like z2jh's, controlled by no workload."""
+    labels = {"app": "jupyterhub", "component": component, "release": "binder"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {**labels, **({FAIL_LABEL: fail} if fail else {})}},
+        "spec": {
+            "containers": [{"name": "notebook", "image": "example.org/user-image:1"}],
+            **(nodes.placed_on(pool) if pool else {}),
+        },
+    }
 
 
 def daemonset_manifest(
@@ -580,9 +746,24 @@ class Namespace:
         path.write_text(yaml.safe_dump_all(manifests))
         self.cluster.kubectl("apply", "-n", self.name, "-f", str(path))
 
-    def pod_names(self, app: str) -> list[str]:
-        out = self.cluster.kubectl("get", "pods", "-n", self.name, "-l", f"app={app}", "-o", "name")
-        return [line.removeprefix("pod/") for line in out.split()]
+    def get_pods(self, app: str, *args: str) -> str:
+        return self.cluster.kubectl("get", "pods", "-n", self.name, "-l", f"app={app}", *args)
+
+    def pod_names(self, app: str, *, pending: bool = False) -> list[str]:
+        phase = ["--field-selector=status.phase=Pending"] if pending else []
+        found = self.get_pods(app, *phase, "-o", "name")
+        return [line.removeprefix("pod/") for line in found.split()]
+
+    def wait_until(self, what: str, check: Callable[[], bool], seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while not check():
+            assert time.monotonic() < deadline, f"namespace {self.name}: never {what}"
+            time.sleep(0.5)
+
+    def bound(self, app: str) -> int:
+        """How many pods of `app` the scheduler has put on a node."""
+        names = self.get_pods(app, "-o", 'jsonpath={range .items[*]}{.spec.nodeName}{"\\n"}{end}')
+        return sum(1 for line in names.splitlines() if line.strip())
 
     def wait(self, *, timeout: float = 60, grace: float = 20) -> RolloutReport:
         out = io.StringIO()
@@ -714,40 +895,78 @@ def test_a_missing_secret_is_reported_as_a_config_error(namespace: Namespace) ->
 
 
 @pytest.mark.cluster
-def test_an_unschedulable_pod_is_reported_after_its_grace_period(namespace: Namespace) -> None:
+def test_a_pod_no_node_selects_fails_at_once_naming_the_selector(namespace: Namespace) -> None:
+    # The label's admission policy gives the pod a node selector no node carries.
     namespace.apply(deployment_manifest("user-placeholder", fail="unschedulable"))
-    failure, seconds = namespace.failure(grace=3)
+    failure, seconds = namespace.failure(grace=60)
     (pod_name,) = namespace.pod_names("user-placeholder")
-    assert 3 <= seconds < FAST
-    assert failure.why == f"deployment/user-placeholder: pod {pod_name}: Unschedulable"
+    assert seconds < FAST  # at once, not after the 60 s grace
+    assert failure.why.startswith(
+        f"deployment/user-placeholder: pod {pod_name}: Unschedulable: it can never fit: "
+    )
+    assert (
+        "labels of its node selector missing (kwok.binder.test/unschedulable=true)" in failure.why
+    )
+    assert "nodeSelector" in failure.fix
     assert "didn't match Pod's node affinity/selector" in failure.details
-    assert "FailedScheduling" in failure.details
     assert "the pod was never scheduled, so no container started" in failure.details
 
 
+# A pool's node takes this many pods; its taint keeps every other pod off it.
+POOL_PODS = 4
+
+
+@pytest.fixture
+def pool(local_cluster: LocalCluster) -> Iterator[str]:
+    """A node pool of one small tainted node, for pods sent there to fill up."""
+    name = f"pool-{uuid.uuid4().hex[:6]}"
+    nodes.add(local_cluster.name, nodes.node(f"{name}-0", pool=name, pods=POOL_PODS, tainted=True))
+    try:
+        yield name
+    finally:
+        nodes.remove(local_cluster.name, name)
+
+
 @pytest.mark.cluster
-def test_a_deployment_past_its_progress_deadline_fails(namespace: Namespace) -> None:
-    # Unschedulable pods never get ready; the long grace leaves the verdict to the Deployment.
-    namespace.apply(deployment_manifest("hub", fail="unschedulable", progress_deadline=3))
+def test_a_deployment_past_its_progress_deadline_fails(namespace: Namespace, pool: str) -> None:
+    # One replica more than the pool holds; the long grace leaves the verdict to the Deployment.
+    namespace.apply(
+        deployment_manifest("hub", replicas=POOL_PODS + 1, pool=pool, progress_deadline=3)
+    )
     failure, seconds = namespace.failure(grace=600)
-    (pod_name,) = namespace.pod_names("hub")
+    (pending,) = namespace.pod_names("hub", pending=True)
     assert seconds < FAST
     assert failure.why.startswith("deployment/hub: ProgressDeadlineExceeded")
-    assert f"pod {pod_name} is unschedulable" in failure.why
+    assert f"pod {pending} is unschedulable" in failure.why
     assert "has timed out progressing" in failure.details
 
 
 @pytest.mark.cluster
-def test_the_overall_deadline_names_what_was_not_ready(namespace: Namespace) -> None:
-    namespace.apply(deployment_manifest("hub", fail="unschedulable"), deployment_manifest("proxy"))
+def test_the_overall_deadline_names_what_was_not_ready(namespace: Namespace, pool: str) -> None:
+    namespace.apply(
+        deployment_manifest("hub", replicas=POOL_PODS + 1, pool=pool), deployment_manifest("proxy")
+    )
     failure, seconds = namespace.failure(timeout=4, grace=600)
-    (pod_name,) = namespace.pod_names("hub")
+    (pending,) = namespace.pod_names("hub", pending=True)
     assert 4 <= seconds < FAST
     assert failure.why == "Not rolled out within 4.0s: deployment/hub."
     assert "timeouts.rollout" in failure.fix
-    assert "deployment/hub: 0/1 ready" in failure.details
-    assert f"pod {pod_name}: unschedulable" in failure.details
+    assert f"deployment/hub: {POOL_PODS}/{POOL_PODS + 1} ready" in failure.details
+    assert "no room right now (1 Too many pods)" in failure.details
+    assert f"pod {pending}: unschedulable" in failure.details
     assert "deployment/proxy  ready" in namespace.output
+
+
+@pytest.mark.cluster
+def test_a_pod_whose_containers_never_start_holds_the_rollout_until_the_deadline(
+    namespace: Namespace,
+) -> None:
+    namespace.apply(deployment_manifest("hub", fail="notready"))
+    failure, seconds = namespace.failure(timeout=4)
+    (pod_name,) = namespace.pod_names("hub")
+    assert 4 <= seconds < FAST
+    assert failure.why == "Not rolled out within 4.0s: deployment/hub."
+    assert f"pod {pod_name}: Pending, scheduled, containers not created yet" in failure.details
 
 
 @pytest.mark.cluster
@@ -795,3 +1014,171 @@ def test_the_proxy_and_the_watch_threads_end_with_the_wait(namespace: Namespace)
             if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
                 children.append((entry / "cmdline").read_bytes().replace(b"\0", b" "))
     assert not [c for c in children if b" proxy " in c]
+
+
+# --- A busy BinderHub namespace: full nodes, the autoscaler, claims, failing user pods ---------
+
+
+def fill_the_pool_then_add_a_replica(namespace: Namespace, pool: str) -> None:
+    """The deploy of the issue, in small: static-files at 2 replicas, users fill the rest of the
+    nodes (one more waits for room), then the deploy raises static-files to 3."""
+    namespace.apply(deployment_manifest("static-files", replicas=2, pool=pool))
+    namespace.wait()
+    free = POOL_PODS - 2
+    namespace.apply(*(user_pod(f"jupyter-user-{i}", pool=pool) for i in range(free + 1)))
+    namespace.wait_until("filled the pool", lambda: namespace.bound("jupyterhub") == free)
+    namespace.apply(deployment_manifest("static-files", replicas=3, pool=pool))
+
+
+def autoscaler(namespace: Namespace, pool: str, **behaviour: Any) -> FakeClusterAutoscaler:
+    """The stand-in autoscaler for the pool: nodes like its first, at most 3."""
+    return FakeClusterAutoscaler(
+        namespace.cluster.kubeconfig,
+        namespaces=[namespace.name],
+        group=pool,
+        template=nodes.node(f"{pool}-template", pool=pool, pods=POOL_PODS, tainted=True),
+        max_size=3,
+        **behaviour,
+    )
+
+
+@pytest.mark.cluster
+def test_full_nodes_without_an_autoscaler_fail_after_the_grace_saying_the_nodes_are_full(
+    namespace: Namespace, pool: str
+) -> None:
+    fill_the_pool_then_add_a_replica(namespace, pool)
+    failure, seconds = namespace.failure(grace=3)
+    assert 3 <= seconds < FAST
+    assert failure.why.startswith("deployment/static-files: pod static-files-")
+    assert failure.why.endswith(
+        ": Unschedulable: no node has room for it right now (1 Too many pods)"
+    )
+    assert "The nodes are full, not misconfigured" in failure.fix
+    assert "toleration" not in failure.fix
+    assert f"nodes that could take it once room frees up: 1 node ({pool}-0)" in failure.details
+    assert "2 component=singleuser-server" in failure.details
+    assert "cluster autoscaler: none found" in failure.details
+    assert "no room right now (1 Too many pods); waiting" in namespace.output
+
+
+@pytest.mark.cluster
+def test_full_nodes_roll_out_once_the_autoscaler_adds_a_node_and_the_wait_is_shown(
+    namespace: Namespace, pool: str
+) -> None:
+    fill_the_pool_then_add_a_replica(namespace, pool)
+    with autoscaler(namespace, pool, provision_seconds=3) as scaling:
+        report = namespace.wait(timeout=120, grace=3)
+    assert not scaling.errors
+    assert {r.key: r.result for r in report.results} == {"deployment/static-files": "ready"}
+    assert f"waiting for a node: scale-up of {pool} (1->2 nodes) triggered" in namespace.output
+    assert [e["reason"] for e in scaling.events if e["involvedObject"]["kind"] == "Pod"].count(
+        "TriggeredScaleUp"
+    ) == 2  # the new replica, and the user waiting for room
+
+
+@pytest.mark.cluster
+def test_an_autoscaler_that_will_not_add_a_node_fails_the_rollout_at_once_with_its_reason(
+    namespace: Namespace, pool: str
+) -> None:
+    fill_the_pool_then_add_a_replica(namespace, pool)
+    with autoscaler(namespace, pool, refuse="1 max node group size reached"):
+        failure, seconds = namespace.failure(grace=60)
+    assert seconds < FAST  # at once, not after the grace
+    assert failure.why.endswith(
+        "Unschedulable: no room right now (1 Too many pods) and the cluster autoscaler will "
+        "not add a node: pod didn't trigger scale-up: 1 max node group size reached"
+    )
+    assert "The node pools are at their maximum size" in failure.fix
+
+
+@pytest.mark.cluster
+def test_a_pod_requesting_more_cpu_than_any_node_has_fails_at_once_naming_both(
+    namespace: Namespace,
+) -> None:
+    namespace.apply(deployment_manifest("hub", cpu="64"))
+    failure, seconds = namespace.failure(grace=60)
+    assert seconds < FAST
+    assert "Unschedulable: it can never fit: it requests cpu 64, more than any node has" in (
+        failure.why
+    )
+    assert re.search(r"\(the largest, node-\d+, has 32\)$", failure.why)
+    assert "Lower the pod's resource requests (cpu 64)" in failure.fix
+
+
+def claim_manifest(name: str, storage_class: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {
+            "storageClassName": storage_class,
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+
+
+@pytest.mark.cluster
+def test_a_claim_whose_storage_class_does_not_exist_fails_at_once_naming_claim_and_class(
+    namespace: Namespace,
+) -> None:
+    missing = f"fast-ssd-{uuid.uuid4().hex[:6]}"
+    namespace.apply(claim_manifest("hub-db", missing), deployment_manifest("hub", claim="hub-db"))
+    failure, seconds = namespace.failure(grace=60)
+    assert seconds < FAST
+    assert (
+        f"Unschedulable: its claim hub-db asks for StorageClass {missing}, which does not exist, "
+        "so nothing provisions the claim" in failure.why
+    )
+    assert f"Create StorageClass {missing}" in failure.fix
+    assert "unbound immediate PersistentVolumeClaims" in failure.details
+
+
+@pytest.mark.cluster
+def test_a_claim_nothing_provisions_fails_after_the_grace_naming_the_provisioner(
+    namespace: Namespace, local_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    name = f"nobody-{uuid.uuid4().hex[:6]}"
+    provisioner = f"example.org/{name}"
+    storage_class = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": name},
+        "provisioner": provisioner,
+    }
+    path = tmp_path / "class.yaml"
+    path.write_text(yaml.safe_dump(storage_class))
+    local_cluster.kubectl("apply", "-f", str(path))
+    try:
+        namespace.apply(claim_manifest("hub-db", name), deployment_manifest("hub", claim="hub-db"))
+        failure, seconds = namespace.failure(grace=3)
+    finally:
+        local_cluster.kubectl("delete", "storageclass", name)
+    assert 3 <= seconds < FAST
+    assert f"its claim hub-db (StorageClass {name}) is not bound" in failure.why
+    assert f"provisioner {provisioner} did not" in failure.why
+    assert f"Check that the provisioner {provisioner} runs" in failure.fix
+    assert f"its claim hub-db (StorageClass {name}) is not bound" in namespace.output
+
+
+@pytest.mark.cluster
+def test_user_servers_crashing_and_builds_failing_to_pull_do_not_fail_the_deploy(
+    namespace: Namespace,
+) -> None:
+    namespace.apply(
+        user_pod("jupyter-crashing", fail="crashloop"),
+        user_pod("build-missing-image", component="binderhub-build", fail="imagepull"),
+        user_pod("jupyter-no-room", fail="unschedulable"),
+    )
+    namespace.wait_until(
+        "showed the user pods' failures",
+        lambda: (
+            "CrashLoopBackOff" in namespace.cluster.kubectl("get", "pods", "-n", namespace.name)
+        ),
+    )
+    namespace.apply(deployment_manifest("hub"), deployment_manifest("binder", replicas=2))
+    report = namespace.wait()
+    assert {r.key: r.result for r in report.results} == {
+        "deployment/binder": "ready",
+        "deployment/hub": "ready",
+    }

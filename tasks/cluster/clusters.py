@@ -17,10 +17,13 @@ Failure simulation: label a pod (or a Deployment's pod template) with
     kwok.binder.test/fail: configerror    CreateContainerConfigError, stays Pending
     kwok.binder.test/fail: unschedulable  Pending, PodScheduled=False reason Unschedulable
     kwok.binder.test/fail: exit           exit code 1, pod Failed (a Job's pod whose command fails)
+    kwok.binder.test/fail: notready       on a node, containers never started: never Ready,
+                                          never failing (a rollout that hangs)
 
 All but `unschedulable` are KWOK Stages (`stages.yaml`); `unschedulable` is a
 MutatingAdmissionPolicy (`policies.yaml`) adding a node selector no node matches, so
-the real scheduler refuses the pod.
+the real scheduler refuses the pod; `notready` needs neither: KWOK's pod-ready stage
+leaves every labelled pod alone.
 
 Storage: a default StorageClass (`storage.yaml`) whose claims
 kube-controller-manager's in-tree hostPath provisioner binds (`kwokctl.yaml`),
@@ -51,7 +54,14 @@ from tasks.cluster import tools
 DEMO_CLUSTERS: tuple[str, ...] = ("binder-staging", "binder-prod")
 NODES_PER_CLUSTER = 2
 FAIL_LABEL = "kwok.binder.test/fail"
-FAILURES: tuple[str, ...] = ("crashloop", "imagepull", "configerror", "unschedulable", "exit")
+FAILURES: tuple[str, ...] = (
+    "crashloop",
+    "imagepull",
+    "configerror",
+    "unschedulable",
+    "exit",
+    "notready",
+)
 
 LOCAL_DIR = tools.REPO_ROOT / ".local"
 CLUSTERS_DIR = LOCAL_DIR / "clusters"
