@@ -16,6 +16,7 @@ import pytest
 from invoke import Context
 
 from tasks import runner
+from tasks.cluster import clusters
 from tasks.errors import CommandFailed
 from tasks.runner import PROJECT_ROOT, Runner
 from tests.fixtures.chain import (
@@ -80,6 +81,29 @@ def deploy_env(tmp_path, **staging_changes):
     return demo_registry(tmp_path, staging_changes, top={"chart": str(chart)})
 
 
+def once_helm_holds_the_release(namespace: str, act):
+    """`act` on the deploy once helm has recorded the release as pending-install.
+
+    A fixed pause is not enough on a loaded machine: helm may not have written
+    its release record yet, and the state the test expects would not exist.
+    """
+
+    def waiting_then(process: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = clusters.kubectl(
+                "binder-staging",
+                *("get", "secrets", "--namespace", namespace, "--output", "name"),
+                "--selector=owner=helm,status=pending-install",
+            )
+            if found.strip():
+                break
+            time.sleep(0.2)
+        act(process)
+
+    return waiting_then
+
+
 @pytest.mark.cluster
 def test_ctrl_c_during_helm_upgrade_names_the_upgrade_and_releases_the_lock(
     both_clusters, tmp_path
@@ -89,7 +113,9 @@ def test_ctrl_c_during_helm_upgrade_names_the_upgrade_and_releases_the_lock(
         ["deploy", "--env=local-prod", "--yes"],
         env,
         "$ helm upgrade ",
-        lambda process: (time.sleep(2), process.send_signal(signal.SIGINT)),
+        once_helm_holds_the_release(
+            namespaces["local-staging"], lambda process: process.send_signal(signal.SIGINT)
+        ),
     )
     out = run.output
     assert run.returncode == 130, out[-3000:]
@@ -139,13 +165,17 @@ def test_helm_killed_mid_upgrade_is_named_with_its_signal_and_the_stuck_release(
     env, namespaces = deploy_env(tmp_path)
 
     def kill_helm(process: subprocess.Popen) -> None:
-        time.sleep(2)
         for pid in descendants(process.pid):
             command = command_line(pid)
             if Path(command[0]).name == "helm" and "upgrade" in command:
                 os.kill(pid, signal.SIGKILL)
 
-    run = run_and_act(["deploy", "--env=local-prod", "--yes"], env, "$ helm upgrade ", kill_helm)
+    run = run_and_act(
+        ["deploy", "--env=local-prod", "--yes"],
+        env,
+        "$ helm upgrade ",
+        once_helm_holds_the_release(namespaces["local-staging"], kill_helm),
+    )
     out = run.output
     assert run.returncode == 1, out[-3000:]
     assert "FAILED: upgrade on local-staging" in out
