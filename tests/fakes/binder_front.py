@@ -10,6 +10,11 @@ The smoke suite's BinderHub checks run against a live BinderHub
     GET /active_hosts          the federation redirector's list of members: the
                                redirector is mybinder.org's own service, not
                                BinderHub, and does not run here
+    GET /user/<name>/...       what mybinder.org's proxy-patches answer for a user
+                               with no server: 503 and a "Binder not found" page
+
+`requests` counts the requests it was sent, so that a test can tell how often
+the suite tried.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class BinderFront:
     """`with BinderFront(warming_requests=3) as front:` serves on `front.url` until the end."""
 
     warming_requests: int = 0
+    requests: int = 0
     _http: LoopbackServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -47,10 +53,19 @@ class BinderFront:
 
     def still_warming(self) -> bool:
         with self._lock:
+            self.requests += 1
             if self.warming_requests > 0:
                 self.warming_requests -= 1
                 return True
             return False
+
+
+BINDER_NOT_FOUND_PAGE = """<!DOCTYPE html>
+<html><head><title>Binder not found</title></head>
+<body><h1>Binder not found</h1>
+<p>This Binder session does not exist or has ended. Launch it again from its repository.</p>
+</body></html>
+"""
 
 
 def _handler_for(front: BinderFront) -> type[BaseHTTPRequestHandler]:
@@ -64,6 +79,8 @@ def _handler_for(front: BinderFront) -> type[BaseHTTPRequestHandler]:
             elif self.path == "/active_hosts":
                 hosts = {"active_hosts": [front.url]}
                 self._send(200, "application/json", json.dumps(hosts))
+            elif self.path.startswith("/user/"):
+                self._send(503, "text/html", BINDER_NOT_FOUND_PAGE)
             else:
                 self._send(404, "text/plain", "Not Found")
 
