@@ -886,8 +886,8 @@ def test_cluster_checks_on_the_local_cluster(local_cluster, tmp_path: Path) -> N
     assert "FAILED: smoke-test on local-staging" in screen
     assert "Traceback" not in screen
     assert (
-        "FAILED test_cluster::test_no_pod_restarting — No container restarted while the suite "
-        "ran, and none is in CrashLoopBackOff." in screen
+        "FAILED test_cluster::test_no_pod_restarting (assertion) — No container restarted while "
+        "the suite ran, and none is in CrashLoopBackOff." in screen
     )
     failed = {o.name: o.message for o in read_report(bad_report) if o.result == "failed"}
     assert failed["test_cluster::test_services_have_ready_endpoints"].startswith(
