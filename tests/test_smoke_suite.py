@@ -498,6 +498,18 @@ def test_refused_connections_are_retried_then_fail_for_infrastructure(tmp_path: 
     assert run.message(name).endswith(": Connection refused (x3))")
 
 
+def test_connections_closed_without_an_answer_are_retried(tmp_path: Path) -> None:
+    with BinderFront(dropped_requests=2) as front:
+        run = run_suite("prod", tmp_path, "-k", "binder_health", SMOKE_BINDER_URL=front.url)
+    name = "test_binder::test_binder_health"
+    assert run.result(name) == "passed", run.output
+    assert front.requests == 3
+    assert run.outcomes[name].retried.startswith(
+        f"GET {front.url}/health answered 200 OK on attempt 3, "
+        "after Remote end closed connection without response (x2) ("
+    )
+
+
 def test_a_wrong_answer_is_not_retried(tmp_path: Path) -> None:
     # The front answers its home page 404: not what the check wants, and no gateway error.
     with BinderFront() as front:

@@ -1,9 +1,11 @@
-"""What a visitor reaches in front of BinderHub, for the two cases a live one cannot give.
+"""What a visitor reaches in front of BinderHub, for the cases a live one cannot give.
 
 The smoke suite's BinderHub checks run against a live BinderHub
 (tests/testbed/binderhub.py). This stand-in serves only:
 
-    a proxy still warming up   its first `warming_requests` answers are 503, as a
+    a load balancer dropping   its first `dropped_requests` connections are closed
+                               with no answer, as a load balancer resetting them
+    a proxy still warming up   its next `warming_requests` answers are 503, as a
                                proxy whose routes are not registered yet answers
                                right after a deploy; then /health answers as
                                BinderHub does (200, {"ok": true, "checks": [...]})
@@ -33,6 +35,7 @@ class BinderFront:
     """`with BinderFront(warming_requests=3) as front:` serves on `front.url` until the end."""
 
     warming_requests: int = 0
+    dropped_requests: int = 0
     requests: int = 0
     _http: LoopbackServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -51,13 +54,17 @@ class BinderFront:
         assert self._http is not None
         self._http.stop()
 
-    def still_warming(self) -> bool:
+    def next_answer(self) -> str:
+        """How to meet the next request: "drop", "warming" or "serve"."""
         with self._lock:
             self.requests += 1
+            if self.dropped_requests > 0:
+                self.dropped_requests -= 1
+                return "drop"
             if self.warming_requests > 0:
                 self.warming_requests -= 1
-                return True
-            return False
+                return "warming"
+            return "serve"
 
 
 BINDER_NOT_FOUND_PAGE = """<!DOCTYPE html>
@@ -71,7 +78,11 @@ BINDER_NOT_FOUND_PAGE = """<!DOCTYPE html>
 def _handler_for(front: BinderFront) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if front.still_warming():
+            answer = front.next_answer()
+            if answer == "drop":
+                # Closed after the request, before any answer: the client sees a reset.
+                self.close_connection = True
+            elif answer == "warming":
                 self._send(503, "text/plain", "Service Unavailable")
             elif self.path == "/health":
                 checks = [{"service": "JupyterHub API", "ok": True}]
