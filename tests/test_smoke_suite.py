@@ -37,6 +37,7 @@ from tasks.registry import REGISTRY_FILE
 from tasks.runner import PROJECT_ROOT, Runner
 from tasks.smoke import (
     ASSERTION,
+    ERROR,
     INFRASTRUCTURE,
     CheckOutcome,
     component_states,
@@ -426,6 +427,8 @@ def test_a_hung_binderhub_is_stopped_by_the_tests_timeout(bed: BinderBed, tmp_pa
     assert hung.message("test_binder::test_binder_health").startswith(
         "Timeout (>2.0s) from pytest-timeout"
     )
+    # BinderHub never answered: no answer, not a wrong one.
+    assert hung.kind("test_binder::test_binder_health") == INFRASTRUCTURE
     assert time.monotonic() - started < 15
 
 
@@ -580,6 +583,19 @@ def test_failure_screen_names_each_kind_and_what_it_calls_for(tmp_path: Path, ca
     assert "smoke tests on prod: 0 passed, 0 skipped, 2 failed (1 assertion, 1 infrastructure)" in (
         capsys.readouterr().out
     )
+
+
+def test_each_way_a_check_ends_has_its_kind() -> None:
+    from pytest_timeout import PYTEST_FAILURE_MESSAGE
+
+    from tests.smoke.probes import InfrastructureFailure, failure_kind
+
+    assert failure_kind(InfrastructureFailure("no answer")) == INFRASTRUCTURE
+    assert failure_kind(pytest.fail.Exception(PYTEST_FAILURE_MESSAGE % 30)) == INFRASTRUCTURE
+    assert failure_kind(pytest.fail.Exception("answered 500")) == ASSERTION
+    assert failure_kind(AssertionError("wrong")) == ASSERTION
+    # The check itself broke: a bug to read in its traceback, not a verdict on the site.
+    assert failure_kind(KeyError("phase")) == ERROR
 
 
 # --- the missing user server, as real sites answer it -------------------------------------
