@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the pipeline, the demo and the tests need, from this
 # repository's own files: Debian packages, the pinned Python packages, and the
-# pinned Kubernetes, etcd, KWOK and Helm builds (cached under ~/.cache, so a
-# second run takes seconds). Safe to run again.
+# pinned Kubernetes, etcd, KWOK, Helm and actionlint builds (cached under
+# ~/.cache, so a second run takes seconds). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,11 +15,15 @@ command -v gpg >/dev/null || missing+=(gnupg)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v npm >/dev/null || missing+=(npm)
+# actionlint runs it on the run: scripts of the CI workflow (tests/test_workflow.py)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
 if [ ${#missing[@]} -gt 0 ]; then
   step "Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  # As root here; as a user with password-less sudo on CI runners (GitHub Actions).
+  as_root=()
+  [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 step "Python packages (requirements.txt)"

@@ -6,6 +6,14 @@ writes a JUnit report to reports/smoke-<env>.xml; this step reads it back and,
 when tests fail, names each one with the first line of its docstring (what it
 checks), so the operator knows where to look without opening the code.
 
+The suite tries a request that got no answer, or a gateway error (502, 503,
+504), again a bounded number of times (tests/smoke/probes.py), and records for
+each test the requests that passed only after retries and, for a failed test,
+the kind of its failure: infrastructure (the site did not answer), assertion
+(it answered wrongly) or error (the check itself broke). This step reports the
+retries, and its failure screen says which kind each failure was and what that
+kind calls for.
+
 Which components an environment runs is decided by its layered values (chart
 defaults, then config/common.yaml, common secrets, config/<env>.yaml, env
 secrets), with the registry's `components:` having the last word. The suite
@@ -14,8 +22,10 @@ skips the checks of a disabled component and says which file disabled it.
 
 from __future__ import annotations
 
+import re
 import sys
 import xml.etree.ElementTree as ElementTree
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +44,16 @@ SUITE_DIR = Path("tests/smoke")
 REPORTS_DIR = Path("reports")
 # How long after a rollout a fresh proxy may still answer 403/404/503 before its routes register.
 DEFAULT_WARMUP_SECONDS = 60
-# The suite records each test's docstring line under this JUnit property.
+# How often a request that got no answer, or a gateway error, is tried in all.
+DEFAULT_ATTEMPTS = 3
+# The suite records each test's docstring line under this JUnit property,
 CHECKS_PROPERTY = "checks"
+# the requests that passed only after retries under this one,
+RETRIED_PROPERTY = "retried"
+# and why a failed test failed under this one: one of the kinds below.
+KIND_PROPERTY = "failure_kind"
+INFRASTRUCTURE, ASSERTION, ERROR = "infrastructure", "assertion", "error"
+_OUTCOME_PREFIX = re.compile(r"^(?:[\w.]+\.)?(?:Failed|InfrastructureFailure): ")
 # Pytest's exit codes that mean the suite ran to its end.
 _SUITE_RAN = (0, 1)
 _NO_TESTS_COLLECTED = 5
@@ -134,6 +152,39 @@ def register_secrets(env: Environment, root: Path = PROJECT_ROOT) -> None:
 
 
 @dataclass(frozen=True)
+class FailureKind:
+    """What one kind of smoke-test failure says about the site, and what it calls for."""
+
+    label: str
+    advice: str
+
+
+FAILURE_KINDS = {
+    INFRASTRUCTURE: FailureKind(
+        "for infrastructure reasons",
+        "Infrastructure: the site did not answer (connection refused, reset or timed out, or "
+        "502/503/504 from its proxy or load balancer), on every attempt listed above. That is "
+        "no answer rather than a wrong one: check the ingress, the proxy and the pods of "
+        "namespace {namespace} and the network between here and the site, then run "
+        "`invoke smoke-test --env={env}` again.",
+    ),
+    ASSERTION: FailureKind(
+        "by assertion",
+        "Assertion: the site answered, but not as expected, and retrying does not change an "
+        "answer: most likely a regression in what was deployed. Each test's docstring "
+        "(tests/smoke/) says what it checks; the failures above name the URL or object and "
+        "what was wrong.",
+    ),
+    ERROR: FailureKind(
+        "by error",
+        "Error: the check itself could not run (an exception in tests/smoke/ or in its "
+        "set-up). The report holds its traceback; `python -m pytest tests/smoke --env={env} "
+        "-k NAME` reproduces it.",
+    ),
+}
+
+
+@dataclass(frozen=True)
 class CheckOutcome:
     """One test of the suite as the JUnit report tells it."""
 
@@ -141,6 +192,14 @@ class CheckOutcome:
     result: str  # "passed", "failed", "error" or "skipped"
     checks: str
     message: str = ""
+    # For a failed test: INFRASTRUCTURE, ASSERTION or ERROR.
+    kind: str = ""
+    # The requests that passed only after retries, and their failed attempts.
+    retried: str = ""
+
+    @property
+    def broken(self) -> bool:
+        return self.result in ("failed", "error")
 
 
 def report_path(env: Environment, root: Path = PROJECT_ROOT) -> Path:
@@ -180,45 +239,102 @@ def read_report(report: Path) -> list[CheckOutcome]:
     for case in ElementTree.parse(report).getroot().iter("testcase"):
         module = case.get("classname", "").rsplit(".", 1)[-1]
         name = f"{module}::{case.get('name', '')}" if module else case.get("name", "")
-        checks = ""
-        for prop in case.iter("property"):
-            if prop.get("name") == CHECKS_PROPERTY:
-                checks = prop.get("value", "")
-        result, message = "passed", ""
+        properties = {prop.get("name", ""): prop.get("value", "") for prop in case.iter("property")}
+        result, message, kind = "passed", "", ""
         for tag in ("failure", "error", "skipped"):
             element = case.find(tag)
             if element is not None:
                 result = "failed" if tag == "failure" else tag
                 message = element.get("message") or (element.text or "")
-                # pytest.fail() prefixes its message with the exception's name.
-                message = message.removeprefix("Failed: ")
+                # pytest prefixes a failure's message with its exception's name: Failed
+                # for pytest.fail(), the suite's InfrastructureFailure for no answer.
+                message = _OUTCOME_PREFIX.sub("", message, count=1)
                 # pytest cuts long messages short in the attribute, whole in the text.
                 if message.endswith("full report in element text]") and element.text:
                     message = element.text
+                if tag != "skipped":
+                    kind = properties.get(KIND_PROPERTY) or (
+                        ASSERTION if tag == "failure" else ERROR
+                    )
                 break
-        outcomes.append(CheckOutcome(name, result, checks, message.strip()))
+        outcomes.append(
+            CheckOutcome(
+                name,
+                result,
+                properties.get(CHECKS_PROPERTY, ""),
+                message.strip(),
+                kind,
+                properties.get(RETRIED_PROPERTY, ""),
+            )
+        )
     return outcomes
 
 
 def summarise(outcomes: list[CheckOutcome]) -> str:
-    counts = {kind: sum(o.result == kind for o in outcomes) for kind in ("passed", "skipped")}
-    broken = sum(o.result in ("failed", "error") for o in outcomes)
-    parts = [f"{counts['passed']} passed", f"{counts['skipped']} skipped"]
+    passed = [o for o in outcomes if o.result == "passed"]
+    retried = sum(bool(o.retried) for o in passed)
+    parts = [
+        f"{len(passed)} passed" + (f" ({retried} after retries)" if retried else ""),
+        f"{sum(o.result == 'skipped' for o in outcomes)} skipped",
+    ]
+    broken = [o for o in outcomes if o.broken]
     if broken:
-        parts.append(f"{broken} failed")
+        kinds = Counter(o.kind for o in broken)
+        parts.append(
+            f"{len(broken)} failed ({', '.join(f'{n} {kind}' for kind, n in kinds.items())})"
+        )
     return ", ".join(parts)
 
 
+def retries_report(outcomes: list[CheckOutcome]) -> str:
+    """Each test that passed only after retries, with the requests retried."""
+    return "\n".join(
+        f"passed after retries: {o.name}: {o.retried}"
+        for o in outcomes
+        if o.result == "passed" and o.retried
+    )
+
+
 def failure_report(outcomes: list[CheckOutcome], lines_per_test: int = 6) -> str:
-    """Each failed test with what it checks and the first lines of why it failed."""
+    """Each failed test with its kind of failure, what it checks and why it failed."""
     blocks = []
     for outcome in outcomes:
-        if outcome.result not in ("failed", "error"):
+        if not outcome.broken:
             continue
-        header = f"FAILED {outcome.name}" + (f" — {outcome.checks}" if outcome.checks else "")
+        header = f"FAILED {outcome.name} ({outcome.kind})" + (
+            f" — {outcome.checks}" if outcome.checks else ""
+        )
         body = [f"    {line}" for line in outcome.message.splitlines()[:lines_per_test]]
         blocks.append("\n".join([header, *body]))
     return "\n".join(blocks)
+
+
+def smoke_failure(env: Environment, failed: list[CheckOutcome], report: Path) -> StepFailure:
+    """The failure screen: which tests failed, of which kind, and what each kind calls for."""
+    by_kind: dict[str, list[str]] = {}
+    for outcome in failed:
+        by_kind.setdefault(outcome.kind, []).append(outcome.name)
+    count = f"{len(failed)} smoke test(s) failed on {env.name}"
+    if len(by_kind) == 1:
+        [(kind, names)] = by_kind.items()
+        why = f"{count} {FAILURE_KINDS[kind].label}: {', '.join(names)}."
+    else:
+        why = (
+            f"{count}: "
+            + "; ".join(
+                f"{len(names)} {FAILURE_KINDS[kind].label} ({', '.join(names)})"
+                for kind, names in by_kind.items()
+            )
+            + "."
+        )
+    advice = [
+        FAILURE_KINDS[kind].advice.format(env=env.name, namespace=env.namespace) for kind in by_kind
+    ]
+    return StepFailure(
+        why,
+        "\n       ".join([*advice, f"Full report: {report}."]),
+        details="\n".join(f"{o.name}: {o.message.splitlines()[0]}" for o in failed if o.message),
+    )
 
 
 def validate(
@@ -226,6 +342,7 @@ def validate(
     *,
     keyword: str | None = None,
     warmup: float | None = None,
+    attempts: int | None = None,
     report: Path | None = None,
 ) -> str:
     """Run the suite against the step's environment; raise StepFailure naming failed tests."""
@@ -238,6 +355,8 @@ def validate(
     settings = {"SMOKE_NAMESPACE": env.namespace}
     if warmup is not None:
         settings["SMOKE_WARMUP_SECONDS"] = str(warmup)
+    if attempts is not None:
+        settings["SMOKE_ATTEMPTS"] = str(attempts)
     kubectl = _pinned_kubectl()
     if kubectl:
         settings["SMOKE_KUBECTL"] = kubectl
@@ -263,20 +382,14 @@ def validate(
         )
     outcomes = read_report(report)
     shown_report = _shown(report)
-    failed = [o for o in outcomes if o.result in ("failed", "error")]
+    failed = [o for o in outcomes if o.broken]
     say(f"smoke tests on {env.name}: {summarise(outcomes)} (report: {shown_report})")
+    retries = retries_report(outcomes)
+    if retries:
+        say(retries)
     if failed:
         say(failure_report(outcomes))
-        raise StepFailure(
-            f"{len(failed)} smoke test(s) failed on {env.name}: "
-            + ", ".join(o.name for o in failed)
-            + ".",
-            "Each test's docstring (tests/smoke/) says what it checks; the failures above name "
-            f"the URL or object that did not answer as expected. Full report: {shown_report}.",
-            details="\n".join(
-                f"{o.name}: {o.message.splitlines()[0]}" for o in failed if o.message
-            ),
-        )
+        raise smoke_failure(env, failed, shown_report)
     return f"{summarise(outcomes)}; report {shown_report}"
 
 
@@ -302,6 +415,8 @@ def _pinned_kubectl() -> str | None:
         "keyword": "Only the tests matching this pytest -k expression (e.g. 'hub or binder').",
         "warmup": "Seconds during which answers such as 503 from a fresh proxy are retried "
         f"(default {DEFAULT_WARMUP_SECONDS}).",
+        "attempts": "How often a request that got no answer or a 502/503/504 is tried in all "
+        f"(default {DEFAULT_ATTEMPTS}); a wrong answer is never tried again.",
         "report": "Where to write the JUnit XML report (default reports/smoke-<env>.xml).",
         "dry_run": "Print the pytest command that would run; run nothing.",
     }
@@ -311,6 +426,7 @@ def smoke_test(
     env: str | None = None,
     keyword: str | None = None,
     warmup: float | None = None,
+    attempts: int | None = None,
     report: str | None = None,
     dry_run: bool = False,
 ) -> None:
@@ -323,6 +439,7 @@ def smoke_test(
             ctx,
             keyword=keyword,
             warmup=warmup,
+            attempts=attempts,
             report=Path(report).resolve() if report else None,
         ),
         dry_run=dry_run,

@@ -5,7 +5,9 @@ The hub checks run against a real JupyterHub with its real proxy
 checks run against a live BinderHub, the service of a real JupyterHub that
 launches real servers, building on the local cluster (tests/testbed/binderhub.py),
 healthy and with its hub down, a build pod failing, a build hanging and a
-launch timing out. The cluster checks run against the local cluster. Each run
+launch timing out. A site that does not answer at first is retried a bounded
+number of times, a wrong answer never. The cluster checks run against the
+local cluster. Each run
 is the suite as `invoke smoke-test` starts it, in its own pytest process; the
 assertions read its JUnit report.
 """
@@ -33,14 +35,24 @@ from tasks.output import masker
 from tasks.pipeline import StepContext, load_registry
 from tasks.registry import REGISTRY_FILE
 from tasks.runner import PROJECT_ROOT, Runner
-from tasks.smoke import CheckOutcome, component_states, read_report, suite_command, validate
+from tasks.smoke import (
+    ASSERTION,
+    ERROR,
+    INFRASTRUCTURE,
+    CheckOutcome,
+    component_states,
+    read_report,
+    suite_command,
+    validate,
+)
 from tests.fakes.binder_front import BinderFront
-from tests.fakes.sshd import LocalSshd, keypair
+from tests.fakes.sshd import LocalSshd, free_port, keypair
 from tests.smoke.launches import cleanup_command, git_environment, scratch_commands
 from tests.testbed.binderhub import (
     BUILD_LOG,
     LAUNCH_TIMEOUT,
     SHARED_ENV,
+    BareProxy,
     BinderBed,
     JupyterHub,
     bare_repository,
@@ -71,6 +83,9 @@ class SuiteRun:
 
     def message(self, name: str) -> str:
         return self.outcomes[name].message
+
+    def kind(self, name: str) -> str:
+        return self.outcomes[name].kind
 
     def with_result(self, result: str) -> set[str]:
         return {name for name, outcome in self.outcomes.items() if outcome.result == result}
@@ -271,10 +286,19 @@ def test_stopped_hub_fails_naming_the_url(tmp_path: Path, capsys) -> None:
             )
     finally:
         hub.stop()
-    assert failure.value.why == "1 smoke test(s) failed on prod: test_hub::test_hub_health."
+    # The proxy outlived the hub and answers 503 for it: no answer from the hub, on
+    # every attempt, which the failure screen tells from a wrong answer.
+    assert failure.value.why == (
+        "1 smoke test(s) failed on prod for infrastructure reasons: test_hub::test_hub_health."
+    )
+    assert failure.value.fix.startswith("Infrastructure: the site did not answer")
+    assert "Assertion:" not in failure.value.fix
     printed = capsys.readouterr().out
-    assert "FAILED test_hub::test_hub_health — The hub's health endpoint /hub/api/health" in printed
-    # The proxy outlived the hub and says so: the URL, its status, its body.
+    assert (
+        "FAILED test_hub::test_hub_health (infrastructure) — The hub's health endpoint "
+        "/hub/api/health" in printed
+    )
+    assert "(3 attempts in " in printed and ": 503 Service Unavailable (x3))" in printed
     assert f"GET {hub.url}/hub/api/health answered 503 Service Unavailable" in failure.value.details
 
 
@@ -287,6 +311,9 @@ def test_hub_behind_a_wrong_prefix_fails_its_health_and_404s_unknown_urls(
     message = run.message("test_hub::test_hub_health")
     assert message.startswith(f"GET {wrong}/hub/api/health (redirected to ")
     assert "answered 404 Not Found: expected 200" in message
+    # A wrong answer, from the hub itself: decided at once, never retried.
+    assert run.kind("test_hub::test_hub_health") == ASSERTION
+    assert "attempts" not in message
     assert run.result("test_hub::test_unknown_prefix") == "passed"
 
 
@@ -295,13 +322,13 @@ def test_hub_behind_a_wrong_prefix_fails_its_health_and_404s_unknown_urls(
 
 @pytest.mark.cluster
 def test_healthy_site_passes_and_the_report_says_what_each_test_checks(
-    tmp_path: Path, jupyterhub: JupyterHub, bed: BinderBed, capsys
+    tmp_path: Path, bed: BinderBed, capsys
 ) -> None:
     report = tmp_path / "report.xml"
     before = set(bed.servers())
-    # The hub checks go to a hub that lets visitors log in; BinderHub's own hub
-    # (its chart's null authenticator) answers a visitor's login with 403.
-    urls = {"SMOKE_HUB_URL": jupyterhub.url, "SMOKE_FEDERATION_REDIRECT_URL": ""}
+    # The hub checks go to BinderHub's own hub, whose null authenticator (the
+    # binderhub chart's) answers a visitor's /user/ URL with its login page, 403.
+    urls = {"SMOKE_HUB_URL": bed.hub.url, "SMOKE_FEDERATION_REDIRECT_URL": ""}
     with BinderFront() as redirector:
         urls["SMOKE_FEDERATION_REDIRECT_URL"] = redirector.url
         note = validate(
@@ -413,6 +440,8 @@ def test_a_hung_binderhub_is_stopped_by_the_tests_timeout(bed: BinderBed, tmp_pa
     assert hung.message("test_binder::test_binder_health").startswith(
         "Timeout (>2.0s) from pytest-timeout"
     )
+    # BinderHub never answered: no answer, not a wrong one.
+    assert hung.kind("test_binder::test_binder_health") == INFRASTRUCTURE
     assert time.monotonic() - started < 15
 
 
@@ -436,22 +465,199 @@ def test_failures_never_show_the_environments_secrets_or_tokens(demo_secrets: No
     assert "?token=********" in shown and '"token": "********"' in shown
 
 
-def test_warm_up_retries_a_proxy_that_answers_503_at_first(tmp_path: Path) -> None:
-    with BinderFront(warming_requests=3) as front:
-        patient = run_suite(
+# --- flakes and regressions: what is retried, how often, and what the report says -------
+
+
+def test_a_503_twice_then_an_answer_passes_after_retries_and_says_so(
+    tmp_path: Path, capsys
+) -> None:
+    with BinderFront(warming_requests=2) as front:
+        note = validate(
+            step_context("prod", SMOKE_BINDER_URL=front.url),
+            keyword="binder_health",
+            report=tmp_path / "report.xml",
+        )
+    assert front.requests == 3
+    assert note.startswith("1 passed (1 after retries)")
+    [outcome] = [o for o in read_report(tmp_path / "report.xml") if o.result == "passed"]
+    assert outcome.retried.startswith(
+        f"GET {front.url}/health answered 200 OK on attempt 3, after 503 Service Unavailable (x2) ("
+    )
+    printed = capsys.readouterr().out
+    assert f"passed after retries: test_binder::test_binder_health: {outcome.retried}" in printed
+
+
+def test_a_site_that_keeps_answering_503_fails_for_infrastructure_after_bounded_attempts(
+    tmp_path: Path,
+) -> None:
+    with BinderFront(warming_requests=100) as front:
+        run = run_suite(
+            "prod", tmp_path, "-k", "binder_health", SMOKE_BINDER_URL=front.url, SMOKE_ATTEMPTS="4"
+        )
+    assert front.requests == 4
+    name = "test_binder::test_binder_health"
+    assert run.kind(name) == INFRASTRUCTURE
+    message = run.message(name)
+    assert message.startswith(
+        f"GET {front.url}/health answered 503 Service Unavailable: the answer is not JSON"
+    )
+    assert message.splitlines()[-1].startswith("  (4 attempts in ")
+    assert message.endswith(": 503 Service Unavailable (x4))")
+
+
+def test_refused_connections_are_retried_then_fail_for_infrastructure(tmp_path: Path) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    run = run_suite("prod", tmp_path, "-k", "binder_health", SMOKE_BINDER_URL=nowhere)
+    name = "test_binder::test_binder_health"
+    assert run.kind(name) == INFRASTRUCTURE
+    assert run.message(name).startswith(f"GET {nowhere}/health did not answer: Connection refused")
+    assert run.message(name).endswith(": Connection refused (x3))")
+
+
+def test_connections_closed_without_an_answer_are_retried(tmp_path: Path) -> None:
+    with BinderFront(dropped_requests=2) as front:
+        run = run_suite("prod", tmp_path, "-k", "binder_health", SMOKE_BINDER_URL=front.url)
+    name = "test_binder::test_binder_health"
+    assert run.result(name) == "passed", run.output
+    assert front.requests == 3
+    assert run.outcomes[name].retried.startswith(
+        f"GET {front.url}/health answered 200 OK on attempt 3, "
+        "after Remote end closed connection without response (x2) ("
+    )
+
+
+def test_a_wrong_answer_is_not_retried(tmp_path: Path) -> None:
+    # The front answers its home page 404: not what the check wants, and no gateway error.
+    with BinderFront() as front:
+        run = run_suite("prod", tmp_path, "-k", "binder_page", SMOKE_BINDER_URL=front.url)
+    assert front.requests == 1
+    name = "test_binder::test_binder_page"
+    assert run.kind(name) == ASSERTION
+    assert run.message(name) == (
+        f"GET {front.url}/ answered 404 Not Found: expected 200\n  body: Not Found"
+    )
+
+
+def test_a_wrong_answer_is_not_retried_even_while_the_deploy_warms_up(
+    tmp_path: Path, jupyterhub: JupyterHub
+) -> None:
+    # A real hub's login page, 200, where BinderHub's home page should be: a wrong
+    # answer whatever the warm-up, so the test fails at once instead of in 600 s.
+    run = run_suite(
+        "prod",
+        tmp_path,
+        "-k",
+        "binder_page",
+        SMOKE_BINDER_URL=jupyterhub.url,
+        SMOKE_WARMUP_SECONDS="600",
+    )
+    name = "test_binder::test_binder_page"
+    assert run.kind(name) == ASSERTION
+    message = run.message(name)
+    assert message.startswith(f"GET {jupyterhub.url}/ (redirected to {jupyterhub.url}/hub/login")
+    assert "answered 200 OK: the body does not mention 'GitHub'" in message
+    assert "attempts" not in message
+
+
+def test_warm_up_retries_past_the_attempts_until_the_proxy_answers(tmp_path: Path) -> None:
+    with BinderFront(warming_requests=5) as front:
+        run = run_suite(
             "prod",
             tmp_path,
             "-k",
             "binder_health",
             SMOKE_BINDER_URL=front.url,
-            SMOKE_WARMUP_SECONDS="20",
+            SMOKE_WARMUP_SECONDS="30",
         )
-    assert patient.result("test_binder::test_binder_health") == "passed", patient.output
-    with BinderFront(warming_requests=3) as front:
-        hasty = run_suite("prod", tmp_path, "-k", "binder_health", SMOKE_BINDER_URL=front.url)
-    assert hasty.message("test_binder::test_binder_health").startswith(
-        f"GET {front.url}/health answered 503 Service Unavailable: the answer is not JSON"
+    assert run.result("test_binder::test_binder_health") == "passed", run.output
+    assert front.requests == 6
+    assert (
+        "on attempt 6, after 503 Service Unavailable (x5)"
+        in run.outcomes["test_binder::test_binder_health"].retried
     )
+
+
+def test_failure_screen_names_each_kind_and_what_it_calls_for(tmp_path: Path, capsys) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    with BinderFront() as front, pytest.raises(StepFailure) as failure:
+        validate(
+            step_context("prod", SMOKE_BINDER_URL=front.url, SMOKE_HUB_URL=nowhere),
+            keyword="binder_page or hub_health",
+            report=tmp_path / "report.xml",
+        )
+    assert failure.value.why == (
+        "2 smoke test(s) failed on prod: 1 by assertion (test_binder::test_binder_page); "
+        "1 for infrastructure reasons (test_hub::test_hub_health)."
+    )
+    fix = failure.value.fix
+    assert "Assertion: the site answered, but not as expected" in fix
+    assert "Infrastructure: the site did not answer" in fix
+    assert "invoke smoke-test --env=prod" in fix
+    assert "smoke tests on prod: 0 passed, 0 skipped, 2 failed (1 assertion, 1 infrastructure)" in (
+        capsys.readouterr().out
+    )
+
+
+def test_each_way_a_check_ends_has_its_kind() -> None:
+    from pytest_timeout import PYTEST_FAILURE_MESSAGE
+
+    from tests.smoke.probes import InfrastructureFailure, failure_kind
+
+    assert failure_kind(InfrastructureFailure("no answer")) == INFRASTRUCTURE
+    assert failure_kind(pytest.fail.Exception(PYTEST_FAILURE_MESSAGE % 30)) == INFRASTRUCTURE
+    assert failure_kind(pytest.fail.Exception("answered 500")) == ASSERTION
+    assert failure_kind(AssertionError("wrong")) == ASSERTION
+    # The check itself broke: a bug to read in its traceback, not a verdict on the site.
+    assert failure_kind(KeyError("phase")) == ERROR
+
+
+# --- the missing user server, as real sites answer it -------------------------------------
+
+
+def test_missing_user_server_accepts_what_real_sites_answer(tmp_path: Path) -> None:
+    name = "test_hub::test_missing_user_server"
+    # The binderhub chart's null authenticator: the hub's login page answers 403.
+    (tmp_path / "null-hub").mkdir()
+    null_hub = JupyterHub(
+        tmp_path / "null-hub",
+        config='c.JupyterHub.authenticator_class = "null"\nc.JupyterHub.spawner_class = "simple"\n',
+    ).start()
+    try:
+        null = run_suite("prod", tmp_path, "-k", "missing_user", SMOKE_HUB_URL=null_hub.url)
+    finally:
+        null_hub.stop()
+    assert null.result(name) == "passed", null.output
+    # mybinder.org's proxy-patches: 503 and "Binder not found", passed at the first attempt.
+    with BinderFront() as front:
+        mybinder = run_suite("prod", tmp_path, "-k", "missing_user", SMOKE_HUB_URL=front.url)
+    assert mybinder.result(name) == "passed", mybinder.output
+    assert front.requests == 1 and mybinder.outcomes[name].retried == ""
+
+
+def test_missing_user_server_rejects_proxy_errors(tmp_path: Path) -> None:
+    name = "test_hub::test_missing_user_server"
+    (tmp_path / "hub").mkdir()
+    hub = JupyterHub(tmp_path / "hub", keep_proxy=True).start()
+    try:
+        hub.stop_hub()
+        # The proxy outlived its hub: its own 503 error page, on every attempt.
+        down = run_suite("prod", tmp_path, "-k", "missing_user", SMOKE_HUB_URL=hub.url)
+    finally:
+        hub.stop()
+    assert down.kind(name) == INFRASTRUCTURE
+    assert "answered 503 Service Unavailable: the body does not mention 'Binder not found'" in (
+        down.message(name)
+    )
+    (tmp_path / "proxy").mkdir()
+    proxy = BareProxy(tmp_path / "proxy").start()
+    try:
+        # A proxy that lost its route to the hub answers 404 itself.
+        lost = run_suite("prod", tmp_path, "-k", "missing_user", SMOKE_HUB_URL=proxy.url)
+    finally:
+        proxy.stop()
+    assert lost.kind(name) == ASSERTION
+    assert lost.message(name).startswith(f"GET {proxy.url}/user/smoke-")
+    assert "answered 404 Not Found: expected 424 or 503 or 200 or 403" in lost.message(name)
 
 
 # --- the forced fresh build -------------------------------------------------------------
@@ -726,8 +932,8 @@ def test_cluster_checks_on_the_local_cluster(local_cluster, tmp_path: Path) -> N
     assert "FAILED: smoke-test on local-staging" in screen
     assert "Traceback" not in screen
     assert (
-        "FAILED test_cluster::test_no_pod_restarting — No container restarted while the suite "
-        "ran, and none is in CrashLoopBackOff." in screen
+        "FAILED test_cluster::test_no_pod_restarting (assertion) — No container restarted while "
+        "the suite ran, and none is in CrashLoopBackOff." in screen
     )
     failed = {o.name: o.message for o in read_report(bad_report) if o.result == "failed"}
     assert failed["test_cluster::test_services_have_ready_endpoints"].startswith(

@@ -1,4 +1,7 @@
-"""The pinned cluster tools: built from source once, cached per version, handed out by path.
+"""The pinned tools: built from source once, cached per version, handed out by path.
+
+The local clusters' Kubernetes, etcd, KWOK and Helm, and actionlint, which the
+tests run on the CI workflow (.github/workflows/).
 
 Every version comes from `config/tools.yaml`; nothing else in the project names one.
 The binaries are built with the local Go toolchain through the Go module proxy (the
@@ -154,13 +157,25 @@ COMPONENTS: tuple[Component, ...] = (
         version_text=lambda v: v,
         cold_minutes={"helm": 2},
     ),
+    Component(
+        key="actionlint",
+        module="github.com/rhysd/actionlint",
+        packages={"actionlint": "github.com/rhysd/actionlint/cmd/actionlint"},
+        method="install",
+        # `go install module@version` records the version in the binary's build
+        # information, which `actionlint --version` prints.
+        ldflags=lambda v: [],
+        version_args={"actionlint": ["--version"]},
+        version_text=lambda v: v,
+        cold_minutes={"actionlint": 1},
+    ),
 )
 
 BINARIES: dict[str, Component] = {name: c for c in COMPONENTS for name in c.packages}
 
 
 def pinned_versions() -> dict[str, str]:
-    """The tool versions pinned in config/tools.yaml, by key (kubernetes, etcd, kwok, helm)."""
+    """The tool versions pinned in config/tools.yaml, by key (kubernetes, etcd, kwok, helm, ...)."""
     with TOOLS_FILE.open() as f:
         data = yaml.safe_load(f)
     return {str(k): str(v) for k, v in data.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +22,15 @@ from tasks import values
 from tasks.errors import StepFailure
 from tasks.registry import load
 from tasks.runner import PROJECT_ROOT
-from tasks.smoke import CHECKS_PROPERTY, register_secrets
+from tasks.smoke import (
+    CHECKS_PROPERTY,
+    ERROR,
+    KIND_PROPERTY,
+    RETRIED_PROPERTY,
+    register_secrets,
+)
 from tests.smoke.kube import ContainerRestarts, Kube
-from tests.smoke.probes import Probe
+from tests.smoke.probes import Probe, failure_kind
 from tests.smoke.target import Target
 
 # Tests that look back over the whole run (restart counts) run after all the others.
@@ -91,6 +97,31 @@ def _record_what_it_checks(request: pytest.FixtureRequest) -> None:
     # The task names failed tests by this line; the JUnit report carries it for CI too.
     # (Appended directly: the record_property fixture warns under the default xunit2.)
     request.node.user_properties.append((CHECKS_PROPERTY, what_it_checks(request.node.function)))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    # Recorded on the item, which the teardown's report (the one JUnit reads) copies.
+    recorded = any(name == KIND_PROPERTY for name, _ in item.user_properties)
+    if report.failed and call.excinfo is not None and not recorded:
+        # Only the test's own call can fail for want of an answer; set-up and
+        # teardown failing is the suite's own error.
+        kind = failure_kind(call.excinfo.value) if call.when == "call" else ERROR
+        item.user_properties.append((KIND_PROPERTY, kind))
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _record_retries(request: pytest.FixtureRequest, probe: Probe) -> Iterator[None]:
+    # The requests that passed only after retries: a flaky site shows in the report
+    # even when every test passed.
+    probe.retried.clear()
+    yield
+    if probe.retried:
+        request.node.user_properties.append((RETRIED_PROPERTY, "; ".join(probe.retried)))
 
 
 def what_it_checks(function: object) -> str:

@@ -9,8 +9,10 @@ SMOKE_KUBECTL; the project's own tests set the URLs to local servers.
     SMOKE_NAMESPACE         check this namespace instead of the environment's
     KUBECONFIG              the cluster's credentials (cluster checks skip without)
     SMOKE_KUBECTL           the kubectl to use (default: the pinned one)
+    SMOKE_ATTEMPTS          how often a request that failed for infrastructure reasons
+                            (no answer, 502/503/504) is tried in all (3)
     SMOKE_WARMUP_SECONDS    how long answers of a proxy still warming up are retried (60)
-    SMOKE_RETRY_SECONDS     pause between those retries (3)
+    SMOKE_RETRY_SECONDS     pause between retries (3)
     SMOKE_REQUEST_SECONDS   timeout of one HTTP request (20)
     SMOKE_STALL_SECONDS     longest silence of a build's event stream (180)
     SMOKE_TEST_TIMEOUT      per-test timeout for every test, overriding each one's own
@@ -47,6 +49,7 @@ DEFAULT_SCRATCH_SPEC = "gh/binderhub-ci-repos/cached-minimal-dockerfile"
 class Settings:
     """How patient the suite is; small values keep the project's own tests fast."""
 
+    attempts: int = 3
     warmup_seconds: float = 60
     retry_seconds: float = 3
     request_seconds: float = 20
@@ -61,6 +64,7 @@ class Settings:
 
         timeout = environ.get("SMOKE_TEST_TIMEOUT", "")
         return cls(
+            attempts=max(1, int(number("SMOKE_ATTEMPTS", cls.attempts))),
             warmup_seconds=number("SMOKE_WARMUP_SECONDS", cls.warmup_seconds),
             retry_seconds=number("SMOKE_RETRY_SECONDS", cls.retry_seconds),
             request_seconds=number("SMOKE_REQUEST_SECONDS", cls.request_seconds),

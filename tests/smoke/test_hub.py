@@ -9,9 +9,14 @@ import requests
 
 from tests.smoke.probes import Probe, mentions
 
-# mybinder-style hubs answer these through their own not-found pages;
-# JupyterHub's own "not running" page says the latter.
-NOT_FOUND_PAGES = ("Binder not found", "not running")
+# What real sites answer for a user URL with no server behind it:
+#   mybinder.org         its proxy-patches: 503 (or 424) with a "Binder not found" page
+#   JupyterHub itself    424 with its "not running" page, for a visitor it knows
+#   any other visitor    the hub's own login page: 200, or 403 where visitors cannot
+#                        log in (the binderhub chart's null authenticator)
+BINDER_NOT_FOUND = "Binder not found"
+NOT_RUNNING = "not running"
+HUB_HEADER = "X-JupyterHub-Version"
 
 
 def unused_name() -> str:
@@ -20,13 +25,11 @@ def unused_name() -> str:
 
 def answered_by_hub(response: requests.Response) -> str | None:
     """None when the hub (or the site's not-found page), not the proxy, wrote this answer."""
-    if "X-JupyterHub-Version" in response.headers:
+    if HUB_HEADER in response.headers:
         return None
-    if any(phrase in response.text for phrase in NOT_FOUND_PAGES):
+    if any(phrase in response.text for phrase in (BINDER_NOT_FOUND, NOT_RUNNING)):
         return None
-    return (
-        "the answer did not come from the hub (no X-JupyterHub-Version header, no not-found page)"
-    )
+    return f"the answer did not come from the hub (no {HUB_HEADER} header, no not-found page)"
 
 
 def test_hub_health(probe: Probe, hub_url: str) -> None:
@@ -35,20 +38,27 @@ def test_hub_health(probe: Probe, hub_url: str) -> None:
 
 
 def test_missing_user_server(probe: Probe, hub_url: str) -> None:
-    """A user URL with no server behind it is answered by the hub: 424 "not running" or its login.
+    """A user URL with no server behind it is answered by the site: a not-found page or the login.
 
-    A proxy still routing to a stopped server answers 503 instead, and a proxy
-    that lost its default route 404: both fail here.
+    Either the site's not-found page (424 or 503, "Binder not found" or "not
+    running"), or the hub's own login page (200, or 403 where visitors cannot
+    log in). A proxy still routing to a stopped server answers 503 with its own
+    error page, and one that lost its route to the hub 404: both fail here.
     """
+    login = urlparse(f"{hub_url}/hub/login").path
 
     def check(response: requests.Response) -> str | None:
+        if response.status_code == 503:
+            return mentions(BINDER_NOT_FOUND)(response)
         if response.status_code == 424:
-            return mentions(*NOT_FOUND_PAGES)(response)
-        if urlparse(response.url).path.startswith(urlparse(f"{hub_url}/hub/").path):
-            return answered_by_hub(response)
-        return "it ended neither on the not-running page (424) nor on the hub's own pages"
+            return mentions(BINDER_NOT_FOUND, NOT_RUNNING)(response)
+        if urlparse(response.url).path != login:
+            return "it ended neither on a not-found page (424, 503) nor on the hub's login page"
+        if HUB_HEADER not in response.headers:
+            return f"the login page did not come from the hub (no {HUB_HEADER} header)"
+        return None
 
-    probe.expect(f"{hub_url}/user/{unused_name()}/", (424, 200), check=check)
+    probe.expect(f"{hub_url}/user/{unused_name()}/", (424, 503, 200, 403), check=check)
 
 
 def test_unknown_prefix(probe: Probe, hub_url: str) -> None:

@@ -26,6 +26,7 @@ Failures a test injects, each where it happens on a site:
     ... contains server-never-answers its server starts but never answers, so
                                       BinderHub's launch times out
     `bed.hub.stop_hub()`              the hub is down; its proxy still answers
+    `BareProxy`                       the hub's proxy with no route to the hub
 """
 
 from __future__ import annotations
@@ -213,6 +214,35 @@ class JupyterHub(LocalService):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
             self.proxy_pid_file.unlink()
+
+
+class BareProxy(LocalService):
+    """JupyterHub's proxy alone, with no route: a hub's proxy that lost its default route.
+
+    configurable-http-proxy answers every URL 404 itself then, whatever the hub
+    behind it would have said.
+    """
+
+    name = "proxy"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.url = f"http://127.0.0.1:{free_port()}"
+
+    def start(self) -> BareProxy:
+        command = [
+            str(configurable_http_proxy()),
+            "--ip=127.0.0.1",
+            f"--port={self.url.rsplit(':', 1)[1]}",
+            "--api-ip=127.0.0.1",
+            f"--api-port={free_port()}",
+        ]
+        self.launch(
+            command,
+            lambda: requests.get(self.url, timeout=2).status_code == 404,
+            env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(16)},
+        )
+        return self
 
 
 class BinderHub(LocalService):
