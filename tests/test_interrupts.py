@@ -138,15 +138,15 @@ def test_sigterm_during_the_smoke_suite_names_it_and_releases_the_lock(both_clus
     suites: list[int] = []
 
     def cancel(process: subprocess.Popen) -> None:
-        time.sleep(3)
+        # The suite is collecting or waiting by now; an interrupt while Python still
+        # imports pytest would test the interpreter's start-up, not the deploy.
+        time.sleep(1)
         suites.extend(
             pid for pid in descendants(process.pid) if "tests/smoke" in " ".join(command_line(pid))
         )
         process.send_signal(signal.SIGTERM)
 
-    run = run_and_act(
-        ["deploy", "--env=local-prod", "--yes"], env, "==> smoke-test [local-staging]", cancel
-    )
+    run = run_and_act(["deploy", "--env=local-prod", "--yes"], env, "test session starts", cancel)
     out = run.output
     assert suites, "the smoke suite was not running when the deploy was cancelled"
     assert run.returncode == 130, out[-3000:]
