@@ -276,5 +276,4 @@ def demo(c: Context, dry_run: bool = False) -> None:
         with mirror as url:
             if url:
                 say(f"chart repository {chartrepo.UPSTREAM}: served from {folder} at {url}")
-            load_registry.cache_clear()
             run_deploy(c, "local-prod", dry_run=False, yes=True)

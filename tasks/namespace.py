@@ -7,7 +7,6 @@ tools for seeing and undoing, then the local clusters.
 from invoke import Collection
 
 from tasks import (
-    access,  # noqa: F401 - registers how steps open their cluster's credentials
     chain,
     charts,
     checks,

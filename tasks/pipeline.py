@@ -12,39 +12,22 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
 
 from invoke import Context
 from invoke.exceptions import Exit
 
 from tasks import checkout
-from tasks import registry as registry_module
+from tasks import run as run_module
 from tasks.errors import CommandFailed, StepFailure
-from tasks.output import (
-    StepRecord,
-    Stopwatch,
-    folded,
-    format_seconds,
-    masker,
-    say,
-    summary,
-    warn,
-)
+from tasks.output import folded, say, warn
 from tasks.registry import Environment, Registry
-from tasks.runner import (
-    PROJECT_ROOT,
-    Runner,
-    interrupted,
-    invoke_dry_refusal,
-    sigterm_as_interrupt,
-)
-
-T = TypeVar("T")
+from tasks.report import StepRecord, Stopwatch, format_seconds
+from tasks.run import Run, current
+from tasks.runner import Runner, invoke_dry_refusal, sigterm_as_interrupt
 
 
 @dataclass
@@ -92,20 +75,9 @@ class Stop(Exception):
         super().__init__(f"{step} failed on {env}")
 
 
-@cache
 def load_registry() -> Registry:
-    return registry_module.load(PROJECT_ROOT)
-
-
-# Opens the credentials of an environment's cluster for a step's duration and
-# yields the extra environment variables (KUBECONFIG, ...) its commands need.
-# Set by tasks.access at import time; a seam so the pipeline does not import it.
-ClusterAccessOpener = Callable[[StepContext], AbstractContextManager[dict[str, str]]]
-_cluster_access: list[ClusterAccessOpener] = []
-
-
-def register_cluster_access(opener: ClusterAccessOpener) -> None:
-    _cluster_access[:] = [opener]
+    """The registry, loaded once per run (tasks/run.py)."""
+    return current().registry
 
 
 def pinned_tool_dirs() -> list[Path]:
@@ -119,33 +91,15 @@ def pinned_tool_dirs() -> list[Path]:
     return toolchain.search_dirs()
 
 
-# What a run keeps open across its steps (cluster credentials, SSH tunnels),
-# closed when the outermost invocation ends: one gcloud login per environment
-# per run, not one per step.
-_held: dict[Hashable, Any] = {}
-_held_open = ExitStack()
-
-
-def held_for_run(key: Hashable, opener: Callable[[], AbstractContextManager[T]]) -> T:
-    """Enter `opener()` once per run under `key`; later calls get the same value."""
-    if key not in _held:
-        _held[key] = _held_open.enter_context(opener())
-    return _held[key]
-
-
-def _release_held() -> None:
-    global _held_open
-    closing, _held_open = _held_open, ExitStack()
-    _held.clear()
-    try:
-        closing.close()
-    except Exception as error:
-        warn(f"Closing what the run held open failed: {error}")
-    except KeyboardInterrupt:
-        warn("Closing what the run held open was interrupted.")
-
-
-_depth = 0
+def _release_held(run: Run) -> None:
+    """Give back what the run's environments hold open (credentials, tunnels, locks)."""
+    for environment in run.environments:
+        try:
+            environment.close_held()
+        except Exception as error:
+            warn(f"Closing what {environment.name} held open failed: {error}")
+        except KeyboardInterrupt:
+            warn(f"Closing what {environment.name} held open was interrupted.")
 
 
 @contextmanager
@@ -158,57 +112,50 @@ def invocation(task: str = "") -> Iterator[None]:
     (deploy locks, credentials) is given back before the closing screen, so
     the screen can say what, if anything, was left behind.
     """
-    global _depth
-    _depth += 1
-    outermost = _depth == 1
-    if outermost:
-        summary.reset()
-        interrupted.clear()
-    try:
-        try:
-            with sigterm_as_interrupt() if outermost else nullcontext():
+    with run_module.invoked() as outermost:
+        if not outermost:
+            try:
                 yield
-        except StepFailure as failure:
-            raise Stop(task, "", failure) from None
-    except Stop as stop:
-        if not outermost:
+            except StepFailure as failure:
+                raise Stop(task, "", failure) from None
+            return
+        run = current()
+        try:
+            try:
+                with sigterm_as_interrupt():
+                    yield
+            except StepFailure as failure:
+                raise Stop(task, "", failure) from None
+        except Stop as stop:
+            _finish(run)
+            raise Exit(_failure_screen(stop), code=1) from None
+        except KeyboardInterrupt:
+            _finish(run)
+            raise Exit(_interrupted_screen(run), code=130) from None
+        except Exit:
             raise
-        _release_held()
-        _finish()
-        raise Exit(_failure_screen(stop), code=1) from None
-    except KeyboardInterrupt:
-        if not outermost:
-            raise
-        _release_held()
-        _finish()
-        raise Exit(_interrupted_screen(), code=130) from None
-    except Exit:
-        raise
-    except Exception as bug:
-        if not outermost or os.environ.get("DEPLOY_DEBUG"):
-            raise
-        _release_held()
-        _finish()
-        raise Exit(_failure_screen(Stop(task, "", _unexpected(bug))), code=1) from None
-    else:
-        if outermost:
-            _release_held()
-            _finish()
-            if summary.left_behind:
-                say("\n".join(_left_behind_lines()))
-    finally:
-        _depth -= 1
-        if outermost:
-            _release_held()
+        except Exception as bug:
+            if os.environ.get("DEPLOY_DEBUG"):
+                raise
+            _finish(run)
+            raise Exit(_failure_screen(Stop(task, "", unexpected(bug))), code=1) from None
+        else:
+            _finish(run)
+            if run.summary.left_behind:
+                say("\n".join(_left_behind_lines(run)))
+        finally:
+            _release_held(run)
 
 
-def _finish() -> None:
+def _finish(run: Run) -> None:
+    _release_held(run)
+    summary = run.summary
     if len(summary.records) > 1 or summary.warnings:
         say("")
         say(summary.table())
 
 
-def _unexpected(bug: Exception) -> StepFailure:
+def unexpected(bug: Exception) -> StepFailure:
     return StepFailure(
         f"Unexpected {type(bug).__name__}: {bug}",
         "This is a bug in the pipeline. Run again with DEPLOY_DEBUG=1 for the traceback "
@@ -216,9 +163,9 @@ def _unexpected(bug: Exception) -> StepFailure:
     )
 
 
-def _interrupted_screen() -> str:
+def _interrupted_screen(run: Run) -> str:
     # The first: a later one is the cleanup's, interrupted by a second Ctrl-C.
-    where = next((r for r in summary.records if r.result == "interrupted"), None)
+    where = next((r for r in run.summary.records if r.result == "interrupted"), None)
     title = "INTERRUPTED"
     if where:
         title += f": {where.step}" + (f" on {where.env}" if where.env else "")
@@ -236,19 +183,21 @@ def _interrupted_screen() -> str:
             f"to the last verified revision: invoke rollback --env={where.env}"
         )
     lines.append("  Nothing further was started.")
-    lines += _left_behind_lines()
-    return masker.mask("\n".join(lines))
+    lines += _left_behind_lines(run)
+    return run.masker.mask("\n".join(lines))
 
 
-def _left_behind_lines() -> list[str]:
-    if not summary.left_behind:
+def _left_behind_lines(run: Run) -> list[str]:
+    left_behind = run.summary.left_behind
+    if not left_behind:
         return ["  Left behind: nothing."]
     return ["  Left behind, for the next run to deal with:"] + [
-        f"    - {what}" for what in summary.left_behind
+        f"    - {what}" for what in left_behind
     ]
 
 
 def _failure_screen(stop: Stop) -> str:
+    run = current()
     failure = stop.failure
     where = f"{stop.step} on {stop.env}" if stop.env else stop.step
     lines = [f"FAILED: {where}", f"  why: {failure.why}"]
@@ -257,9 +206,9 @@ def _failure_screen(stop: Stop) -> str:
     if failure.details:
         lines.append("  last output:")
         lines += [f"    {line}" for line in failure.details.splitlines()[-12:]]
-    if summary.left_behind:
-        lines += _left_behind_lines()
-    return masker.mask("\n".join(lines))
+    if run.summary.left_behind:
+        lines += _left_behind_lines(run)
+    return run.masker.mask("\n".join(lines))
 
 
 def dry_run_asked(c: Context, dry_run: bool | None, task: str) -> bool:
@@ -292,12 +241,13 @@ def perform(
     a step that rewrites the working tree (decrypt-secrets, helm-deps): it holds
     the checkout against other runs (tasks/checkout.py).
     """
-    with invocation():
+    with invocation(step):
+        run = current()
         watch = Stopwatch()
         env: Environment | None = None
         try:
             dry = dry_run_asked(c, dry_run, step)
-            registry = load_registry()
+            registry = run.registry
             env = registry.get(env_name) if (needs_env or env_name) else None
         except StepFailure as failure:
             _record(step, env_name or "", "failed", watch, failure.why)
@@ -314,11 +264,7 @@ def perform(
         with folded(title + (" (dry run)" if dry else "")):
             try:
                 exclusive = checkout.held() if changes_checkout and not dry else nullcontext()
-                access = (
-                    _cluster_access[0](ctx)
-                    if needs_cluster and _cluster_access
-                    else nullcontext({})
-                )
+                access = run.open_cluster(ctx) if needs_cluster else nullcontext({})
                 with exclusive, access as extra_env:
                     ctx.runner = ctx.runner.with_env(**extra_env)
                     note = action(ctx) or ""
@@ -340,7 +286,7 @@ def perform(
             except Interrupted as interrupt:
                 _record(step, env_label, "interrupted", watch, interrupt.aftermath)
                 if interrupt.left_behind:
-                    summary.left_behind.append(masker.mask(interrupt.left_behind))
+                    run.summary.leave_behind(interrupt.left_behind)
                 raise
             except KeyboardInterrupt:
                 _record(step, env_label, "interrupted", watch, "")
@@ -353,7 +299,7 @@ def perform(
             except Exception as bug:
                 if os.environ.get("DEPLOY_DEBUG"):
                     raise
-                failure = _unexpected(bug)
+                failure = unexpected(bug)
                 _record(step, env_label, "failed", watch, failure.why)
                 raise Stop(step, env_label, failure) from None
         result = "dry-run" if dry else "ok"
@@ -362,7 +308,7 @@ def perform(
 
 
 def _record(step: str, env: str, result: str, watch: Stopwatch, note: str) -> None:
-    summary.add(StepRecord(step, env, result, watch.seconds, note))
+    current().summary.add(StepRecord(step, env, result, watch.seconds, note))
 
 
 def confirm(question: str) -> bool:

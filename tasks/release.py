@@ -30,8 +30,9 @@ from tasks import configmaps, lock, rollout_status, secrets
 from tasks import values as values_module
 from tasks.charts import archive_is_valid, pinned_dependencies, schema_failure, shown
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
-from tasks.output import masker, say, summary
+from tasks.output import say
 from tasks.pipeline import Interrupted, StepContext, confirm, invocation, perform
+from tasks.run import current
 from tasks.runner import PROJECT_ROOT
 from tasks.secrets_keys import check_certificates
 
@@ -259,7 +260,7 @@ def _change_release(
             aftermath, left_behind = release_aftermath(ctx, action)
             failure.fix = f"{aftermath} {failure.fix}".strip()
             if left_behind:
-                summary.left_behind.append(left_behind)
+                current().summary.leave_behind(left_behind)
         raise failure from None
 
 
@@ -294,8 +295,10 @@ def helm_values_args(files: list[Path]) -> list[str]:
 def upgrade_release(ctx: StepContext, timeout: int | None = None) -> str:
     env = ctx.environment
     files = check_ready_to_deploy(ctx)
-    lock.ensure_held(ctx)
+    # Reading the release first: an unreachable cluster or refused credentials get
+    # helm's diagnosis, not only the lock's complaint.
     refuse_if_pending(ctx)
+    lock.ensure_held(ctx)
     seconds = timeout or env.timeouts.upgrade
     command = [
         "helm",
@@ -555,9 +558,9 @@ def _masked_checksums(node: object) -> object:
     return masked
 
 
-def diff_manifests(current: str, proposed: str, namespace: str) -> list[str]:
+def diff_manifests(deployed: str, proposed: str, namespace: str) -> list[str]:
     """Unified diffs, resource by resource, with the data of Secrets and checksums masked."""
-    before = split_manifest(current, namespace)
+    before = split_manifest(deployed, namespace)
     after = split_manifest(proposed, namespace)
     chunks: list[str] = []
     for key in sorted(set(before) | set(after), key=str):
@@ -573,7 +576,8 @@ def diff_manifests(current: str, proposed: str, namespace: str) -> list[str]:
         lines = difflib.unified_diff(
             old_text.splitlines(), new_text.splitlines(), "current", "proposed", lineterm=""
         )
-        chunks.append(f"--- {key}: {label}\n" + masker.mask("\n".join(list(lines)[2:])))
+        masked = current().masker.mask("\n".join(list(lines)[2:]))
+        chunks.append(f"--- {key}: {label}\n" + masked)
     return chunks
 
 
@@ -581,9 +585,9 @@ def diff_release(ctx: StepContext) -> list[str]:
     env = ctx.environment
     files = check_ready_to_deploy(ctx)
     status = release_status(ctx)
-    current = ""
+    deployed = ""
     if status is not None:
-        current = ctx.runner.run(
+        deployed = ctx.runner.run(
             ["helm", "get", "manifest", env.release, "--namespace", env.namespace], quiet=True
         ).stdout
     try:
@@ -608,7 +612,7 @@ def diff_release(ctx: StepContext) -> list[str]:
     if rendered.dry_run:
         return []
     proposed = json.loads(rendered.stdout).get("manifest", "")
-    return diff_manifests(current, proposed, env.namespace)
+    return diff_manifests(deployed, proposed, env.namespace)
 
 
 # -- rollback and recovery ----------------------------------------------------

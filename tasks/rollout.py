@@ -46,8 +46,9 @@ from invoke import Context, task
 from invoke.exceptions import Exit
 
 from tasks.errors import StepFailure
-from tasks.output import format_seconds, masker, say
+from tasks.output import say
 from tasks.pipeline import StepContext, perform
+from tasks.report import format_seconds
 from tasks.rollout_fit import AUTOSCALER_CONFIGMAP, AUTOSCALER_NAMESPACE, ClusterFacts, Note
 from tasks.rollout_status import (
     FIXES,
@@ -68,6 +69,7 @@ from tasks.rollout_status import (
     scheduled_on,
     workload_key,
 )
+from tasks.run import current
 from tasks.runner import Runner
 
 RESOURCES = {
@@ -847,7 +849,7 @@ def wait(
         raise for_this_environment(failure, ctx) from None
     if ctx.dry_run:
         return f"would wait for the workloads of namespace {env.namespace}"
-    return masker.mask(report.note())
+    return current().masker.mask(report.note())
 
 
 def for_this_environment(failure: StepFailure, ctx: StepContext) -> StepFailure:

@@ -22,14 +22,10 @@ from invoke.exceptions import CommandTimedOut
 from invoke.runners import Local
 
 from tasks.errors import CommandFailed, StepFailure
-from tasks.output import MaskedStream, masker, say
+from tasks.output import MaskedStream, say
+from tasks.run import current
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-# Set when the operator (Ctrl-C) or CI (SIGTERM) interrupts the command running now.
-# Cleared before each command: the cleanup after an interrupt (releasing the
-# deploy lock, closing a Grafana region) must run its own commands to the end.
-interrupted = threading.Event()
 
 
 @contextmanager
@@ -71,10 +67,16 @@ class ForwardingLocal(Local):
 
     invoke's own runner writes Ctrl-C to the command's stdin, which a command
     reading no terminal ignores, and then waits on as if nothing happened.
+    The flag is the command's own: the cleanup after an interrupt (releasing
+    the deploy lock, closing a Grafana region) runs its commands to the end.
     """
 
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self.interrupted = False
+
     def send_interrupt(self, interrupt: KeyboardInterrupt) -> None:
-        interrupted.set()
+        self.interrupted = True
         process = getattr(self, "process", None)
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -116,7 +118,7 @@ class Runner:
         return Runner(self.c, self.dry_run, {**self.env, **extra}, self.cwd, self.tool_dirs)
 
     def describe(self, command: Sequence[str]) -> str:
-        return masker.mask(shlex.join(str(part) for part in command))
+        return current().masker.mask(shlex.join(str(part) for part in command))
 
     def run(
         self,
@@ -135,15 +137,15 @@ class Runner:
         `git rev-parse`).
         """
         line = shlex.join(str(part) for part in command)
+        masker = current().masker
         if self.dry_run and not touches_nothing:
             say(f"[dry-run] {self._env_prefix()}{masker.mask(line)}")
             return Result("", "", 0, dry_run=True)
         if not quiet:
             say(f"$ {masker.mask(line)}")
-        self.c.config.runners.local = ForwardingLocal
-        interrupted.clear()
+        local = ForwardingLocal(self.c)
         try:
-            result = self.c.run(
+            result = local.run(
                 line,
                 env=self._command_env(),
                 hide=bool(quiet),
@@ -163,7 +165,7 @@ class Runner:
                 "Check the cluster and the network; raise the step's timeout in "
                 "config/environments.yaml if this environment is just slow.",
             ) from None
-        if interrupted.is_set():
+        if local.interrupted:
             raise KeyboardInterrupt
         # invoke raises UnexpectedExit only without warn=True; failures arrive here.
         outcome = Result(result.stdout, result.stderr, result.exited)
@@ -180,4 +182,5 @@ class Runner:
 
     def _env_prefix(self) -> str:
         shown = {k: v for k, v in self.env.items() if k != "PATH"}
+        masker = current().masker
         return "".join(f"{k}={shlex.quote(masker.mask(v))} " for k, v in sorted(shown.items()))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from tasks.output import masker
+from tasks.run import current
 from tests.smoke.target import Target
 
 WARMING_UP = frozenset({403, 404, 502, 503, 504})
@@ -37,7 +37,7 @@ def mask(text: str) -> str:
     """Hide the environment's secrets and any token from text about to be shown."""
     for pattern in _TOKEN_PATTERNS:
         text = pattern.sub(lambda found: found.group(1) + "********", text)
-    return masker.mask(text)
+    return current().masker.mask(text)
 
 
 def excerpt(response: requests.Response) -> str:
