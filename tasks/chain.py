@@ -35,6 +35,7 @@ from tasks.pipeline import (
     perform,
 )
 from tasks.registry import Environment, Registry
+from tasks.run import current
 
 ENV_STEPS = (grafana.annotate_grafana, release.upgrade, rollout.wait_rollout, smoke.smoke_test)
 
@@ -117,6 +118,7 @@ def run_deploy(
     dry_run = dry_run_asked(c, dry_run, "deploy")
     registry = load_registry()
     env = registry.get(target)
+    current().target = env.name
     chain = registry.chain(target)
     say("deploy plan: " + " -> ".join(e.name for e in chain))
     asks = env.gated_by and not (yes or dry_run or os.environ.get("CI"))

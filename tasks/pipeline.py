@@ -25,9 +25,19 @@ from tasks import run as run_module
 from tasks.errors import CommandFailed, StepFailure
 from tasks.output import folded, say, warn
 from tasks.registry import Environment, Registry
-from tasks.report import StepRecord, Stopwatch, format_seconds
+from tasks.report import (
+    DRY_RUN,
+    FAILED,
+    INTERRUPTED,
+    OK,
+    REPORTS_DIR,
+    SKIPPED,
+    StepRecord,
+    Stopwatch,
+    format_seconds,
+)
 from tasks.run import Run, current
-from tasks.runner import Runner, invoke_dry_refusal, sigterm_as_interrupt
+from tasks.runner import PROJECT_ROOT, Runner, invoke_dry_refusal, sigterm_as_interrupt
 
 
 @dataclass
@@ -104,7 +114,7 @@ def _release_held(run: Run) -> None:
 
 @contextmanager
 def invocation(task: str = "") -> Iterator[None]:
-    """The outermost task of a run prints the summary and sets the exit code.
+    """The outermost task of a run prints the summary, writes the report and sets the exit code.
 
     A failure raised outside any step (an unknown environment given to
     `deploy`, say) is reported the same way, under the task's name. SIGTERM
@@ -112,7 +122,7 @@ def invocation(task: str = "") -> Iterator[None]:
     (deploy locks, credentials) is given back before the closing screen, so
     the screen can say what, if anything, was left behind.
     """
-    with run_module.invoked() as outermost:
+    with run_module.invoked(task) as outermost:
         if not outermost:
             try:
                 yield
@@ -127,32 +137,47 @@ def invocation(task: str = "") -> Iterator[None]:
             except StepFailure as failure:
                 raise Stop(task, "", failure) from None
         except Stop as stop:
-            _finish(run)
+            _finish(run, FAILED)
             raise Exit(_failure_screen(stop), code=1) from None
         except KeyboardInterrupt:
-            _finish(run)
+            _finish(run, INTERRUPTED)
             raise Exit(_interrupted_screen(run), code=130) from None
         except Exit:
             raise
         except Exception as bug:
             if os.environ.get("DEPLOY_DEBUG"):
                 raise
-            _finish(run)
+            _finish(run, FAILED)
             raise Exit(_failure_screen(Stop(task, "", unexpected(bug))), code=1) from None
         else:
-            _finish(run)
+            _finish(run, OK)
             if run.summary.left_behind:
                 say("\n".join(_left_behind_lines(run)))
         finally:
             _release_held(run)
 
 
-def _finish(run: Run) -> None:
+def _finish(run: Run, result: str) -> None:
     _release_held(run)
     summary = run.summary
     if len(summary.records) > 1 or summary.warnings:
         say("")
         say(summary.table())
+    # A dry run touches nothing, not even reports/.
+    if any(record.result not in (DRY_RUN, SKIPPED) for record in summary.records):
+        path = report_path(run)
+        try:
+            summary.write(path, run.task, run.target, result)
+        except OSError as error:
+            warn(f"The run's report could not be written to {path}: {error}")
+        else:
+            if len(summary.records) > 1:
+                say(f"report: {path.relative_to(PROJECT_ROOT)}")
+
+
+def report_path(run: Run) -> Path:
+    """Where the run's machine-readable report goes: reports/run-<task>.json."""
+    return PROJECT_ROOT / REPORTS_DIR / f"run-{run.task or 'step'}.json"
 
 
 def unexpected(bug: Exception) -> StepFailure:
@@ -165,7 +190,7 @@ def unexpected(bug: Exception) -> StepFailure:
 
 def _interrupted_screen(run: Run) -> str:
     # The first: a later one is the cleanup's, interrupted by a second Ctrl-C.
-    where = next((r for r in run.summary.records if r.result == "interrupted"), None)
+    where = next((r for r in run.summary.records if r.result == INTERRUPTED), None)
     title = "INTERRUPTED"
     if where:
         title += f": {where.step}" + (f" on {where.env}" if where.env else "")
@@ -250,7 +275,7 @@ def perform(
             registry = run.registry
             env = registry.get(env_name) if (needs_env or env_name) else None
         except StepFailure as failure:
-            _record(step, env_name or "", "failed", watch, failure.why)
+            _record(step, env, env_name or "", FAILED, watch, failure.why)
             raise Stop(step, env_name or "", failure) from None
         env_label = env.name if env else ""
         title = f"{step} [{env_label}]" if env_label else step
@@ -270,10 +295,10 @@ def perform(
                     note = action(ctx) or ""
             except Skipped as skipped:
                 say(f"skipped: {skipped}")
-                _record(step, env_label, "skipped", watch, str(skipped))
+                _record(step, env, env_label, SKIPPED, watch, str(skipped))
                 return
             except StepFailure as failure:
-                _record(step, env_label, "failed", watch, failure.why)
+                _record(step, env, env_label, FAILED, watch, failure.why)
                 raise Stop(step, env_label, failure) from None
             except CommandFailed as failed:
                 failure = StepFailure(
@@ -281,34 +306,46 @@ def perform(
                     failed.killed_advice,
                     details=failed.tail(),
                 )
-                _record(step, env_label, "failed", watch, failure.why)
+                _record(step, env, env_label, FAILED, watch, failure.why)
                 raise Stop(step, env_label, failure) from None
             except Interrupted as interrupt:
-                _record(step, env_label, "interrupted", watch, interrupt.aftermath)
+                _record(step, env, env_label, INTERRUPTED, watch, interrupt.aftermath)
                 if interrupt.left_behind:
                     run.summary.leave_behind(interrupt.left_behind)
                 raise
             except KeyboardInterrupt:
-                _record(step, env_label, "interrupted", watch, "")
+                _record(step, env, env_label, INTERRUPTED, watch, "")
                 raise
             except Exit as refusal:
                 # Helpers shared with the cluster tasks refuse with invoke's Exit.
                 failure = StepFailure(str(refusal.message or refusal))
-                _record(step, env_label, "failed", watch, failure.why)
+                _record(step, env, env_label, FAILED, watch, failure.why)
                 raise Stop(step, env_label, failure) from None
             except Exception as bug:
                 if os.environ.get("DEPLOY_DEBUG"):
                     raise
                 failure = unexpected(bug)
-                _record(step, env_label, "failed", watch, failure.why)
+                _record(step, env, env_label, FAILED, watch, failure.why)
                 raise Stop(step, env_label, failure) from None
-        result = "dry-run" if dry else "ok"
-        _record(step, env_label, result, watch, note)
+        result = DRY_RUN if dry else OK
+        _record(step, env, env_label, result, watch, note)
         say(f"{step}: {result} in {format_seconds(watch.seconds)}" + (f" — {note}" if note else ""))
 
 
-def _record(step: str, env: str, result: str, watch: Stopwatch, note: str) -> None:
-    current().summary.add(StepRecord(step, env, result, watch.seconds, note))
+def _record(
+    step: str, env: Environment | None, label: str, result: str, watch: Stopwatch, note: str
+) -> None:
+    record = StepRecord(
+        step,
+        label,
+        result,
+        watch.seconds,
+        note,
+        release=env.release if env else "",
+        started=watch.started_at,
+        ended=watch.started_at + watch.seconds,
+    )
+    current().summary.add(record)
 
 
 def confirm(question: str) -> bool:

@@ -1,17 +1,33 @@
-"""What a run did, step by step: the closing table.
+"""What a run did, step by step: the closing table and the machine-readable report.
 
-Every step of a run adds a `StepRecord` (environment, result, duration,
-note) to the run's `Summary` (tasks/run.py); a run of several steps ends
-with a table of them.
+Every step of a run adds a `StepRecord` (environment, release, result, start
+and end, note) to the run's `Summary` (tasks/run.py). The run ends with a
+table of them on screen and the same records as JSON under reports/ (written
+whole or not at all, secrets masked), which CI can keep as an artifact or
+read.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from tasks.masking import SecretMasker
+
+REPORTS_DIR = Path("reports")
+
+OK = "ok"
+FAILED = "failed"
+INTERRUPTED = "interrupted"
+DRY_RUN = "dry-run"
+SKIPPED = "skipped"
 
 
 @dataclass
@@ -21,17 +37,21 @@ class StepRecord:
     result: str  # "ok", "failed", "skipped", "dry-run", "interrupted"
     seconds: float
     note: str = ""
+    release: str = ""
+    started: float = 0.0  # seconds since the epoch
+    ended: float = 0.0
 
 
 @dataclass
 class Summary:
-    """What happened in this run, step by step, for the closing table."""
+    """What happened in this run, step by step, for the closing table and the report."""
 
     masker: SecretMasker
     records: list[StepRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     # What the run leaves that the next one must deal with, each with its remedy.
     left_behind: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, record: StepRecord) -> None:
@@ -61,6 +81,48 @@ class Summary:
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(line.rstrip() for line in lines)
 
+    def document(self, task: str, target: str, result: str) -> dict[str, Any]:
+        """The run as JSON-ready data: what CI reads instead of the table."""
+        return {
+            "task": task,
+            "target": target,
+            "result": result,
+            "started": _timestamp(self.started),
+            "ended": _timestamp(time.time()),
+            "steps": [
+                {
+                    "step": r.step,
+                    "environment": r.env,
+                    "release": r.release,
+                    "result": r.result,
+                    "start": _timestamp(r.started),
+                    "end": _timestamp(r.ended),
+                    "seconds": round(r.seconds, 3),
+                    "note": r.note,
+                }
+                for r in self.records
+            ],
+            "warnings": list(self.warnings),
+            "left_behind": list(self.left_behind),
+        }
+
+    def write(self, path: Path, task: str, target: str, result: str) -> None:
+        """Write the report whole or not at all: a reader never sees half of one."""
+        text = self.masker.mask(json.dumps(self.document(task, target, result), indent=2))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(text + "\n")
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+def _timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
 
 def format_seconds(seconds: float) -> str:
     if seconds < 60:
@@ -72,6 +134,7 @@ def format_seconds(seconds: float) -> str:
 class Stopwatch:
     def __init__(self) -> None:
         self.started = time.monotonic()
+        self.started_at = time.time()
 
     @property
     def seconds(self) -> float:

@@ -87,6 +87,8 @@ class Run:
         # Grafana URLs that took a request and did not answer in time: each further
         # request would cost the deploy another timeout, so none is sent.
         self.unresponsive_grafana: set[str] = set()
+        self.task = ""  # the outermost task, which names the run's report
+        self.target = ""  # what it deploys: an environment (or a group)
         self.begun = False
         self._registry = registry
         self._environments: dict[str, EnvironmentRun] = {}
@@ -165,7 +167,7 @@ def fresh(**settings: Any) -> Iterator[Run]:
 
 
 @contextmanager
-def invoked() -> Iterator[bool]:
+def invoked(task: str) -> Iterator[bool]:
     """Enter an invocation of a task; yields True for the outermost one, which owns the run.
 
     The outermost invocation of a run already used starts a new run, which
@@ -179,6 +181,7 @@ def invoked() -> Iterator[bool]:
             place = replace(place, run=Run(masker=place.run.masker))
             _place.set(place)
         place.run.begun = True
+        place.run.task = task
     token = _place.set(replace(place, depth=place.depth + 1))
     try:
         yield outermost
