@@ -4,49 +4,65 @@ A deploy of an environment is a stage: an invoke task whose pre-tasks are
 its gate's stage (staging for prod), then its own steps in the reference
 document's order:
 
-    decrypt-secrets -> helm-deps -> lock -> annotate-grafana -> upgrade
-                                    -> wait-rollout -> smoke-test
+    decrypt-secrets -> helm-deps -> [check-promotion] -> lock -> annotate-grafana
+                    -> upgrade -> wait-rollout -> smoke-test -> verified
 
 invoke's executor expands the pre-tasks depth first, so the gate's whole
 chain, smoke tests included, runs before the first step of the gated
 environment, and its de-duplication runs the steps both share
 (decrypt-secrets, helm-deps) once. A failing step raises, and nothing after
-it starts. The lock (tasks/lock.py) keeps two deploys off one environment.
+it starts. The lock (tasks/lock.py) keeps two deploys off one environment;
+check-promotion (tasks/promotion.py) keeps a gated environment from
+deploying anything its gate did not verify.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 from invoke import Call, Collection, Context, Executor, Task, call, task
 from invoke.exceptions import Exit
 
-from tasks import charts, checkout, doctor, grafana, lock, release, rollout, secrets, smoke
+from tasks import (
+    charts,
+    checkout,
+    doctor,
+    grafana,
+    lock,
+    promotion,
+    release,
+    rollout,
+    secrets,
+    smoke,
+)
 from tasks.errors import StepFailure
 from tasks.output import folded, say, warn
-from tasks.pipeline import (
-    StepContext,
-    Stop,
-    confirm,
-    dry_run_asked,
-    invocation,
-    load_registry,
-    perform,
-)
+from tasks.pipeline import StepContext, Stop, confirm, dry_run_asked, invocation, perform
 from tasks.registry import Environment, Registry
 from tasks.run import current
 
 ENV_STEPS = (grafana.annotate_grafana, release.upgrade, rollout.wait_rollout, smoke.smoke_test)
 
 
-def key_holder(registry: Registry, env: Environment) -> str:
-    """The first environment of `env`'s chain unlocked with the same key and secrets.
+@dataclass(frozen=True)
+class Options:
+    """What the operator asked of a deploy, for every stage of it."""
+
+    dry_run: bool = False
+    rollback_on_failure: bool = False
+    promote_unverified: bool = False
+
+
+def key_holder(chain: list[Environment], env: Environment) -> str:
+    """The first environment of the chain unlocked with the same key and secrets as `env`.
 
     decrypt-secrets is called with that name, so environments that share a
     key share one call, and invoke's de-duplication runs it once.
     """
-    for candidate in registry.chain(env.name):
+    for candidate in chain:
         if (candidate.key, candidate.secrets_dir) == (env.key, env.secrets_dir):
             return candidate.name
     return env.name
@@ -61,71 +77,115 @@ def preflight(c: Context, env: str | None = None, dry_run: bool = False) -> None
         doctor.preflight(c, env)
 
 
-def stage(registry: Registry, env: Environment, dry_run: bool, target: str | None = None) -> Task:
+def checks(envs: list[Environment], options: Options) -> list[Call]:
+    """Validate every one of `envs`, then check each one's cluster."""
+    return [call(charts.validate, env=e.name, dry_run=options.dry_run) for e in envs] + [
+        call(preflight, env=e.name, dry_run=options.dry_run) for e in envs
+    ]
+
+
+def own_steps(env: Environment, options: Options) -> list[Call]:
+    """An environment's own steps, from check-promotion (if it is gated) to smoke-test."""
+    steps = []
+    if env.gated_by:
+        steps.append(
+            call(
+                promotion.check_promotion,
+                env=env.name,
+                dry_run=options.dry_run,
+                promote_unverified=options.promote_unverified,
+            )
+        )
+    steps.append(call(lock.take_lock, env=env.name, dry_run=options.dry_run))
+    return steps + [call(step, env=env.name, dry_run=options.dry_run) for step in ENV_STEPS]
+
+
+def stage(
+    registry: Registry, env: Environment, options: Options, target: str | None = None
+) -> Task:
     """The invoke task that deploys `env`, with its gate's stage as its first pre-task.
 
-    The first stage of a chain unlocks the secrets of every environment of the
-    chain and checks every one of their clusters before it changes anything.
+    The first stage of a chain unlocks the secrets of every environment the
+    deploy of `target` reaches, and validates and checks the clusters of
+    every one that may stop it, before it changes anything.
     """
-    chain = registry.chain(target or env.name)
+    target = target or env.name
     pre: list[Call | Task] = []
     if env.gated_by:
-        pre.append(stage(registry, registry.get(env.gated_by), dry_run, target or env.name))
-        members = [env]
+        pre.append(stage(registry, registry.get(env.gated_by), options, target))
     else:
-        members = chain
-    pre += [
-        call(secrets.decrypt_secrets, env=key_holder(registry, member), dry_run=dry_run)
-        for member in members
-    ]
-    pre.append(call(charts.helm_deps, dry_run=dry_run))
-    if not env.gated_by:
+        chain = registry.chain(target)
+        pre += [
+            call(secrets.decrypt_secrets, env=key_holder(chain, e), dry_run=options.dry_run)
+            for e in chain
+        ]
+        pre.append(call(charts.helm_deps, dry_run=options.dry_run))
         # Every environment's values render before the first one is touched: a typo in
         # prod's values fails the run before staging is upgraded.
-        pre += [call(charts.validate, env=member.name, dry_run=dry_run) for member in chain]
-        pre += [call(preflight, env=member.name, dry_run=dry_run) for member in chain]
-    pre.append(call(lock.take_lock, env=env.name, dry_run=dry_run))
-    pre += [call(step, env=env.name, dry_run=dry_run) for step in ENV_STEPS]
+        pre += checks(registry.checked_first(target), options)
+    return Task(passed(env, options), name=f"deploy-{env.name}", pre=pre + own_steps(env, options))
 
-    def passed(c: Context) -> None:
+
+def passed(env: Environment, options: Options) -> Callable[[Context], None]:
+    """The stage's own body, once its steps passed: record the revision as verified, give the
+    lock back, close the Grafana region."""
+
+    def verified(c: Context) -> None:
         perform(
-            c, "verified", env.name, release.record_verified, dry_run=dry_run, needs_cluster=True
+            c,
+            "verified",
+            env.name,
+            record_verified,
+            dry_run=options.dry_run,
+            needs_cluster=True,
         )
-        lock.release_lock(c, env.name, dry_run)
+        lock.release_lock(c, env.name, options.dry_run)
         try:
             grafana.close_region(env.name, "success")
         except StepFailure as failure:
             raise Stop("annotate-grafana", env.name, failure) from None
         say(
             f"{env.name}: would be deployed and validated"
-            if dry_run
+            if options.dry_run
             else f"{env.name}: deployed and validated"
         )
 
-    return Task(passed, name=f"deploy-{env.name}", pre=pre)
+    return verified
+
+
+def record_verified(ctx: StepContext) -> str:
+    """The revision passed wait-rollout and smoke-test: remember it, and what it deployed."""
+    return f"{release.record_verified(ctx)}; {promotion.record(ctx)}"
 
 
 def plan(registry: Registry, target: str, dry_run: bool = False) -> list[Call]:
     """Every step call a deploy of `target` makes, in order, shared steps once."""
-    final = stage(registry, registry.get(target), dry_run)
+    final = stage(registry, registry.get(target), Options(dry_run=dry_run))
     executor = Executor(Collection(final))
     return executor.dedupe(executor.expand_calls([Call(final)]))
 
 
 def run_deploy(
-    c: Context, target: str | None, dry_run: bool, yes: bool, rollback_on_failure: bool = False
+    c: Context,
+    target: str | None,
+    dry_run: bool,
+    yes: bool,
+    rollback_on_failure: bool = False,
+    promote_unverified: bool = False,
 ) -> None:
     dry_run = dry_run_asked(c, dry_run, "deploy")
-    registry = load_registry()
+    run = current()
+    registry = run.registry
     env = registry.get(target)
-    current().target = env.name
-    chain = registry.chain(target)
+    run.target = env.name
+    options = Options(dry_run, rollback_on_failure, promote_unverified)
+    chain = registry.chain(env.name)
     say("deploy plan: " + " -> ".join(e.name for e in chain))
     asks = env.gated_by and not (yes or dry_run or os.environ.get("CI"))
-    question = f"Deploy to {target} (after {' -> '.join(e.name for e in chain[:-1])})?"
+    question = f"Deploy to {env.name} (after {' -> '.join(e.name for e in chain[:-1])})?"
     if asks and not confirm(question):
         raise Exit("Not confirmed; nothing was deployed. Pass --yes to skip the question.")
-    final = stage(registry, env, dry_run)
+    final = stage(registry, env, options)
     # Held from before decrypt-secrets to the end: a second run from this checkout
     # is refused at once instead of racing this one on git-crypt.
     with checkout.held() if not dry_run else nullcontext():
@@ -146,6 +206,8 @@ def run_deploy(
         "dry_run": "Print every command of every step, in order, secrets masked; touch nothing.",
         "yes": "Do not ask for confirmation before deploying a gated environment.",
         "rollback_on_failure": "Roll the target back if its wait-rollout or smoke-test fails.",
+        "promote_unverified": "Deploy gated environments even with what their gate did not "
+        "verify (another commit, chart or shared values); the summary says so.",
     }
 )
 def deploy(
@@ -154,10 +216,11 @@ def deploy(
     dry_run: bool = False,
     yes: bool = False,
     rollback_on_failure: bool = False,
+    promote_unverified: bool = False,
 ) -> None:
     """Deploy an environment: its gate's full chain first, then its own."""
     with invocation("deploy"):
-        run_deploy(c, env, dry_run, yes, rollback_on_failure)
+        run_deploy(c, env, dry_run, yes, rollback_on_failure, promote_unverified)
 
 
 def roll_back_after(c: Context, stop: Stop, target: str) -> None:

@@ -249,6 +249,19 @@ def dry_run_asked(c: Context, dry_run: bool | None, task: str) -> bool:
     return True
 
 
+@contextmanager
+def cluster_of(ctx: StepContext, env: Environment) -> Iterator[StepContext]:
+    """A context for reading `env`'s cluster from a step of another environment.
+
+    A member reads what its gate verified from the gate's cluster; the gate's
+    credentials are opened (once per run) like any step's.
+    """
+    other = StepContext(ctx.c, ctx.registry, env, ctx.runner, ctx.dry_run, ctx.step)
+    with current().open_cluster(other) as extra_env:
+        other.runner = ctx.runner.with_env(**extra_env)
+        yield other
+
+
 def perform(
     c: Context,
     step: str,

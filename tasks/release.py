@@ -26,7 +26,7 @@ import yaml
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from tasks import configmaps, lock, rollout_status, secrets
+from tasks import configmaps, lock, promotion, rollout_status, secrets
 from tasks import values as values_module
 from tasks.charts import archive_is_valid, pinned_dependencies, schema_failure, shown
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
@@ -292,9 +292,14 @@ def helm_values_args(files: list[Path]) -> list[str]:
     return args
 
 
-def upgrade_release(ctx: StepContext, timeout: int | None = None) -> str:
+def upgrade_release(
+    ctx: StepContext, timeout: int | None = None, promote_unverified: bool = False
+) -> str:
     env = ctx.environment
     files = check_ready_to_deploy(ctx)
+    if env.gated_by and not current().environment(env.name).promotion_checked:
+        # Run alone, the upgrade checks what a deploy's check-promotion step checks.
+        say(promotion.check(ctx, promote_unverified))
     # Reading the release first: an unreachable cluster or refused credentials get
     # helm's diagnosis, not only the lock's complaint.
     refuse_if_pending(ctx)
@@ -765,17 +770,23 @@ DRY_RUN_HELP = "Print every command that would run, secrets masked; touch nothin
         "timeout": "Seconds helm may spend on the upgrade (default: the environment's "
         "timeouts.upgrade in config/environments.yaml).",
         "dry_run": DRY_RUN_HELP,
+        "promote_unverified": "For a gated environment: upgrade even to what its gate "
+        "(staging) did not verify; the summary says so.",
     }
 )
 def upgrade(
-    c: Context, env: str | None = None, timeout: int | None = None, dry_run: bool = False
+    c: Context,
+    env: str | None = None,
+    timeout: int | None = None,
+    dry_run: bool = False,
+    promote_unverified: bool = False,
 ) -> None:
     """helm upgrade --install the site chart with the environment's layered values."""
     perform(
         c,
         "upgrade",
         env,
-        lambda ctx: upgrade_release(ctx, timeout),
+        lambda ctx: upgrade_release(ctx, timeout, promote_unverified),
         dry_run=dry_run,
         needs_cluster=True,
     )

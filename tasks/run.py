@@ -9,7 +9,7 @@ to one environment in that environment's `EnvironmentRun`:
                      registry as loaded for this run, the Grafana URLs that
                      hung, how steps open cluster credentials
     EnvironmentRun   what one environment holds: its open credentials and
-                     tunnels, its deploy lock, its Grafana region
+                     tunnels, its deploy lock, its Grafana region, what it verified
 
 `current()` is the run in progress, found through a context variable. A
 test starts a fresh run with `fresh()`; nothing is reset by hand. With no
@@ -32,6 +32,7 @@ from tasks.report import Summary
 if TYPE_CHECKING:
     from tasks.grafana import Region
     from tasks.pipeline import StepContext
+    from tasks.promotion import Promotion
     from tasks.registry import Registry
 
 T = TypeVar("T")
@@ -48,6 +49,9 @@ class EnvironmentRun:
         self.name = name
         self.lock_held = False
         self.region: Region | None = None
+        # What this environment's deploy verified in this run: its members compare with it.
+        self.verified: Promotion | None = None
+        self.promotion_checked = False
         self._held: dict[Hashable, Any] = {}
         self._stack = ExitStack()
         self._guard = threading.RLock()
