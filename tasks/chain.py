@@ -14,6 +14,10 @@ environment, and its de-duplication runs the steps both share
 it starts. The lock (tasks/lock.py) keeps two deploys off one environment;
 check-promotion (tasks/promotion.py) keeps a gated environment from
 deploying anything its gate did not verify.
+
+A group of the registry (a federation) is deployed by a task whose pre-task
+is its gate's stage and whose body deploys every member at once, each in
+its own thread with its own stage (tasks/federation.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from tasks import (
     charts,
     checkout,
     doctor,
+    federation,
     grafana,
     lock,
     promotion,
@@ -41,10 +46,13 @@ from tasks import (
 from tasks.errors import StepFailure
 from tasks.output import folded, say, warn
 from tasks.pipeline import StepContext, Stop, confirm, dry_run_asked, invocation, perform
-from tasks.registry import Environment, Registry
+from tasks.registry import Environment, Group, Registry
+from tasks.report import MemberOutcome
 from tasks.run import current
 
 ENV_STEPS = (grafana.annotate_grafana, release.upgrade, rollout.wait_rollout, smoke.smoke_test)
+# What `invoke ci` deploys from the main branch: the group of the site's prod members.
+CI_TARGET = "federation"
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,18 @@ def stage(
     return Task(passed(env, options), name=f"deploy-{env.name}", pre=pre + own_steps(env, options))
 
 
+def member_stage(env: Environment, options: Options, experimental: bool) -> Task:
+    """A member's stage inside a federation: its own steps, its gate having passed.
+
+    An experimental member validates and checks its cluster as its first
+    steps, where failing stops only itself.
+    """
+    first = checks([env], options) if experimental else []
+    return Task(
+        passed(env, options), name=f"deploy-{env.name}", pre=first + own_steps(env, options)
+    )
+
+
 def passed(env: Environment, options: Options) -> Callable[[Context], None]:
     """The stage's own body, once its steps passed: record the revision as verified, give the
     lock back, close the Grafana region."""
@@ -158,11 +178,50 @@ def record_verified(ctx: StepContext) -> str:
     return f"{release.record_verified(ctx)}; {promotion.record(ctx)}"
 
 
+def federation_task(registry: Registry, group: Group, options: Options) -> Task:
+    """The task that deploys a group: its gate's stage first, then every member at once."""
+
+    def deploy_members(c: Context) -> None:
+        federation.deploy_members(
+            c,
+            group,
+            lambda member: member_stage(
+                registry.get(member), options, group.is_experimental(member)
+            ),
+            dry_run=options.dry_run,
+            rollback_on_failure=options.rollback_on_failure,
+        )
+
+    gate = registry.get(group.gate)
+    return Task(
+        deploy_members,
+        name=f"deploy-{group.name}",
+        pre=[stage(registry, gate, options, group.name)],
+    )
+
+
+def final_task(registry: Registry, target: str, options: Options) -> Task:
+    what = registry.target(target)
+    if isinstance(what, Group):
+        return federation_task(registry, what, options)
+    return stage(registry, what, options)
+
+
 def plan(registry: Registry, target: str, dry_run: bool = False) -> list[Call]:
-    """Every step call a deploy of `target` makes, in order, shared steps once."""
-    final = stage(registry, registry.get(target), Options(dry_run=dry_run))
+    """Every step call a deploy of `target` makes (a group's: up to its members), in order,
+    shared steps once."""
+    final = final_task(registry, target, Options(dry_run=dry_run))
     executor = Executor(Collection(final))
     return executor.dedupe(executor.expand_calls([Call(final)]))
+
+
+def describe_plan(registry: Registry, target: str) -> str:
+    group = registry.group(target)
+    if group is None:
+        return " -> ".join(e.name for e in registry.chain(target))
+    members = [m + (" (experimental)" if group.is_experimental(m) else "") for m in group.members]
+    gates = " -> ".join(e.name for e in registry.chain(group.gate))
+    return f"{gates} -> then at once: {', '.join(members)}"
 
 
 def run_deploy(
@@ -176,16 +235,19 @@ def run_deploy(
     dry_run = dry_run_asked(c, dry_run, "deploy")
     run = current()
     registry = run.registry
-    env = registry.get(target)
-    run.target = env.name
+    what = registry.target(target)
+    run.target = what.name
     options = Options(dry_run, rollback_on_failure, promote_unverified)
-    chain = registry.chain(env.name)
-    say("deploy plan: " + " -> ".join(e.name for e in chain))
-    asks = env.gated_by and not (yes or dry_run or os.environ.get("CI"))
-    question = f"Deploy to {env.name} (after {' -> '.join(e.name for e in chain[:-1])})?"
-    if asks and not confirm(question):
+    say("deploy plan: " + describe_plan(registry, what.name))
+    if isinstance(what, Group):
+        run.summary.group = what.name
+        run.summary.members = [MemberOutcome(m, what.is_experimental(m)) for m in what.members]
+    gate = what.gate if isinstance(what, Group) else what.gated_by
+    asks = gate and not (yes or dry_run or os.environ.get("CI"))
+    after = " -> ".join(e.name for e in registry.chain(gate)) if gate else ""
+    if asks and not confirm(f"Deploy to {what.name} (after {after})?"):
         raise Exit("Not confirmed; nothing was deployed. Pass --yes to skip the question.")
-    final = stage(registry, env, options)
+    final = final_task(registry, what.name, options)
     # Held from before decrypt-secrets to the end: a second run from this checkout
     # is refused at once instead of racing this one on git-crypt.
     with checkout.held() if not dry_run else nullcontext():
@@ -194,7 +256,7 @@ def run_deploy(
                 Executor(Collection(final), config=c.config).execute(final.name)
         except Stop as stop:
             if rollback_on_failure and not dry_run:
-                roll_back_after(c, stop, env.name)
+                release.roll_back_after(c, stop, what.name)
             raise
         finally:
             lock.release_all(c, dry_run)
@@ -202,10 +264,12 @@ def run_deploy(
 
 @task(
     help={
-        "env": "The environment to deploy; its gates (e.g. staging for prod) deploy first.",
+        "env": "The environment or group to deploy; its gates (e.g. staging for prod) "
+        "deploy first, then a group's members all at once.",
         "dry_run": "Print every command of every step, in order, secrets masked; touch nothing.",
         "yes": "Do not ask for confirmation before deploying a gated environment.",
-        "rollback_on_failure": "Roll the target back if its wait-rollout or smoke-test fails.",
+        "rollback_on_failure": "Roll the target (each member of a group) back if its "
+        "wait-rollout or smoke-test fails.",
         "promote_unverified": "Deploy gated environments even with what their gate did not "
         "verify (another commit, chart or shared values); the summary says so.",
     }
@@ -218,37 +282,9 @@ def deploy(
     rollback_on_failure: bool = False,
     promote_unverified: bool = False,
 ) -> None:
-    """Deploy an environment: its gate's full chain first, then its own."""
+    """Deploy an environment (its gate's full chain first, then its own) or a group."""
     with invocation("deploy"):
         run_deploy(c, env, dry_run, yes, rollback_on_failure, promote_unverified)
-
-
-def roll_back_after(c: Context, stop: Stop, target: str) -> None:
-    """Roll the target back after its own rollout or smoke tests failed; report both."""
-    if stop.env != target or stop.step not in ("wait-rollout", "smoke-test"):
-        return
-    warn(f"{stop.step} failed on {target}: rolling {target} back to its last good revision.")
-    try:
-        with invocation("rollback"):
-            perform(c, "rollback", target, release.roll_back_to_last_good, needs_cluster=True)
-            rollout.wait_rollout(c, env=target)
-    except Stop as failed:
-        warn(f"the automatic rollback of {target} did not complete: {failed.failure.why}")
-    else:
-        warn(f"{target} was rolled back to its last good revision after {stop.step} failed.")
-        # The failure's own advice to roll back is done already; what is left is the cause.
-        kept = [
-            line
-            for line in stop.failure.fix.splitlines()
-            if f"invoke rollback --env={target}" not in line
-        ]
-        note = (
-            f"{target} was rolled back automatically and runs its last good revision again; "
-            f"fix the cause of the {stop.step} failure, then deploy again."
-        )
-        stop.failure.fix = "\n       ".join(
-            part for part in ("\n".join(kept).rstrip(), note) if part
-        )
 
 
 def pull_request_ci() -> bool | None:
@@ -271,17 +307,18 @@ def ci_branch() -> str:
 
 @task(
     help={
-        "env": "Environment a main-branch build deploys (default: prod).",
+        "env": "Environment or group a main-branch build deploys (default: the group "
+        f"{CI_TARGET}, which holds prod).",
         "branch": "The branch whose pushes deploy (default: main).",
         "pull_request": "Force pull-request mode (validate only), whatever the CI variables say.",
         "tests": "Run the project's tests in pull-request mode (--no-tests skips them).",
-        "rollback_on_failure": "On the main branch, roll the target back if its rollout or "
-        "smoke tests fail.",
+        "rollback_on_failure": "On the main branch, roll the target (each member of a group) "
+        "back if its rollout or smoke tests fail.",
     }
 )
 def ci(
     c: Context,
-    env: str = "prod",
+    env: str = CI_TARGET,
     branch: str = "main",
     pull_request: bool = False,
     tests: bool = True,

@@ -177,19 +177,22 @@ def close_region(env_name: str, outcome: str, failed_step: str | None = None) ->
     say(f"Grafana annotation {annotation} for {env_name} closed: {outcome}")
 
 
-def open_regions() -> list[str]:
-    """The environments whose region this run opened and has not closed."""
-    return [e.name for e in current().environments if e.region is not None]
+def open_regions(only: str | None = None) -> list[str]:
+    """The environments whose region this run opened and has not closed (or just `only`)."""
+    return [
+        e.name for e in current().environments if e.region is not None and only in (None, e.name)
+    ]
 
 
-def close_regions(outcome: str, failed_step: str | None = None) -> None:
-    """End every open region with the same outcome; meant for the deploy's `finally`.
+def close_regions(outcome: str, failed_step: str | None = None, only: str | None = None) -> None:
+    """End every open region (or `only` that environment's) with the same outcome; meant for
+    the deploy's `finally`.
 
     Every region is attempted before a strict failure is raised, so one
     unreachable Grafana does not leave the other environments' regions open.
     """
     failures: list[StepFailure] = []
-    for env_name in open_regions():
+    for env_name in open_regions(only):
         try:
             close_region(env_name, outcome, failed_step)
         except StepFailure as failure:
@@ -199,8 +202,9 @@ def close_regions(outcome: str, failed_step: str | None = None) -> None:
 
 
 @contextmanager
-def regions_closed_on_exit() -> Iterator[None]:
-    """Close every region opened inside the block with the block's outcome.
+def regions_closed_on_exit(only: str | None = None) -> Iterator[None]:
+    """Close every region opened inside the block (or `only` that environment's) with the
+    block's outcome.
 
     For the deploy chain: a `Stop` closes them as a failure of its step, Ctrl-C
     as interrupted, a normal end as success. A strict close failure becomes a
@@ -213,9 +217,9 @@ def regions_closed_on_exit() -> Iterator[None]:
         error = raised
         raise
     finally:
-        envs = ", ".join(open_regions())
+        envs = ", ".join(open_regions(only))
         try:
-            close_regions(*outcome_of(error))
+            close_regions(*outcome_of(error), only=only)
         except StepFailure as failure:
             raise Stop("annotate-grafana", envs, failure) from None
 

@@ -262,13 +262,12 @@ def release_lock(c: Context, env: str, dry_run: bool = False) -> None:
         perform(c, "unlock", env, give_back, dry_run=dry_run, needs_cluster=True)
 
 
-def release_all(c: Context, dry_run: bool = False) -> None:
-    """Give back every lock this run still holds, also after a failure or an interrupt.
-
-    A lock that cannot be given back is named in the run's closing screen.
+def release_all(c: Context, dry_run: bool = False, only: str | None = None) -> None:
+    """Give back every lock this run still holds (or `only` that environment's), also after a
+    failure or an interrupt. A lock that cannot be given back is named in the closing screen.
     """
     interrupted_here = False
-    held = [e for e in current().environments if e.lock_held]
+    held = [e for e in current().environments if e.lock_held and only in (None, e.name)]
     for environment in sorted(held, key=lambda e: e.name):
         try:
             release_lock(c, environment.name, dry_run)

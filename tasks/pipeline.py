@@ -29,9 +29,11 @@ from tasks.report import (
     DRY_RUN,
     FAILED,
     INTERRUPTED,
+    NOT_STARTED,
     OK,
     REPORTS_DIR,
     SKIPPED,
+    MemberOutcome,
     StepRecord,
     Stopwatch,
     format_seconds,
@@ -83,6 +85,15 @@ class Stop(Exception):
         self.env = env
         self.failure = failure
         super().__init__(f"{step} failed on {env}")
+
+
+class MembersFailed(Stop):
+    """Members of a federation failed, each for its own reason; the run fails for them."""
+
+    def __init__(self, group: str, failed: list[tuple[MemberOutcome, Stop]]) -> None:
+        self.failed = failed
+        names = ", ".join(outcome.name for outcome, _ in failed)
+        super().__init__("members", group, StepFailure(f"{names} of {group} failed."))
 
 
 def load_registry() -> Registry:
@@ -160,7 +171,7 @@ def invocation(task: str = "") -> Iterator[None]:
 def _finish(run: Run, result: str) -> None:
     _release_held(run)
     summary = run.summary
-    if len(summary.records) > 1 or summary.warnings:
+    if len(summary.records) > 1 or summary.warnings or summary.members:
         say("")
         say(summary.table())
     # A dry run touches nothing, not even reports/.
@@ -189,27 +200,54 @@ def unexpected(bug: Exception) -> StepFailure:
 
 
 def _interrupted_screen(run: Run) -> str:
-    # The first: a later one is the cleanup's, interrupted by a second Ctrl-C.
-    where = next((r for r in run.summary.records if r.result == INTERRUPTED), None)
-    title = "INTERRUPTED"
-    if where:
-        title += f": {where.step}" + (f" on {where.env}" if where.env else "")
-    lines = [title]
-    if where and where.note:
-        lines.append(f"  {where.note}")
-    elif where and where.step in ("upgrade", "rollback", "recover-release"):
-        lines.append(
-            "  helm may have left the release locked in a pending state; if the next "
-            f"upgrade says so, run: invoke recover-release --env={where.env}"
-        )
-    elif where and where.step in ("wait-rollout", "smoke-test"):
-        lines.append(
-            f"  {where.env} runs the new version, not yet verified. Deploy again, or return "
-            f"to the last verified revision: invoke rollback --env={where.env}"
-        )
+    summary = run.summary
+    started = [m for m in summary.members if m.result != NOT_STARTED]
+    if started:
+        lines = [f"INTERRUPTED: the members of {summary.group}"]
+        for member in summary.members:
+            lines.append(f"  {member.name}: {_stood(run, member)}")
+    else:
+        # The first: a later one is the cleanup's, interrupted by a second Ctrl-C.
+        where = next((r for r in summary.records if r.result == INTERRUPTED), None)
+        title = "INTERRUPTED"
+        if where:
+            title += f": {where.step}" + (f" on {where.env}" if where.env else "")
+        lines = [title]
+        said = _aftermath(where) if where else ""
+        if said:
+            lines.append(f"  {said}")
     lines.append("  Nothing further was started.")
     lines += _left_behind_lines(run)
     return run.masker.mask("\n".join(lines))
+
+
+def _stood(run: Run, member: MemberOutcome) -> str:
+    """Where a member stood when the run was interrupted."""
+    if member.result != INTERRUPTED:
+        return member.verdict()
+    where = next(
+        (r for r in run.summary.records if r.env == member.name and r.result == INTERRUPTED),
+        None,
+    )
+    said = _aftermath(where) if where else ""
+    return f"interrupted at {member.step or 'its start'}" + (f". {said}" if said else "")
+
+
+def _aftermath(where: StepRecord) -> str:
+    """What an interrupt of the step `where` left, as the step found it, or what it may have."""
+    if where.note:
+        return where.note
+    if where.step in ("upgrade", "rollback", "recover-release"):
+        return (
+            "helm may have left the release locked in a pending state; if the next "
+            f"upgrade says so, run: invoke recover-release --env={where.env}"
+        )
+    if where.step in ("wait-rollout", "smoke-test"):
+        return (
+            f"{where.env} runs the new version, not yet verified. Deploy again, or return "
+            f"to the last verified revision: invoke rollback --env={where.env}"
+        )
+    return ""
 
 
 def _left_behind_lines(run: Run) -> list[str]:
@@ -221,16 +259,35 @@ def _left_behind_lines(run: Run) -> list[str]:
     ]
 
 
+def stop_lines(stop: Stop, indent: str = "  ") -> list[str]:
+    """A failure's why, fix and last output, as the closing screen shows them."""
+    failure = stop.failure
+    lines = [f"{indent}why: {failure.why}"]
+    if failure.fix:
+        lines.append(f"{indent}fix: {failure.fix}")
+    if failure.details:
+        lines.append(f"{indent}last output:")
+        lines += [f"{indent}  {line}" for line in failure.details.splitlines()[-12:]]
+    return lines
+
+
+def members_lines(failed: list[tuple[MemberOutcome, Stop]]) -> list[str]:
+    """Each failed member of a federation with its own why, fix and last output."""
+    lines = []
+    for outcome, stop in failed:
+        kind = " (experimental: does not fail the run)" if outcome.experimental else ""
+        lines.append(f"  {outcome.name}{kind}: {stop.step} failed")
+        lines += stop_lines(stop, "    ")
+    return lines
+
+
 def _failure_screen(stop: Stop) -> str:
     run = current()
-    failure = stop.failure
-    where = f"{stop.step} on {stop.env}" if stop.env else stop.step
-    lines = [f"FAILED: {where}", f"  why: {failure.why}"]
-    if failure.fix:
-        lines.append(f"  fix: {failure.fix}")
-    if failure.details:
-        lines.append("  last output:")
-        lines += [f"    {line}" for line in failure.details.splitlines()[-12:]]
+    if isinstance(stop, MembersFailed):
+        lines = [f"FAILED: {stop.failure.why}", *members_lines(stop.failed)]
+    else:
+        where = f"{stop.step} on {stop.env}" if stop.env else stop.step
+        lines = [f"FAILED: {where}", *stop_lines(stop)]
     if run.summary.left_behind:
         lines += _left_behind_lines(run)
     return run.masker.mask("\n".join(lines))
@@ -293,6 +350,7 @@ def perform(
         env_label = env.name if env else ""
         title = f"{step} [{env_label}]" if env_label else step
         if env is not None:
+            run.environment(env.name).step = step
             # Whatever the step prints, a secret it reads or a command echoes stays masked.
             from tasks.secrets import register_secret_values
 
@@ -301,6 +359,7 @@ def perform(
         ctx = StepContext(c, registry, env, runner, dry, step)
         with folded(title + (" (dry run)" if dry else "")):
             try:
+                runner.checkpoint()
                 exclusive = checkout.held() if changes_checkout and not dry else nullcontext()
                 access = run.open_cluster(ctx) if needs_cluster else nullcontext({})
                 with exclusive, access as extra_env:
@@ -342,7 +401,10 @@ def perform(
                 raise Stop(step, env_label, failure) from None
         result = DRY_RUN if dry else OK
         _record(step, env, env_label, result, watch, note)
-        say(f"{step}: {result} in {format_seconds(watch.seconds)}" + (f" — {note}" if note else ""))
+        say(
+            f"{step}: {result} in {format_seconds(watch.seconds)}" + (f" — {note}" if note else ""),
+            milestone=True,
+        )
 
 
 def _record(

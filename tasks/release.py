@@ -30,8 +30,8 @@ from tasks import configmaps, lock, promotion, rollout_status, secrets
 from tasks import values as values_module
 from tasks.charts import archive_is_valid, pinned_dependencies, schema_failure, shown
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
-from tasks.output import say
-from tasks.pipeline import Interrupted, StepContext, confirm, invocation, perform
+from tasks.output import say, warn
+from tasks.pipeline import Interrupted, StepContext, Stop, confirm, invocation, perform
 from tasks.run import current
 from tasks.runner import PROJECT_ROOT
 from tasks.secrets_keys import check_certificates
@@ -756,6 +756,41 @@ def recover(ctx: StepContext, approve: Callable[[str], bool]) -> str:
         ctx, ["helm", "uninstall", env.release, "--namespace", env.namespace], "uninstall"
     )
     return f"uninstalled {env.release}"
+
+
+def roll_back(c: Context, target: str, why: str) -> bool:
+    """Return `target` to its last good revision after `why`; True when that worked."""
+    from tasks.rollout import wait_rollout
+
+    warn(f"{why}: rolling {target} back to its last good revision.")
+    try:
+        with invocation("rollback"):
+            perform(c, "rollback", target, roll_back_to_last_good, needs_cluster=True)
+            wait_rollout(c, env=target)
+    except Stop as failed:
+        warn(f"the automatic rollback of {target} did not complete: {failed.failure.why}")
+        return False
+    warn(f"{target} was rolled back to its last good revision after {why}.")
+    return True
+
+
+def roll_back_after(c: Context, stop: Stop, target: str) -> None:
+    """Roll the target back after its own rollout or smoke tests failed; report both."""
+    if stop.env != target or stop.step not in ("wait-rollout", "smoke-test"):
+        return
+    if not roll_back(c, target, f"{stop.step} failed on {target}"):
+        return
+    # The failure's own advice to roll back is done already; what is left is the cause.
+    kept = [
+        line
+        for line in stop.failure.fix.splitlines()
+        if f"invoke rollback --env={target}" not in line
+    ]
+    note = (
+        f"{target} was rolled back automatically and runs its last good revision again; "
+        f"fix the cause of the {stop.step} failure, then deploy again."
+    )
+    stop.failure.fix = "\n       ".join(part for part in ("\n".join(kept).rstrip(), note) if part)
 
 
 # -- tasks --------------------------------------------------------------------

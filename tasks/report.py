@@ -1,10 +1,12 @@
 """What a run did, step by step: the closing table and the machine-readable report.
 
 Every step of a run adds a `StepRecord` (environment, release, result, start
-and end, note) to the run's `Summary` (tasks/run.py). The run ends with a
-table of them on screen and the same records as JSON under reports/ (written
-whole or not at all, secrets masked), which CI can keep as an artifact or
-read.
+and end, note) to the run's `Summary`. The run ends with a table of them on
+screen and the same records as JSON under reports/ (written whole or not at
+all, secrets masked), which CI can keep as an artifact or read. A
+federation's members are grouped in the table, one block per member, and
+each member's outcome is said apart: a failed experimental member is named
+loudly without failing the run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ FAILED = "failed"
 INTERRUPTED = "interrupted"
 DRY_RUN = "dry-run"
 SKIPPED = "skipped"
+NOT_STARTED = "not started"
 
 
 @dataclass
@@ -43,6 +46,30 @@ class StepRecord:
 
 
 @dataclass
+class MemberOutcome:
+    """How one member of a federation ended: the members' phase reports each one."""
+
+    name: str
+    experimental: bool
+    result: str = NOT_STARTED  # ok, failed, interrupted, dry-run, not started
+    step: str = ""  # where it failed or was interrupted
+    why: str = ""
+
+    @property
+    def fails_the_run(self) -> bool:
+        return self.result in (FAILED, INTERRUPTED, NOT_STARTED) and not self.experimental
+
+    def verdict(self) -> str:
+        if self.result in (OK, DRY_RUN):
+            return "deployed and validated" if self.result == OK else "dry run"
+        where = f" at {self.step}" if self.step else ""
+        said = f"{self.result.upper()}{where}"
+        if self.experimental and self.result != NOT_STARTED:
+            said += " (experimental: does not fail the run)"
+        return f"{said}: {self.why}" if self.why else said
+
+
+@dataclass
 class Summary:
     """What happened in this run, step by step, for the closing table and the report."""
 
@@ -51,6 +78,9 @@ class Summary:
     warnings: list[str] = field(default_factory=list)
     # What the run leaves that the next one must deal with, each with its remedy.
     left_behind: list[str] = field(default_factory=list)
+    # A federation's members, in the group's order; empty for any other run.
+    group: str = ""
+    members: list[MemberOutcome] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -67,17 +97,30 @@ class Summary:
         with self._lock:
             self.left_behind.append(self.masker.mask(what))
 
+    def member(self, name: str) -> MemberOutcome | None:
+        return next((m for m in self.members if m.name == name), None)
+
+    def ordered(self) -> list[StepRecord]:
+        """The records in the table's order: the run's own, then each member's block."""
+        names = [m.name for m in self.members]
+        own = [r for r in self.records if r.env not in names]
+        return own + [r for name in names for r in self.records if r.env == name]
+
     def table(self) -> str:
         rows = [("STEP", "ENVIRONMENT", "RESULT", "DURATION", "NOTE")]
         rows += [
             (r.step, r.env or "-", r.result, format_seconds(r.seconds), r.note)
-            for r in self.records
+            for r in self.ordered()
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines = [
             "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
             for row in rows
         ]
+        if self.members:
+            width = max(len(m.name) for m in self.members)
+            lines.append(f"members of {self.group}:")
+            lines += [f"  {m.name.ljust(width)}  {m.verdict()}" for m in self.members]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(line.rstrip() for line in lines)
 
@@ -102,6 +145,8 @@ class Summary:
                 }
                 for r in self.records
             ],
+            "group": self.group,
+            "members": [asdict(m) for m in self.members],
             "warnings": list(self.warnings),
             "left_behind": list(self.left_behind),
         }

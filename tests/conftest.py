@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tasks import run
-from tests.fixtures.chain import both_clusters, demo_namespaces_cleaned_up
+from tests.fixtures.chain import both_clusters, demo_clusters, demo_namespaces_cleaned_up
 from tests.fixtures.cluster import LocalCluster, local_cluster
 from tests.fixtures.site import chart_dependencies, demo_secrets, site_env
 
@@ -27,6 +27,7 @@ __all__ = [
     "LocalCluster",
     "both_clusters",
     "chart_dependencies",
+    "demo_clusters",
     "demo_namespaces_cleaned_up",
     "demo_secrets",
     "fresh_run",

@@ -92,7 +92,7 @@ def test_plan_for_staging_runs_staging_alone():
 def test_unknown_environment_lists_the_known_ones():
     result = invoke("deploy", "--env=nowhere", "--dry-run")
     assert result.returncode == 1
-    assert "Unknown environment 'nowhere'" in result.stderr + result.stdout
+    assert "Unknown environment or group 'nowhere'" in result.stderr + result.stdout
     assert "local-prod" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
 
