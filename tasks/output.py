@@ -108,10 +108,17 @@ class MaskedStream:
         return len(text)
 
     def flush(self) -> None:
+        # A member's lines are prefixed with its name: a line cut in two would be
+        # shown as two lines, so its part waits for the rest (or for `end`).
+        if self._member is None or self._member.output is None:
+            self.end()
+        self._target.flush()
+
+    def end(self) -> None:
+        """The command ended: show what is left of its last line."""
         if self._pending:
             self._emit(self._pending)
             self._pending = ""
-        self._target.flush()
 
     def isatty(self) -> bool:
         return self._target.isatty()

@@ -166,6 +166,7 @@ class Runner:
             say(f"$ {masker.mask(line)}")
         member = here()
         local = ForwardingLocal(self.c)
+        streams = [] if quiet else [MaskedStream(sys.stdout), MaskedStream(sys.stderr)]
         with member.running(local) if member else nullcontext():
             try:
                 result = local.run(
@@ -178,8 +179,8 @@ class Runner:
                     warn=True,
                     pty=False,
                     in_stream=False,
-                    out_stream=None if quiet else MaskedStream(sys.stdout),
-                    err_stream=None if quiet else MaskedStream(sys.stderr),
+                    out_stream=streams[0] if streams else None,
+                    err_stream=streams[1] if streams else None,
                     timeout=timeout,
                 )
             except CommandTimedOut as timed_out:
@@ -188,6 +189,9 @@ class Runner:
                     "Check the cluster and the network; raise the step's timeout in "
                     "config/environments.yaml if this environment is just slow.",
                 ) from None
+            finally:
+                for stream in streams:
+                    stream.end()
         # A member's interrupt is consumed here, so the cleanup's own commands run to their end.
         self.checkpoint()
         if local.interrupted:

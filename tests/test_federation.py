@@ -390,3 +390,15 @@ def test_ctrl_c_during_the_members_phase_stops_every_member_and_leaves_nothing(
         change_environment(env, name, extra_values=[], grafana=None)
     again = invoke("deploy", "--env=fed", "--yes", env=env, timeout=600)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+
+
+def test_a_members_command_output_is_shown_in_whole_lines(capsys):
+    console = MembersConsole(["local-prod"], LINES, "deploy", None)
+    environment = current().environment("local-prod")
+    environment.output = console.members["local-prod"]
+    command = ["sh", "-c", "printf 'half a'; sleep 0.3; printf ' line\\n'; printf 'no newline'"]
+    thread = member_thread(environment, lambda: Runner(Context()).run(command))
+    thread.start()
+    thread.join(30)
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == ["[local-prod] half a line", "[local-prod] no newline"]
