@@ -53,6 +53,8 @@ from tasks.run import current
 ENV_STEPS = (grafana.annotate_grafana, release.upgrade, rollout.wait_rollout, smoke.smoke_test)
 # What `invoke ci` deploys from the main branch: the group of the site's prod members.
 CI_TARGET = "federation"
+# What `invoke demo` deploys: local-staging, then the local members at once.
+DEMO_TARGET = "local-federation"
 
 
 @dataclass(frozen=True)
@@ -355,14 +357,14 @@ def run_project_tests(ctx: StepContext) -> str:
 
 @task(help={"dry_run": "Print the plan; start and deploy nothing."})
 def demo(c: Context, dry_run: bool = False) -> None:
-    """The whole chain on the local clusters: local-staging, then local-prod."""
+    """A federation on the local clusters: local-staging, then its members at once."""
     from tasks import chartrepo
     from tasks.cluster import clusters, tools
 
     with invocation("demo"):
         if dry_run_asked(c, dry_run, "demo"):
             say("[dry-run] would start the local clusters and serve the chart repository's copy")
-            run_deploy(c, "local-prod", dry_run=True, yes=True)
+            run_deploy(c, DEMO_TARGET, dry_run=True, yes=True)
             return
         for name in clusters.DEMO_CLUSTERS:
             if not clusters.is_up(name):
@@ -378,4 +380,4 @@ def demo(c: Context, dry_run: bool = False) -> None:
         with mirror as url:
             if url:
                 say(f"chart repository {chartrepo.UPSTREAM}: served from {folder} at {url}")
-            run_deploy(c, "local-prod", dry_run=False, yes=True)
+            run_deploy(c, DEMO_TARGET, dry_run=False, yes=True)

@@ -64,7 +64,7 @@ class MemberOutcome:
             return "deployed and validated" if self.result == OK else "dry run"
         where = f" at {self.step}" if self.step else ""
         said = f"{self.result.upper()}{where}"
-        if self.experimental and self.result != NOT_STARTED:
+        if self.experimental and self.result == FAILED:
             said += " (experimental: does not fail the run)"
         return f"{said}: {self.why}" if self.why else said
 
