@@ -175,7 +175,7 @@ def _finish(run: Run, result: str) -> None:
         say("")
         say(summary.table())
     # A dry run touches nothing, not even reports/.
-    if any(record.result not in (DRY_RUN, SKIPPED) for record in summary.records):
+    if summary.records and not run.dry_run:
         path = report_path(run)
         try:
             summary.write(path, run.task, run.target, result)
@@ -300,9 +300,11 @@ def dry_run_asked(c: Context, dry_run: bool | None, task: str) -> bool:
     rather than run for real.
     """
     if not c.config.run.dry:
+        current().dry_run |= bool(dry_run)
         return bool(dry_run)
     if dry_run is None:
         raise StepFailure(invoke_dry_refusal(c, task))
+    current().dry_run = True
     return True
 
 

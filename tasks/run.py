@@ -148,6 +148,7 @@ class Run:
         self.unresponsive_grafana: set[str] = set()
         self.task = ""  # the outermost task, which names the run's report
         self.target = ""  # what it deploys: an environment or a group
+        self.dry_run = False  # a dry run touches nothing, not even reports/
         self.begun = False
         self._registry = registry
         self._environments: dict[str, EnvironmentRun] = {}

@@ -58,9 +58,12 @@ def test_a_run_reports_every_step_with_its_environment_release_times_and_note(
     assert SECRET not in report.read_text()
 
 
-def test_a_dry_run_writes_no_report(report: Path) -> None:
+def test_a_dry_run_writes_no_report_even_when_it_fails(report: Path) -> None:
     with invocation("report-probe"):
         perform(Context(), "first", "local-staging", lambda ctx: "", dry_run=True)
+    assert not report.exists()
+    with pytest.raises(Exit), invocation("report-probe"):
+        perform(Context(), "first", "local-staging", fails, dry_run=True)
     assert not report.exists()
 
 
