@@ -188,7 +188,8 @@ def check(ctx: StepContext, promote_unverified: bool = False) -> str:
         found = differences(verified, mine)
     held.promotion_checked = True
     if not found:
-        return f"commit {mine.commit[:12]}, {mine.chart}: what {gate.name} verified"
+        verified_when = "would verify in this run" if ctx.dry_run else "verified"
+        return f"commit {mine.commit[:12]}, {mine.chart}: what {gate.name} {verified_when}"
     if promote_unverified:
         warn(
             f"{env.name} was deployed with what {gate.name} did NOT verify "

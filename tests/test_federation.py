@@ -307,13 +307,16 @@ def test_a_crash_looping_member_fails_alone_and_is_rolled_back(demo_clusters, tm
 
 
 @pytest.mark.cluster
-def test_an_experimental_member_may_fail_without_failing_the_run(demo_clusters, tmp_path):
+def test_an_experimental_member_may_fail_without_failing_ci_on_the_main_branch(
+    demo_clusters, tmp_path
+):
     env, namespaces = federation_registry(
         tmp_path,
         {"local-prod-b": {"extra_values": values(tmp_path, CRASH)}},
         experimental=("local-prod-b",),
     )
-    result = invoke("deploy", "--env=fed", "--yes", env=env, timeout=600)
+    env.update({"GITHUB_ACTIONS": "true", "GITHUB_EVENT_NAME": "push", "GITHUB_REF_NAME": "main"})
+    result = invoke("ci", "--env=fed", env=env, timeout=600)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-5000:]
     assert "EXPERIMENTAL MEMBERS FAILED (the run does not fail for them):" in out
@@ -327,6 +330,11 @@ def test_an_experimental_member_may_fail_without_failing_the_run(demo_clusters, 
     assert re.search(r"^  local-prod\s+deployed and validated$", out, re.M)
     assert release_exists("binder-prod", namespaces["local-prod"])
     assert not lock_exists(namespaces["local-prod-b"], "binder-prod-b")
+    # Each member's output folded whole, its steps shown as they came.
+    assert "::group::local-prod: deployed and validated" in out
+    assert re.search(r"^::group::local-prod-b: FAILED at wait-rollout", out, re.M)
+    assert "[local-prod-b] ==> upgrade [local-prod-b]" in out
+    assert out.count("::group::") == out.count("::endgroup::")
 
 
 def wait_for_lines(process: subprocess.Popen, markers: list[str], seconds: float) -> str:
