@@ -47,7 +47,6 @@ from tasks.errors import StepFailure
 from tasks.output import folded, say, warn
 from tasks.pipeline import StepContext, Stop, confirm, dry_run_asked, invocation, perform
 from tasks.registry import Environment, Group, Registry
-from tasks.report import MemberOutcome
 from tasks.run import current
 
 ENV_STEPS = (grafana.annotate_grafana, release.upgrade, rollout.wait_rollout, smoke.smoke_test)
@@ -242,8 +241,8 @@ def run_deploy(
     options = Options(dry_run, rollback_on_failure, promote_unverified)
     say("deploy plan: " + describe_plan(registry, what.name))
     if isinstance(what, Group):
-        run.summary.group = what.name
-        run.summary.members = [MemberOutcome(m, what.is_experimental(m)) for m in what.members]
+        # Named from the start: a gate that fails leaves each member "not started".
+        run.summary.members_of(what)
     gate = what.gate if isinstance(what, Group) else what.gated_by
     asks = gate and not (yes or dry_run or os.environ.get("CI"))
     after = " -> ".join(e.name for e in registry.chain(gate)) if gate else ""

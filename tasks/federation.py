@@ -56,14 +56,19 @@ def deploy_members(
     names = list(group.members)
     mode = members_mode(dry_run)
     console = MembersConsole(names, mode, run.task or "deploy", PROJECT_ROOT / REPORTS_DIR)
+    outcomes = summary.members_of(group)
     failures: dict[str, Stop] = {}
     threads = []
     for name in names:
         held = run.environment(name)
         held.output = console.members[name]
-        outcome = summary.member(name) or MemberOutcome(name, group.is_experimental(name))
         member = _Member(
-            c.config.clone(), member_stage(name), outcome, failures, dry_run, rollback_on_failure
+            c.config.clone(),
+            member_stage(name),
+            outcomes[name],
+            failures,
+            dry_run,
+            rollback_on_failure,
         )
         threads.append(member_thread(held, member.deploy))
     say(f"members of {group.name}, deploying at once: {', '.join(names)}")
@@ -81,9 +86,7 @@ def deploy_members(
         console.refresh(force=True)
         for name in names:
             run.environment(name).output = None
-    failed = [
-        (summary.member(n) or MemberOutcome(n, False), failures[n]) for n in names if n in failures
-    ]
+    failed = [(outcomes[n], failures[n]) for n in names if n in failures]
     experimental = [(o, s) for o, s in failed if o.experimental]
     if experimental:
         say(
@@ -97,15 +100,15 @@ def deploy_members(
         )
         for outcome, stop in experimental:
             warn(f"experimental member {outcome.name} failed at {stop.step}: {stop.failure.why}")
-    if any(o.fails_the_run for o in summary.members):
+    if any(o.fails_the_run for o in outcomes.values()):
         raise MembersFailed(group.name, failed)
 
 
 def _join(threads: list[threading.Thread], console: MembersConsole) -> None:
     # Joined with a timeout: the main thread must stay free to take Ctrl-C and to redraw.
-    while any(thread.is_alive() for thread in threads):
-        for thread in threads:
-            thread.join(JOIN_SECONDS / len(threads))
+    while alive := [thread for thread in threads if thread.is_alive()]:
+        for thread in alive:
+            thread.join(JOIN_SECONDS / len(alive))
         console.refresh()
 
 

@@ -19,9 +19,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.masking import SecretMasker
+
+if TYPE_CHECKING:
+    from tasks.registry import Group
 
 REPORTS_DIR = Path("reports")
 
@@ -97,8 +100,13 @@ class Summary:
         with self._lock:
             self.left_behind.append(self.masker.mask(what))
 
-    def member(self, name: str) -> MemberOutcome | None:
-        return next((m for m in self.members if m.name == name), None)
+    def members_of(self, group: Group) -> dict[str, MemberOutcome]:
+        """The outcome of each member of `group`, in its order; made at the first ask."""
+        with self._lock:
+            if self.group != group.name:
+                self.group = group.name
+                self.members = [MemberOutcome(m, group.is_experimental(m)) for m in group.members]
+            return {m.name: m for m in self.members}
 
     def ordered(self) -> list[StepRecord]:
         """The records in the table's order: the run's own, then each member's block."""
