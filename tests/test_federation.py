@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-import yaml
 from invoke import Context
 
 from tasks import chain, registry
@@ -30,6 +29,7 @@ from tasks.run import current, here, member_thread
 from tasks.runner import PROJECT_ROOT, Runner
 from tests.fakes.grafana_server import FakeGrafana
 from tests.fixtures.chain import (
+    change_environment,
     federation_registry,
     invoke,
     lock_exists,
@@ -262,13 +262,6 @@ def test_a_federation_deploys_staging_once_then_its_members_at_once(demo_cluster
         for step in ("check-promotion", "lock", "upgrade", "wait-rollout", "smoke-test"):
             assert re.search(rf"^{step}\s+{member}\s+ok", table, re.M), (step, member)
     assert re.search(r"^  local-prod-b\s+deployed and validated$", table, re.M)
-
-
-def change_environment(env: dict[str, str], name: str, **changes: object) -> None:
-    path = Path(env["DEPLOY_REGISTRY"])
-    document = yaml.safe_load(path.read_text())
-    document["environments"][name].update(changes)
-    path.write_text(yaml.safe_dump(document))
 
 
 @pytest.mark.cluster

@@ -16,7 +16,7 @@ from tasks.cluster import clusters
 from tasks.pipeline import StepContext, load_registry
 from tasks.promotion import Promotion, chart_files, differences
 from tasks.runner import PROJECT_ROOT, Runner
-from tests.fixtures.chain import demo_registry, invoke, release_exists
+from tests.fixtures.chain import change_environment, demo_registry, invoke, release_exists
 
 VERIFIED = Promotion(
     environment="staging",
@@ -105,10 +105,7 @@ def test_a_member_refuses_what_staging_did_not_verify_before_touching_its_cluste
     shared = tmp_path / "shared.yaml"
     shared.write_text("static:\n  replicas: 2\n")
     env, namespaces = demo_registry(tmp_path, {"extra_values": [str(shared)]})
-    registry_file = Path(env["DEPLOY_REGISTRY"])
-    document = yaml.safe_load(registry_file.read_text())
-    document["environments"]["local-prod"]["extra_values"] = [str(shared)]
-    registry_file.write_text(yaml.safe_dump(document))
+    change_environment(env, "local-prod", extra_values=[str(shared)])
     staged = invoke("deploy", "--env=local-staging", env=env)
     assert staged.returncode == 0, (staged.stdout + staged.stderr)[-3000:]
 
