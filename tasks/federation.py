@@ -33,7 +33,7 @@ from tasks.output import MembersConsole, members_mode, say, warn
 from tasks.pipeline import MembersFailed, Stop, members_lines, unexpected
 from tasks.registry import Group
 from tasks.report import DRY_RUN, FAILED, INTERRUPTED, OK, REPORTS_DIR, MemberOutcome
-from tasks.run import current, here, member_thread
+from tasks.run import EnvironmentRun, current, here, member_thread
 from tasks.runner import PROJECT_ROOT
 
 # Steps after which the release runs a new version not yet verified: an interrupt
@@ -153,7 +153,7 @@ class _Member:
         name = held.name
         outcome = self.outcome
         try:
-            self._stages(Context(config=self.config), name)
+            self._stages(Context(config=self.config), held)
         except Stop as stop:
             self.failures[name] = stop
             outcome.result, outcome.step, outcome.why = FAILED, stop.step, stop.failure.why
@@ -175,9 +175,8 @@ class _Member:
             if held.output is not None:
                 held.output.finish(outcome.verdict())
 
-    def _stages(self, c: Context, name: str) -> None:
-        held = here()
-        assert held is not None
+    def _stages(self, c: Context, held: EnvironmentRun) -> None:
+        name = held.name
         try:
             with grafana.regions_closed_on_exit(only=name):
                 Executor(Collection(self.stage), config=self.config).execute(self.stage.name)
