@@ -171,9 +171,11 @@ class MemberOutput:
         console = self.console
         with console.lock:
             if milestone:
-                self.status = lines[0].removeprefix("==> ")
+                # "==> upgrade [local-prod]": the status line names the member already.
+                self.status = lines[0].removeprefix("==> ").removesuffix(f" [{self.name}]")
                 self.status_since = time.monotonic()
-            if lines and lines[-1].strip():
+                self.last = ""
+            elif lines[-1].strip():
                 self.last = lines[-1].strip()
             if console.mode == LINES or (console.mode == CI and milestone):
                 stream = sys.stderr if err and console.mode == LINES else sys.stdout
