@@ -12,6 +12,8 @@ every time), and its figures come from the run's JSON report:
                      the last step of any member (unlock), in wall time
     ratio            a group's members' phase over the slowest of its members'
                      phases when deployed alone
+    CPU busy         the share of the machine's cores busy during the members'
+                     phase (/proc/stat: every process, control planes included)
 
     python benchmarks/federation.py                      # 1, 2 and 3 members, 3 runs each
     python benchmarks/federation.py --members 2 --repeat 1
@@ -26,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import nullcontext
@@ -110,6 +113,29 @@ def bench_secrets(folder: Path, names: list[str]) -> Path:
     return secrets
 
 
+class CpuSampler(threading.Thread):
+    """The machine's busy and total CPU time (/proc/stat), sampled while a deploy runs."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, int, int]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            fields = [int(f) for f in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+            idle = fields[3] + fields[4]  # idle, iowait
+            self.samples.append((time.time(), sum(fields) - idle, sum(fields)))
+            self.done.wait(0.2)
+
+    def busy(self, start: float, end: float) -> float:
+        """The share of every core that was busy between `start` and `end`."""
+        inside = [s for s in self.samples if start <= s[0] <= end] or self.samples[-1:]
+        first, last = inside[0], inside[-1]
+        total = last[2] - first[2]
+        return (last[1] - first[1]) / total if total else 0.0
+
+
 def members_phase(document: dict[str, Any], members: list[str]) -> dict[str, float]:
     """Wall seconds of the members' phase, and of each member's own steps."""
     spans: dict[str, tuple[float, float]] = {}
@@ -120,12 +146,16 @@ def members_phase(document: dict[str, Any], members: list[str]) -> dict[str, flo
         end = datetime.fromisoformat(step["end"]).timestamp()
         first, last = spans.get(step["environment"], (start, end))
         spans[step["environment"]] = (min(first, start), max(last, end))
-    phase = max(end for _, end in spans.values()) - min(start for start, _ in spans.values())
-    return {"phase": phase, **{name: end - start for name, (start, end) in spans.items()}}
+    first = min(start for start, _ in spans.values())
+    last = max(end for _, end in spans.values())
+    figures = {name: end - start for name, (start, end) in spans.items()}
+    return {"phase": last - first, "phase_start": first, "phase_end": last, **figures}
 
 
 def deploy(folder: Path, members: list[int]) -> dict[str, float]:
     path, placed = registry(folder, members)
+    sampler = CpuSampler()
+    sampler.start()
     try:
         started = time.monotonic()
         result = subprocess.run(
@@ -137,11 +167,13 @@ def deploy(folder: Path, members: list[int]) -> dict[str, float]:
             timeout=1800,
         )
         wall = time.monotonic() - started
+        sampler.done.set()
         if result.returncode != 0:
             said = result.stdout[-3000:] + result.stderr[-3000:]
             raise SystemExit(f"the deploy of members {members} failed:\n{said}")
         figures = members_phase(json.loads(REPORT.read_text()), [f"member-{i}" for i in members])
-        return {**figures, "wall": wall, "load": os.getloadavg()[0]}
+        busy = sampler.busy(figures["phase_start"], figures["phase_end"])
+        return {**figures, "wall": wall, "load": os.getloadavg()[0], "busy": busy}
     finally:
         for cluster, namespace in placed.values():
             remove_release_leftovers(cluster, f"b{namespace.rsplit('-', 1)[-1]}", namespace)
@@ -182,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                     figures = deploy(Path(folder), members)
                     runs.setdefault(key, []).append(figures)
                     print(
-                        f"members {key:<7} phase {figures['phase']:6.1f}s  "
-                        f"(whole deploy {figures['wall']:.1f}s, load {figures['load']:.1f})",
+                        f"members {key:<7} phase {figures['phase']:6.1f}s, CPU busy "
+                        f"{figures['busy']:4.0%}  (whole deploy {figures['wall']:.1f}s, "
+                        f"load {figures['load']:.1f})",
                         flush=True,
                     )
         print()
@@ -203,7 +236,7 @@ def median(runs: list[dict[str, float]], key: str) -> float:
 
 def table(runs: dict[str, list[dict[str, float]]], largest: int) -> str:
     alone = {i: median(runs[str(i)], "phase") for i in range(1, largest + 1)}
-    header = f"{'GROUP':<10}{'MEMBERS PHASE':>15}{'SLOWEST ALONE':>15}{'RATIO':>8}"
+    header = f"{'GROUP':<10}{'MEMBERS PHASE':>15}{'SLOWEST ALONE':>15}{'RATIO':>8}{'CPU BUSY':>10}"
     lines = [header + "  EACH MEMBER'S OWN STEPS"]
     for size in range(1, largest + 1):
         members = list(range(1, size + 1))
@@ -211,7 +244,10 @@ def table(runs: dict[str, list[dict[str, float]]], largest: int) -> str:
         phase = median(runs[key], "phase")
         slowest = max(alone[i] for i in members)
         own = ", ".join(f"{median(runs[key], f'member-{i}'):.1f}s" for i in members)
-        lines.append(f"{size:<10}{phase:>14.1f}s{slowest:>14.1f}s{phase / slowest:>7.2f}x  {own}")
+        busy = median(runs[key], "busy")
+        ratio = phase / slowest
+        row = f"{size:<10}{phase:>14.1f}s{slowest:>14.1f}s{ratio:>7.2f}x{busy:>10.0%}"
+        lines.append(f"{row}  {own}")
     loads = [run["load"] for group in runs.values() for run in group]
     lines.append(
         f"medians of {len(next(iter(runs.values())))} run(s); {os.cpu_count()} cores; "
