@@ -36,8 +36,9 @@ from fabric import Config, Connection
 from tasks import toolchain
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
 from tasks.output import say, warn
-from tasks.pipeline import StepContext, held_for_run, register_cluster_access
+from tasks.pipeline import StepContext
 from tasks.registry import Bastion, Environment
+from tasks.run import current
 from tasks.values import is_locked
 
 # kubectl's discovery cache would otherwise land in the operator's ~/.kube/cache.
@@ -88,9 +89,13 @@ GCLOUD_FAILURES = (
 
 
 def open_cluster(ctx: StepContext) -> AbstractContextManager[dict[str, str]]:
-    """The credentials of the step's environment, opened by the run's first step that asks."""
-    key = ("cluster", ctx.environment.name, ctx.dry_run)
-    variables = held_for_run(key, lambda: credentials(ctx))
+    """The credentials of the step's environment, opened by the run's first step that asks.
+
+    They are held by the environment's part of the run, so each member of a
+    federation opens and closes its own, in its own thread.
+    """
+    held = current().environment(ctx.environment.name)
+    variables = held.hold(("cluster", ctx.dry_run), lambda: credentials(ctx))
     return nullcontext(dict(variables))
 
 
@@ -402,6 +407,3 @@ def _listening(port: int) -> bool:
     return any(
         fields[1] == wanted and fields[3] == listen for fields in (line.split() for line in lines)
     )
-
-
-register_cluster_access(open_cluster)

@@ -4,48 +4,74 @@ A deploy of an environment is a stage: an invoke task whose pre-tasks are
 its gate's stage (staging for prod), then its own steps in the reference
 document's order:
 
-    decrypt-secrets -> helm-deps -> lock -> annotate-grafana -> upgrade
-                                    -> wait-rollout -> smoke-test
+    decrypt-secrets -> helm-deps -> [check-promotion] -> lock -> annotate-grafana
+                    -> upgrade -> wait-rollout -> smoke-test -> verified
 
 invoke's executor expands the pre-tasks depth first, so the gate's whole
 chain, smoke tests included, runs before the first step of the gated
 environment, and its de-duplication runs the steps both share
 (decrypt-secrets, helm-deps) once. A failing step raises, and nothing after
-it starts. The lock (tasks/lock.py) keeps two deploys off one environment.
+it starts. The lock (tasks/lock.py) keeps two deploys off one environment;
+check-promotion (tasks/promotion.py) keeps a gated environment from
+deploying anything its gate did not verify.
+
+A group of the registry (a federation) is deployed by a task whose pre-task
+is its gate's stage and whose body deploys every member at once, each in
+its own thread with its own stage (tasks/federation.py).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 from invoke import Call, Collection, Context, Executor, Task, call, task
 from invoke.exceptions import Exit
 
-from tasks import charts, checkout, doctor, grafana, lock, release, rollout, secrets, smoke
+from tasks import (
+    charts,
+    checkout,
+    doctor,
+    federation,
+    grafana,
+    lock,
+    promotion,
+    release,
+    rollout,
+    secrets,
+    smoke,
+)
 from tasks.errors import StepFailure
 from tasks.output import folded, say, warn
-from tasks.pipeline import (
-    StepContext,
-    Stop,
-    confirm,
-    dry_run_asked,
-    invocation,
-    load_registry,
-    perform,
-)
-from tasks.registry import Environment, Registry
+from tasks.pipeline import StepContext, Stop, confirm, dry_run_asked, invocation, perform
+from tasks.registry import Environment, Group, Registry
+from tasks.run import current
 
 ENV_STEPS = (grafana.annotate_grafana, release.upgrade, rollout.wait_rollout, smoke.smoke_test)
+# What `invoke ci` deploys from the main branch: the group of the site's prod members.
+CI_TARGET = "federation"
+# What `invoke demo` deploys: local-staging, then the local members at once.
+DEMO_TARGET = "local-federation"
 
 
-def key_holder(registry: Registry, env: Environment) -> str:
-    """The first environment of `env`'s chain unlocked with the same key and secrets.
+@dataclass(frozen=True)
+class Options:
+    """What the operator asked of a deploy, for every stage of it."""
+
+    dry_run: bool = False
+    rollback_on_failure: bool = False
+    promote_unverified: bool = False
+
+
+def key_holder(chain: list[Environment], env: Environment) -> str:
+    """The first environment of the chain unlocked with the same key and secrets as `env`.
 
     decrypt-secrets is called with that name, so environments that share a
     key share one call, and invoke's de-duplication runs it once.
     """
-    for candidate in registry.chain(env.name):
+    for candidate in chain:
         if (candidate.key, candidate.secrets_dir) == (env.key, env.secrets_dir):
             return candidate.name
     return env.name
@@ -60,70 +86,169 @@ def preflight(c: Context, env: str | None = None, dry_run: bool = False) -> None
         doctor.preflight(c, env)
 
 
-def stage(registry: Registry, env: Environment, dry_run: bool, target: str | None = None) -> Task:
+def checks(envs: list[Environment], options: Options) -> list[Call]:
+    """Validate every one of `envs`, then check each one's cluster."""
+    return [call(charts.validate, env=e.name, dry_run=options.dry_run) for e in envs] + [
+        call(preflight, env=e.name, dry_run=options.dry_run) for e in envs
+    ]
+
+
+def own_steps(env: Environment, options: Options) -> list[Call]:
+    """An environment's own steps, from check-promotion (if it is gated) to smoke-test."""
+    steps = []
+    if env.gated_by:
+        steps.append(
+            call(
+                promotion.check_promotion,
+                env=env.name,
+                dry_run=options.dry_run,
+                promote_unverified=options.promote_unverified,
+            )
+        )
+    steps.append(call(lock.take_lock, env=env.name, dry_run=options.dry_run))
+    return steps + [call(step, env=env.name, dry_run=options.dry_run) for step in ENV_STEPS]
+
+
+def stage(
+    registry: Registry, env: Environment, options: Options, target: str | None = None
+) -> Task:
     """The invoke task that deploys `env`, with its gate's stage as its first pre-task.
 
-    The first stage of a chain unlocks the secrets of every environment of the
-    chain and checks every one of their clusters before it changes anything.
+    The first stage of a chain unlocks the secrets of every environment the
+    deploy of `target` reaches, and validates and checks the clusters of
+    every one that may stop it, before it changes anything.
     """
-    chain = registry.chain(target or env.name)
+    target = target or env.name
     pre: list[Call | Task] = []
     if env.gated_by:
-        pre.append(stage(registry, registry.get(env.gated_by), dry_run, target or env.name))
-        members = [env]
+        pre.append(stage(registry, registry.get(env.gated_by), options, target))
     else:
-        members = chain
-    pre += [
-        call(secrets.decrypt_secrets, env=key_holder(registry, member), dry_run=dry_run)
-        for member in members
-    ]
-    pre.append(call(charts.helm_deps, dry_run=dry_run))
-    if not env.gated_by:
+        chain = registry.chain(target)
+        pre += [
+            call(secrets.decrypt_secrets, env=key_holder(chain, e), dry_run=options.dry_run)
+            for e in chain
+        ]
+        pre.append(call(charts.helm_deps, dry_run=options.dry_run))
         # Every environment's values render before the first one is touched: a typo in
         # prod's values fails the run before staging is upgraded.
-        pre += [call(charts.validate, env=member.name, dry_run=dry_run) for member in chain]
-        pre += [call(preflight, env=member.name, dry_run=dry_run) for member in chain]
-    pre.append(call(lock.take_lock, env=env.name, dry_run=dry_run))
-    pre += [call(step, env=env.name, dry_run=dry_run) for step in ENV_STEPS]
+        pre += checks(registry.checked_first(target), options)
+    return Task(passed(env, options), name=f"deploy-{env.name}", pre=pre + own_steps(env, options))
 
-    def passed(c: Context) -> None:
+
+def member_stage(env: Environment, options: Options, experimental: bool) -> Task:
+    """A member's stage inside a federation: its own steps, its gate having passed.
+
+    An experimental member validates and checks its cluster as its first
+    steps, where failing stops only itself.
+    """
+    first = checks([env], options) if experimental else []
+    return Task(
+        passed(env, options), name=f"deploy-{env.name}", pre=first + own_steps(env, options)
+    )
+
+
+def passed(env: Environment, options: Options) -> Callable[[Context], None]:
+    """The stage's own body, once its steps passed: record the revision as verified, give the
+    lock back, close the Grafana region."""
+
+    def verified(c: Context) -> None:
         perform(
-            c, "verified", env.name, release.record_verified, dry_run=dry_run, needs_cluster=True
+            c,
+            "verified",
+            env.name,
+            record_verified,
+            dry_run=options.dry_run,
+            needs_cluster=True,
         )
-        lock.release_lock(c, env.name, dry_run)
+        lock.release_lock(c, env.name, options.dry_run)
         try:
             grafana.close_region(env.name, "success")
         except StepFailure as failure:
             raise Stop("annotate-grafana", env.name, failure) from None
         say(
             f"{env.name}: would be deployed and validated"
-            if dry_run
+            if options.dry_run
             else f"{env.name}: deployed and validated"
         )
 
-    return Task(passed, name=f"deploy-{env.name}", pre=pre)
+    return verified
+
+
+def record_verified(ctx: StepContext) -> str:
+    """The revision passed wait-rollout and smoke-test: remember it, and what it deployed."""
+    return f"{release.record_verified(ctx)}; {promotion.record(ctx)}"
+
+
+def federation_task(registry: Registry, group: Group, options: Options) -> Task:
+    """The task that deploys a group: its gate's stage first, then every member at once."""
+
+    def deploy_members(c: Context) -> None:
+        federation.deploy_members(
+            c,
+            group,
+            lambda member: member_stage(
+                registry.get(member), options, group.is_experimental(member)
+            ),
+            dry_run=options.dry_run,
+            rollback_on_failure=options.rollback_on_failure,
+        )
+
+    gate = registry.get(group.gate)
+    return Task(
+        deploy_members,
+        name=f"deploy-{group.name}",
+        pre=[stage(registry, gate, options, group.name)],
+    )
+
+
+def final_task(registry: Registry, target: str, options: Options) -> Task:
+    what = registry.target(target)
+    if isinstance(what, Group):
+        return federation_task(registry, what, options)
+    return stage(registry, what, options)
 
 
 def plan(registry: Registry, target: str, dry_run: bool = False) -> list[Call]:
-    """Every step call a deploy of `target` makes, in order, shared steps once."""
-    final = stage(registry, registry.get(target), dry_run)
+    """Every step call a deploy of `target` makes (a group's: up to its members), in order,
+    shared steps once."""
+    final = final_task(registry, target, Options(dry_run=dry_run))
     executor = Executor(Collection(final))
     return executor.dedupe(executor.expand_calls([Call(final)]))
 
 
+def describe_plan(registry: Registry, target: str) -> str:
+    group = registry.group(target)
+    if group is None:
+        return " -> ".join(e.name for e in registry.chain(target))
+    members = [m + (" (experimental)" if group.is_experimental(m) else "") for m in group.members]
+    gates = " -> ".join(e.name for e in registry.chain(group.gate))
+    return f"{gates} -> then at once: {', '.join(members)}"
+
+
 def run_deploy(
-    c: Context, target: str | None, dry_run: bool, yes: bool, rollback_on_failure: bool = False
+    c: Context,
+    target: str | None,
+    dry_run: bool,
+    yes: bool,
+    rollback_on_failure: bool = False,
+    promote_unverified: bool = False,
 ) -> None:
     dry_run = dry_run_asked(c, dry_run, "deploy")
-    registry = load_registry()
-    env = registry.get(target)
-    chain = registry.chain(target)
-    say("deploy plan: " + " -> ".join(e.name for e in chain))
-    asks = env.gated_by and not (yes or dry_run or os.environ.get("CI"))
-    question = f"Deploy to {target} (after {' -> '.join(e.name for e in chain[:-1])})?"
-    if asks and not confirm(question):
+    run = current()
+    registry = run.registry
+    what = registry.target(target)
+    run.target = what.name
+    options = Options(dry_run, rollback_on_failure, promote_unverified)
+    say("deploy plan: " + describe_plan(registry, what.name))
+    if isinstance(what, Group):
+        # Named from the start: a gate that fails leaves each member "not started".
+        run.summary.members_of(what)
+    gate = what.gate if isinstance(what, Group) else what.gated_by
+    asks = gate and not (yes or dry_run or os.environ.get("CI"))
+    after = " -> ".join(e.name for e in registry.chain(gate)) if gate else ""
+    if asks and not confirm(f"Deploy to {what.name} (after {after})?"):
         raise Exit("Not confirmed; nothing was deployed. Pass --yes to skip the question.")
-    final = stage(registry, env, dry_run)
+    final = final_task(registry, what.name, options)
     # Held from before decrypt-secrets to the end: a second run from this checkout
     # is refused at once instead of racing this one on git-crypt.
     with checkout.held() if not dry_run else nullcontext():
@@ -132,7 +257,7 @@ def run_deploy(
                 Executor(Collection(final), config=c.config).execute(final.name)
         except Stop as stop:
             if rollback_on_failure and not dry_run:
-                roll_back_after(c, stop, env.name)
+                release.roll_back_after(c, stop, what.name)
             raise
         finally:
             lock.release_all(c, dry_run)
@@ -140,10 +265,14 @@ def run_deploy(
 
 @task(
     help={
-        "env": "The environment to deploy; its gates (e.g. staging for prod) deploy first.",
+        "env": "The environment or group to deploy; its gates (e.g. staging for prod) "
+        "deploy first, then a group's members all at once.",
         "dry_run": "Print every command of every step, in order, secrets masked; touch nothing.",
         "yes": "Do not ask for confirmation before deploying a gated environment.",
-        "rollback_on_failure": "Roll the target back if its wait-rollout or smoke-test fails.",
+        "rollback_on_failure": "Roll the target (each member of a group) back if its "
+        "wait-rollout or smoke-test fails.",
+        "promote_unverified": "Deploy gated environments even with what their gate did not "
+        "verify (another commit, chart or shared values); the summary says so.",
     }
 )
 def deploy(
@@ -152,38 +281,11 @@ def deploy(
     dry_run: bool = False,
     yes: bool = False,
     rollback_on_failure: bool = False,
+    promote_unverified: bool = False,
 ) -> None:
-    """Deploy an environment: its gate's full chain first, then its own."""
+    """Deploy an environment (its gate's full chain first, then its own) or a group."""
     with invocation("deploy"):
-        run_deploy(c, env, dry_run, yes, rollback_on_failure)
-
-
-def roll_back_after(c: Context, stop: Stop, target: str) -> None:
-    """Roll the target back after its own rollout or smoke tests failed; report both."""
-    if stop.env != target or stop.step not in ("wait-rollout", "smoke-test"):
-        return
-    warn(f"{stop.step} failed on {target}: rolling {target} back to its last good revision.")
-    try:
-        with invocation("rollback"):
-            perform(c, "rollback", target, release.roll_back_to_last_good, needs_cluster=True)
-            rollout.wait_rollout(c, env=target)
-    except Stop as failed:
-        warn(f"the automatic rollback of {target} did not complete: {failed.failure.why}")
-    else:
-        warn(f"{target} was rolled back to its last good revision after {stop.step} failed.")
-        # The failure's own advice to roll back is done already; what is left is the cause.
-        kept = [
-            line
-            for line in stop.failure.fix.splitlines()
-            if f"invoke rollback --env={target}" not in line
-        ]
-        note = (
-            f"{target} was rolled back automatically and runs its last good revision again; "
-            f"fix the cause of the {stop.step} failure, then deploy again."
-        )
-        stop.failure.fix = "\n       ".join(
-            part for part in ("\n".join(kept).rstrip(), note) if part
-        )
+        run_deploy(c, env, dry_run, yes, rollback_on_failure, promote_unverified)
 
 
 def pull_request_ci() -> bool | None:
@@ -206,17 +308,18 @@ def ci_branch() -> str:
 
 @task(
     help={
-        "env": "Environment a main-branch build deploys (default: prod).",
+        "env": "Environment or group a main-branch build deploys (default: the group "
+        f"{CI_TARGET}, which holds prod).",
         "branch": "The branch whose pushes deploy (default: main).",
         "pull_request": "Force pull-request mode (validate only), whatever the CI variables say.",
         "tests": "Run the project's tests in pull-request mode (--no-tests skips them).",
-        "rollback_on_failure": "On the main branch, roll the target back if its rollout or "
-        "smoke tests fail.",
+        "rollback_on_failure": "On the main branch, roll the target (each member of a group) "
+        "back if its rollout or smoke tests fail.",
     }
 )
 def ci(
     c: Context,
-    env: str = "prod",
+    env: str = CI_TARGET,
     branch: str = "main",
     pull_request: bool = False,
     tests: bool = True,
@@ -253,14 +356,14 @@ def run_project_tests(ctx: StepContext) -> str:
 
 @task(help={"dry_run": "Print the plan; start and deploy nothing."})
 def demo(c: Context, dry_run: bool = False) -> None:
-    """The whole chain on the local clusters: local-staging, then local-prod."""
+    """A federation on the local clusters: local-staging, then its members at once."""
     from tasks import chartrepo
     from tasks.cluster import clusters, tools
 
     with invocation("demo"):
         if dry_run_asked(c, dry_run, "demo"):
             say("[dry-run] would start the local clusters and serve the chart repository's copy")
-            run_deploy(c, "local-prod", dry_run=True, yes=True)
+            run_deploy(c, DEMO_TARGET, dry_run=True, yes=True)
             return
         for name in clusters.DEMO_CLUSTERS:
             if not clusters.is_up(name):
@@ -276,5 +379,4 @@ def demo(c: Context, dry_run: bool = False) -> None:
         with mirror as url:
             if url:
                 say(f"chart repository {chartrepo.UPSTREAM}: served from {folder} at {url}")
-            load_registry.cache_clear()
-            run_deploy(c, "local-prod", dry_run=False, yes=True)
+            run_deploy(c, DEMO_TARGET, dry_run=False, yes=True)

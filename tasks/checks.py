@@ -3,7 +3,8 @@
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from tasks.output import Stopwatch, format_seconds, say
+from tasks.output import say
+from tasks.report import Stopwatch, format_seconds
 from tasks.runner import invoke_dry_refusal
 
 

@@ -13,7 +13,7 @@ import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tasks.output import masker
+from tasks.run import current
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class StepFailure(Exception):
     """A step cannot go on. Carries everything the operator needs, masked."""
 
     def __init__(self, why: str, fix: str = "", details: str = "") -> None:
+        masker = current().masker
         self.why = masker.mask(why)
         self.fix = masker.mask(fix)
         self.details = masker.mask(details)
@@ -42,6 +43,7 @@ class CommandFailed(Exception):
     """A command exited non-zero. Its output is masked on construction."""
 
     def __init__(self, command: str, exit_code: int, stdout: str, stderr: str) -> None:
+        masker = current().masker
         self.command = masker.mask(command)
         self.exit_code = exit_code
         self.stdout = masker.mask(stdout)

@@ -25,9 +25,11 @@ import urllib3
 from invoke import Context, task
 
 from tasks.errors import StepFailure
-from tasks.output import MASK, masker, say, warn
+from tasks.masking import MASK
+from tasks.output import say, warn
 from tasks.pipeline import Skipped, StepContext, Stop, perform
 from tasks.registry import Environment, Grafana
+from tasks.run import current
 from tasks.values import GIT_CRYPT_HEADER, is_locked
 
 SUCCESS = "success"
@@ -61,10 +63,6 @@ class RetryPolicy:
 
 retry_policy = RetryPolicy()
 
-# Grafana URLs that took a request and did not answer in time, this run: each further
-# request would cost the deploy another timeout, so none is sent.
-unresponsive: set[str] = set()
-
 # Answers that say Grafana did not act on the request, so a POST may be sent again.
 _NOT_DONE = (500, 503)
 
@@ -81,10 +79,6 @@ class Region:
     strict: bool
     annotation_id: int | None = None  # None in a dry run: nothing was created
     dry_run: bool = False
-
-
-# Keyed by environment name; the deploy chain closes them all in its `finally`.
-open_regions: dict[str, Region] = {}
 
 
 @task(
@@ -109,7 +103,8 @@ def start_region(ctx: StepContext, *, strict: bool = False) -> str | None:
     if grafana is None:
         raise Skipped(f"no Grafana configured for {env.name}")
     strict = strict or grafana.strict
-    if env.name in open_regions:
+    held = current().environment(env.name)
+    if held.region is not None:
         # A second start in one run would otherwise leave the first region open forever.
         close_region(env.name, INTERRUPTED)
     now = _now_ms()
@@ -126,7 +121,7 @@ def start_region(ctx: StepContext, *, strict: bool = False) -> str | None:
     if ctx.dry_run:
         token = _token_for_dry_run(env)
         _show_request("POST", url, grafana, body)
-        open_regions[env.name] = Region(env.name, grafana, token, tags, now, strict, dry_run=True)
+        held.region = Region(env.name, grafana, token, tags, now, strict, dry_run=True)
         return "annotation request shown, not sent"
     try:
         token = read_token(env)
@@ -141,7 +136,7 @@ def start_region(ctx: StepContext, *, strict: bool = False) -> str | None:
     except StepFailure as failure:
         _fail_softly(failure, strict, f"Grafana annotation for {env.name} not opened")
         return "no annotation (see warning)"
-    open_regions[env.name] = Region(env.name, grafana, token, tags, now, strict, annotation_id)
+    held.region = Region(env.name, grafana, token, tags, now, strict, annotation_id)
     return f"annotation {annotation_id} opened"
 
 
@@ -155,7 +150,8 @@ def close_region(env_name: str, outcome: str, failed_step: str | None = None) ->
     """
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
-    region = open_regions.pop(env_name, None)
+    held = current().environment(env_name)
+    region, held.region = held.region, None
     if region is None:
         return
     tags = [*region.tags, outcome]
@@ -181,14 +177,22 @@ def close_region(env_name: str, outcome: str, failed_step: str | None = None) ->
     say(f"Grafana annotation {annotation} for {env_name} closed: {outcome}")
 
 
-def close_regions(outcome: str, failed_step: str | None = None) -> None:
-    """End every open region with the same outcome; meant for the deploy's `finally`.
+def open_regions(only: str | None = None) -> list[str]:
+    """The environments whose region this run opened and has not closed (or just `only`)."""
+    return [
+        e.name for e in current().environments if e.region is not None and only in (None, e.name)
+    ]
+
+
+def close_regions(outcome: str, failed_step: str | None = None, only: str | None = None) -> None:
+    """End every open region (or `only` that environment's) with the same outcome; meant for
+    the deploy's `finally`.
 
     Every region is attempted before a strict failure is raised, so one
     unreachable Grafana does not leave the other environments' regions open.
     """
     failures: list[StepFailure] = []
-    for env_name in list(open_regions):
+    for env_name in open_regions(only):
         try:
             close_region(env_name, outcome, failed_step)
         except StepFailure as failure:
@@ -198,8 +202,9 @@ def close_regions(outcome: str, failed_step: str | None = None) -> None:
 
 
 @contextmanager
-def regions_closed_on_exit() -> Iterator[None]:
-    """Close every region opened inside the block with the block's outcome.
+def regions_closed_on_exit(only: str | None = None) -> Iterator[None]:
+    """Close every region opened inside the block (or `only` that environment's) with the
+    block's outcome.
 
     For the deploy chain: a `Stop` closes them as a failure of its step, Ctrl-C
     as interrupted, a normal end as success. A strict close failure becomes a
@@ -212,9 +217,9 @@ def regions_closed_on_exit() -> Iterator[None]:
         error = raised
         raise
     finally:
-        envs = ", ".join(open_regions)
+        envs = ", ".join(open_regions(only))
         try:
-            close_regions(*outcome_of(error))
+            close_regions(*outcome_of(error), only=only)
         except StepFailure as failure:
             raise Stop("annotate-grafana", envs, failure) from None
 
@@ -237,7 +242,7 @@ def read_token(env: Environment) -> str:
         raise StepFailure(f"No Grafana configured for {env.name}.")
     if grafana.token_env and os.environ.get(grafana.token_env):
         token = os.environ[grafana.token_env].strip()
-        masker.register(token)
+        current().masker.register(token)
         say(f"Grafana token: from the environment variable {grafana.token_env}")
         return token
     if not grafana.token_file:
@@ -262,7 +267,7 @@ def read_token(env: Environment) -> str:
             f"Unlock them first: invoke decrypt-secrets --env={env.name}",
         )
     token = raw.decode("utf-8", errors="replace").strip()
-    masker.register(token)
+    current().masker.register(token)
     if not token:
         raise StepFailure(f"The Grafana token file {path} is empty.")
     say(f"Grafana token: from {path}")
@@ -297,6 +302,7 @@ def _send(method: str, url: str, grafana: Grafana, token: str, body: dict[str, A
     time and may be repeated.
     """
     policy = retry_policy
+    unresponsive = current().unresponsive_grafana
     if grafana.url in unresponsive:
         raise StepFailure(
             f"Grafana at {grafana.url} did not answer earlier in this run; {method} {url} "

@@ -26,8 +26,9 @@ from invoke import Context, task
 
 from tasks import configmaps
 from tasks.errors import CommandFailed, StepFailure
-from tasks.output import say, summary, warn
-from tasks.pipeline import StepContext, Stop, held_for_run, perform
+from tasks.output import say, warn
+from tasks.pipeline import StepContext, Stop, perform
+from tasks.run import current
 
 LOCK_NAME = "binder-deploy-lock"
 
@@ -201,14 +202,10 @@ def release(ctx: StepContext, me: str) -> None:
 
 
 def _left_behind(env_name: str, why: str) -> None:
-    summary.left_behind.append(
+    current().summary.leave_behind(
         f"the deploy lock of {env_name} ({why}); once no deploy of it runs: "
         f"invoke unlock --env={env_name}"
     )
-
-
-# Environments whose lock this process holds, so a failed run releases them.
-held_locks: set[str] = set()
 
 
 @contextmanager
@@ -216,11 +213,12 @@ def _holding(ctx: StepContext) -> Iterator[None]:
     me = holder()
     acquire(ctx, me)
     name = ctx.environment.name
-    held_locks.add(name)
+    held = current().environment(name)
+    held.lock_held = True
     try:
         yield
     finally:
-        held_locks.discard(name)
+        held.lock_held = False
         try:
             release(ctx, me)
         except (StepFailure, CommandFailed) as error:
@@ -235,21 +233,21 @@ def ensure_held(ctx: StepContext) -> None:
     A step that changes the release (upgrade, rollback, recover-release) run on
     its own must not race a deploy of the same environment.
     """
-    env = ctx.environment
-    if ctx.dry_run or env.name in held_locks:
+    held = current().environment(ctx.environment.name)
+    if ctx.dry_run or held.lock_held:
         return
-    held_for_run(("deploy-lock", env.name), lambda: _holding(ctx))
+    held.hold("deploy-lock", lambda: _holding(ctx))
 
 
 def take(ctx: StepContext) -> str:
     acquire(ctx, holder())
-    held_locks.add(ctx.environment.name)
+    current().environment(ctx.environment.name).lock_held = True
     return "would take the deploy lock" if ctx.dry_run else "held by this deploy"
 
 
 def give_back(ctx: StepContext) -> str:
     release(ctx, holder())
-    held_locks.discard(ctx.environment.name)
+    current().environment(ctx.environment.name).lock_held = False
     return "would release the deploy lock" if ctx.dry_run else "released"
 
 
@@ -260,25 +258,25 @@ def take_lock(c: Context, env: str | None = None, dry_run: bool = False) -> None
 
 
 def release_lock(c: Context, env: str, dry_run: bool = False) -> None:
-    if env in held_locks:
+    if current().environment(env).lock_held:
         perform(c, "unlock", env, give_back, dry_run=dry_run, needs_cluster=True)
 
 
-def release_all(c: Context, dry_run: bool = False) -> None:
-    """Give back every lock this run still holds, also after a failure or an interrupt.
-
-    A lock that cannot be given back is named in the run's closing screen.
+def release_all(c: Context, dry_run: bool = False, only: str | None = None) -> None:
+    """Give back every lock this run still holds (or `only` that environment's), also after a
+    failure or an interrupt. A lock that cannot be given back is named in the closing screen.
     """
     interrupted_here = False
-    for env in sorted(held_locks):
+    held = [e for e in current().environments if e.lock_held and only in (None, e.name)]
+    for environment in sorted(held, key=lambda e: e.name):
         try:
-            release_lock(c, env, dry_run)
+            release_lock(c, environment.name, dry_run)
         except KeyboardInterrupt:
             interrupted_here = True
-            _left_behind(env, "its release was interrupted")
+            _left_behind(environment.name, "its release was interrupted")
         except Stop as stop:  # a failed release must not hide the run's own failure
-            _left_behind(env, f"not released: {stop.failure.why}")
-        held_locks.discard(env)
+            _left_behind(environment.name, f"not released: {stop.failure.why}")
+        environment.lock_held = False
     if interrupted_here:
         raise KeyboardInterrupt
 

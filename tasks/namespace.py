@@ -1,13 +1,12 @@
 """The root namespace: every task the pipeline offers, assembled in one place.
 
-The six steps, in the order a deploy runs them, then the chain, then the
-tools for seeing and undoing, then the local clusters.
+The steps, in the order a deploy runs them, then the chain, then the tools
+for seeing and undoing, then the local clusters.
 """
 
 from invoke import Collection
 
 from tasks import (
-    access,  # noqa: F401 - registers how steps open their cluster's credentials
     chain,
     charts,
     checks,
@@ -15,6 +14,7 @@ from tasks import (
     doctor,
     grafana,
     lock,
+    promotion,
     release,
     rollout,
     secrets,
@@ -27,6 +27,7 @@ for step in (
     toolchain.tools,
     secrets.decrypt_secrets,
     charts.helm_deps,
+    promotion.check_promotion,
     grafana.annotate_grafana,
     release.upgrade,
     rollout.wait_rollout,

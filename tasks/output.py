@@ -1,137 +1,53 @@
 """Everything the pipeline prints goes through here.
 
-One door for output means one place where secret values are masked, where CI
-log folding happens, and where every step's duration is recorded for the
-run's summary table.
+One door for output means one place where secret values are masked (with the
+run's masker, tasks/run.py), where CI log folding happens, and where a
+federation's members, running side by side, get readable output: see
+`MembersConsole`.
 """
 
 from __future__ import annotations
 
 import os
-import re
+import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
-MASK = "********"
-# Shorter values ("true", "1", "prod") would mask ordinary words everywhere.
-_MIN_SECRET_LENGTH = 6
-# Tools quote secrets in part: PyYAML's error shows a shortened line
-# ("... 0123456789abcdef0123: x"), a truncated repr ends in "...". Any run of
-# this many characters of a long secret is masked wherever it appears; shorter
-# runs would hit ordinary words.
-FRAGMENT_LENGTH = 12
-_FRAGMENT_SOURCE = re.compile(rf"\S{{{FRAGMENT_LENGTH},}}")
+from tasks.report import format_seconds
+from tasks.run import current, here
 
 
-class SecretMasker:
-    """Remembers secret values and blanks them, whole or in part, out of any text."""
+def say(message: str = "", *, stream: TextIO | None = None, milestone: bool = False) -> None:
+    """Print a line, secrets masked.
 
-    def __init__(self) -> None:
-        self._values: set[str] = set()
-        # Every FRAGMENT_LENGTH-character window of every long, unbroken run of a secret.
-        self._windows: set[str] = set()
-
-    def register(self, value: object) -> None:
-        """Mask `value` (and each of its lines) in everything printed from now on."""
-        if not isinstance(value, str):
-            return
-        for candidate in {value, value.strip(), *value.splitlines()}:
-            candidate = candidate.strip()
-            if len(candidate) >= _MIN_SECRET_LENGTH:
-                self._values.add(candidate)
-        for run in _FRAGMENT_SOURCE.findall(value):
-            self._windows.update(
-                run[i : i + FRAGMENT_LENGTH] for i in range(len(run) - FRAGMENT_LENGTH + 1)
-            )
-
-    def register_tree(self, tree: object) -> None:
-        """Mask every string leaf of a parsed YAML/JSON document."""
-        if isinstance(tree, dict):
-            for value in tree.values():
-                self.register_tree(value)
-        elif isinstance(tree, list):
-            for value in tree:
-                self.register_tree(value)
-        elif tree is not None and not isinstance(tree, bool):
-            # YAML reads an all-digit token or a date as a number or a date; helm and
-            # the commands it feeds print it as text all the same.
-            self.register(tree if isinstance(tree, str) else str(tree))
-
-    def mask(self, text: str) -> str:
-        # Longest first, so a secret containing another is masked whole.
-        for value in sorted(self._values, key=len, reverse=True):
-            if value in text:
-                text = text.replace(value, MASK)
-        return self._mask_fragments(text)
-
-    def _mask_fragments(self, text: str) -> str:
-        """Blank out every stretch of `text` made of windows of a secret."""
-        if not self._windows:
-            return text
-        spans: list[list[int]] = []
-        for start in range(len(text) - FRAGMENT_LENGTH + 1):
-            if text[start : start + FRAGMENT_LENGTH] in self._windows:
-                end = start + FRAGMENT_LENGTH
-                if spans and start <= spans[-1][1]:
-                    spans[-1][1] = end
-                else:
-                    spans.append([start, end])
-        for start, end in reversed(spans):
-            text = text[:start] + MASK + text[end:]
-        return text
-
-    def forget_all(self) -> None:
-        self._values.clear()
-        self._windows.clear()
-
-
-masker = SecretMasker()
-
-
-class MaskedStream:
-    """A text stream that masks secrets before they reach the real one.
-
-    Handed to `c.run(out_stream=..., err_stream=...)` so the output of the
-    commands the pipeline runs is masked too. Buffers by line so a secret
-    split across two writes is still caught.
+    `milestone` marks a step's start or end: while members run side by side,
+    it is what their progress shows.
     """
-
-    def __init__(self, target: TextIO) -> None:
-        self._target = target
-        self._pending = ""
-
-    def write(self, text: str) -> int:
-        self._pending += text
-        if "\n" in self._pending:
-            complete, self._pending = self._pending.rsplit("\n", 1)
-            self._target.write(masker.mask(complete + "\n"))
-        return len(text)
-
-    def flush(self) -> None:
-        if self._pending:
-            self._target.write(masker.mask(self._pending))
-            self._pending = ""
-        self._target.flush()
-
-    def isatty(self) -> bool:
-        return self._target.isatty()
-
-
-def say(message: str = "", *, stream: TextIO | None = None) -> None:
-    """Print a line, secrets masked."""
+    text = current().masker.mask(message)
+    member = here()
+    if member is not None and member.output is not None:
+        member.output.write(text, err=stream is sys.stderr, milestone=milestone)
+        return
     target = stream or sys.stdout
-    target.write(masker.mask(message) + "\n")
+    target.write(text + "\n")
     target.flush()
 
 
 def warn(message: str) -> None:
     """Print a warning and keep it for the run's summary."""
     say(f"WARNING: {message}", stream=sys.stderr)
-    summary.warnings.append(masker.mask(message))
+    current().summary.warn(message)
+
+
+def draws_in_place(stream: TextIO) -> bool:
+    """Whether output may be redrawn in place on `stream`: a terminal this thread has alone."""
+    member = here()
+    return stream.isatty() and (member is None or member.output is None)
 
 
 def ci_system() -> str | None:
@@ -148,7 +64,8 @@ def ci_system() -> str | None:
 @contextmanager
 def folded(title: str) -> Iterator[None]:
     """Fold a block of output in the CI log; a plain header elsewhere."""
-    system = ci_system()
+    member = here()
+    system = ci_system() if member is None or member.output is None else None
     fold_id = "".join(ch if ch.isalnum() else "_" for ch in title)
     if system == "github":
         say(f"::group::{title}")
@@ -156,7 +73,8 @@ def folded(title: str) -> Iterator[None]:
         say(f"travis_fold:start:{fold_id}")
         say(f"==> {title}")
     else:
-        say(f"==> {title}")
+        # A member's own output is folded whole when it ends (MembersConsole).
+        say(f"==> {title}", milestone=True)
     try:
         yield
     finally:
@@ -166,62 +84,188 @@ def folded(title: str) -> Iterator[None]:
             say(f"travis_fold:end:{fold_id}")
 
 
-@dataclass
-class StepRecord:
-    step: str
-    env: str
-    result: str  # "ok", "failed", "skipped", "dry-run", "interrupted"
-    seconds: float
-    note: str = ""
+class MaskedStream:
+    """A text stream that masks secrets before they reach the real one.
+
+    Handed to `c.run(out_stream=..., err_stream=...)` so the output of the
+    commands the pipeline runs is masked too. Buffers by line so a secret
+    split across two writes is still caught. invoke writes to it from
+    threads of its own, so the run's masker and the member whose command
+    this is are taken when it is made.
+    """
+
+    def __init__(self, target: TextIO) -> None:
+        self._target = target
+        self._masker = current().masker
+        self._member = here()
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            complete, self._pending = self._pending.rsplit("\n", 1)
+            self._emit(complete + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        # A member's lines are prefixed with its name: a line cut in two would be
+        # shown as two lines, so its part waits for the rest (or for `end`).
+        if self._member is None or self._member.output is None:
+            self.end()
+        self._target.flush()
+
+    def end(self) -> None:
+        """The command ended: show what is left of its last line."""
+        if self._pending:
+            self._emit(self._pending)
+            self._pending = ""
+
+    def isatty(self) -> bool:
+        return self._target.isatty()
+
+    def _emit(self, text: str) -> None:
+        masked = self._masker.mask(text)
+        if self._member is not None and self._member.output is not None:
+            self._member.output.write(masked.rstrip("\n"), err=self._target is sys.stderr)
+        else:
+            self._target.write(masked)
 
 
-@dataclass
-class Summary:
-    """What happened in this run, step by step, for the closing table."""
+# -- a federation's members, side by side ------------------------------------------
 
-    records: list[StepRecord] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    # What the run leaves that the next one must deal with, each with its remedy.
-    left_behind: list[str] = field(default_factory=list)
-
-    def add(self, record: StepRecord) -> None:
-        record.note = masker.mask(record.note)
-        self.records.append(record)
-
-    def table(self) -> str:
-        rows = [("STEP", "ENVIRONMENT", "RESULT", "DURATION", "NOTE")]
-        rows += [
-            (r.step, r.env or "-", r.result, format_seconds(r.seconds), r.note)
-            for r in self.records
-        ]
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        lines = [
-            "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
-            for row in rows
-        ]
-        lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(line.rstrip() for line in lines)
-
-    def reset(self) -> None:
-        self.records.clear()
-        self.warnings.clear()
-        self.left_behind.clear()
+LINES = "lines"
+TERMINAL = "terminal"
+CI = "ci"
 
 
-summary = Summary()
+def members_mode(dry_run: bool) -> str:
+    """How the members' output is shown: folded per member in CI, a status line per member on
+    a terminal, prefixed lines anywhere else (and in a dry run, which is read whole)."""
+    if ci_system():
+        return CI
+    if sys.stdout.isatty() and not dry_run:
+        return TERMINAL
+    return LINES
 
 
-def format_seconds(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes}m{rest:02d}s"
+class MemberOutput:
+    """Where one member's lines go while the members run side by side."""
 
+    def __init__(self, console: MembersConsole, name: str) -> None:
+        self.console = console
+        self.name = name
+        self.status = "starting"
+        self.status_since = time.monotonic()
+        self.last = ""
+        self.verdict = ""
+        self._buffer: list[str] = []
+        self._log: TextIO | None = None
+        self.log_path: Path | None = None
+        if console.mode == TERMINAL and console.log_dir is not None:
+            self.log_path = console.log_dir / f"{console.prefix}-{name}.log"
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self.log_path.open("w")
 
-class Stopwatch:
-    def __init__(self) -> None:
-        self.started = time.monotonic()
+    def write(self, text: str, *, err: bool = False, milestone: bool = False) -> None:
+        lines = text.split("\n")
+        console = self.console
+        with console.lock:
+            if milestone:
+                # "==> upgrade [local-prod]": the status line names the member already.
+                self.status = lines[0].removeprefix("==> ").removesuffix(f" [{self.name}]")
+                self.status_since = time.monotonic()
+                self.last = ""
+            elif lines[-1].strip():
+                self.last = lines[-1].strip()
+            if console.mode == LINES or (console.mode == CI and milestone):
+                stream = sys.stderr if err and console.mode == LINES else sys.stdout
+                stream.write("".join(f"{self.tag} {line}\n" for line in lines))
+                stream.flush()
+            if console.mode == CI:
+                self._buffer += lines
+            elif self._log is not None:
+                self._log.write(text + "\n")
+                self._log.flush()
 
     @property
-    def seconds(self) -> float:
-        return time.monotonic() - self.started
+    def tag(self) -> str:
+        return f"[{self.name}]".ljust(self.console.width + 2)
+
+    def finish(self, verdict: str) -> None:
+        """The member ended: in CI its whole output, folded; on a terminal, its verdict."""
+        console = self.console
+        with console.lock:
+            self.verdict = verdict
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            if console.mode != CI:
+                return
+            title = f"{self.name}: {verdict}"
+            system = ci_system()
+            start, end = (
+                (f"::group::{title}", "::endgroup::")
+                if system == "github"
+                else (f"travis_fold:start:{self.name}\n==> {title}", f"travis_fold:end:{self.name}")
+                if system == "travis"
+                else (f"==> {title}", f"<== {self.name}")
+            )
+            sys.stdout.write("\n".join([start, *self._buffer, end]) + "\n")
+            sys.stdout.flush()
+            self._buffer = []
+
+
+class MembersConsole:
+    """The screen while a federation's members deploy side by side.
+
+    lines     every line as it comes, prefixed with its member's name
+    terminal  one status line per member, redrawn in place: the step it is at
+              and its last line; each member's whole output goes to its log
+              under reports/
+    ci        each step's start and end as they come, prefixed; each member's
+              whole output folded in one block when it ends (a CI log's folds
+              can neither nest nor interleave)
+    """
+
+    REDRAW_SECONDS = 0.5
+
+    def __init__(self, names: list[str], mode: str, prefix: str, log_dir: Path | None) -> None:
+        self.mode = mode
+        self.prefix = prefix
+        self.log_dir = log_dir
+        self.width = max((len(n) for n in names), default=0)
+        self.lock = threading.RLock()
+        self.members = {name: MemberOutput(self, name) for name in names}
+        self._drawn = 0
+        self._drawn_at = 0.0
+
+    def logs(self) -> dict[str, Path]:
+        """Each member's log, where its whole output goes (terminal mode)."""
+        return {name: m.log_path for name, m in self.members.items() if m.log_path}
+
+    def refresh(self, force: bool = False) -> None:
+        """Redraw the status lines (terminal mode; the main thread calls it while it waits)."""
+        if self.mode != TERMINAL:
+            return
+        now = time.monotonic()
+        if not force and now - self._drawn_at < self.REDRAW_SECONDS:
+            return
+        columns = shutil.get_terminal_size((100, 20)).columns
+        with self.lock:
+            lines = []
+            for member in self.members.values():
+                if member.verdict:
+                    state = member.verdict
+                else:
+                    took = format_seconds(now - member.status_since)
+                    state = f"{member.status} ({took})" + (
+                        f"  {member.last}" if member.last else ""
+                    )
+                line = f"  {member.name.ljust(self.width)}  {state}"
+                lines.append(line[: columns - 1])
+            # Cursor up over the previous drawing, erase to the end of the screen, draw again.
+            prefix = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
+            sys.stdout.write(prefix + "\n".join(lines) + "\n")
+            sys.stdout.flush()
+            self._drawn = len(lines)
+            self._drawn_at = now

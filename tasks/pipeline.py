@@ -12,39 +12,34 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
 
 from invoke import Context
 from invoke.exceptions import Exit
 
 from tasks import checkout
-from tasks import registry as registry_module
+from tasks import run as run_module
 from tasks.errors import CommandFailed, StepFailure
-from tasks.output import (
+from tasks.output import folded, say, warn
+from tasks.registry import Environment, Registry
+from tasks.report import (
+    DRY_RUN,
+    FAILED,
+    INTERRUPTED,
+    NOT_STARTED,
+    OK,
+    REPORTS_DIR,
+    SKIPPED,
+    MemberOutcome,
     StepRecord,
     Stopwatch,
-    folded,
     format_seconds,
-    masker,
-    say,
-    summary,
-    warn,
 )
-from tasks.registry import Environment, Registry
-from tasks.runner import (
-    PROJECT_ROOT,
-    Runner,
-    interrupted,
-    invoke_dry_refusal,
-    sigterm_as_interrupt,
-)
-
-T = TypeVar("T")
+from tasks.run import Run, current
+from tasks.runner import PROJECT_ROOT, Runner, invoke_dry_refusal, sigterm_as_interrupt
 
 
 @dataclass
@@ -92,20 +87,18 @@ class Stop(Exception):
         super().__init__(f"{step} failed on {env}")
 
 
-@cache
+class MembersFailed(Stop):
+    """Members of a federation failed, each for its own reason; the run fails for them."""
+
+    def __init__(self, group: str, failed: list[tuple[MemberOutcome, Stop]]) -> None:
+        self.failed = failed
+        names = ", ".join(outcome.name for outcome, _ in failed)
+        super().__init__("members", group, StepFailure(f"{names} of {group} failed."))
+
+
 def load_registry() -> Registry:
-    return registry_module.load(PROJECT_ROOT)
-
-
-# Opens the credentials of an environment's cluster for a step's duration and
-# yields the extra environment variables (KUBECONFIG, ...) its commands need.
-# Set by tasks.access at import time; a seam so the pipeline does not import it.
-ClusterAccessOpener = Callable[[StepContext], AbstractContextManager[dict[str, str]]]
-_cluster_access: list[ClusterAccessOpener] = []
-
-
-def register_cluster_access(opener: ClusterAccessOpener) -> None:
-    _cluster_access[:] = [opener]
+    """The registry, loaded once per run (tasks/run.py)."""
+    return current().registry
 
 
 def pinned_tool_dirs() -> list[Path]:
@@ -119,38 +112,20 @@ def pinned_tool_dirs() -> list[Path]:
     return toolchain.search_dirs()
 
 
-# What a run keeps open across its steps (cluster credentials, SSH tunnels),
-# closed when the outermost invocation ends: one gcloud login per environment
-# per run, not one per step.
-_held: dict[Hashable, Any] = {}
-_held_open = ExitStack()
-
-
-def held_for_run(key: Hashable, opener: Callable[[], AbstractContextManager[T]]) -> T:
-    """Enter `opener()` once per run under `key`; later calls get the same value."""
-    if key not in _held:
-        _held[key] = _held_open.enter_context(opener())
-    return _held[key]
-
-
-def _release_held() -> None:
-    global _held_open
-    closing, _held_open = _held_open, ExitStack()
-    _held.clear()
-    try:
-        closing.close()
-    except Exception as error:
-        warn(f"Closing what the run held open failed: {error}")
-    except KeyboardInterrupt:
-        warn("Closing what the run held open was interrupted.")
-
-
-_depth = 0
+def _release_held(run: Run) -> None:
+    """Give back what the run's environments hold open (credentials, tunnels, locks)."""
+    for environment in run.environments:
+        try:
+            environment.close_held()
+        except Exception as error:
+            warn(f"Closing what {environment.name} held open failed: {error}")
+        except KeyboardInterrupt:
+            warn(f"Closing what {environment.name} held open was interrupted.")
 
 
 @contextmanager
 def invocation(task: str = "") -> Iterator[None]:
-    """The outermost task of a run prints the summary and sets the exit code.
+    """The outermost task of a run prints the summary, writes the report and sets the exit code.
 
     A failure raised outside any step (an unknown environment given to
     `deploy`, say) is reported the same way, under the task's name. SIGTERM
@@ -158,57 +133,65 @@ def invocation(task: str = "") -> Iterator[None]:
     (deploy locks, credentials) is given back before the closing screen, so
     the screen can say what, if anything, was left behind.
     """
-    global _depth
-    _depth += 1
-    outermost = _depth == 1
-    if outermost:
-        summary.reset()
-        interrupted.clear()
-    try:
-        try:
-            with sigterm_as_interrupt() if outermost else nullcontext():
+    with run_module.invoked(task) as outermost:
+        if not outermost:
+            try:
                 yield
-        except StepFailure as failure:
-            raise Stop(task, "", failure) from None
-    except Stop as stop:
-        if not outermost:
+            except StepFailure as failure:
+                raise Stop(task, "", failure) from None
+            return
+        run = current()
+        try:
+            try:
+                with sigterm_as_interrupt():
+                    yield
+            except StepFailure as failure:
+                raise Stop(task, "", failure) from None
+        except Stop as stop:
+            _finish(run, FAILED)
+            raise Exit(_failure_screen(stop), code=1) from None
+        except KeyboardInterrupt:
+            _finish(run, INTERRUPTED)
+            raise Exit(_interrupted_screen(run), code=130) from None
+        except Exit:
             raise
-        _release_held()
-        _finish()
-        raise Exit(_failure_screen(stop), code=1) from None
-    except KeyboardInterrupt:
-        if not outermost:
-            raise
-        _release_held()
-        _finish()
-        raise Exit(_interrupted_screen(), code=130) from None
-    except Exit:
-        raise
-    except Exception as bug:
-        if not outermost or os.environ.get("DEPLOY_DEBUG"):
-            raise
-        _release_held()
-        _finish()
-        raise Exit(_failure_screen(Stop(task, "", _unexpected(bug))), code=1) from None
-    else:
-        if outermost:
-            _release_held()
-            _finish()
-            if summary.left_behind:
-                say("\n".join(_left_behind_lines()))
-    finally:
-        _depth -= 1
-        if outermost:
-            _release_held()
+        except Exception as bug:
+            if os.environ.get("DEPLOY_DEBUG"):
+                raise
+            _finish(run, FAILED)
+            raise Exit(_failure_screen(Stop(task, "", unexpected(bug))), code=1) from None
+        else:
+            _finish(run, OK)
+            if run.summary.left_behind:
+                say("\n".join(_left_behind_lines(run)))
+        finally:
+            _release_held(run)
 
 
-def _finish() -> None:
-    if len(summary.records) > 1 or summary.warnings:
+def _finish(run: Run, result: str) -> None:
+    _release_held(run)
+    summary = run.summary
+    if len(summary.records) > 1 or summary.warnings or summary.members:
         say("")
         say(summary.table())
+    # A dry run touches nothing, not even reports/.
+    if summary.records and not run.dry_run:
+        path = report_path(run)
+        try:
+            summary.write(path, run.task, run.target, result)
+        except OSError as error:
+            warn(f"The run's report could not be written to {path}: {error}")
+        else:
+            if len(summary.records) > 1:
+                say(f"report: {path.relative_to(PROJECT_ROOT)}")
 
 
-def _unexpected(bug: Exception) -> StepFailure:
+def report_path(run: Run) -> Path:
+    """Where the run's machine-readable report goes: reports/run-<task>.json."""
+    return PROJECT_ROOT / REPORTS_DIR / f"run-{run.task or 'step'}.json"
+
+
+def unexpected(bug: Exception) -> StepFailure:
     return StepFailure(
         f"Unexpected {type(bug).__name__}: {bug}",
         "This is a bug in the pipeline. Run again with DEPLOY_DEBUG=1 for the traceback "
@@ -216,50 +199,98 @@ def _unexpected(bug: Exception) -> StepFailure:
     )
 
 
-def _interrupted_screen() -> str:
-    # The first: a later one is the cleanup's, interrupted by a second Ctrl-C.
-    where = next((r for r in summary.records if r.result == "interrupted"), None)
-    title = "INTERRUPTED"
-    if where:
-        title += f": {where.step}" + (f" on {where.env}" if where.env else "")
-    lines = [title]
-    if where and where.note:
-        lines.append(f"  {where.note}")
-    elif where and where.step in ("upgrade", "rollback", "recover-release"):
-        lines.append(
-            "  helm may have left the release locked in a pending state; if the next "
+def _interrupted_screen(run: Run) -> str:
+    summary = run.summary
+    started = [m for m in summary.members if m.result != NOT_STARTED]
+    if started:
+        lines = [f"INTERRUPTED: the members of {summary.group}"]
+        for member in summary.members:
+            lines.append(f"  {member.name}: {_stood(run, member)}")
+    else:
+        # The first: a later one is the cleanup's, interrupted by a second Ctrl-C.
+        where = next((r for r in summary.records if r.result == INTERRUPTED), None)
+        title = "INTERRUPTED"
+        if where:
+            title += f": {where.step}" + (f" on {where.env}" if where.env else "")
+        lines = [title]
+        said = _aftermath(where) if where else ""
+        if said:
+            lines.append(f"  {said}")
+    lines.append("  Nothing further was started.")
+    lines += _left_behind_lines(run)
+    return run.masker.mask("\n".join(lines))
+
+
+def _stood(run: Run, member: MemberOutcome) -> str:
+    """Where a member stood when the run was interrupted."""
+    if member.result != INTERRUPTED:
+        return member.verdict()
+    where = next(
+        (r for r in run.summary.records if r.env == member.name and r.result == INTERRUPTED),
+        None,
+    )
+    said = _aftermath(where) if where else ""
+    return f"interrupted at {member.step or 'its start'}" + (f". {said}" if said else "")
+
+
+def _aftermath(where: StepRecord) -> str:
+    """What an interrupt of the step `where` left, as the step found it, or what it may have."""
+    if where.note:
+        return where.note
+    if where.step in ("upgrade", "rollback", "recover-release"):
+        return (
+            "helm may have left the release locked in a pending state; if the next "
             f"upgrade says so, run: invoke recover-release --env={where.env}"
         )
-    elif where and where.step in ("wait-rollout", "smoke-test"):
-        lines.append(
-            f"  {where.env} runs the new version, not yet verified. Deploy again, or return "
+    if where.step in ("wait-rollout", "smoke-test"):
+        return (
+            f"{where.env} runs the new version, not yet verified. Deploy again, or return "
             f"to the last verified revision: invoke rollback --env={where.env}"
         )
-    lines.append("  Nothing further was started.")
-    lines += _left_behind_lines()
-    return masker.mask("\n".join(lines))
+    return ""
 
 
-def _left_behind_lines() -> list[str]:
-    if not summary.left_behind:
+def _left_behind_lines(run: Run) -> list[str]:
+    left_behind = run.summary.left_behind
+    if not left_behind:
         return ["  Left behind: nothing."]
     return ["  Left behind, for the next run to deal with:"] + [
-        f"    - {what}" for what in summary.left_behind
+        f"    - {what}" for what in left_behind
     ]
 
 
-def _failure_screen(stop: Stop) -> str:
+def stop_lines(stop: Stop, indent: str = "  ") -> list[str]:
+    """A failure's why, fix and last output, as the closing screen shows them."""
     failure = stop.failure
-    where = f"{stop.step} on {stop.env}" if stop.env else stop.step
-    lines = [f"FAILED: {where}", f"  why: {failure.why}"]
+    lines = [f"{indent}why: {failure.why}"]
     if failure.fix:
-        lines.append(f"  fix: {failure.fix}")
+        lines.append(f"{indent}fix: {failure.fix}")
     if failure.details:
-        lines.append("  last output:")
-        lines += [f"    {line}" for line in failure.details.splitlines()[-12:]]
-    if summary.left_behind:
-        lines += _left_behind_lines()
-    return masker.mask("\n".join(lines))
+        lines.append(f"{indent}last output:")
+        lines += [f"{indent}  {line}" for line in failure.details.splitlines()[-12:]]
+    return lines
+
+
+def members_lines(failed: list[tuple[MemberOutcome, Stop]]) -> list[str]:
+    """Each failed member of a federation with its own why, fix and last output."""
+    lines = []
+    for outcome, stop in failed:
+        kind = " (experimental: does not fail the run)" if outcome.experimental else ""
+        lines.append(f"  {outcome.name}{kind}: {stop.step} failed")
+        lines += stop_lines(stop, "    ")
+    return lines
+
+
+def _failure_screen(stop: Stop) -> str:
+    run = current()
+    if isinstance(stop, MembersFailed):
+        lines = [f"FAILED: {stop.failure.why}", *members_lines(stop.failed)]
+    else:
+        where = f"{stop.step} on {stop.env}" if stop.env else stop.step
+        lines = [f"FAILED: {where}", *stop_lines(stop)]
+    if run.summary.left_behind:
+        lines += _left_behind_lines(run)
+    return run.masker.mask("\n".join(lines))
 
 
 def dry_run_asked(c: Context, dry_run: bool | None, task: str) -> bool:
@@ -269,10 +300,25 @@ def dry_run_asked(c: Context, dry_run: bool | None, task: str) -> bool:
     rather than run for real.
     """
     if not c.config.run.dry:
+        current().dry_run |= bool(dry_run)
         return bool(dry_run)
     if dry_run is None:
         raise StepFailure(invoke_dry_refusal(c, task))
+    current().dry_run = True
     return True
+
+
+@contextmanager
+def cluster_of(ctx: StepContext, env: Environment) -> Iterator[StepContext]:
+    """A context for reading `env`'s cluster from a step of another environment.
+
+    A member reads what its gate verified from the gate's cluster; the gate's
+    credentials are opened (once per run) like any step's.
+    """
+    other = StepContext(ctx.c, ctx.registry, env, ctx.runner, ctx.dry_run, ctx.step)
+    with current().open_cluster(other) as extra_env:
+        other.runner = ctx.runner.with_env(**extra_env)
+        yield other
 
 
 def perform(
@@ -292,19 +338,21 @@ def perform(
     a step that rewrites the working tree (decrypt-secrets, helm-deps): it holds
     the checkout against other runs (tasks/checkout.py).
     """
-    with invocation():
+    with invocation(step):
+        run = current()
         watch = Stopwatch()
         env: Environment | None = None
         try:
             dry = dry_run_asked(c, dry_run, step)
-            registry = load_registry()
+            registry = run.registry
             env = registry.get(env_name) if (needs_env or env_name) else None
         except StepFailure as failure:
-            _record(step, env_name or "", "failed", watch, failure.why)
+            _record(step, env, env_name or "", FAILED, watch, failure.why)
             raise Stop(step, env_name or "", failure) from None
         env_label = env.name if env else ""
         title = f"{step} [{env_label}]" if env_label else step
         if env is not None:
+            run.environment(env.name).step = step
             # Whatever the step prints, a secret it reads or a command echoes stays masked.
             from tasks.secrets import register_secret_values
 
@@ -313,21 +361,18 @@ def perform(
         ctx = StepContext(c, registry, env, runner, dry, step)
         with folded(title + (" (dry run)" if dry else "")):
             try:
+                runner.checkpoint()
                 exclusive = checkout.held() if changes_checkout and not dry else nullcontext()
-                access = (
-                    _cluster_access[0](ctx)
-                    if needs_cluster and _cluster_access
-                    else nullcontext({})
-                )
+                access = run.open_cluster(ctx) if needs_cluster else nullcontext({})
                 with exclusive, access as extra_env:
                     ctx.runner = ctx.runner.with_env(**extra_env)
                     note = action(ctx) or ""
             except Skipped as skipped:
                 say(f"skipped: {skipped}")
-                _record(step, env_label, "skipped", watch, str(skipped))
+                _record(step, env, env_label, SKIPPED, watch, str(skipped))
                 return
             except StepFailure as failure:
-                _record(step, env_label, "failed", watch, failure.why)
+                _record(step, env, env_label, FAILED, watch, failure.why)
                 raise Stop(step, env_label, failure) from None
             except CommandFailed as failed:
                 failure = StepFailure(
@@ -335,34 +380,49 @@ def perform(
                     failed.killed_advice,
                     details=failed.tail(),
                 )
-                _record(step, env_label, "failed", watch, failure.why)
+                _record(step, env, env_label, FAILED, watch, failure.why)
                 raise Stop(step, env_label, failure) from None
             except Interrupted as interrupt:
-                _record(step, env_label, "interrupted", watch, interrupt.aftermath)
+                _record(step, env, env_label, INTERRUPTED, watch, interrupt.aftermath)
                 if interrupt.left_behind:
-                    summary.left_behind.append(masker.mask(interrupt.left_behind))
+                    run.summary.leave_behind(interrupt.left_behind)
                 raise
             except KeyboardInterrupt:
-                _record(step, env_label, "interrupted", watch, "")
+                _record(step, env, env_label, INTERRUPTED, watch, "")
                 raise
             except Exit as refusal:
                 # Helpers shared with the cluster tasks refuse with invoke's Exit.
                 failure = StepFailure(str(refusal.message or refusal))
-                _record(step, env_label, "failed", watch, failure.why)
+                _record(step, env, env_label, FAILED, watch, failure.why)
                 raise Stop(step, env_label, failure) from None
             except Exception as bug:
                 if os.environ.get("DEPLOY_DEBUG"):
                     raise
-                failure = _unexpected(bug)
-                _record(step, env_label, "failed", watch, failure.why)
+                failure = unexpected(bug)
+                _record(step, env, env_label, FAILED, watch, failure.why)
                 raise Stop(step, env_label, failure) from None
-        result = "dry-run" if dry else "ok"
-        _record(step, env_label, result, watch, note)
-        say(f"{step}: {result} in {format_seconds(watch.seconds)}" + (f" — {note}" if note else ""))
+        result = DRY_RUN if dry else OK
+        _record(step, env, env_label, result, watch, note)
+        say(
+            f"{step}: {result} in {format_seconds(watch.seconds)}" + (f" — {note}" if note else ""),
+            milestone=True,
+        )
 
 
-def _record(step: str, env: str, result: str, watch: Stopwatch, note: str) -> None:
-    summary.add(StepRecord(step, env, result, watch.seconds, note))
+def _record(
+    step: str, env: Environment | None, label: str, result: str, watch: Stopwatch, note: str
+) -> None:
+    record = StepRecord(
+        step,
+        label,
+        result,
+        watch.seconds,
+        note,
+        release=env.release if env else "",
+        started=watch.started_at,
+        ended=watch.started_at + watch.seconds,
+    )
+    current().summary.add(record)
 
 
 def confirm(question: str) -> bool:

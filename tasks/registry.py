@@ -135,10 +135,28 @@ class Environment:
 
 
 @dataclass(frozen=True)
+class Group:
+    """A federation: members deployed side by side once their common gate has passed.
+
+    Experimental members may fail without failing the run.
+    """
+
+    name: str
+    description: str
+    members: tuple[str, ...]
+    experimental: tuple[str, ...]
+    gate: str  # the environment that gates every member
+
+    def is_experimental(self, member: str) -> bool:
+        return member in self.experimental
+
+
+@dataclass(frozen=True)
 class Registry:
     environments: dict[str, Environment]
     chart: Path
     repository_mirrors: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, Group] = field(default_factory=dict)
 
     def get(self, name: str | None) -> Environment:
         """The environment called `name`, or an error that lists the known ones."""
@@ -149,14 +167,39 @@ class Registry:
                 f"Pass --env=NAME; the known environments are: {known}.",
             )
         if name not in self.environments:
-            raise StepFailure(
-                f"Unknown environment {name!r}.",
-                f"The known environments are: {known} (defined in {REGISTRY_FILE}).",
-            )
+            why = f"Unknown environment {name!r}."
+            if name in self.groups:
+                why = f"{name!r} is a group of environments, and this takes one environment."
+            fix = f"The known environments are: {known} (defined in {REGISTRY_FILE})."
+            if self.groups:
+                fix += (
+                    f" Groups ({', '.join(self.groups)}) deploy with `invoke deploy --env=GROUP`."
+                )
+            raise StepFailure(why, fix)
         return self.environments[name]
 
+    def group(self, name: str | None) -> Group | None:
+        """The group called `name`, None when `name` is not a group."""
+        return self.groups.get(name or "")
+
+    def target(self, name: str | None) -> Environment | Group:
+        """What `deploy --env=NAME` deploys: a group, or else an environment (or the error)."""
+        group = self.group(name)
+        if group is not None:
+            return group
+        if name and name not in self.environments:
+            known = ", ".join([*self.environments, *self.groups])
+            raise StepFailure(
+                f"Unknown environment or group {name!r}.",
+                f"The known ones are: {known} (defined in {REGISTRY_FILE}).",
+            )
+        return self.get(name)
+
     def chain(self, name: str) -> list[Environment]:
-        """The environments a deploy of `name` goes through, gates first."""
+        """The environments a deploy of `name` goes through, gates first, a group's members last."""
+        group = self.group(name)
+        if group is not None:
+            return self.chain(group.gate) + [self.get(m) for m in group.members]
         order: list[Environment] = []
         current: str | None = name
         while current is not None:
@@ -164,6 +207,15 @@ class Registry:
             order.insert(0, env)
             current = env.gated_by
         return order
+
+    def checked_first(self, name: str) -> list[Environment]:
+        """The environments a deploy of `name` validates and checks before its first change.
+
+        An experimental member is checked as its own first step instead: it may
+        fail without stopping the others.
+        """
+        group = self.group(name)
+        return [e for e in self.chain(name) if not (group and group.is_experimental(e.name))]
 
 
 class RegistryError(StepFailure):
@@ -323,7 +375,7 @@ def load(root: Path = PROJECT_ROOT, path: Path | None = None) -> Registry:
     top = reader.mapping(
         reader.root_node,
         "the top level",
-        ("chart", "repository_mirrors", "environments"),
+        ("chart", "repository_mirrors", "environments", "groups"),
     )
     if "environments" not in top:
         raise reader.fail(reader.root_node, "no `environments:` mapping.")
@@ -343,7 +395,80 @@ def load(root: Path = PROJECT_ROOT, path: Path | None = None) -> Registry:
         if "repository_mirrors" in top
         else {}
     )
-    return Registry(envs, chart, {**(mirrors or {}), **mirrors_from_environment()})
+    groups = _groups(reader, top["groups"], envs) if "groups" in top else {}
+    return Registry(envs, chart, {**(mirrors or {}), **mirrors_from_environment()}, groups)
+
+
+def _groups(reader: _Reader, node: yaml.Node, envs: dict[str, Environment]) -> dict[str, Group]:
+    groups = {}
+    for name, body in reader.mapping(node, "groups", ()).items():
+        where = f"group {name!r}"
+        if name in envs:
+            raise reader.fail(
+                body,
+                f"{where} has the name of an environment; `invoke deploy --env={name}` "
+                "could mean either.",
+                "Give the group another name.",
+            )
+        items = reader.mapping(body, where, ("description", "members", "experimental"))
+        if "members" not in items:
+            raise reader.fail(body, f"{where} has no `members:`, the environments it deploys.")
+        members = _member_list(reader, items["members"], f"{where} members", envs)
+        if not members:
+            raise reader.fail(items["members"], f"{where} lists no members.")
+        experimental = (
+            _member_list(reader, items["experimental"], f"{where} experimental", envs)
+            if "experimental" in items
+            else ()
+        )
+        for member in experimental:
+            if member not in members:
+                raise reader.fail(
+                    items["experimental"],
+                    f"{where}: {member!r} is experimental but not one of its members "
+                    f"({', '.join(members)}).",
+                    "Add it to members: too, or remove it from experimental:.",
+                )
+        gates = {m: envs[m].gated_by for m in members}
+        ungated = [m for m, gate in gates.items() if gate is None]
+        if ungated:
+            raise reader.fail(
+                items["members"],
+                f"{where}: member {ungated[0]!r} has no gated_by. A group's members are "
+                "deployed after their common gate (staging) has passed.",
+                f"Set gated_by: on {ungated[0]!r} in environments:.",
+            )
+        if len(set(gates.values())) > 1:
+            shown = ", ".join(f"{m} by {g}" for m, g in gates.items())
+            raise reader.fail(
+                items["members"],
+                f"{where}: its members are gated by different environments ({shown}); "
+                "a group has one gate, deployed once before every member.",
+                "Gate every member by the same environment, or split the group.",
+            )
+        description = (
+            reader.text(items["description"], f"{where} description")
+            if "description" in items
+            else ""
+        )
+        groups[name] = Group(name, description, members, experimental, gates[members[0]] or "")
+    return groups
+
+
+def _member_list(
+    reader: _Reader, node: yaml.Node, what: str, envs: dict[str, Environment]
+) -> tuple[str, ...]:
+    names = reader.text_list(node, what)
+    for item, name in zip(node.value, names, strict=True):
+        if name not in envs:
+            raise reader.fail(
+                item,
+                f"{what}: {name!r} is not an environment.",
+                f"Use one of: {', '.join(envs)}.",
+            )
+        if names.count(name) > 1:
+            raise reader.fail(item, f"{what}: {name!r} is listed twice.")
+    return names
 
 
 def mirrors_from_environment() -> dict[str, str]:

@@ -26,12 +26,13 @@ import yaml
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from tasks import configmaps, lock, rollout_status, secrets
+from tasks import configmaps, lock, promotion, rollout_status, secrets
 from tasks import values as values_module
 from tasks.charts import archive_is_valid, pinned_dependencies, schema_failure, shown
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
-from tasks.output import masker, say, summary
-from tasks.pipeline import Interrupted, StepContext, confirm, invocation, perform
+from tasks.output import say, warn
+from tasks.pipeline import Interrupted, StepContext, Stop, confirm, invocation, perform
+from tasks.run import current
 from tasks.runner import PROJECT_ROOT
 from tasks.secrets_keys import check_certificates
 
@@ -259,7 +260,7 @@ def _change_release(
             aftermath, left_behind = release_aftermath(ctx, action)
             failure.fix = f"{aftermath} {failure.fix}".strip()
             if left_behind:
-                summary.left_behind.append(left_behind)
+                current().summary.leave_behind(left_behind)
         raise failure from None
 
 
@@ -291,11 +292,18 @@ def helm_values_args(files: list[Path]) -> list[str]:
     return args
 
 
-def upgrade_release(ctx: StepContext, timeout: int | None = None) -> str:
+def upgrade_release(
+    ctx: StepContext, timeout: int | None = None, promote_unverified: bool = False
+) -> str:
     env = ctx.environment
     files = check_ready_to_deploy(ctx)
-    lock.ensure_held(ctx)
+    if env.gated_by and not current().environment(env.name).promotion_checked:
+        # Run alone, the upgrade checks what a deploy's check-promotion step checks.
+        say(promotion.check(ctx, promote_unverified))
+    # Reading the release first: an unreachable cluster or refused credentials get
+    # helm's diagnosis, not only the lock's complaint.
     refuse_if_pending(ctx)
+    lock.ensure_held(ctx)
     seconds = timeout or env.timeouts.upgrade
     command = [
         "helm",
@@ -555,9 +563,9 @@ def _masked_checksums(node: object) -> object:
     return masked
 
 
-def diff_manifests(current: str, proposed: str, namespace: str) -> list[str]:
+def diff_manifests(deployed: str, proposed: str, namespace: str) -> list[str]:
     """Unified diffs, resource by resource, with the data of Secrets and checksums masked."""
-    before = split_manifest(current, namespace)
+    before = split_manifest(deployed, namespace)
     after = split_manifest(proposed, namespace)
     chunks: list[str] = []
     for key in sorted(set(before) | set(after), key=str):
@@ -573,7 +581,8 @@ def diff_manifests(current: str, proposed: str, namespace: str) -> list[str]:
         lines = difflib.unified_diff(
             old_text.splitlines(), new_text.splitlines(), "current", "proposed", lineterm=""
         )
-        chunks.append(f"--- {key}: {label}\n" + masker.mask("\n".join(list(lines)[2:])))
+        masked = current().masker.mask("\n".join(list(lines)[2:]))
+        chunks.append(f"--- {key}: {label}\n" + masked)
     return chunks
 
 
@@ -581,9 +590,9 @@ def diff_release(ctx: StepContext) -> list[str]:
     env = ctx.environment
     files = check_ready_to_deploy(ctx)
     status = release_status(ctx)
-    current = ""
+    deployed = ""
     if status is not None:
-        current = ctx.runner.run(
+        deployed = ctx.runner.run(
             ["helm", "get", "manifest", env.release, "--namespace", env.namespace], quiet=True
         ).stdout
     try:
@@ -608,7 +617,7 @@ def diff_release(ctx: StepContext) -> list[str]:
     if rendered.dry_run:
         return []
     proposed = json.loads(rendered.stdout).get("manifest", "")
-    return diff_manifests(current, proposed, env.namespace)
+    return diff_manifests(deployed, proposed, env.namespace)
 
 
 # -- rollback and recovery ----------------------------------------------------
@@ -749,6 +758,41 @@ def recover(ctx: StepContext, approve: Callable[[str], bool]) -> str:
     return f"uninstalled {env.release}"
 
 
+def roll_back(c: Context, target: str, why: str) -> bool:
+    """Return `target` to its last good revision after `why`; True when that worked."""
+    from tasks.rollout import wait_rollout
+
+    warn(f"{why}: rolling {target} back to its last good revision.")
+    try:
+        with invocation("rollback"):
+            perform(c, "rollback", target, roll_back_to_last_good, needs_cluster=True)
+            wait_rollout(c, env=target)
+    except Stop as failed:
+        warn(f"the automatic rollback of {target} did not complete: {failed.failure.why}")
+        return False
+    warn(f"{target} was rolled back to its last good revision after {why}.")
+    return True
+
+
+def roll_back_after(c: Context, stop: Stop, target: str) -> None:
+    """Roll the target back after its own rollout or smoke tests failed; report both."""
+    if stop.env != target or stop.step not in ("wait-rollout", "smoke-test"):
+        return
+    if not roll_back(c, target, f"{stop.step} failed on {target}"):
+        return
+    # The failure's own advice to roll back is done already; what is left is the cause.
+    kept = [
+        line
+        for line in stop.failure.fix.splitlines()
+        if f"invoke rollback --env={target}" not in line
+    ]
+    note = (
+        f"{target} was rolled back automatically and runs its last good revision again; "
+        f"fix the cause of the {stop.step} failure, then deploy again."
+    )
+    stop.failure.fix = "\n       ".join(part for part in ("\n".join(kept).rstrip(), note) if part)
+
+
 # -- tasks --------------------------------------------------------------------
 
 ENV_HELP = "Environment from config/environments.yaml (an unknown name lists the known ones)."
@@ -761,17 +805,23 @@ DRY_RUN_HELP = "Print every command that would run, secrets masked; touch nothin
         "timeout": "Seconds helm may spend on the upgrade (default: the environment's "
         "timeouts.upgrade in config/environments.yaml).",
         "dry_run": DRY_RUN_HELP,
+        "promote_unverified": "For a gated environment: upgrade even to what its gate "
+        "(staging) did not verify; the summary says so.",
     }
 )
 def upgrade(
-    c: Context, env: str | None = None, timeout: int | None = None, dry_run: bool = False
+    c: Context,
+    env: str | None = None,
+    timeout: int | None = None,
+    dry_run: bool = False,
+    promote_unverified: bool = False,
 ) -> None:
     """helm upgrade --install the site chart with the environment's layered values."""
     perform(
         c,
         "upgrade",
         env,
-        lambda ctx: upgrade_release(ctx, timeout),
+        lambda ctx: upgrade_release(ctx, timeout, promote_unverified),
         dry_run=dry_run,
         needs_cluster=True,
     )

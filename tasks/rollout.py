@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TextIO
@@ -46,8 +46,9 @@ from invoke import Context, task
 from invoke.exceptions import Exit
 
 from tasks.errors import StepFailure
-from tasks.output import format_seconds, masker, say
+from tasks.output import draws_in_place, say
 from tasks.pipeline import StepContext, perform
+from tasks.report import format_seconds
 from tasks.rollout_fit import AUTOSCALER_CONFIGMAP, AUTOSCALER_NAMESPACE, ClusterFacts, Note
 from tasks.rollout_status import (
     FIXES,
@@ -68,6 +69,7 @@ from tasks.rollout_status import (
     scheduled_on,
     workload_key,
 )
+from tasks.run import current
 from tasks.runner import Runner
 
 RESOURCES = {
@@ -404,7 +406,7 @@ class Progress:
 
     def __init__(self, stream: TextIO, deadline_seconds: float) -> None:
         self.stream = stream
-        self.tty = stream.isatty()
+        self.tty = draws_in_place(stream)
         self.deadline_seconds = deadline_seconds
         self.shown: dict[str, tuple[str, int, int, str]] = {}
         self.drawn: list[str] = []
@@ -505,7 +507,8 @@ def wait_for_rollout(
             streams = [WatchStream(base, name, namespace, changes, stop) for name in RESOURCES]
             for watch_stream in streams:
                 watch_stream.start()
-            return _wait(waiter, changes, Api(base), Progress(out, timeout), out)
+            progress = Progress(out, timeout)
+            return _wait(waiter, changes, Api(base), progress, out, runner.checkpoint)
     finally:
         # The proxy is gone by now, which ends every stream's connection; closing a
         # response from this thread instead would block on the reader's lock.
@@ -520,12 +523,16 @@ def _wait(
     api: Api,
     progress: Progress,
     out: TextIO,
+    checkpoint: Callable[[], None],
 ) -> RolloutReport:
+    """Follow the changes until a verdict; `checkpoint` is where a federation's member hears
+    of an interrupt (only the main thread gets Ctrl-C)."""
     namespace = waiter.namespace
     deadline = waiter.started + waiter.timeout
     announced = False
     looked = -TICK_SECONDS
     while True:
+        checkpoint()
         now = time.monotonic()
         try:
             change = changes.get(timeout=max(0.0, min(TICK_SECONDS, deadline - now)))
@@ -847,7 +854,7 @@ def wait(
         raise for_this_environment(failure, ctx) from None
     if ctx.dry_run:
         return f"would wait for the workloads of namespace {env.namespace}"
-    return masker.mask(report.note())
+    return current().masker.mask(report.note())
 
 
 def for_this_environment(failure: StepFailure, ctx: StepContext) -> StepFailure:

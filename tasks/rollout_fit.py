@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from tasks.output import format_seconds
+from tasks.report import format_seconds
 
 Obj = dict[str, Any]
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.output import format_seconds
+from tasks.report import format_seconds
 from tasks.rollout_fit import (
     ClusterFacts,
     Fit,

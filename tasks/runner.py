@@ -12,24 +12,21 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from invoke import Context
 from invoke.exceptions import CommandTimedOut
 from invoke.runners import Local
 
 from tasks.errors import CommandFailed, StepFailure
-from tasks.output import MaskedStream, masker, say
+from tasks.output import MaskedStream, say
+from tasks.run import current, here
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-# Set when the operator (Ctrl-C) or CI (SIGTERM) interrupts the command running now.
-# Cleared before each command: the cleanup after an interrupt (releasing the
-# deploy lock, closing a Grafana region) must run its own commands to the end.
-interrupted = threading.Event()
 
 
 @contextmanager
@@ -71,13 +68,33 @@ class ForwardingLocal(Local):
 
     invoke's own runner writes Ctrl-C to the command's stdin, which a command
     reading no terminal ignores, and then waits on as if nothing happened.
+    The interrupt comes from invoke on the main thread, or from the main
+    thread on a member's behalf (tasks/run.py), maybe before the process
+    has started: it is then sent as soon as the process exists.
     """
 
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
+        self.interrupted = False
+        self._signalled = False
+        self._guard = threading.Lock()
+
+    def start(self, command: str, shell: str, env: dict[str, Any]) -> None:
+        super().start(command, shell, env)
+        with self._guard:
+            self._forward()
+
     def send_interrupt(self, interrupt: KeyboardInterrupt) -> None:
-        interrupted.set()
+        with self._guard:
+            self.interrupted = True
+            self._forward()
+
+    def _forward(self) -> None:
         process = getattr(self, "process", None)
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)
+        if self.interrupted and not self._signalled and process is not None:
+            self._signalled = True
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
 
 
 @dataclass
@@ -116,7 +133,13 @@ class Runner:
         return Runner(self.c, self.dry_run, {**self.env, **extra}, self.cwd, self.tool_dirs)
 
     def describe(self, command: Sequence[str]) -> str:
-        return masker.mask(shlex.join(str(part) for part in command))
+        return current().masker.mask(shlex.join(str(part) for part in command))
+
+    def checkpoint(self) -> None:
+        """Stop here if the run asked this member's work to stop (tasks/run.py)."""
+        member = here()
+        if member is not None:
+            member.checkpoint()
 
     def run(
         self,
@@ -135,35 +158,43 @@ class Runner:
         `git rev-parse`).
         """
         line = shlex.join(str(part) for part in command)
+        masker = current().masker
         if self.dry_run and not touches_nothing:
             say(f"[dry-run] {self._env_prefix()}{masker.mask(line)}")
             return Result("", "", 0, dry_run=True)
         if not quiet:
             say(f"$ {masker.mask(line)}")
-        self.c.config.runners.local = ForwardingLocal
-        interrupted.clear()
-        try:
-            result = self.c.run(
-                line,
-                env=self._command_env(),
-                hide=bool(quiet),
-                # The operator's `invoke --echo/--dry` must not print unmasked commands.
-                echo=False,
-                dry=False,
-                warn=True,
-                pty=False,
-                in_stream=False,
-                out_stream=None if quiet else MaskedStream(sys.stdout),
-                err_stream=None if quiet else MaskedStream(sys.stderr),
-                timeout=timeout,
-            )
-        except CommandTimedOut as timed_out:
-            raise StepFailure(
-                f"`{masker.mask(line)}` did not finish within {timed_out.timeout:g} seconds.",
-                "Check the cluster and the network; raise the step's timeout in "
-                "config/environments.yaml if this environment is just slow.",
-            ) from None
-        if interrupted.is_set():
+        member = here()
+        local = ForwardingLocal(self.c)
+        streams = [] if quiet else [MaskedStream(sys.stdout), MaskedStream(sys.stderr)]
+        with member.running(local) if member else nullcontext():
+            try:
+                result = local.run(
+                    line,
+                    env=self._command_env(),
+                    hide=bool(quiet),
+                    # The operator's `invoke --echo/--dry` must not print unmasked commands.
+                    echo=False,
+                    dry=False,
+                    warn=True,
+                    pty=False,
+                    in_stream=False,
+                    out_stream=streams[0] if streams else None,
+                    err_stream=streams[1] if streams else None,
+                    timeout=timeout,
+                )
+            except CommandTimedOut as timed_out:
+                raise StepFailure(
+                    f"`{masker.mask(line)}` did not finish within {timed_out.timeout:g} seconds.",
+                    "Check the cluster and the network; raise the step's timeout in "
+                    "config/environments.yaml if this environment is just slow.",
+                ) from None
+            finally:
+                for stream in streams:
+                    stream.end()
+        # A member's interrupt is consumed here, so the cleanup's own commands run to their end.
+        self.checkpoint()
+        if local.interrupted:
             raise KeyboardInterrupt
         # invoke raises UnexpectedExit only without warn=True; failures arrive here.
         outcome = Result(result.stdout, result.stderr, result.exited)
@@ -180,4 +211,5 @@ class Runner:
 
     def _env_prefix(self) -> str:
         shown = {k: v for k, v in self.env.items() if k != "PATH"}
+        masker = current().masker
         return "".join(f"{k}={shlex.quote(masker.mask(v))} " for k, v in sorted(shown.items()))

@@ -23,9 +23,10 @@ import yaml
 from invoke import Context, task
 
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
-from tasks.output import masker, say, warn
+from tasks.output import say, warn
 from tasks.pipeline import Skipped, StepContext, perform
 from tasks.registry import REGISTRY_FILE, Environment
+from tasks.run import current
 from tasks.runner import PROJECT_ROOT
 from tasks.secrets_keys import (
     Repository,
@@ -111,6 +112,7 @@ def register_secret_values(env: Environment, root: Path = PROJECT_ROOT) -> None:
 
     Reads what is already in plaintext; files still encrypted are passed over.
     """
+    masker = current().masker
     for name in secret_env_names(env):
         masker.register(os.environ.get(name, ""))
     for values in (f"{env.name}.yaml", "common.yaml"):
@@ -127,6 +129,7 @@ def register_secret_values(env: Environment, root: Path = PROJECT_ROOT) -> None:
 
 
 def _register_values(text: str) -> None:
+    masker = current().masker
     try:
         masker.register_tree(yaml.safe_load(text))
     except yaml.YAMLError:
@@ -143,6 +146,7 @@ def _register_credentials(text: str) -> None:
     # A key file is secret through and through; a JSON key's other fields (its
     # token URL, its account's address) are public, and masking their fragments
     # would blank out what error messages need to say.
+    masker = current().masker
     if "PRIVATE KEY-----" in text and text.lstrip().startswith("-----BEGIN"):
         masker.register(text)
     if '"private_key"' in text:

@@ -27,9 +27,10 @@ import gnupg
 import yaml
 
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
-from tasks.output import masker, say, warn
+from tasks.output import say, warn
 from tasks.pipeline import StepContext
 from tasks.registry import REGISTRY_FILE, Environment
+from tasks.run import current
 from tasks.runner import Runner
 from tasks.values import GIT_CRYPT_HEADER
 
@@ -107,7 +108,7 @@ def read_secret_env(ctx: StepContext, env: Environment, field: str) -> str:
     name = getattr(env.key, field)
     value = os.environ.get(name, "")
     if value:
-        masker.register(value)
+        current().masker.register(value)
         return value
     if ctx.dry_run:
         return f"${name}"
@@ -160,7 +161,7 @@ def check_key(env: Environment, data: bytes, origin: str) -> None:
             "Export the key with `git-crypt export-key FILE` (add `-k NAME` for a named key) "
             "in a clone that is unlocked.",
         )
-    masker.register(base64.b64encode(data).decode())
+    current().masker.register(base64.b64encode(data).decode())
     if name != env.key.key_name:
         raise StepFailure(
             f"{origin} holds {key_label(name)}, but environment {env.name}'s secrets are "

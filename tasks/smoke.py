@@ -31,7 +31,6 @@ from pathlib import Path
 
 from invoke import Context, task
 
-from tasks import access  # noqa: F401  (registers how a step opens its cluster's credentials)
 from tasks import values as values_module
 from tasks.errors import StepFailure
 from tasks.output import say

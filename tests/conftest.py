@@ -4,18 +4,33 @@
 suite that `invoke smoke-test --env=X` runs against a live environment.
 """
 
-from tests.fixtures.chain import both_clusters, demo_namespaces_cleaned_up
+from collections.abc import Iterator
+
+import pytest
+
+from tasks import run
+from tests.fixtures.chain import both_clusters, demo_clusters, demo_namespaces_cleaned_up
 from tests.fixtures.cluster import LocalCluster, local_cluster
 from tests.fixtures.site import chart_dependencies, demo_secrets, site_env
 
 collect_ignore = ["smoke"]
 
+
+@pytest.fixture(autouse=True)
+def fresh_run() -> Iterator[run.Run]:
+    """Every test in a run of its own: its masker, summary, registry and held credentials."""
+    with run.fresh() as state:
+        yield state
+
+
 __all__ = [
     "LocalCluster",
     "both_clusters",
     "chart_dependencies",
+    "demo_clusters",
     "demo_namespaces_cleaned_up",
     "demo_secrets",
+    "fresh_run",
     "local_cluster",
     "site_env",
 ]

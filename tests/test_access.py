@@ -25,13 +25,9 @@ from tasks.errors import StepFailure
 from tasks.pipeline import StepContext, invocation, load_registry, perform, pinned_tool_dirs
 from tasks.runner import Runner
 from tests.fakes import gcloud
-from tests.fakes.environments import fresh_registry, use_registry
+from tests.fakes.environments import use_registry
 from tests.fakes.sshd import LocalSshd, keypair
 from tests.fixtures.cluster import LocalCluster
-
-__all__ = ["fresh_registry"]
-
-pytestmark = pytest.mark.usefixtures("fresh_registry")
 
 
 def step_context(name: str) -> StepContext:

@@ -46,6 +46,7 @@ STEP_NAMES = {
     "upgrade": "upgrade",
     "wait_rollout": "wait-rollout",
     "smoke_test": "smoke-test",
+    "check_promotion": "check-promotion",
 }
 
 
@@ -72,6 +73,7 @@ def test_plan_runs_staging_fully_before_prod_and_shared_steps_once():
         "wait-rollout[staging]",
         "smoke-test[staging]",
         "deploy-staging",
+        "check-promotion[prod]",
         "lock[prod]",
         "annotate-grafana[prod]",
         "upgrade[prod]",
@@ -90,7 +92,7 @@ def test_plan_for_staging_runs_staging_alone():
 def test_unknown_environment_lists_the_known_ones():
     result = invoke("deploy", "--env=nowhere", "--dry-run")
     assert result.returncode == 1
-    assert "Unknown environment 'nowhere'" in result.stderr + result.stdout
+    assert "Unknown environment or group 'nowhere'" in result.stderr + result.stdout
     assert "local-prod" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
 
@@ -218,6 +220,8 @@ def test_demo_chain_deploys_staging_then_prod(both_clusters, tmp_path):
     # cluster checks, more of them than the HTTP checks KWOK's pods cannot answer.
     upgrades = re.findall(r"^upgrade: ok in .*; hook Job hook-image-awaiter succeeded", out, re.M)
     assert len(upgrades) == 2, out[-3000:]
+    # local-prod deployed what local-staging had just verified.
+    assert re.search(r"^check-promotion: ok in .*: what local-staging verified$", out, re.M), out
     for env in ("local-staging", "local-prod"):
         found = re.search(rf"smoke tests on {env}: (\d+) passed, (\d+) skipped", out)
         assert found and int(found.group(1)) > int(found.group(2)), out[-3000:]
@@ -554,7 +558,13 @@ def test_a_stuck_target_release_stops_the_deploy_before_staging_is_touched(both_
             if Path(command[0]).name == "helm" and "upgrade" in command:
                 os.kill(pid, signal.SIGKILL)
 
-    killed = run_and_act(["upgrade", "--env=local-prod"], stuck_env, "$ helm upgrade", kill_helm)
+    # Run alone, without local-staging ever deployed: nothing verified to promote.
+    killed = run_and_act(
+        ["upgrade", "--env=local-prod", "--promote-unverified"],
+        stuck_env,
+        "$ helm upgrade",
+        kill_helm,
+    )
     assert "stuck in pending-install" in killed.output, killed.output[-3000:]
 
     result = invoke("deploy", "--env=local-prod", "--yes", env=env)

@@ -23,14 +23,10 @@ from tasks.doctor import FAIL, OK, WARN
 from tasks.pipeline import StepContext, load_registry
 from tasks.runner import PROJECT_ROOT, Runner
 from tests.fakes.downloads import FileServer
-from tests.fakes.environments import fresh_registry, use_registry
+from tests.fakes.environments import use_registry
 from tests.fakes.sshd import LocalSshd, free_port, keypair
 from tests.fixtures.cluster import LocalCluster
 from tests.helpers_git import certificate, kubeconfig
-
-__all__ = ["fresh_registry"]
-
-pytestmark = pytest.mark.usefixtures("fresh_registry")
 
 UPSTREAM = "https://jupyterhub.github.io/helm-chart/"
 GRAFANA_TOKEN = "glsa_doctor_test_token_0123456789"
@@ -235,7 +231,7 @@ def test_grafana_refusing_the_token_fails(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_a_chart_index_without_the_pinned_version_fails(
-    chart_repository: FileServer, fresh_registry: None
+    chart_repository: FileServer,
 ) -> None:
     chart_repository.add("/index.yaml", b"apiVersion: v1\nentries:\n  binderhub: []\n")
     checks = doctor.chart_checks(load_registry())

@@ -11,12 +11,12 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from tasks import grafana, pipeline
+from tasks import grafana
 from tasks.errors import StepFailure
 from tasks.grafana import RetryPolicy, annotate_grafana, close_region, close_regions
-from tasks.output import masker, summary
 from tasks.pipeline import StepContext, Stop
 from tasks.registry import ClusterAccess, Environment, Grafana, KeySource, Registry
+from tasks.run import current
 from tasks.runner import Runner
 from tests.fakes.grafana_server import FakeGrafana
 
@@ -35,7 +35,7 @@ CI_VARIABLES = (
 
 
 @pytest.fixture(autouse=True)
-def clean_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in CI_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("USER", "operator")
@@ -43,14 +43,18 @@ def clean_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(
         grafana, "retry_policy", RetryPolicy(attempts=3, first_delay=0.01, timeout=0.3)
     )
-    grafana.open_regions.clear()
-    grafana.unresponsive.clear()
-    summary.reset()
-    yield
-    grafana.open_regions.clear()
-    grafana.unresponsive.clear()
-    summary.reset()
-    masker.forget_all()
+
+
+def region(env_name: str) -> grafana.Region | None:
+    return current().environment(env_name).region
+
+
+def warnings() -> list[str]:
+    return current().summary.warnings
+
+
+def last_record_result() -> str:
+    return current().summary.records[-1].result
 
 
 @pytest.fixture
@@ -110,8 +114,7 @@ def use_registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     """Make the tasks see a registry holding just the given environments."""
 
     def install(*envs: Environment) -> None:
-        registry = Registry({env.name: env for env in envs}, Path("mybinder"))
-        monkeypatch.setattr(pipeline, "load_registry", lambda: registry)
+        current().use_registry(Registry({env.name: env for env in envs}, Path("mybinder")))
 
     return install
 
@@ -148,7 +151,7 @@ def test_start_posts_a_region_with_commit_pull_request_and_deployer(
     assert body["dashboardUID"] == "deploys"
     assert request.header("X-Grafana-Org-Id") == "2"
     assert request.header("Authorization") == f"Bearer {TOKEN}"
-    assert grafana.open_regions["staging"].annotation_id == 1
+    assert region("staging").annotation_id == 1
 
 
 def test_squash_subject_and_local_user_are_named() -> None:
@@ -171,7 +174,7 @@ def test_success_closes_the_region_keeping_its_tags(
     assert patch.json["timeEnd"] >= post.json["time"]
     assert patch.json["tags"] == ["deployment", "staging", "mybinder", "success"]
     assert server.annotations[1]["tags"] == patch.json["tags"]
-    assert grafana.open_regions == {}
+    assert grafana.open_regions() == []
 
 
 def test_failure_is_tagged_with_the_failed_step(
@@ -204,7 +207,7 @@ def test_interrupted_deploy_closes_every_open_region(
     patches = [r for r in server.requests if r.method == "PATCH"]
     assert [p.path for p in patches] == ["/api/annotations/1", "/api/annotations/2"]
     assert all(p.json["tags"][-1] == "interrupted" for p in patches)
-    assert grafana.open_regions == {}
+    assert grafana.open_regions() == []
 
 
 def test_refused_token_warns_without_failing_the_deploy(
@@ -219,9 +222,9 @@ def test_refused_token_warns_without_failing_the_deploy(
     assert "token is invalid or lacks permission to create annotations" in err
     assert "Editor role" in err
     assert len(server.requests) == 1, "a refused token is not retried"
-    assert summary.records[-1].result == "ok"
-    assert any("not opened" in w for w in summary.warnings)
-    assert grafana.open_regions == {}
+    assert last_record_result() == "ok"
+    assert any("not opened" in w for w in warnings())
+    assert grafana.open_regions() == []
 
 
 def test_refused_token_is_fatal_when_strict(
@@ -235,7 +238,7 @@ def test_refused_token_is_fatal_when_strict(
 
     assert stopped.value.code == 1
     assert "lacks permission to create annotations" in str(stopped.value.message)
-    assert summary.records[-1].result == "failed"
+    assert last_record_result() == "failed"
 
 
 def test_strict_registry_setting_makes_it_fatal_too(
@@ -258,8 +261,8 @@ def test_server_errors_are_retried_and_one_annotation_is_created(
 
     assert len(posts(server)) == 3
     assert list(server.annotations) == [1]
-    assert grafana.open_regions["staging"].annotation_id == 1
-    assert summary.warnings == []
+    assert region("staging").annotation_id == 1
+    assert warnings() == []
 
 
 def test_a_post_left_unanswered_is_never_sent_again(
@@ -273,7 +276,7 @@ def test_a_post_left_unanswered_is_never_sent_again(
 
     assert len(posts(server)) == 1
     assert "no annotation" in (note or "")
-    warning = summary.warnings[0]
+    warning = warnings()[0]
     assert "no answer within 0.3s" in warning
     assert "may have created the region" in warning and "not sent again" in warning
 
@@ -288,7 +291,7 @@ def test_a_hanging_grafana_is_not_asked_again_in_the_same_run(
     close_regions("success")
 
     assert len(server.requests) == 1
-    assert "did not answer earlier in this run" in summary.warnings[1]
+    assert "did not answer earlier in this run" in warnings()[1]
 
 
 def test_a_gateway_error_on_a_post_is_not_retried(
@@ -300,7 +303,7 @@ def test_a_gateway_error_on_a_post_is_not_retried(
     grafana.start_region(step_context(env, repo))
 
     assert len(posts(server)) == 1
-    assert "may have created the region" in summary.warnings[0]
+    assert "may have created the region" in warnings()[0]
 
 
 def test_retries_stop_when_the_requests_budget_is_spent(
@@ -325,7 +328,7 @@ def test_unreachable_grafana_is_a_warning(secrets: Path, repo: Path) -> None:
 
     grafana.start_region(step_context(env, repo))
 
-    assert "could not connect" in summary.warnings[0]
+    assert "could not connect" in warnings()[0]
 
 
 def test_failed_close_warns_and_is_fatal_only_when_strict(
@@ -340,8 +343,8 @@ def test_failed_close_warns_and_is_fatal_only_when_strict(
         close_regions("success")
 
     assert len([r for r in server.requests if r.method == "PATCH"]) == 2
-    assert "staging not closed as success" in summary.warnings[0]
-    assert grafana.open_regions == {}
+    assert "staging not closed as success" in warnings()[0]
+    assert grafana.open_regions() == []
 
 
 def test_failed_close_of_a_failed_deploy_keeps_the_deploy_failure_as_the_one_reported(
@@ -353,7 +356,7 @@ def test_failed_close_of_a_failed_deploy_keeps_the_deploy_failure_as_the_one_rep
 
     close_regions("failure", failed_step="upgrade")
 
-    assert "prod not closed as failure" in summary.warnings[0]
+    assert "prod not closed as failure" in warnings()[0]
 
 
 def test_strict_close_failure_after_a_good_deploy_stops_the_pipeline(
@@ -377,7 +380,7 @@ def test_no_grafana_configured_skips_with_a_notice(
     annotate_grafana(Context(), env="local-staging")
 
     assert "skipped: no Grafana configured for local-staging" in capfd.readouterr().out
-    assert summary.records[-1].result == "skipped"
+    assert last_record_result() == "skipped"
     close_region("local-staging", "success")
 
 
@@ -418,8 +421,8 @@ def test_locked_token_file_says_to_decrypt_the_secrets(
     grafana.start_region(step_context(env, repo))
 
     assert server.requests == []
-    assert "still encrypted" in summary.warnings[0]
-    assert "invoke decrypt-secrets --env=prod" in summary.warnings[0]
+    assert "still encrypted" in warnings()[0]
+    assert "invoke decrypt-secrets --env=prod" in warnings()[0]
     with pytest.raises(StepFailure, match="secrets are locked"):
         grafana.start_region(step_context(env, repo), strict=True)
 
@@ -464,9 +467,7 @@ def test_token_never_appears_in_any_output(
         annotate_grafana(Context(), env="staging", strict=True)
 
     captured = capfd.readouterr()
-    everything = "\n".join(
-        [captured.out, captured.err, str(stopped.value.message), *summary.warnings]
-    )
+    everything = "\n".join([captured.out, captured.err, str(stopped.value.message), *warnings()])
     assert "Bearer ********" in everything
     assert TOKEN not in everything
     assert TOKEN not in repr(grafana.Region("x", env.grafana, TOKEN, (), 0, False))

@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from invoke import Context
 
-from tasks import runner
 from tasks.cluster import clusters
 from tasks.errors import CommandFailed
 from tasks.runner import PROJECT_ROOT, Runner
@@ -59,13 +59,14 @@ def test_sigterm_stops_the_running_command_and_the_run():
 
 
 def test_the_commands_after_an_interrupt_run_to_their_end():
-    # The interrupt of one command must not cut short the cleanup's own commands
-    # (releasing the deploy lock): the flag is the interrupted command's alone.
-    runner.interrupted.set()
-    try:
-        result = Runner(Context()).run(["echo", "cleanup ran"], quiet=True)
-    finally:
-        runner.interrupted.clear()
+    # The interrupt stops the command running then; the cleanup's commands that follow
+    # (releasing the deploy lock, closing a Grafana region) run to their end.
+    threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        Runner(Context()).run(["sleep", "20"], quiet=True)
+    assert time.monotonic() - started < 15
+    result = Runner(Context()).run(["echo", "cleanup ran"], quiet=True)
     assert result.stdout.strip() == "cleanup ran"
 
 

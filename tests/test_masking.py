@@ -8,7 +8,8 @@ import shutil
 import pytest
 import yaml
 
-from tasks.output import FRAGMENT_LENGTH, SecretMasker, masker
+from tasks.masking import FRAGMENT_LENGTH, SecretMasker
+from tasks.run import current
 from tasks.runner import PROJECT_ROOT
 from tasks.secrets import _register_values
 from tests.fixtures.chain import demo_registry, invoke
@@ -56,11 +57,9 @@ def test_ordinary_text_is_left_alone():
 
 
 def test_a_broken_secret_line_registers_the_value_before_its_stray_colon():
-    try:
-        _register_values(BROKEN_LINE)
-        assert leaked_pieces(masker.mask(pyyaml_message(BROKEN_LINE)), TOKEN, FRAGMENT_LENGTH) == []
-    finally:
-        masker.forget_all()
+    _register_values(BROKEN_LINE)
+    shown = current().masker.mask(pyyaml_message(BROKEN_LINE))
+    assert leaked_pieces(shown, TOKEN, FRAGMENT_LENGTH) == []
 
 
 @pytest.mark.cluster

@@ -173,3 +173,76 @@ def test_a_local_cluster_name_invoke_cluster_up_would_refuse_is_refused(tmp_path
     root = write_registry(tmp_path, "environments:\n  a:" + body)
     with pytest.raises(StepFailure, match="is not a local cluster name"):
         registry.load(root)
+
+
+# -- groups -------------------------------------------------------------------------
+
+GATED = LOCAL + "    gated_by: staging\n"
+
+
+def group_registry(tmp_path: Path, groups: str, members: tuple[str, ...] = ("a", "b")) -> Path:
+    environments = "environments:\n  staging:" + LOCAL
+    environments += "".join(f"  {name}:" + GATED for name in members)
+    return write_registry(tmp_path, environments + "groups:\n" + groups)
+
+
+def test_shipped_registry_has_the_prod_federation():
+    loaded = registry.load(PROJECT_ROOT)
+    federation = loaded.group("federation")
+    assert federation is not None and "prod" in federation.members
+    assert federation.gate == "staging"
+    assert [e.name for e in loaded.chain("federation")] == ["staging", *federation.members]
+
+
+def test_a_group_knows_its_gate_and_experimental_members(tmp_path):
+    root = group_registry(tmp_path, "  fed:\n    members: [a, b]\n    experimental: [b]\n")
+    loaded = registry.load(root)
+    fed = loaded.group("fed")
+    assert (fed.members, fed.experimental, fed.gate) == (("a", "b"), ("b",), "staging")
+    assert loaded.target("fed") is fed and loaded.target("a") == loaded.get("a")
+    assert [e.name for e in loaded.checked_first("fed")] == ["staging", "a"]
+
+
+@pytest.mark.parametrize(
+    ("groups", "line", "said"),
+    [
+        (
+            "  fed:\n    members: [a, nowhere]\n",
+            21,
+            "'fed' members: 'nowhere' is not an environment",
+        ),
+        ("  fed:\n    members: [a, a]\n", 21, "'a' is listed twice"),
+        ("  fed:\n    members: [a]\n    experimental: [b]\n", 22, "'b' is experimental but not"),
+        ("  fed:\n    description: x\n", 21, "group 'fed' has no `members:`"),
+        ("  fed:\n    members: []\n", 21, "group 'fed' lists no members"),
+        ("  fed:\n    members: [staging]\n", 21, "member 'staging' has no gated_by"),
+        ("  a:\n    members: [b]\n", 21, "group 'a' has the name of an environment"),
+        ("  fed:\n    member: [a]\n", 21, "unknown key 'member'"),
+    ],
+)
+def test_a_mistake_in_a_group_names_its_line(tmp_path, groups, line, said):
+    root = group_registry(tmp_path, groups)
+    with pytest.raises(StepFailure) as raised:
+        registry.load(root)
+    assert f"config/environments.yaml:{line}:" in raised.value.why
+    assert said in raised.value.why
+
+
+def test_members_gated_by_different_environments_cannot_form_a_group(tmp_path):
+    text = "environments:\n  staging:" + LOCAL + "  other:" + LOCAL
+    text += "  a:" + GATED + "  b:" + LOCAL + "    gated_by: other\n"
+    root = write_registry(tmp_path, text + "groups:\n  fed:\n    members: [a, b]\n")
+    with pytest.raises(StepFailure) as raised:
+        registry.load(root)
+    assert "gated by different environments (a by staging, b by other)" in raised.value.why
+
+
+def test_an_unknown_target_lists_environments_and_groups(tmp_path):
+    loaded = registry.load(group_registry(tmp_path, "  fed:\n    members: [a]\n"))
+    with pytest.raises(StepFailure) as raised:
+        loaded.target("feed")
+    assert "Unknown environment or group 'feed'" in raised.value.why
+    assert "fed" in raised.value.fix and "staging" in raised.value.fix
+    with pytest.raises(StepFailure) as one:
+        loaded.get("fed")
+    assert "'fed' is a group of environments" in one.value.why

@@ -15,8 +15,8 @@ import yaml
 from tasks import release
 from tasks.cluster import clusters, tools
 from tasks.errors import StepFailure
-from tasks.output import masker
 from tasks.pipeline import load_registry
+from tasks.run import current
 from tests.fixtures.chain import slow_chart
 
 pytestmark = pytest.mark.cluster
@@ -274,11 +274,10 @@ def test_every_step_masks_the_environments_secret_values(demo_secrets):
 
     from tasks.pipeline import perform
 
-    masker.forget_all()
     perform(Context(), "probe", "local-staging", lambda ctx: None)
     secret_values = load_registry().get("local-staging").secret_path("config/local-staging.yaml")
     token = secret_values.read_text().split('"')[1]
-    assert masker.mask(f"x {token} y") == "x ******** y"
+    assert current().masker.mask(f"x {token} y") == "x ******** y"
 
 
 def test_tab_in_a_secret_values_file_is_named_without_its_content(site_env, tmp_path, capfd):

@@ -19,9 +19,10 @@ from invoke.exceptions import Exit
 
 from tasks import registry, secrets
 from tasks.errors import StepFailure
-from tasks.output import masker, say, summary
+from tasks.output import say
 from tasks.pipeline import Skipped, StepContext
 from tasks.registry import Environment, KeySource
+from tasks.run import current
 from tasks.runner import PROJECT_ROOT, Runner
 from tests.helpers_git import (
     GpgKeys,
@@ -44,13 +45,9 @@ CANARY_DEMO = "canary-demo-value-0c2d"
 
 
 @pytest.fixture(autouse=True)
-def fresh_masker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    masker.forget_all()
-    summary.reset()
+def no_keyring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # No test may reach the operator's own keyring.
     monkeypatch.setenv("GNUPGHOME", str(tmp_path / "no-keyring"))
-    yield
-    masker.forget_all()
 
 
 @pytest.fixture(scope="module")
@@ -506,7 +503,8 @@ def test_client_certificate_expiring_within_30_days_warns(
 
     assert note and "1 client certificate(s) expiring soon" in note
     assert "in 10 days" in capfd.readouterr().err
-    assert any("k3s client certificates expire after a year" in w for w in summary.warnings)
+    warnings = current().summary.warnings
+    assert any("k3s client certificates expire after a year" in w for w in warnings)
 
 
 def test_require_unlocked_sends_later_steps_to_decrypt_secrets(repo: SecretsRepo) -> None:
@@ -692,9 +690,9 @@ def test_register_secret_values_masks_an_already_unlocked_tree(repo: SecretsRepo
     secrets.register_secret_values(environment(), repo.root)
 
     for canary in CANARIES:
-        assert masker.mask(f"x {canary} y") == "x ******** y"
+        assert current().masker.mask(f"x {canary} y") == "x ******** y"
     client_key = kubeconfig_client_key(repo)
-    assert client_key not in masker.mask(client_key)
+    assert client_key not in current().masker.mask(client_key)
 
 
 def kubeconfig_client_key(repo: SecretsRepo) -> str:

@@ -106,6 +106,7 @@ def validate_with(tmp_path: Path, text: str) -> str:
     extra.write_text(text)
     registry = yaml.safe_load((PROJECT_ROOT / "config/environments.yaml").read_text())
     registry["environments"] = {"local-staging": registry["environments"]["local-staging"]}
+    registry.pop("groups")
     registry["environments"]["local-staging"]["extra_values"] = [str(extra)]
     path = tmp_path / "environments.yaml"
     path.write_text(yaml.safe_dump(registry))

@@ -31,7 +31,6 @@ import yaml
 from invoke import Context
 
 from tasks.errors import StepFailure
-from tasks.output import masker
 from tasks.pipeline import StepContext, load_registry
 from tasks.registry import REGISTRY_FILE
 from tasks.runner import PROJECT_ROOT, Runner
@@ -449,17 +448,14 @@ def test_failures_never_show_the_environments_secrets_or_tokens(demo_secrets: No
     from tests.smoke.probes import mask
     from tests.smoke.target import Target
 
-    try:
-        Target.load(load_registry().get("local-prod"), environ={}).register_secrets()
-        secret = yaml.safe_load((PROJECT_ROOT / "secrets/demo/config/local-prod.yaml").read_text())[
-            "federationRedirect"
-        ]["secretToken"]
-        shown = mask(
-            f"GET https://hub.example/user/x/?token=abc123def456 answered 500: {secret}\n"
-            '  body: {"url": "https://hub.example/user/x/", "token": "s3cr3t-t0ken"}'
-        )
-    finally:
-        masker.forget_all()
+    Target.load(load_registry().get("local-prod"), environ={}).register_secrets()
+    secret = yaml.safe_load((PROJECT_ROOT / "secrets/demo/config/local-prod.yaml").read_text())[
+        "federationRedirect"
+    ]["secretToken"]
+    shown = mask(
+        f"GET https://hub.example/user/x/?token=abc123def456 answered 500: {secret}\n"
+        '  body: {"url": "https://hub.example/user/x/", "token": "s3cr3t-t0ken"}'
+    )
     assert secret not in shown
     assert "abc123def456" not in shown and "s3cr3t-t0ken" not in shown
     assert "?token=********" in shown and '"token": "********"' in shown

@@ -22,9 +22,6 @@ from tasks.cluster import tools as go_builds
 from tasks.errors import StepFailure
 from tasks.toolchain import Download
 from tests.fakes.downloads import FileServer
-from tests.fakes.environments import fresh_registry
-
-__all__ = ["fresh_registry"]
 
 QUICK = (0.01, 0.01, 0.01)
 PINNED_HELM = go_builds.pinned_versions()["helm"]
@@ -194,7 +191,6 @@ def test_invoke_tools_installs_both_tools_then_reports_them(
     tmp_path: Path,
     server: FileServer,
     capsys: pytest.CaptureFixture[str],
-    fresh_registry: None,
 ) -> None:
     kubernetes = go_builds.pinned_versions()["kubernetes"]
     kubectl = fake_binary(f"Client Version: {kubernetes}")
@@ -217,7 +213,7 @@ def test_invoke_tools_installs_both_tools_then_reports_them(
 
 
 def test_invoke_tools_check_fails_on_a_wrong_version_and_installs_nothing(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_registry: None
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(toolchain, "TOOLS_BIN", tmp_path)
     (tmp_path / "kubectl").write_bytes(fake_binary("Client Version: v1.20.0"))

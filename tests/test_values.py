@@ -65,7 +65,7 @@ def test_a_layer_the_registry_names_must_exist(tmp_path):
 
 
 def test_secret_leaves_read_as_numbers_are_masked_too():
-    from tasks.output import SecretMasker
+    from tasks.masking import SecretMasker
 
     masker = SecretMasker()
     masker.register_tree({"apiToken": 12345678901234567890, "enabled": True, "port": 8080})

@@ -1,7 +1,7 @@
 """Local Kubernetes clusters for the demo and the tests: `invoke cluster.<task>`.
 
     cluster.build    build and cache the pinned tools (config/tools.yaml)
-    cluster.up       start binder-staging and binder-prod (or --name X)
+    cluster.up       start binder-staging, binder-prod and binder-prod-b (or --name X)
     cluster.down     stop them and check that no process or port is left
     cluster.status   what runs, its API server URL, its kubeconfig
 
@@ -50,7 +50,7 @@ def build(c: Context) -> None:
 @task(
     help={
         "name": "Cluster to start (default: the demo clusters "
-        + " and ".join(clusters.DEMO_CLUSTERS)
+        + ", ".join(clusters.DEMO_CLUSTERS)
         + ").",
         "nodes": f"Simulated nodes per cluster (default {clusters.NODES_PER_CLUSTER}).",
     }
@@ -69,7 +69,7 @@ def up(c: Context, name: str | None = None, nodes: int = clusters.NODES_PER_CLUS
 @task(
     help={
         "name": "Cluster to stop (default: the demo clusters "
-        + " and ".join(clusters.DEMO_CLUSTERS)
+        + ", ".join(clusters.DEMO_CLUSTERS)
         + ").",
         "all": "Stop every local cluster that has state under .local/, not only the demo ones.",
     }

@@ -51,7 +51,8 @@ from invoke.exceptions import Exit
 
 from tasks.cluster import tools
 
-DEMO_CLUSTERS: tuple[str, ...] = ("binder-staging", "binder-prod")
+# The demo's federation: its gate, then one cluster per member.
+DEMO_CLUSTERS: tuple[str, ...] = ("binder-staging", "binder-prod", "binder-prod-b")
 NODES_PER_CLUSTER = 2
 FAIL_LABEL = "kwok.binder.test/fail"
 FAILURES: tuple[str, ...] = (

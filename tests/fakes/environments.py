@@ -8,14 +8,13 @@ so they pass through the same loading and checking as config/environments.yaml.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tasks.pipeline import load_registry
+from tasks.run import current
 
 
 def use_registry(
@@ -36,13 +35,5 @@ def use_registry(
         yaml.safe_dump({"chart": "mybinder", "environments": environments}, sort_keys=False)
     )
     monkeypatch.setenv("DEPLOY_REGISTRY", str(path))
-    load_registry.cache_clear()
+    current().use_registry(None)
     return path
-
-
-@pytest.fixture
-def fresh_registry() -> Iterator[None]:
-    """Forget the registry a test loaded, so later tests read their own again."""
-    load_registry.cache_clear()
-    yield
-    load_registry.cache_clear()

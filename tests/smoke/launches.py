@@ -29,7 +29,7 @@ import pytest
 import requests
 import urllib3
 
-from tasks.output import masker
+from tasks.run import current
 from tests.smoke.probes import Probe, describe, excerpt, mask
 
 _LOG_LINES_SHOWN = 8
@@ -150,7 +150,7 @@ def _ready(url: str, event: dict[str, Any], phases: list[str]) -> Launch:
             pytrace=False,
         )
     token = str(event["token"])
-    masker.register(token)
+    current().masker.register(token)
     server = str(event["url"])
     return Launch(url=server if server.endswith("/") else server + "/", token=token, phases=phases)
 

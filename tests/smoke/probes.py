@@ -26,7 +26,7 @@ import pytest
 import requests
 from pytest_timeout import PYTEST_FAILURE_MESSAGE
 
-from tasks.output import masker
+from tasks.run import current
 from tasks.smoke import ASSERTION, ERROR, INFRASTRUCTURE
 from tests.smoke.target import Target
 
@@ -59,7 +59,7 @@ def mask(text: str) -> str:
     """Hide the environment's secrets and any token from text about to be shown."""
     for pattern in _TOKEN_PATTERNS:
         text = pattern.sub(lambda found: found.group(1) + "********", text)
-    return masker.mask(text)
+    return current().masker.mask(text)
 
 
 def excerpt(response: requests.Response) -> str:
