@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import paramiko
 import yaml
 from fabric import Config, Connection
+from paramiko.ssh_exception import NoValidConnectionsError
 
 from tasks import toolchain
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
@@ -331,8 +332,10 @@ def _connection(env: Environment, bastion: Bastion, key: Path) -> Connection:
     )
     if bastion.known_hosts:
         known = secret_file(env, bastion.known_hosts, "bastion.known_hosts")
-        connection.client.load_host_keys(str(known))
-        connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client = connection.client
+        assert client is not None  # fabric makes it with the Connection
+        client.load_host_keys(str(known))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
     else:
         warn(
             f"The host key of {env.name}'s bastion {bastion.host} is not pinned "
@@ -371,7 +374,7 @@ def _connect(connection: Connection, bastion: Bastion, key: Path, where: str) ->
                 "Put the bastion's deploy key there (OpenSSH or PEM format, no passphrase).",
             ) from None
         raise StepFailure(f"SSH to the bastion {where} failed: {error}.") from None
-    except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as error:
+    except (OSError, NoValidConnectionsError) as error:
         raise StepFailure(
             f"The bastion {where} cannot be reached: {error}.",
             "Check the bastion's host and port in config/environments.yaml and the network "

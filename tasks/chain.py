@@ -27,7 +27,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
-from invoke import Call, Collection, Context, Executor, Task, call, task
+from invoke import Call, Collection, Context, Executor, Task, task
 from invoke.exceptions import Exit
 
 from tasks import (
@@ -45,7 +45,16 @@ from tasks import (
 )
 from tasks.errors import StepFailure
 from tasks.output import folded, say, warn
-from tasks.pipeline import StepContext, Stop, confirm, dry_run_asked, invocation, perform
+from tasks.pipeline import (
+    StepContext,
+    Stop,
+    call,
+    chained_task,
+    confirm,
+    dry_run_asked,
+    invocation,
+    perform,
+)
 from tasks.registry import Environment, Group, Registry
 from tasks.run import current
 
@@ -132,7 +141,7 @@ def stage(
         # Every environment's values render before the first one is touched: a typo in
         # prod's values fails the run before staging is upgraded.
         pre += checks(registry.checked_first(target), options)
-    return Task(passed(env, options), name=f"deploy-{env.name}", pre=pre + own_steps(env, options))
+    return chained_task(passed(env, options), f"deploy-{env.name}", pre + own_steps(env, options))
 
 
 def member_stage(env: Environment, options: Options, experimental: bool) -> Task:
@@ -142,9 +151,7 @@ def member_stage(env: Environment, options: Options, experimental: bool) -> Task
     steps, where failing stops only itself.
     """
     first = checks([env], options) if experimental else []
-    return Task(
-        passed(env, options), name=f"deploy-{env.name}", pre=first + own_steps(env, options)
-    )
+    return chained_task(passed(env, options), f"deploy-{env.name}", first + own_steps(env, options))
 
 
 def passed(env: Environment, options: Options) -> Callable[[Context], None]:
@@ -194,10 +201,8 @@ def federation_task(registry: Registry, group: Group, options: Options) -> Task:
         )
 
     gate = registry.get(group.gate)
-    return Task(
-        deploy_members,
-        name=f"deploy-{group.name}",
-        pre=[stage(registry, gate, options, group.name)],
+    return chained_task(
+        deploy_members, f"deploy-{group.name}", [stage(registry, gate, options, group.name)]
     )
 
 
@@ -373,9 +378,10 @@ def demo(c: Context, dry_run: bool = False) -> None:
             folder = chartrepo.mirror_folder()
         except StepFailure as failure:
             warn(f"{failure.why} helm-deps fetches from {chartrepo.UPSTREAM} itself.")
-            mirror: AbstractContextManager[str | None] = nullcontext(None)
-        else:
-            mirror = chartrepo.mirror_upstream(folder)
+            folder = None
+        mirror: AbstractContextManager[str | None] = (
+            chartrepo.mirror_upstream(folder) if folder else nullcontext(None)
+        )
         with mirror as url:
             if url:
                 say(f"chart repository {chartrepo.UPSTREAM}: served from {folder} at {url}")

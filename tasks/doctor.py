@@ -457,7 +457,7 @@ def preflight_checks(ctx: StepContext) -> str:
     return "cluster reachable, namespace writable, not locked, release not pending"
 
 
-def preflight(c: Context, env: str) -> None:
+def preflight(c: Context, env: str | None) -> None:
     """For `deploy`: stop before touching anything when an environment's cluster is not ready."""
     perform(c, "preflight", env, preflight_checks)
 

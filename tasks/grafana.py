@@ -276,15 +276,10 @@ def read_token(env: Environment) -> str:
 
 def _token_for_dry_run(env: Environment) -> str:
     # A dry run often happens with the secrets locked; saying so is enough.
-    grafana = env.grafana
-    locked = (
-        grafana is not None
-        and grafana.token_file
-        and is_locked(env.secret_path(grafana.token_file))
-    )
-    if locked:
+    token_file = env.grafana.token_file if env.grafana else None
+    if token_file and is_locked(env.secret_path(token_file)):
         # In a real run decrypt-secrets has unlocked it by now.
-        say(f"[dry-run] Grafana token: from {env.secret_path(grafana.token_file)} (encrypted now)")
+        say(f"[dry-run] Grafana token: from {env.secret_path(token_file)} (encrypted now)")
         return ""
     try:
         return read_token(env)
@@ -311,6 +306,7 @@ def _send(method: str, url: str, grafana: Grafana, token: str, body: dict[str, A
         )
     deadline = time.monotonic() + policy.budget
     problem = ""
+    attempt = 0
     for attempt in range(1, policy.attempts + 1):
         if attempt > 1:
             pause = policy.delay_before(attempt)

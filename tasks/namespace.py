@@ -21,6 +21,7 @@ from tasks import (
     smoke,
     toolchain,
 )
+from tasks.pipeline import as_task
 
 ns = Collection()
 for step in (
@@ -45,5 +46,5 @@ for step in (
     checks.test,
     lock.unlock,
 ):
-    ns.add_task(step)
+    ns.add_task(as_task(step))
 ns.add_collection(cluster.ns, name="cluster")

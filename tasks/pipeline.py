@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
-from invoke import Context
+import invoke
+from invoke import Call, Context, Task
 from invoke.exceptions import Exit
 
 from tasks import checkout
@@ -40,6 +42,26 @@ from tasks.report import (
 )
 from tasks.run import Run, current
 from tasks.runner import PROJECT_ROOT, Runner, invoke_dry_refusal, sigterm_as_interrupt
+
+
+def as_task(step: Callable[..., Any]) -> Task:
+    """A function decorated with invoke's `@task`, as the Task it is.
+
+    invoke types its decorator as returning a bare Callable, so type checkers
+    see the undecorated function.
+    """
+    return cast(Task, step)
+
+
+def call(step: Callable[..., Any], **kwargs: Any) -> Call:
+    """invoke's `call` of a step: run it as a pre-task with these arguments."""
+    return invoke.call(as_task(step), **kwargs)
+
+
+def chained_task(body: Callable[..., Any], name: str, pre: Sequence[Call | Task]) -> Task:
+    """A task that runs `pre` (tasks or calls) first, then `body`."""
+    # invoke types `pre` as task names; it takes tasks and calls as well.
+    return Task(body, name=name, pre=cast(list[str], list(pre)))
 
 
 @dataclass

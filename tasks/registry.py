@@ -256,7 +256,7 @@ class _Reader:
         return RegistryError(f"{self.path}{line}: {message}", fix)
 
     def mapping(
-        self, node: yaml.Node, where: str, allowed: tuple[str, ...]
+        self, node: yaml.Node | None, where: str, allowed: tuple[str, ...]
     ) -> dict[str, yaml.Node]:
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, f"{where} must be a mapping of keys to values.")

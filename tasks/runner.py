@@ -196,7 +196,9 @@ class Runner:
         self.checkpoint()
         if local.interrupted:
             raise KeyboardInterrupt
-        # invoke raises UnexpectedExit only without warn=True; failures arrive here.
+        # invoke raises UnexpectedExit only without warn=True; failures arrive here, and
+        # returns None only for disown=True, which is never asked.
+        assert result is not None
         outcome = Result(result.stdout, result.stderr, result.exited)
         if check and not outcome.ok:
             raise CommandFailed(line, outcome.exit_code, outcome.stdout, outcome.stderr)
