@@ -16,25 +16,20 @@ import hashlib
 import json
 import re
 import tarfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
 
-import requests
 import yaml
 from invoke import Context, task
 
+from tasks import http
 from tasks import values as values_module
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
 from tasks.output import say
 from tasks.pipeline import Skipped, StepContext, Stop, invocation, load_registry, perform
 from tasks.registry import Environment
 from tasks.runner import PROJECT_ROOT
-
-RETRY_DELAYS = (1.0, 3.0, 9.0)
-HTTP_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -46,10 +41,6 @@ class Dependency:
     @property
     def archive(self) -> str:
         return f"{self.name}-{self.version}.tgz"
-
-
-class FetchError(Exception):
-    pass
 
 
 def pinned_dependencies(chart_dir: Path) -> list[Dependency]:
@@ -154,44 +145,6 @@ def archive_is_valid(path: Path, dependency: Dependency) -> bool:
     return meta.get("name") == dependency.name and str(meta.get("version")) == dependency.version
 
 
-def fetch_with_retries(
-    url: str,
-    *,
-    delays: tuple[float, ...] | None = None,
-    get: Callable[..., requests.Response] = requests.get,
-    sleep: Callable[[float], None] = time.sleep,
-) -> bytes:
-    """GET `url`, retrying timeouts, DNS and connection errors and 5xx with backoff."""
-    delays = RETRY_DELAYS if delays is None else delays
-    last_error = ""
-    for attempt in range(len(delays) + 1):
-        try:
-            response = get(url, timeout=HTTP_TIMEOUT)
-        except requests.RequestException as error:
-            last_error = _network_reason(error)
-        else:
-            if response.status_code < 400:
-                return response.content
-            last_error = f"HTTP {response.status_code} {response.reason}"
-            if response.status_code < 500:
-                raise FetchError(last_error)
-        if attempt < len(delays):
-            say(f"  {url}: {last_error}; retrying in {delays[attempt]:g}s")
-            sleep(delays[attempt])
-    raise FetchError(f"{last_error} (after {len(delays) + 1} attempts)")
-
-
-def _network_reason(error: requests.RequestException) -> str:
-    text = str(error)
-    if isinstance(error, requests.Timeout):
-        return "timed out"
-    if "Name or service not known" in text or "getaddrinfo" in text or "NameResolution" in text:
-        return "DNS lookup failed"
-    if isinstance(error, requests.ConnectionError):
-        return "connection failed"
-    return type(error).__name__
-
-
 def mirrored(repository: str, mirrors: dict[str, str]) -> str:
     for original, mirror in mirrors.items():
         if repository.rstrip("/") == original.rstrip("/"):
@@ -204,8 +157,8 @@ def _index(repository: str, mirrors: dict[str, str], cache: dict[str, dict]) -> 
     if base not in cache:
         url = urljoin(base, "index.yaml")
         try:
-            cache[base] = yaml.safe_load(fetch_with_retries(url)) or {}
-        except FetchError as error:
+            cache[base] = yaml.safe_load(http.fetch(url)) or {}
+        except http.HttpFailure as error:
             raise StepFailure(
                 f"Could not fetch the index of the chart repository {_source(base, repository)}: "
                 f"{error}.",
@@ -264,8 +217,8 @@ def download(dependency: Dependency, charts_dir: Path, mirrors: dict[str, str], 
         )
     url = urljoin(base, (entry.get("urls") or [dependency.archive])[0])
     try:
-        content = fetch_with_retries(url)
-    except FetchError as error:
+        content = http.fetch(url)
+    except http.HttpFailure as error:
         raise StepFailure(
             f"Could not download {dependency.archive} from {url}: {error}.",
             "The repository or the network is having difficulties; re-run the step.",

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import requests
 import yaml
 from invoke import Context, task
 
-from tasks import access, charts, grafana, lock, release, secrets, toolchain
+from tasks import access, charts, grafana, http, lock, release, secrets, toolchain
 from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
 from tasks.output import say
 from tasks.pipeline import StepContext, perform
@@ -38,8 +36,6 @@ from tasks.secrets_keys import EXPIRY_WARNING_DAYS, check_certificates
 from tasks.values import is_locked
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
-HTTP_TIMEOUT = 10.0
-INDEX_RETRY_DELAYS = (1.0,)
 
 KUBECTL_FAILURES = (
     Diagnosis(
@@ -316,7 +312,7 @@ def _writable(runner: Runner, env: Environment) -> Check:
     return Check("namespace", OK, f"may create and patch Deployments in {env.namespace}")
 
 
-def grafana_check(env: Environment, get: Callable[..., requests.Response] = requests.get) -> Check:
+def grafana_check(env: Environment) -> Check:
     """The annotation token, tried on a read of the annotations API."""
     settings = env.grafana
     if settings is None:
@@ -325,19 +321,22 @@ def grafana_check(env: Environment, get: Callable[..., requests.Response] = requ
         token = grafana.read_token(env)
     except StepFailure as failure:
         return Check("grafana", FAIL, failure.why, failure.fix)
-    headers = {"Authorization": f"Bearer {token}"}
-    if settings.org_id is not None:
-        headers["X-Grafana-Org-Id"] = str(settings.org_id)
     url = f"{settings.url}/api/annotations"
     # Without `strict` an annotation problem only warns during a deploy.
     unreachable = FAIL if settings.strict else WARN
     try:
-        response = get(url, params={"limit": 1}, headers=headers, timeout=HTTP_TIMEOUT)
-    except requests.RequestException as error:
+        response = http.request(
+            "GET",
+            url,
+            retries=http.PROBES,
+            params={"limit": 1},
+            headers=grafana.headers(settings, token),
+        )
+    except http.HttpFailure as error:
         return Check(
             "grafana",
             unreachable,
-            f"{settings.url} cannot be reached ({type(error).__name__})",
+            f"{settings.url} cannot be reached ({error.reason})",
             "Check the URL in config/environments.yaml and the network.",
         )
     if response.status_code in (401, 403):
@@ -374,10 +373,8 @@ def chart_checks(registry: Registry, root: Path = PROJECT_ROOT) -> list[Check]:
         url = source.rstrip("/") + "/index.yaml"
         if url not in indexes:
             try:
-                indexes[url] = (
-                    yaml.safe_load(charts.fetch_with_retries(url, delays=INDEX_RETRY_DELAYS)) or {}
-                )
-            except (charts.FetchError, yaml.YAMLError) as error:
+                indexes[url] = yaml.safe_load(http.fetch(url, http.PROBES)) or {}
+            except (http.HttpFailure, yaml.YAMLError) as error:
                 indexes[url] = str(error)
         index = indexes[url]
         what = f"{dependency.name} {dependency.version} from {url}"

@@ -45,6 +45,7 @@ import requests
 from invoke import Context, task
 from invoke.exceptions import Exit
 
+from tasks import http
 from tasks.errors import StepFailure
 from tasks.output import draws_in_place, say
 from tasks.pipeline import StepContext, perform
@@ -248,7 +249,7 @@ class Api:
 
     def __init__(self, base: str) -> None:
         self.base = base
-        self.session = _session()
+        self.session = http.loopback_session()
 
     def get(
         self, path: str, params: dict[str, Any] | None = None, seconds: float = 30
@@ -291,13 +292,6 @@ def _list_all(api: Api, path: str) -> Iterator[Obj]:
         params["continue"] = more
 
 
-def _session() -> requests.Session:
-    session = requests.Session()
-    # An HTTP(S)_PROXY meant for the outside world must not capture loopback traffic.
-    session.trust_env = False
-    return session
-
-
 class WatchStream(threading.Thread):
     """Lists one kind of object, then watches it from the list's version, forever.
 
@@ -322,7 +316,7 @@ class WatchStream(threading.Thread):
         self.path = RESOURCES[resource].format(ns=namespace)
         self.out = out
         self.stop = stop
-        self.session = _session()
+        self.session = http.loopback_session()
 
     def run(self) -> None:
         failures = 0

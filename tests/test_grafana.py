@@ -11,9 +11,9 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from tasks import grafana
+from tasks import grafana, http
 from tasks.errors import StepFailure
-from tasks.grafana import RetryPolicy, annotate_grafana, close_region, close_regions
+from tasks.grafana import annotate_grafana, close_region, close_regions
 from tasks.pipeline import StepContext, Stop
 from tasks.registry import ClusterAccess, Environment, Grafana, KeySource, Registry
 from tasks.run import current
@@ -41,7 +41,7 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("USER", "operator")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setattr(
-        grafana, "retry_policy", RetryPolicy(attempts=3, first_delay=0.01, timeout=0.3)
+        http, "ANNOTATIONS", http.Retries(attempts=3, first_pause=0.01, timeout=0.3)
     )
 
 
@@ -310,7 +310,7 @@ def test_retries_stop_when_the_requests_budget_is_spent(
     server: FakeGrafana, secrets: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        grafana, "retry_policy", RetryPolicy(attempts=6, first_delay=0.2, timeout=0.3, budget=0.5)
+        http, "ANNOTATIONS", http.Retries(attempts=6, first_pause=0.2, timeout=0.3, budget=0.5)
     )
     server.fail_next(6, status=500)
     env = make_env("staging", secrets, grafana_settings(server))

@@ -1,0 +1,240 @@
+"""The one door through which the pipeline speaks HTTP.
+
+Retries, timeouts, secret masking and dry-run hook in here once: chart
+repositories and tool downloads, Grafana, the doctor's probes and the
+rollout's watch of the API server all come through it. (The smoke suite under
+`tests/smoke/` is the deployment validation suite, run as its own pytest
+process with its own probe.)
+
+Retries are urllib3's `Retry`: it honours `Retry-After`, and never sends a
+request again that the server may have acted on, unless the method is
+idempotent. A connection that was never made is always safe to try again; a
+POST that timed out is never repeated, because a second one could, for
+example, open a second Grafana region that nothing would ever close.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.util import parse_url
+from urllib3.util.retry import Retry
+
+from tasks.masking import MASK
+from tasks.output import say
+from tasks.run import current
+
+# Answers by which a server says it is (for now) unable to act, so trying again later may work.
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Retries:
+    """How hard to try one request: attempts, first pause (doubled after each further
+    failure), seconds per attempt, and an optional budget for all of them together."""
+
+    attempts: int
+    first_pause: float
+    timeout: float
+    budget: float | None = None
+
+
+# The settings of every kind of request, in one place.
+DOWNLOADS = Retries(attempts=4, first_pause=1.0, timeout=20.0)  # chart repositories, tools
+PROBES = Retries(attempts=2, first_pause=1.0, timeout=10.0)  # the doctor's checks
+ANNOTATIONS = Retries(attempts=3, first_pause=1.0, timeout=10.0, budget=15.0)  # Grafana
+
+
+class HttpFailure(Exception):
+    """A request that got no usable answer; `reason` is short and masked.
+
+    `maybe_received` is False only when the server certainly never got the
+    request (no connection was made), so that it did not act on it.
+    """
+
+    def __init__(self, reason: str, maybe_received: bool, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.maybe_received = maybe_received
+        self.timed_out = timed_out
+
+
+class _Retry(Retry):
+    """urllib3's Retry, which also says each retry and keeps to a deadline."""
+
+    label = ""
+    deadline: float | None = None
+    # Statuses by which the server says it did not act: retried whatever the method.
+    unacted: frozenset[int] = frozenset()
+
+    def new(self, **kwargs: Any) -> _Retry:
+        retry = super().new(**kwargs)
+        retry.label, retry.deadline, retry.unacted = self.label, self.deadline, self.unacted
+        return retry
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if status_code in self.unacted and self.total:
+            return True
+        return super().is_retry(method, status_code, has_retry_after)
+
+    def is_exhausted(self) -> bool:
+        late = self.deadline is not None and time.monotonic() + self.get_backoff_time() >= (
+            self.deadline
+        )
+        return late or super().is_exhausted()
+
+    def increment(
+        self, method: str | None = None, url: str | None = None, *args: Any, **kwargs: Any
+    ) -> Retry:
+        retry = super().increment(method, url, *args, **kwargs)
+        last = retry.history[-1] if retry.history else None
+        if last is not None:
+            problem = f"HTTP {last.status}" if last.status else _reason(last.error)
+            done = len(retry.history) + 1
+            say(f"{self.label}: {problem}; retrying ({done}/{done + (retry.total or 0)})")
+        return retry
+
+
+def _retry(label: str, retries: Retries, unacted: frozenset[int]) -> _Retry:
+    retry = _Retry(
+        total=retries.attempts - 1,
+        connect=retries.attempts - 1,
+        read=retries.attempts - 1,
+        status=retries.attempts - 1,
+        other=0,
+        status_forcelist=RETRIED_STATUSES,
+        backoff_factor=retries.first_pause / 2,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+        raise_on_redirect=False,
+    )
+    retry.label = label
+    retry.unacted = unacted
+    if retries.budget is not None:
+        retry.deadline = time.monotonic() + retries.budget
+    return retry
+
+
+def _session(
+    label: str, retries: Retries, unacted: frozenset[int], retried_methods: frozenset[str]
+) -> requests.Session:
+    retry = _retry(label, retries, unacted)
+    retry.allowed_methods = retried_methods
+    adapter = HTTPAdapter(max_retries=retry)
+    client = requests.Session()
+    client.mount("http://", adapter)
+    client.mount("https://", adapter)
+    return client
+
+
+def loopback_session() -> requests.Session:
+    """A session for a server on this machine (`kubectl proxy`): no proxy, no retries."""
+    # An HTTP(S)_PROXY meant for the outside world must not capture loopback traffic.
+    client = requests.Session()
+    client.trust_env = False
+    return client
+
+
+def request(
+    method: str,
+    url: str,
+    *,
+    retries: Retries,
+    label: str = "",
+    unacted: frozenset[int] = frozenset(),
+    idempotent: bool | None = None,
+    **kwargs: Any,
+) -> requests.Response:
+    """Send one request with retries; the last answer, whatever its status.
+
+    Raises HttpFailure when no answer came. `unacted` lists statuses by which
+    this server says it did not act on the request, so that even a POST may be
+    sent again after them. `idempotent` says whether a request the server may
+    have received may be sent again (by default, as HTTP defines the method).
+    """
+    retried = frozenset(Retry.DEFAULT_ALLOWED_METHODS - {method.upper()})
+    if idempotent or (idempotent is None and method.upper() in Retry.DEFAULT_ALLOWED_METHODS):
+        retried |= {method.upper()}
+    timeout = retries.timeout
+    if retries.budget is not None:
+        timeout = min(timeout, retries.budget)
+    try:
+        with _session(label or _host(url), retries, unacted, retried) as client:
+            return client.request(method, url, timeout=timeout, **kwargs)
+    except requests.RequestException as error:
+        raise HttpFailure(
+            _reason(error, timeout), _maybe_received(error), isinstance(error, requests.ReadTimeout)
+        ) from None
+
+
+def fetch(url: str, retries: Retries | None = None) -> bytes:
+    """GET `url`'s content, retrying timeouts, DNS and connection errors and 5xx with backoff
+    (as DOWNLOADS says, without `retries`).
+
+    Raises HttpFailure naming the last problem and the attempts made.
+    """
+    retries = retries or DOWNLOADS
+    try:
+        response = request("GET", url, retries=retries, label=f"  {mask(url)}")
+    except HttpFailure as failure:
+        raise HttpFailure(
+            f"{failure.reason} (after {retries.attempts} attempts)", failure.maybe_received
+        ) from None
+    if response.status_code < 400:
+        return response.content
+    status = f"HTTP {response.status_code} {response.reason}"
+    if response.status_code in RETRIED_STATUSES:
+        status += f" (after {retries.attempts} attempts)"
+    raise HttpFailure(status, maybe_received=True)
+
+
+def dry_run(method: str, url: str, headers: dict[str, str] | None = None, body: Any = None) -> None:
+    """Say the request a real run would send: its headers, credentials hidden, and its body."""
+    say(f"[dry-run] {method} {mask(url)}")
+    for name, value in (headers or {}).items():
+        if name.lower() == "authorization":
+            # Replaced outright: the masker ignores values too short to mask safely.
+            value = f"{value.split(' ')[0]} {MASK}"
+        say(f"[dry-run]   {name}: {mask(value)}")
+    if body is not None:
+        for line in json.dumps(body, indent=2).splitlines():
+            say(f"[dry-run]   {mask(line)}")
+
+
+def mask(text: str) -> str:
+    return current().masker.mask(text)
+
+
+def _host(url: str) -> str:
+    return parse_url(url).host or url
+
+
+def _maybe_received(error: requests.RequestException) -> bool:
+    if isinstance(error, requests.ConnectTimeout):
+        return False
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return not isinstance(
+        reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
+    )
+
+
+def _reason(error: BaseException | None, timeout: float | None = None) -> str:
+    """What went wrong, in a few words, secrets masked."""
+    text = str(error)
+    if isinstance(error, requests.ReadTimeout | urllib3.exceptions.ReadTimeoutError):
+        return f"no answer within {timeout:g}s" if timeout else "timed out"
+    if isinstance(error, requests.Timeout | urllib3.exceptions.TimeoutError):
+        return "timed out"
+    if "Name or service not known" in text or "getaddrinfo" in text or "NameResolution" in text:
+        return "DNS lookup failed"
+    if isinstance(error, requests.ConnectionError | urllib3.exceptions.ProtocolError):
+        if isinstance(error, requests.ConnectionError) and _maybe_received(error):
+            return "the connection broke"
+        return "connection failed"
+    return mask(type(error).__name__)
