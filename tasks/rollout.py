@@ -24,13 +24,10 @@ reason (`tasks/rollout_fit.py`).
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import queue
 import re
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -162,61 +159,10 @@ def proxy_command(kubectl: str | Path, namespace: str) -> list[str]:
 
 @contextmanager
 def kube_proxy(runner: Runner, kubectl: str | Path, namespace: str) -> Iterator[str]:
-    """Start `kubectl proxy`; yield its base URL; stop it on the way out, whatever happens.
-
-    A long-running companion process does not fit the runner's run-to-the-end
-    `run`, so it is started here with the runner's environment (KUBECONFIG).
-    """
+    """Start `kubectl proxy`; yield its base URL; stop it on the way out, whatever happens."""
     command = proxy_command(kubectl, namespace)
-    env = {**os.environ, **runner.env}
-    if runner.tool_dirs:
-        env["PATH"] = os.pathsep.join([*map(str, runner.tool_dirs), env.get("PATH", "")])
-    # A file, not a pipe: nobody reads the proxy's complaints while it runs, and a
-    # full pipe would stall it mid-rollout.
-    with tempfile.TemporaryFile("w+") as errors:
-        try:
-            process = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=errors,
-                text=True,
-                preexec_fn=_die_with_parent,
-            )
-        except OSError as error:
-            raise StepFailure(
-                f"Could not start `{runner.describe(command)}`: {error}.",
-                "Install kubectl, or run `invoke cluster.build` for the pinned one.",
-            ) from None
-        try:
-            yield _proxy_address(process, errors, runner.describe(command))
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stdout:
-                process.stdout.close()
-
-
-def _die_with_parent() -> None:
-    """In the proxy's child process: have Linux end it when the deploy dies.
-
-    The `finally` above covers every Python exit; this covers the rest (SIGKILL,
-    a CI runner's SIGTERM), which would otherwise leave a proxy holding the
-    deploy credentials open on a local port.
-    """
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-_PR_SET_PDEATHSIG = 1
-# Looked up here, not in the child: between fork and exec only the simplest
-# calls are safe when other threads (the watch streams) exist.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+    with runner.companion(command, "Install kubectl, or run `invoke cluster.build`.") as proxy:
+        yield _proxy_address(proxy.process, proxy.errors, runner.describe(command))
 
 
 def _proxy_address(process: subprocess.Popen[str], errors: IO[str], shown: str) -> str:

@@ -6,17 +6,20 @@ once, so no step has to think about them.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 from invoke import Context
 from invoke.exceptions import CommandTimedOut
@@ -98,6 +101,31 @@ class ForwardingLocal(Local):
 
 
 @dataclass
+class Companion:
+    """A running companion process (Runner.companion) and the file its stderr goes to."""
+
+    process: subprocess.Popen[str]
+    errors: IO[str]
+
+
+def _die_with_parent() -> None:
+    """In a companion's child process: have Linux end it when the deploy dies.
+
+    Runner.companion's `finally` covers every Python exit; this covers the rest
+    (SIGKILL, a CI runner's SIGTERM), which would otherwise leave, say, a proxy
+    holding the deploy credentials open on a local port.
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+# Looked up here, not in the child: between fork and exec only the simplest
+# calls are safe when other threads (the watch streams) exist.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+@dataclass
 class Result:
     """What a command printed and how it ended."""
 
@@ -132,7 +160,7 @@ class Runner:
         """A runner whose commands also get `extra` environment variables."""
         return Runner(self.c, self.dry_run, {**self.env, **extra}, self.cwd, self.tool_dirs)
 
-    def describe(self, command: Sequence[str]) -> str:
+    def describe(self, command: Sequence[str | Path]) -> str:
         return current().masker.mask(shlex.join(str(part) for part in command))
 
     def checkpoint(self) -> None:
@@ -203,6 +231,44 @@ class Runner:
         if check and not outcome.ok:
             raise CommandFailed(line, outcome.exit_code, outcome.stdout, outcome.stderr)
         return outcome
+
+    @contextmanager
+    def companion(self, command: Sequence[str | Path], fix: str) -> Iterator[Companion]:
+        """Start a long-running companion of the step (`kubectl proxy`) with this runner's
+        environment and tools; stop it on the way out, whatever happens.
+
+        Its output is a pipe for the caller to read; its complaints go to a file,
+        because nobody reads them while it runs, and a full pipe would stall it.
+        `fix` is the advice when it cannot start at all.
+        """
+        env = {**os.environ, **self._command_env()}
+        with tempfile.TemporaryFile("w+") as errors:
+            try:
+                process = subprocess.Popen(
+                    [str(part) for part in command],
+                    cwd=self.cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=errors,
+                    text=True,
+                    preexec_fn=_die_with_parent,
+                )
+            except OSError as error:
+                raise StepFailure(
+                    f"Could not start `{self.describe(command)}`: {error}.", fix
+                ) from None
+            try:
+                yield Companion(process, errors)
+            finally:
+                process.terminate()
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                if process.stdout:
+                    process.stdout.close()
 
     def _command_env(self) -> dict[str, str]:
         env = dict(self.env)
