@@ -23,9 +23,9 @@ from urllib.parse import urljoin
 import yaml
 from invoke import Context, task
 
-from tasks import http
+from tasks import diagnoses, http
 from tasks import values as values_module
-from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
+from tasks.errors import CommandFailed, StepFailure, explain
 from tasks.output import say
 from tasks.pipeline import Skipped, StepContext, Stop, invocation, load_registry, perform
 from tasks.registry import Environment
@@ -478,7 +478,9 @@ def validate_environment(ctx: StepContext) -> str:
         except CommandFailed as failed:
             refused = schema_failure(failed.output, layers, PROJECT_ROOT / chart, env.name)
             raise refused or explain(
-                failed, RENDER_FAILURES, f"`{command[1]}` failed for {env.name}"
+                failed,
+                diagnoses.for_env(diagnoses.RENDER_FAILURES, env.name),
+                f"`{command[1]}` failed for {env.name}",
             ) from None
     note = (
         f"{len(layers)} values layers checked; would render and lint them"
@@ -488,20 +490,6 @@ def validate_environment(ctx: StepContext) -> str:
     if placeholders:
         note += f"; placeholders for {len(placeholders)} locked secret file(s)"
     return note
-
-
-RENDER_FAILURES = (
-    Diagnosis(
-        r"missing in charts/ directory: ([^\n]+)",
-        "The chart's dependencies are not built ({0} missing).",
-        "Run `invoke helm-deps` first.",
-    ),
-    Diagnosis(
-        r"((?:parse error|execution error|template:|YAML parse error|error converting YAML)[^\n]*)",
-        "The chart did not render: {0}",
-        "Fix the template or the value it names.",
-    ),
-)
 
 
 # -- tasks --------------------------------------------------------------------

@@ -26,8 +26,8 @@ from pathlib import Path
 import yaml
 from invoke import Context, task
 
-from tasks import access, charts, grafana, http, lock, release, secrets, toolchain
-from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
+from tasks import access, charts, diagnoses, grafana, http, lock, release, secrets, toolchain
+from tasks.errors import CommandFailed, StepFailure, explain
 from tasks.output import say
 from tasks.pipeline import StepContext, perform
 from tasks.registry import Environment, Registry
@@ -36,35 +36,6 @@ from tasks.secrets_keys import EXPIRY_WARNING_DAYS, check_certificates
 from tasks.values import is_locked
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
-
-KUBECTL_FAILURES = (
-    Diagnosis(
-        r"(?:The connection to the server |dial tcp )([^\s:]+:\d+)"
-        r"(?: was refused|: connect: connection refused)",
-        "Nothing answers at {0}: the API server is down or the address is wrong.",
-        "Start the cluster, or check the server address in its kubeconfig.",
-    ),
-    Diagnosis(
-        r"(no such host|i/o timeout|Client\.Timeout|network is unreachable|context deadline)",
-        "The API server cannot be reached over the network ({0}).",
-        "Check the network, VPN or bastion between here and the cluster.",
-    ),
-    Diagnosis(
-        r"certificate has expired|x509: .*(expired|not yet valid)",
-        "TLS with the API server failed: a certificate has expired.",
-        "Renew the cluster's certificates or the kubeconfig's client certificate.",
-    ),
-    Diagnosis(
-        r"x509: (.*)",
-        "The API server's TLS certificate is not the one the kubeconfig trusts: {0}.",
-        "Check certificate-authority(-data) and the server address in the kubeconfig.",
-    ),
-    Diagnosis(
-        r"(Unauthorized|You must be logged in|provide credentials)",
-        "The API server rejected the credentials.",
-        "Renew the kubeconfig's credentials (or the service-account key) for this cluster.",
-    ),
-)
 
 
 @dataclass(frozen=True)
@@ -261,7 +232,9 @@ def _reachable(runner: Runner, env: Environment) -> Check:
             timeout=30,
         )
     except CommandFailed as failed:
-        failure = explain(failed, KUBECTL_FAILURES, "kubectl could not reach the API server")
+        failure = explain(
+            failed, diagnoses.KUBECTL_FAILURES, "kubectl could not reach the API server"
+        )
         fix = failure.fix
         if env.is_local and "Start the cluster" in fix:
             fix = f"Start it: invoke cluster.up --name={env.cluster.local_name}"

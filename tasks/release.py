@@ -26,10 +26,10 @@ import yaml
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from tasks import configmaps, lock, promotion, rollout_status, secrets
+from tasks import configmaps, diagnoses, lock, promotion, rollout_status, secrets
 from tasks import values as values_module
 from tasks.charts import archive_is_valid, pinned_dependencies, schema_failure, shown
-from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
+from tasks.errors import CommandFailed, StepFailure, explain
 from tasks.output import say, warn
 from tasks.pipeline import Interrupted, StepContext, Stop, confirm, invocation, perform
 from tasks.run import current
@@ -38,68 +38,12 @@ from tasks.secrets_keys import check_certificates
 
 PENDING_STATES = ("pending-install", "pending-upgrade", "pending-rollback")
 
-# A refusal of the deployer's identity or rights; "is forbidden" alone is also
-# what quotas and pod security say, which are not about credentials.
-CREDENTIALS_REFUSED = (
-    r"(Unauthorized|You must be logged in|asked for the client to provide credentials"
-    r'|forbidden: User "|cannot \w+ resource|certificate has expired|x509: certificate'
-    r"|credentials)"
-)
 
-CLUSTER_FAILURES = (
-    Diagnosis(
-        r"another operation \(install/upgrade/rollback\) is in progress",
-        "The release is locked by an earlier helm operation that never finished "
-        "(a deploy that was cancelled or killed mid-way).",
-        "Run `invoke recover-release --env={env}` to roll back to the last deployed revision.",
-    ),
-    Diagnosis(
-        CREDENTIALS_REFUSED,
-        "The cluster refused the deployer's credentials (expired, revoked, or lacking "
-        "permission in this namespace).",
-        "Check the credentials in the environment's secrets (`invoke doctor --env={env}` "
-        "checks certificate expiry and `kubectl auth can-i`); renew them if expired.",
-    ),
-    Diagnosis(
-        r"(connection refused|no such host|i/o timeout|dial tcp [^ ]+: connect"
-        r"|Kubernetes cluster unreachable|context deadline exceeded|TLS handshake timeout)",
-        "helm could not reach the cluster's API server: the cluster is down, unreachable "
-        "from here, or the kubeconfig points at the wrong address.",
-        "Check the cluster (`invoke doctor --env={env}`; for a local cluster "
-        "`invoke cluster.status`). If it is a cloud cluster, check its status page; "
-        "re-run the step once it answers.",
-    ),
-    Diagnosis(
-        r"((?:parse error|execution error|template:|YAML parse error)[^\n]*)",
-        "The chart did not render: {0}",
-        "Fix the template or the value it names; `invoke validate --env={env}` renders "
-        "it offline with `helm template`.",
-    ),
-    Diagnosis(
-        r'(\S+ "[^"]+") is invalid: ([^\n]+)',
-        "The API server refused {0}: {1}",
-        "Fix the value in the environment's values files. `helm template` (and so "
-        "`invoke validate`) cannot see this: only the API server checks it. "
-        "`invoke diff --env={env}` asks the API server without changing anything.",
-    ),
-    Diagnosis(
-        r'(admission webhook "[^"]+" denied the request: [^\n]+'
-        r'|\S+ "[^"]+" is forbidden: [^\n]+)',
-        "A policy of the cluster refused the change: {0}",
-        "Change the values so the objects meet the cluster's policy (quota, pod security, "
-        "admission webhook), or ask the cluster's administrators. `invoke diff --env={env}` "
-        "asks the API server without changing anything.",
-    ),
-)
-
-
-def _explain(ctx: StepContext, failed: CommandFailed, fallback: str) -> StepFailure:
+def explain_helm_failure(ctx: StepContext, failed: CommandFailed, fallback: str) -> StepFailure:
+    """A failed helm release operation (upgrade, diff, rollback, ...), explained."""
     env = ctx.environment
-    catalogue = [
-        Diagnosis(d.pattern, d.why, d.fix.replace("{env}", env.name)) for d in CLUSTER_FAILURES
-    ]
-    failure = explain(failed, catalogue, fallback)
-    if re.search(CREDENTIALS_REFUSED, failed.output):
+    failure = explain(failed, diagnoses.for_env(diagnoses.HELM_FAILURES, env.name), fallback)
+    if re.search(diagnoses.CREDENTIALS_REFUSED, failed.output):
         expired = expired_certificate(ctx)
         if expired is not None:
             expired.details = failure.details
@@ -167,7 +111,9 @@ def _read_release(ctx: StepContext, command: str) -> Any:
     except CommandFailed as failed:
         if "not found" in failed.output:
             return None
-        raise _explain(ctx, failed, f"helm could not read the release's {command}") from None
+        raise explain_helm_failure(
+            ctx, failed, f"helm could not read the release's {command}"
+        ) from None
     return None if result.dry_run else json.loads(result.stdout)
 
 
@@ -282,7 +228,7 @@ def _diagnose_change(
         return hook_failure(
             ctx, hook.group("event"), hook.group("kind"), hook.group("name"), hooks_wait
         )
-    return _explain(ctx, failed, f"helm {action} failed")
+    return explain_helm_failure(ctx, failed, f"helm {action} failed")
 
 
 def helm_values_args(files: list[Path]) -> list[str]:
@@ -613,7 +559,7 @@ def diff_release(ctx: StepContext) -> list[str]:
             quiet=True,
         )
     except CommandFailed as failed:
-        raise _explain(ctx, failed, "helm could not render the upgrade") from None
+        raise explain_helm_failure(ctx, failed, "helm could not render the upgrade") from None
     if rendered.dry_run:
         return []
     proposed = json.loads(rendered.stdout).get("manifest", "")
