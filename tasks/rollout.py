@@ -28,7 +28,6 @@ import json
 import queue
 import re
 import select
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,13 +35,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import Any, TextIO
 
 import requests
 from invoke import Context, task
-from invoke.exceptions import Exit
 
-from tasks import http
+from tasks import http, toolchain
 from tasks.errors import StepFailure
 from tasks.output import draws_in_place, say
 from tasks.pipeline import StepContext, perform
@@ -68,7 +66,7 @@ from tasks.rollout_status import (
     workload_key,
 )
 from tasks.run import current
-from tasks.runner import Runner
+from tasks.runner import Companion, Runner
 
 RESOURCES = {
     "deployments": "/apis/apps/v1/namespaces/{ns}/deployments",
@@ -120,18 +118,6 @@ def _api_message(body: str) -> str:
         return body.strip()[:300]
 
 
-def kubectl_binary(is_local: bool) -> str:
-    """kubectl to run: the pinned build when there is one; the operator's for remote clusters."""
-    from tasks.cluster import tools
-
-    try:
-        return str(tools.binary("kubectl"))
-    except Exit as missing:
-        if is_local:
-            raise StepFailure(str(missing), "Run `invoke cluster.build`.") from None
-        return "kubectl"
-
-
 def proxy_command(kubectl: str | Path, namespace: str) -> list[str]:
     """`kubectl proxy` on a free loopback port, answering read-only requests on the namespace,
     and on the few cluster objects that say whether a pod can find a node (FACTS).
@@ -162,10 +148,11 @@ def kube_proxy(runner: Runner, kubectl: str | Path, namespace: str) -> Iterator[
     """Start `kubectl proxy`; yield its base URL; stop it on the way out, whatever happens."""
     command = proxy_command(kubectl, namespace)
     with runner.companion(command, "Install kubectl, or run `invoke cluster.build`.") as proxy:
-        yield _proxy_address(proxy.process, proxy.errors, runner.describe(command))
+        yield _proxy_address(proxy, runner.describe(command))
 
 
-def _proxy_address(process: subprocess.Popen[str], errors: IO[str], shown: str) -> str:
+def _proxy_address(proxy: Companion, shown: str) -> str:
+    process, errors = proxy.process, proxy.errors
     assert process.stdout is not None
     deadline = time.monotonic() + PROXY_START_SECONDS
     while time.monotonic() < deadline:
@@ -788,7 +775,8 @@ def wait(
             unschedulable_grace=UNSCHEDULABLE_GRACE
             if unschedulable_grace is None
             else unschedulable_grace,
-            kubectl=kubectl_binary(env.is_local),
+            # The runner's order: the tools folder, the pinned builds, then PATH.
+            kubectl=toolchain.locate("kubectl", ctx.runner.tool_dirs) or "kubectl",
         )
     except StepFailure as failure:
         raise for_this_environment(failure, ctx) from None

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from invoke import Context, task
 
+from tasks import toolchain
 from tasks import values as values_module
 from tasks.errors import StepFailure
 from tasks.output import say
@@ -356,9 +357,11 @@ def validate(
         settings["SMOKE_WARMUP_SECONDS"] = str(warmup)
     if attempts is not None:
         settings["SMOKE_ATTEMPTS"] = str(attempts)
-    kubectl = _pinned_kubectl()
+    # The runner's order: the tools folder, the pinned builds, then PATH. Without one,
+    # the suite says for itself which cluster checks it cannot run.
+    kubectl = toolchain.locate("kubectl", ctx.runner.tool_dirs)
     if kubectl:
-        settings["SMOKE_KUBECTL"] = kubectl
+        settings["SMOKE_KUBECTL"] = str(kubectl)
     runner = ctx.runner.with_env(**settings)
     result = runner.run(
         suite_command(env, report, keyword=keyword),
@@ -394,18 +397,6 @@ def validate(
 
 def _shown(path: Path) -> Path:
     return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
-
-
-def _pinned_kubectl() -> str | None:
-    from invoke.exceptions import Exit
-
-    from tasks.cluster import tools
-
-    try:
-        return str(tools.binary("kubectl"))
-    except Exit:
-        # The suite says for itself which cluster checks it cannot run.
-        return None
 
 
 @task(
