@@ -30,7 +30,7 @@ from tasks import access, charts, diagnoses, grafana, http, lock, release, secre
 from tasks.errors import CommandFailed, StepFailure, explain
 from tasks.output import say
 from tasks.pipeline import StepContext, perform
-from tasks.registry import Environment, Registry
+from tasks.registry import Environment, Registry, cluster_kind
 from tasks.runner import PROJECT_ROOT, Runner
 from tasks.secrets_keys import EXPIRY_WARNING_DAYS, check_certificates
 from tasks.values import is_locked
@@ -124,23 +124,11 @@ def credential_checks(ctx: StepContext) -> list[Check]:
     env = ctx.environment
     found: list[Check] = []
     try:
-        if env.cluster.kind == "local":
-            path = access.local_kubeconfig(ctx)
-            found.append(_certificates(ctx, path, f"local cluster {env.cluster.local_name}"))
-        elif env.cluster.kind == "kubeconfig":
-            path = access.secret_file(env, env.cluster.kubeconfig, "cluster.kubeconfig")
-            found.append(_certificates(ctx, path, str(env.secrets_dir / env.cluster.kubeconfig)))
+        kubeconfig, shown = cluster_kind(env.cluster.kind).credentials(ctx)
+        if kubeconfig is not None:
+            found.append(_certificates(ctx, kubeconfig, shown))
         else:
-            path = access.secret_file(env, env.cluster.key_file, "cluster.key_file")
-            key = access.check_service_account_key(path)
-            found.append(
-                Check(
-                    "credentials",
-                    OK,
-                    f"service-account key of {key.get('client_email', '?')} "
-                    "(Google checks it when gcloud logs in)",
-                )
-            )
+            found.append(Check("credentials", OK, shown))
         bastion = env.bastion
         if bastion is not None:
             access.secret_file(env, bastion.key_file, "bastion.key_file")
@@ -236,8 +224,9 @@ def _reachable(runner: Runner, env: Environment) -> Check:
             failed, diagnoses.KUBECTL_FAILURES, "kubectl could not reach the API server"
         )
         fix = failure.fix
-        if env.is_local and "Start the cluster" in fix:
-            fix = f"Start it: invoke cluster.up --name={env.cluster.local_name}"
+        when_down = cluster_kind(env.cluster.kind).when_down(env.cluster.fields)
+        if when_down and "Start the cluster" in fix:
+            fix = when_down
         return Check("cluster", FAIL, failure.why, fix)
     try:
         report = json.loads(result.stdout)

@@ -7,6 +7,7 @@ runs.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,11 +18,18 @@ from urllib.parse import urlsplit
 import yaml
 
 from tasks.errors import StepFailure
+from tasks.kinds import ClusterKind
 from tasks.runner import PROJECT_ROOT
 
 REGISTRY_FILE = Path("config/environments.yaml")
 
-CLUSTER_KINDS = ("local", "kubeconfig", "gke")
+# The cluster kinds: each `cluster.kind` of config/environments.yaml and the module
+# (tasks/kinds/) that implements it. A new kind is a module and a line here.
+CLUSTER_KINDS = {
+    "local": "tasks.kinds.local",
+    "kubeconfig": "tasks.kinds.kubeconfig",
+    "gke": "tasks.kinds.gke",
+}
 KEY_SOURCES = {
     # source: (required fields, optional fields)
     "openssl": (("file", "key_env", "iv_env"), ()),
@@ -32,17 +40,26 @@ KEY_SOURCES = {
 }
 
 
+def cluster_kind(name: str) -> ClusterKind:
+    """The cluster kind `name` of the table above."""
+    return importlib.import_module(CLUSTER_KINDS[name]).KIND
+
+
 @dataclass(frozen=True)
 class ClusterAccess:
-    """How to reach an environment's cluster."""
+    """How to reach an environment's cluster: its kind and that kind's fields, as
+    config/environments.yaml writes them under `cluster:` (`name`, `kubeconfig`, ...)."""
 
     kind: str
-    local_name: str = ""  # kind == "local": the name given to `invoke cluster.up`
-    kubeconfig: str = ""  # kind == "kubeconfig": a file under the secrets folder
-    project: str = ""  # kind == "gke"
-    zone: str = ""
-    cluster: str = ""
-    key_file: str = ""  # kind == "gke": service-account key under the secrets folder
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> str:
+        return self.fields.get(name, "")
+
+    def secret_files(self) -> list[tuple[str, str]]:
+        """The files of the secrets folder this access needs, each with its field."""
+        wanted = cluster_kind(self.kind).secret_files
+        return [(self.fields[name], f"cluster.{name}") for name in wanted if self.fields.get(name)]
 
 
 @dataclass(frozen=True)
@@ -552,39 +569,23 @@ def _suggested(name: str) -> str:
 
 
 def _cluster(reader: _Reader, where: str, node: yaml.Node) -> ClusterAccess:
-    fields = (
-        "kind",
-        "name",
-        "kubeconfig",
-        "project",
-        "zone",
-        "cluster",
-        "key_file",
-    )
-    items = reader.mapping(node, f"{where} cluster", fields)
-    kind = reader.scalar(items["kind"]) if "kind" in items else None
+    kind_node = reader.mapping(node, f"{where} cluster", ()).get("kind")
+    kind = reader.scalar(kind_node) if kind_node is not None else None
     if kind not in CLUSTER_KINDS:
         raise reader.fail(
-            items.get("kind", node),
+            kind_node or node,
             f"{where} cluster: kind must be one of {', '.join(CLUSTER_KINDS)}, not {kind!r}.",
         )
-    needed = {
-        "local": ("name",),
-        "kubeconfig": ("kubeconfig",),
-        "gke": ("project", "zone", "cluster", "key_file"),
-    }
-    for key in needed[kind]:
+    spec = cluster_kind(kind)
+    items = reader.mapping(node, f"{where} cluster", ("kind", *spec.required, *spec.optional))
+    for key in spec.required:
         if key not in items:
             raise reader.fail(node, f"{where} cluster of kind {kind} needs `{key}:`.")
-    values = {k: reader.text(v, f"{where} cluster.{k}") for k, v in items.items() if k != "kind"}
-    local_name = values.pop("name", "")
-    if kind == "local" and not re.fullmatch(r"[A-Za-z0-9][-A-Za-z0-9]*", local_name):
-        raise reader.fail(
-            items["name"],
-            f"{where} cluster.name {local_name!r} is not a local cluster name: letters, digits "
-            "and '-', as `invoke cluster.up --name=NAME` takes.",
-        )
-    return ClusterAccess(kind=kind, local_name=local_name, **values)
+    fields = {k: reader.text(v, f"{where} cluster.{k}") for k, v in items.items() if k != "kind"}
+    problem = spec.problem(fields)
+    if problem is not None:
+        raise reader.fail(items[problem[0]], f"{where} {problem[1]}")
+    return ClusterAccess(kind, fields)
 
 
 def _bastion(reader: _Reader, where: str, node: yaml.Node) -> Bastion | None:

@@ -79,10 +79,9 @@ def required_files(env: Environment) -> list[tuple[Path, str]]:
         (config / "common.yaml", f"{where}, secrets.dir: the common secret values"),
         (config / f"{env.name}.yaml", f"{where}, secrets.dir: its secret values"),
     ]
-    if env.cluster.kind == "kubeconfig":
-        needed.append((env.secrets_dir / env.cluster.kubeconfig, f"{where}, cluster.kubeconfig"))
-    if env.cluster.kind == "gke":
-        needed.append((env.secrets_dir / env.cluster.key_file, f"{where}, cluster.key_file"))
+    needed += [
+        (env.secrets_dir / file, f"{where}, {field}") for file, field in env.cluster.secret_files()
+    ]
     if env.grafana and env.grafana.token_file:
         needed.append((env.secrets_dir / env.grafana.token_file, f"{where}, grafana.token_file"))
     return needed

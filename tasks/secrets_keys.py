@@ -620,11 +620,7 @@ _PRIVATE_MARKERS = (b"PRIVATE KEY-----", b'"private_key"', b"client-key-data", b
 
 
 def private_files(env: Environment, root: Path, on_disk: list[Path]) -> list[Path]:
-    named = []
-    if env.cluster.kind == "kubeconfig":
-        named.append(env.secrets_dir / env.cluster.kubeconfig)
-    if env.cluster.kind == "gke":
-        named.append(env.secrets_dir / env.cluster.key_file)
+    named = [env.secrets_dir / file for file, _ in env.cluster.secret_files()]
     sniffed = []
     for path in on_disk:
         try:

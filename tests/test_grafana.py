@@ -89,7 +89,7 @@ def make_env(name: str, secrets: Path, settings: Grafana | None) -> Environment:
     return Environment(
         name=name,
         description="",
-        cluster=ClusterAccess(kind="local", local_name=name),
+        cluster=ClusterAccess("local", {"name": name}),
         release="binder",
         namespace=name,
         secrets_dir=secrets,
