@@ -23,9 +23,10 @@ from urllib.parse import urljoin
 import yaml
 from invoke import Context, task
 
-from tasks import diagnoses, http
+from tasks import diagnoses, helm, http
 from tasks import values as values_module
 from tasks.errors import CommandFailed, StepFailure, explain
+from tasks.helm import shown
 from tasks.output import say
 from tasks.pipeline import Skipped, StepContext, Stop, invocation, load_registry, perform
 from tasks.registry import Environment
@@ -384,11 +385,6 @@ def schema_failure(
     return StepFailure(why, fix, details="\n".join(lines) if len(lines) > 1 else "")
 
 
-def shown(path: Path) -> str:
-    """A path as the operator knows it: relative to the project where it can be."""
-    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
-
-
 def is_secret_layer(env: Environment, path: Path) -> bool:
     return (PROJECT_ROOT / env.secrets_dir) in path.parents
 
@@ -454,23 +450,14 @@ def validate_environment(ctx: StepContext) -> str:
     """Check every values file, then render and lint the chart as `env` would get it."""
     env = ctx.environment
     layers, placeholders = validation_layers(env)
-    problems = values_module.check_files(
-        [p for p in env.values_files() if p not in placeholders], PROJECT_ROOT
+    values_module.refuse(
+        values_module.check_files(
+            [p for p in env.values_files() if p not in placeholders], PROJECT_ROOT
+        ),
+        f"problem(s) in the values files of {env.name}.",
     )
-    if problems:
-        raise StepFailure(
-            f"{len(problems)} problem(s) in the values files of {env.name}.",
-            values_module.advice(problems),
-            details="\n".join(str(p) for p in problems),
-        )
-    values_args: list[str] = []
-    for path in layers:
-        values_args += ["--values", shown(path)]
-    chart = str(ctx.registry.chart)
-    for command in (
-        ["helm", "template", env.release, chart, "--namespace", env.namespace, *values_args],
-        ["helm", "lint", chart, "--namespace", env.namespace, *values_args],
-    ):
+    chart = ctx.registry.chart
+    for command in (helm.template(env, chart, layers), helm.lint(env, chart, layers)):
         try:
             # Rendering reads only local files; a dry run shows it instead, since the
             # dependencies it needs may not be fetched yet.
@@ -555,11 +542,8 @@ def lint_repository_yaml(ctx: StepContext) -> str:
         if (PROJECT_ROOT / name).is_file() and templates not in (PROJECT_ROOT / name).parents
     ]
     readable = [p for p in paths if not values_module.is_locked(p)]
-    problems = values_module.check_files(readable, PROJECT_ROOT, documents=True)
-    if problems:
-        raise StepFailure(
-            f"{len(problems)} YAML problem(s) in the repository.",
-            values_module.advice(problems),
-            details="\n".join(str(p) for p in problems),
-        )
+    values_module.refuse(
+        values_module.check_files(readable, PROJECT_ROOT, documents=True),
+        "YAML problem(s) in the repository.",
+    )
     return f"{len(readable)} YAML files clean ({len(paths) - len(readable)} encrypted, skipped)"

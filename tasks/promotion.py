@@ -32,8 +32,9 @@ import yaml
 from invoke import Context, task
 
 from tasks import configmaps
-from tasks.charts import pinned_dependencies, shown
+from tasks.charts import pinned_dependencies
 from tasks.errors import StepFailure
+from tasks.helm import shown
 from tasks.output import say, warn
 from tasks.pipeline import Skipped, StepContext, cluster_of, perform
 from tasks.registry import Environment

@@ -26,10 +26,11 @@ import yaml
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from tasks import configmaps, diagnoses, lock, promotion, rollout_status, secrets
+from tasks import configmaps, diagnoses, helm, lock, promotion, rollout_status, secrets
 from tasks import values as values_module
-from tasks.charts import archive_is_valid, pinned_dependencies, schema_failure, shown
+from tasks.charts import archive_is_valid, pinned_dependencies, schema_failure
 from tasks.errors import CommandFailed, StepFailure, explain
+from tasks.helm import shown
 from tasks.output import say, warn
 from tasks.pipeline import Interrupted, StepContext, Stop, confirm, invocation, perform
 from tasks.run import current
@@ -78,13 +79,10 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
     elif not ctx.dry_run:
         secrets.require_unlocked(env)
     readable = [p for p in files if p not in locked]
-    problems = values_module.check_files(readable, PROJECT_ROOT)
-    if problems:
-        raise StepFailure(
-            f"{len(problems)} problem(s) in the values files of {env.name}; nothing was deployed.",
-            values_module.advice(problems),
-            details="\n".join(str(p) for p in problems),
-        )
+    values_module.refuse(
+        values_module.check_files(readable, PROJECT_ROOT),
+        f"problem(s) in the values files of {env.name}; nothing was deployed.",
+    )
     chart_dir = PROJECT_ROOT / ctx.registry.chart
     missing = [
         d.archive
@@ -105,7 +103,7 @@ def _read_release(ctx: StepContext, command: str) -> Any:
     env = ctx.environment
     try:
         result = ctx.runner.run(
-            ["helm", command, env.release, "--namespace", env.namespace, "--output", "json"],
+            helm.read(env, command),
             quiet=True,
         )
     except CommandFailed as failed:
@@ -231,13 +229,6 @@ def _diagnose_change(
     return explain_helm_failure(ctx, failed, f"helm {action} failed")
 
 
-def helm_values_args(files: list[Path]) -> list[str]:
-    args: list[str] = []
-    for path in files:
-        args += ["--values", shown(path)]
-    return args
-
-
 def upgrade_release(
     ctx: StepContext, timeout: int | None = None, promote_unverified: bool = False
 ) -> str:
@@ -251,20 +242,7 @@ def upgrade_release(
     refuse_if_pending(ctx)
     lock.ensure_held(ctx)
     seconds = timeout or env.timeouts.upgrade
-    command = [
-        "helm",
-        "upgrade",
-        env.release,
-        str(ctx.registry.chart),
-        "--install",
-        "--cleanup-on-fail",
-        "--create-namespace",
-        "--namespace",
-        env.namespace,
-        "--timeout",
-        f"{seconds}s",
-        *helm_values_args(files),
-    ]
+    command = helm.upgrade(env, ctx.registry.chart, files, seconds)
     _change_release(ctx, command, "upgrade", timeout=seconds + 60, files=files, hooks_wait=seconds)
     note = f"release {env.release} in {env.namespace}"
     hooks = hooks_run(_read_release(ctx, "status")) if not ctx.dry_run else []
@@ -538,26 +516,9 @@ def diff_release(ctx: StepContext) -> list[str]:
     status = release_status(ctx)
     deployed = ""
     if status is not None:
-        deployed = ctx.runner.run(
-            ["helm", "get", "manifest", env.release, "--namespace", env.namespace], quiet=True
-        ).stdout
+        deployed = ctx.runner.run(helm.manifest(env), quiet=True).stdout
     try:
-        rendered = ctx.runner.run(
-            [
-                "helm",
-                "upgrade",
-                env.release,
-                str(ctx.registry.chart),
-                "--install",
-                "--namespace",
-                env.namespace,
-                "--dry-run=server",
-                "--output",
-                "json",
-                *helm_values_args(files),
-            ],
-            quiet=True,
-        )
+        rendered = ctx.runner.run(helm.upgrade_preview(env, ctx.registry.chart, files), quiet=True)
     except CommandFailed as failed:
         raise explain_helm_failure(ctx, failed, "helm could not render the upgrade") from None
     if rendered.dry_run:
@@ -594,11 +555,7 @@ def rollback_release(ctx: StepContext, revision: int | None = None) -> str:
                 f"Fix forward, or pick one: invoke rollback --env={env.name} --revision N",
             )
         say(f"rolling back to revision {revision}, the last good one before the current")
-    command = ["helm", "rollback", env.release]
-    if revision is not None:
-        command.append(str(revision))
-    command += ["--namespace", env.namespace, "--cleanup-on-fail"]
-    _change_release(ctx, command, "rollback")
+    _change_release(ctx, helm.rollback(env, revision), "rollback")
     return f"rolled back to revision {revision}" if revision else "rolled back"
 
 
@@ -698,9 +655,7 @@ def recover(ctx: StepContext, approve: Callable[[str], bool]) -> str:
         )
     if action == "rollback":
         return rollback_release(ctx, revision)
-    _change_release(
-        ctx, ["helm", "uninstall", env.release, "--namespace", env.namespace], "uninstall"
-    )
+    _change_release(ctx, helm.uninstall(env), "uninstall")
     return f"uninstalled {env.release}"
 
 

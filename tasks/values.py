@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from tasks.errors import StepFailure
+
 GIT_CRYPT_HEADER = b"\x00GITCRYPT"
 
 
@@ -136,6 +138,14 @@ def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def refuse(problems: list[Problem], what: str) -> None:
+    """Stop the step when there are problems: their number and `what`, each one, the advice."""
+    if problems:
+        raise StepFailure(
+            f"{len(problems)} {what}", advice(problems), details="\n".join(map(str, problems))
+        )
 
 
 def advice(problems: list[Problem]) -> str:
