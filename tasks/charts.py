@@ -385,10 +385,6 @@ def schema_failure(
     return StepFailure(why, fix, details="\n".join(lines) if len(lines) > 1 else "")
 
 
-def is_secret_layer(env: Environment, path: Path) -> bool:
-    return (PROJECT_ROOT / env.secrets_dir) in path.parents
-
-
 def build_dependencies(ctx: StepContext) -> str:
     """The helm-deps step: make mybinder/charts/ hold exactly the pinned archives."""
     return sync_dependencies(

@@ -291,6 +291,7 @@ def grafana_check(env: Environment) -> Check:
             "GET",
             url,
             retries=http.PROBES,
+            label="Grafana",
             params={"limit": 1},
             headers=grafana.headers(settings, token),
         )

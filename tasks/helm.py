@@ -29,37 +29,21 @@ def values_args(files: list[Path]) -> list[str]:
 
 def upgrade(env: Environment, chart: Path, files: list[Path], seconds: int) -> list[str]:
     """Install or upgrade the release; helm waits for hooks only, up to `seconds`."""
-    return [
-        "helm",
-        "upgrade",
-        env.release,
-        str(chart),
-        "--install",
-        "--cleanup-on-fail",
-        "--create-namespace",
-        "--namespace",
-        env.namespace,
-        "--timeout",
-        f"{seconds}s",
-        *values_args(files),
-    ]
+    return _upgrade(
+        env, chart, files, "--cleanup-on-fail", "--create-namespace", "--namespace",
+        env.namespace, "--timeout", f"{seconds}s",
+    )  # fmt: skip
 
 
 def upgrade_preview(env: Environment, chart: Path, files: list[Path]) -> list[str]:
     """What an upgrade would install, as the API server would accept it, changing nothing."""
-    return [
-        "helm",
-        "upgrade",
-        env.release,
-        str(chart),
-        "--install",
-        "--namespace",
-        env.namespace,
-        "--dry-run=server",
-        "--output",
-        "json",
-        *values_args(files),
-    ]
+    return _upgrade(
+        env, chart, files, "--namespace", env.namespace, "--dry-run=server", "--output", "json"
+    )
+
+
+def _upgrade(env: Environment, chart: Path, files: list[Path], *flags: str) -> list[str]:
+    return ["helm", "upgrade", env.release, str(chart), "--install", *flags, *values_args(files)]
 
 
 def template(env: Environment, chart: Path, files: list[Path]) -> list[str]:

@@ -23,7 +23,6 @@ from typing import Any
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from urllib3.util import parse_url
 from urllib3.util.retry import Retry
 
 from tasks.masking import MASK
@@ -101,38 +100,6 @@ class _Retry(Retry):
         return retry
 
 
-def _retry(label: str, retries: Retries, unacted: frozenset[int]) -> _Retry:
-    retry = _Retry(
-        total=retries.attempts - 1,
-        connect=retries.attempts - 1,
-        read=retries.attempts - 1,
-        status=retries.attempts - 1,
-        other=0,
-        status_forcelist=RETRIED_STATUSES,
-        backoff_factor=retries.first_pause / 2,
-        respect_retry_after_header=True,
-        raise_on_status=False,
-        raise_on_redirect=False,
-    )
-    retry.label = label
-    retry.unacted = unacted
-    if retries.budget is not None:
-        retry.deadline = time.monotonic() + retries.budget
-    return retry
-
-
-def _session(
-    label: str, retries: Retries, unacted: frozenset[int], retried_methods: frozenset[str]
-) -> requests.Session:
-    retry = _retry(label, retries, unacted)
-    retry.allowed_methods = retried_methods
-    adapter = HTTPAdapter(max_retries=retry)
-    client = requests.Session()
-    client.mount("http://", adapter)
-    client.mount("https://", adapter)
-    return client
-
-
 def loopback_session() -> requests.Session:
     """A session for a server on this machine (`kubectl proxy`): no proxy, no retries."""
     # An HTTP(S)_PROXY meant for the outside world must not capture loopback traffic.
@@ -146,26 +113,36 @@ def request(
     url: str,
     *,
     retries: Retries,
-    label: str = "",
+    label: str,
     unacted: frozenset[int] = frozenset(),
-    idempotent: bool | None = None,
+    idempotent: bool = False,
     **kwargs: Any,
 ) -> requests.Response:
     """Send one request with retries; the last answer, whatever its status.
 
     Raises HttpFailure when no answer came. `unacted` lists statuses by which
     this server says it did not act on the request, so that even a POST may be
-    sent again after them. `idempotent` says whether a request the server may
-    have received may be sent again (by default, as HTTP defines the method).
+    sent again after them. `idempotent` marks a method HTTP does not call so
+    (PATCH, ...) as safe to send again for this server all the same.
     """
-    retried = frozenset(Retry.DEFAULT_ALLOWED_METHODS - {method.upper()})
-    if idempotent or (idempotent is None and method.upper() in Retry.DEFAULT_ALLOWED_METHODS):
-        retried |= {method.upper()}
+    retry = _Retry(
+        total=retries.attempts - 1,
+        other=0,
+        status_forcelist=RETRIED_STATUSES,
+        allowed_methods=Retry.DEFAULT_ALLOWED_METHODS | ({method.upper()} if idempotent else set()),
+        backoff_factor=retries.first_pause / 2,
+        raise_on_status=False,
+        raise_on_redirect=False,
+    )
+    retry.label, retry.unacted = label, unacted
     timeout = retries.timeout
     if retries.budget is not None:
+        retry.deadline = time.monotonic() + retries.budget
         timeout = min(timeout, retries.budget)
     try:
-        with _session(label or _host(url), retries, unacted, retried) as client:
+        with requests.Session() as client:
+            client.mount("http://", HTTPAdapter(max_retries=retry))
+            client.mount("https://", HTTPAdapter(max_retries=retry))
             return client.request(method, url, timeout=timeout, **kwargs)
     except requests.RequestException as error:
         raise HttpFailure(
@@ -209,10 +186,6 @@ def dry_run(method: str, url: str, headers: dict[str, str] | None = None, body: 
 
 def mask(text: str) -> str:
     return current().masker.mask(text)
-
-
-def _host(url: str) -> str:
-    return parse_url(url).host or url
 
 
 def _maybe_received(error: requests.RequestException) -> bool:

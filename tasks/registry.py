@@ -243,6 +243,11 @@ class RegistryError(StepFailure):
 # DNS subdomain of at most 53 characters (its Secrets add a suffix).
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _RELEASE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# kind of name: (longest, pattern, what it is, what it may hold)
+_NAME_RULES = {
+    "namespace": (63, _DNS_LABEL, "Kubernetes namespace", "letters, digits and '-'"),
+    "release": (53, _RELEASE_NAME, "helm release name", "letters, digits, '-' and '.'"),
+}
 
 
 def url_problem(value: object) -> str:
@@ -325,18 +330,12 @@ class _Reader:
 
     def kubernetes_name(self, node: yaml.Node, what: str, kind: str) -> str:
         value = self.text(node, what)
-        if kind == "namespace" and (len(value) > 63 or not _DNS_LABEL.fullmatch(value)):
+        limit, pattern, called, letters = _NAME_RULES[kind]
+        if len(value) > limit or not pattern.fullmatch(value):
             raise self.fail(
                 node,
-                f"{what} {value!r} is not a valid Kubernetes namespace: at most 63 lowercase "
-                "letters, digits and '-', starting and ending with a letter or digit.",
-                f"e.g. {_suggested(value)!r}",
-            )
-        if kind == "release" and (len(value) > 53 or not _RELEASE_NAME.fullmatch(value)):
-            raise self.fail(
-                node,
-                f"{what} {value!r} is not a valid helm release name: at most 53 lowercase "
-                "letters, digits, '-' and '.', starting and ending with a letter or digit.",
+                f"{what} {value!r} is not a valid {called}: at most {limit} lowercase {letters}, "
+                "starting and ending with a letter or digit.",
                 f"e.g. {_suggested(value)!r}",
             )
         return value

@@ -54,7 +54,9 @@ def test_a_post_is_not_sent_again_after_an_answer_it_may_have_acted_on(
 ) -> None:
     server.fail("/api/annotations", 502, times=3)
 
-    response = http.request("POST", server.url + "/api/annotations", retries=http.ANNOTATIONS)
+    response = http.request(
+        "POST", server.url + "/api/annotations", retries=http.ANNOTATIONS, label="Grafana"
+    )
 
     assert response.status_code == 502
     assert server.hits["/api/annotations"] == 1
@@ -65,7 +67,7 @@ def test_a_server_that_cannot_be_reached_was_certainly_not_sent_anything() -> No
         url = gone.url + "/api/annotations"
 
     with pytest.raises(http.HttpFailure) as failed:
-        http.request("POST", url, retries=http.ANNOTATIONS)
+        http.request("POST", url, retries=http.ANNOTATIONS, label="Grafana")
 
     assert failed.value.reason == "connection failed"
     assert not failed.value.maybe_received

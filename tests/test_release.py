@@ -395,12 +395,15 @@ def hook_pods_labelled(tmp_path, failure: str):
     )
 
 
+def failed_upgrade(ctx, timeout):
+    with pytest.raises(StepFailure) as raised:
+        release.upgrade_release(ctx, timeout=timeout)
+    return ctx, raised.value
+
+
 @pytest.mark.cluster
 def test_hook_job_whose_pods_fail_is_named_with_pod_and_exit_code(site_env, tmp_path):
-    ctx = site_env(hook_pods_labelled(tmp_path, "exit"))
-    with pytest.raises(StepFailure) as raised:
-        release.upgrade_release(ctx, timeout=25)
-    failure = raised.value
+    ctx, failure = failed_upgrade(site_env(hook_pods_labelled(tmp_path, "exit")), 25)
     assert failure.why.startswith("The pre-install hook Job hook-image-awaiter did not complete")
     assert re.search(
         r"pod hook-image-awaiter-\w+ failed: container hook-image-awaiter exited with code 1 "
@@ -418,10 +421,7 @@ def test_hook_job_whose_pods_fail_is_named_with_pod_and_exit_code(site_env, tmp_
 
 @pytest.mark.cluster
 def test_hook_job_that_never_completes_names_what_its_pod_waits_for(site_env, tmp_path):
-    ctx = site_env(hook_pods_labelled(tmp_path, "imagepull"))
-    with pytest.raises(StepFailure) as raised:
-        release.upgrade_release(ctx, timeout=15)
-    failure = raised.value
+    ctx, failure = failed_upgrade(site_env(hook_pods_labelled(tmp_path, "imagepull")), 15)
     assert re.search(
         r"did not complete: pod hook-image-awaiter-\w+ waits: container "
         r"hook-image-awaiter is (ErrImagePull|ImagePullBackOff)",
