@@ -1,13 +1,13 @@
 """helm-deps: the chart's dependencies, at exactly the pinned versions.
 
 The pipeline fetches dependencies itself rather than through `helm dependency
-build`, for three reasons the reference document and mybinder's history
-give: chart repositories flake (DNS, CDN, 5xx) and deserve retries with
-backoff; a version that is not yet in a repository's index deserves an
-explanation listing what is there; and sites without outside access need a
-mirror map. The archives land in `mybinder/charts/` exactly as helm expects
-them, each checked against the digest the repository's index publishes.
-When they are already there, the step finishes without touching the network.
+build`, for three reasons mybinder.org's history gives: chart repositories
+flake (DNS, CDN, 5xx) and deserve retries with backoff; a version that is not
+yet in a repository's index deserves an explanation listing what is there;
+and sites without outside access need a mirror map. The archives land in
+`mybinder/charts/` exactly as helm expects them, each checked against the
+digest the repository's index publishes. When they are already there, the
+step finishes without touching the network.
 """
 
 from __future__ import annotations

@@ -292,12 +292,14 @@ def remove(ctx: StepContext) -> str:
     return f"removed the lock of {current.get('holder')} (since {current.get('started')})"
 
 
+# Operators know it as `invoke unlock`; in the code "unlock" is git-crypt's word alone.
 @task(
+    name="unlock",
     help={
         "env": "Environment whose deploy lock to remove.",
         "dry_run": "Say what would be removed; remove nothing.",
-    }
+    },
 )
-def unlock(c: Context, env: str | None = None, dry_run: bool = False) -> None:
+def remove_lock(c: Context, env: str | None = None, dry_run: bool = False) -> None:
     """Remove an environment's deploy lock left by a deploy that died."""
     perform(c, "unlock", env, remove, dry_run=dry_run, needs_cluster=True)

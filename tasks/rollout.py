@@ -1,4 +1,4 @@
-"""Stage 3, after the upgrade: wait until every workload of the release has rolled out.
+"""wait-rollout, after the upgrade: wait until every workload of the release has rolled out.
 
 Every Deployment, DaemonSet and StatefulSet of the environment's namespace is
 waited on at once, under one deadline, from watch streams: one `kubectl proxy`
@@ -11,7 +11,7 @@ A pod that will never get ready (crash loop, image that cannot be pulled,
 missing Secret, no node it could ever run on) or a Deployment past its progress
 deadline fails the step within seconds, naming the object, the pod, the
 container, the reason, the recent events and the container's last log lines:
-the reference document's "kubectl rollout hanging forever" becomes a one-screen
+a rollout that would otherwise hang until its timeout becomes a one-screen
 diagnosis.
 
 A pod that finds the nodes full is another matter on a busy BinderHub: the

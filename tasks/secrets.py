@@ -1,4 +1,4 @@
-"""Stage 2, Step 1: decrypt the secrets, and check them before any later step uses them.
+"""decrypt-secrets: decrypt the secrets, and check them before any later step uses them.
 
 `decrypt-secrets` gets the environment's git-crypt key from its key source
 (tasks/secrets_keys.py), runs `git-crypt unlock` and checks the result: nothing

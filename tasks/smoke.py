@@ -1,4 +1,4 @@
-"""Stage 3, step 2: validate a deployment the way a human would check the site.
+"""smoke-test: check a live deployment the way a human would check the site.
 
 `invoke smoke-test --env=X` runs the deployment validation suite (tests/smoke/)
 with pytest against the environment's public URLs and its cluster. The suite
@@ -337,7 +337,7 @@ def smoke_failure(env: Environment, failed: list[CheckOutcome], report: Path) ->
     )
 
 
-def validate(
+def check_deployment(
     ctx: StepContext,
     *,
     keyword: str | None = None,
@@ -425,7 +425,7 @@ def smoke_test(
         c,
         "smoke-test",
         env,
-        lambda ctx: validate(
+        lambda ctx: check_deployment(
             ctx,
             keyword=keyword,
             warmup=warmup,

@@ -1,10 +1,10 @@
-"""Stage 1: the deployment tools, at the versions pinned in config/tools.yaml.
+"""invoke tools: the deployment tools, at the versions pinned in config/tools.yaml.
 
 `invoke tools` puts helm and kubectl at their pinned versions into the
 project's tools folder, `.local/tools/bin`, which every step searches before
 anything on PATH. Each comes from its official release download, refused
 unless its SHA-256 is the one recorded in config/tools.yaml, and retried on a
-flaky network (the reference document's most common Stage 1 failure). Where
+flaky network (the most common reason a deploy failed before it began). Where
 the downloads cannot be reached, the Go build of `invoke cluster.build` is
 linked in instead. git-crypt, gcloud and gke-gcloud-auth-plugin belong to the
 system's packages: they are checked, and the fix says how to install them.
