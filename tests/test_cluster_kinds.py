@@ -4,14 +4,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from invoke import Context
 
 from tasks import access, doctor, registry, secrets
-from tasks.cluster import tools
-from tasks.pipeline import StepContext, load_registry
+from tasks.pipeline import load_registry
 from tasks.registry import RegistryError
-from tasks.runner import Runner
-from tests.fakes.environments import use_registry
+from tests.fakes.environments import step_context, use_registry
 
 SERVER = "https://127.0.0.1:6443"
 
@@ -36,12 +33,6 @@ def printed_kubeconfig(tmp_path: Path) -> Path:
         )
     )
     return path
-
-
-def step_context(name: str) -> StepContext:
-    loaded = load_registry()
-    runner = Runner(Context(), tool_dirs=[tools.binary("kubectl").parent])
-    return StepContext(Context(), loaded, loaded.get(name), runner, False, "probe")
 
 
 def test_a_new_kind_opens_credentials_the_steps_commands_use(

@@ -8,8 +8,8 @@ from invoke import Context
 from tasks import diagnoses, release
 from tasks.cluster import tools
 from tasks.errors import CommandFailed, explain
-from tasks.pipeline import StepContext, load_registry
 from tasks.runner import Runner
+from tests.fakes.environments import step_context
 
 
 def helm_failure(tmp_path: Path, values: str) -> CommandFailed:
@@ -32,9 +32,8 @@ def test_an_upgrade_that_fails_converting_yaml_gets_the_diagnosis_validate_gives
 ) -> None:
     failed = helm_failure(tmp_path, "hub: [\n")
     assert "error converting YAML" in failed.output
-    registry = load_registry()
-    env = registry.get("local-staging")
-    ctx = StepContext(Context(), registry, env, Runner(Context()), False, "upgrade")
+    ctx = step_context("local-staging", "upgrade")
+    env = ctx.environment
 
     upgrade = release.explain_helm_failure(ctx, failed, "helm upgrade failed")
     validate = explain(

@@ -18,6 +18,7 @@ from tasks.pipeline import StepContext, Stop
 from tasks.registry import ClusterAccess, Environment, Grafana, KeySource, Registry
 from tasks.run import current
 from tasks.runner import Runner
+from tests.fakes import environments
 from tests.fakes.grafana_server import FakeGrafana
 
 TOKEN = "glsa_fake_service_account_token_0123456789"
@@ -104,9 +105,8 @@ def grafana_settings(server: FakeGrafana, **changes: object) -> Grafana:
 
 
 def step_context(env: Environment, repo: Path, dry_run: bool = False) -> StepContext:
-    registry = Registry({env.name: env}, Path("mybinder"))
     runner = Runner(Context(), dry_run=dry_run, cwd=repo)
-    return StepContext(Context(), registry, env, runner, dry_run, "annotate-grafana")
+    return environments.step_context(env, "annotate-grafana", runner=runner, dry_run=dry_run)
 
 
 @pytest.fixture

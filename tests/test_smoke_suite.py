@@ -44,6 +44,7 @@ from tasks.smoke import (
     read_report,
     suite_command,
 )
+from tests.fakes import environments
 from tests.fakes.binder_front import BinderFront
 from tests.fakes.sshd import LocalSshd, free_port, keypair
 from tests.smoke.launches import cleanup_command, git_environment, scratch_commands
@@ -112,9 +113,8 @@ def run_suite(env: str, tmp_path: Path, *args: str, **settings: str) -> SuiteRun
 
 
 def step_context(env: str, **settings: str) -> StepContext:
-    registry = load_registry()
     runner = Runner(Context(), env={**FAST, **settings})
-    return StepContext(Context(), registry, registry.get(env), runner, False, "smoke-test")
+    return environments.step_context(env, "smoke-test", runner=runner)
 
 
 # --- a real JupyterHub ------------------------------------------------------------------
