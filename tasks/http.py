@@ -44,9 +44,10 @@ class Retries:
     budget: float | None = None
 
 
-# The settings of every kind of request, in one place.
-DOWNLOADS = Retries(attempts=4, first_pause=1.0, timeout=20.0)  # chart repositories, tools
-PROBES = Retries(attempts=2, first_pause=1.0, timeout=10.0)  # the doctor's checks
+# The settings of every kind of request, in one place. The budget also bounds how long a
+# server's Retry-After is waited for.
+DOWNLOADS = Retries(attempts=4, first_pause=1.0, timeout=20.0, budget=120.0)  # charts, tools
+PROBES = Retries(attempts=2, first_pause=1.0, timeout=10.0, budget=30.0)  # the doctor's checks
 ANNOTATIONS = Retries(attempts=3, first_pause=1.0, timeout=10.0, budget=15.0)  # Grafana
 
 
@@ -81,6 +82,12 @@ class _Retry(Retry):
         if status_code in self.unacted and self.total:
             return True
         return super().is_retry(method, status_code, has_retry_after)
+
+    def get_retry_after(self, response: Any) -> float | None:
+        wait = super().get_retry_after(response)
+        if wait is None or self.deadline is None:
+            return wait
+        return min(wait, max(self.deadline - time.monotonic(), 0.0))
 
     def is_exhausted(self) -> bool:
         late = self.deadline is not None and time.monotonic() + self.get_backoff_time() >= (
@@ -145,8 +152,9 @@ def request(
             client.mount("https://", HTTPAdapter(max_retries=retry))
             return client.request(method, url, timeout=timeout, **kwargs)
     except requests.RequestException as error:
+        cause = _cause(error)
         raise HttpFailure(
-            _reason(error, timeout), _maybe_received(error), isinstance(error, requests.ReadTimeout)
+            _reason(cause, timeout), _maybe_received(cause), _timed_out(cause)
         ) from None
 
 
@@ -188,26 +196,32 @@ def mask(text: str) -> str:
     return current().masker.mask(text)
 
 
-def _maybe_received(error: requests.RequestException) -> bool:
-    if isinstance(error, requests.ConnectTimeout):
-        return False
+def _cause(error: requests.RequestException) -> BaseException:
+    """What went wrong under requests' wrapping of urllib3's MaxRetryError, when it wraps one."""
     reason = getattr(error.args[0], "reason", None) if error.args else None
-    return not isinstance(
-        reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
-    )
+    return reason if isinstance(reason, BaseException) else error
 
 
-def _reason(error: BaseException | None, timeout: float | None = None) -> str:
+def _maybe_received(cause: BaseException) -> bool:
+    # urllib3's NewConnectionError is a ConnectTimeoutError: no connection, nothing sent.
+    return not isinstance(cause, requests.ConnectTimeout | urllib3.exceptions.ConnectTimeoutError)
+
+
+def _timed_out(cause: BaseException | None) -> bool:
+    return isinstance(cause, requests.ReadTimeout | urllib3.exceptions.ReadTimeoutError)
+
+
+def _reason(cause: BaseException | None, timeout: float | None = None) -> str:
     """What went wrong, in a few words, secrets masked."""
-    text = str(error)
-    if isinstance(error, requests.ReadTimeout | urllib3.exceptions.ReadTimeoutError):
+    text = str(cause)
+    if _timed_out(cause):
         return f"no answer within {timeout:g}s" if timeout else "timed out"
-    if isinstance(error, requests.Timeout | urllib3.exceptions.TimeoutError):
-        return "timed out"
     if "Name or service not known" in text or "getaddrinfo" in text or "NameResolution" in text:
         return "DNS lookup failed"
-    if isinstance(error, requests.ConnectionError | urllib3.exceptions.ProtocolError):
-        if isinstance(error, requests.ConnectionError) and _maybe_received(error):
-            return "the connection broke"
+    if isinstance(cause, urllib3.exceptions.NewConnectionError):
         return "connection failed"
-    return mask(type(error).__name__)
+    if isinstance(cause, requests.Timeout | urllib3.exceptions.TimeoutError):
+        return "timed out"
+    if isinstance(cause, requests.ConnectionError | urllib3.exceptions.HTTPError):
+        return "the connection broke"
+    return mask(type(cause).__name__)

@@ -90,3 +90,14 @@ def test_the_dry_run_shows_the_request_with_credentials_and_secrets_hidden(
     assert secret not in out and "tok" not in out
     assert "[dry-run] POST https://grafana.example.org/api/annotations" in out
     assert f"[dry-run]   Authorization: Bearer {MASK}" in out
+
+
+def test_a_retry_after_beyond_the_budget_is_not_waited_out(server: FileServer) -> None:
+    server.add("/index.yaml", b"entries: {}")
+    server.fail("/index.yaml", 503, times=1, retry_after=3600)
+    within_a_second = http.Retries(attempts=2, first_pause=0.01, timeout=5.0, budget=1.0)
+
+    started = time.monotonic()
+    assert http.fetch(server.url + "/index.yaml", within_a_second) == b"entries: {}"
+
+    assert time.monotonic() - started < 60

@@ -15,6 +15,7 @@ import yaml
 from tasks import release
 from tasks.cluster import clusters, tools
 from tasks.errors import StepFailure
+from tasks.helm import values_args
 from tasks.pipeline import load_registry
 from tasks.run import current
 from tests.fixtures.chain import slow_chart
@@ -170,7 +171,7 @@ def kill_helm_mid_upgrade(ctx, tmp_path):
         "--wait=watcher",
         "--timeout",
         "120s",
-        *release.helm_values_args(ctx.env.values_files()),
+        *values_args(ctx.env.values_files()),
         "--values",
         str(stuck),
     ]
