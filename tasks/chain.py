@@ -49,7 +49,8 @@ from tasks.pipeline import StepContext, Stop, confirm, dry_run_asked, invocation
 from tasks.registry import Environment, Group, Registry
 from tasks.run import current
 
-ENV_STEPS = (grafana.annotate_grafana, release.upgrade, rollout.wait_rollout, smoke.smoke_test)
+# Each release is upgraded, then rolled out, before the next one starts.
+RELEASE_STEPS = (release.upgrade, rollout.wait_rollout)
 # What `invoke ci` deploys from the main branch: the group of the site's prod members.
 CI_TARGET = "federation"
 # What `invoke demo` deploys: local-staging, then the local members at once.
@@ -106,7 +107,14 @@ def own_steps(env: Environment, options: Options) -> list[Call]:
             )
         )
     steps.append(call(lock.take_lock, env=env.name, dry_run=options.dry_run))
-    return steps + [call(step, env=env.name, dry_run=options.dry_run) for step in ENV_STEPS]
+    steps.append(call(grafana.annotate_grafana, env=env.name, dry_run=options.dry_run))
+    # An environment of one release keeps the steps' calls as they were: one call each.
+    for name in env.release_names() if env.listed else [None]:
+        named = {"release": name} if name else {}
+        steps += [
+            call(step, env=env.name, dry_run=options.dry_run, **named) for step in RELEASE_STEPS
+        ]
+    return [*steps, call(smoke.smoke_test, env=env.name, dry_run=options.dry_run)]
 
 
 def stage(
@@ -152,14 +160,19 @@ def passed(env: Environment, options: Options) -> Callable[[Context], None]:
     lock back, close the Grafana region."""
 
     def verified(c: Context) -> None:
-        perform(
-            c,
-            "verified",
-            env.name,
-            record_verified,
-            dry_run=options.dry_run,
-            needs_cluster=True,
-        )
+        names = env.release_names() if env.listed else [None]
+        for name in names:
+            # What the environment deployed is recorded once, beside its last release.
+            last = name == names[-1]
+            perform(
+                c,
+                "verified",
+                env.name,
+                record_verified if last else release.record_verified,
+                dry_run=options.dry_run,
+                needs_cluster=True,
+                release=name,
+            )
         lock.release_lock(c, env.name, options.dry_run)
         try:
             grafana.close_region(env.name, "success")
