@@ -47,20 +47,42 @@ def helm(*args: str, env: dict[str, str], home: Path) -> subprocess.CompletedPro
 
 
 def test_chart_lock_is_what_helm_dependency_update_writes(repository_copy, tmp_path):
-    """helm resolves Chart.yaml against the repository at its real URL (through a proxy)."""
+    """helm resolves Chart.yaml against the repository at its real URL (through a proxy), and
+    traefik from a real OCI registry holding it.
+
+    The registry is on loopback, so the Chart.yaml helm reads names it there; the
+    lock helm writes for that is the committed one with the registry's address,
+    and its digest is the one helm-deps computes for it.
+    """
     chart = tmp_path / "mybinder"
     chart.mkdir()
-    shutil.copy(CHART / "Chart.yaml", chart / "Chart.yaml")
-    with InterceptingProxy(chartrepo.UPSTREAM, repository_copy, tmp_path / "tls") as proxy:
-        done = helm("dependency", "update", str(chart), env=proxy.environment, home=tmp_path)
+    text = (CHART / "Chart.yaml").read_text()
+    with chartrepo.mirror_oci_upstream() as registry:
+        (chart / "Chart.yaml").write_text(text.replace(chartrepo.OCI_UPSTREAM, registry))
+        with InterceptingProxy(chartrepo.UPSTREAM, repository_copy, tmp_path / "tls") as proxy:
+            done = helm(
+                "dependency",
+                "update",
+                str(chart),
+                "--plain-http",
+                env=proxy.environment,
+                home=tmp_path,
+            )
     assert done.returncode == 0, done.stderr
     assert f"GET {chartrepo.UPSTREAM}index.yaml" in proxy.requests
     written = yaml.safe_load((chart / "Chart.lock").read_text())
     committed = yaml.safe_load((CHART / "Chart.lock").read_text())
-    assert written["digest"] == committed["digest"]
+    for entry in written["dependencies"]:
+        entry["repository"] = entry["repository"].replace(registry, chartrepo.OCI_UPSTREAM)
     assert written["dependencies"] == committed["dependencies"]
-    [archive] = (chart / "charts").iterdir()
-    assert archive.name == "binderhub-1.0.0-0.dev.git.3959.hb9fad995.tgz"
+    requirements = yaml.safe_load(text)["dependencies"]
+    assert charts.lock_digest(requirements, committed["dependencies"]) == committed["digest"]
+    # helm-deps computes helm's own digest for an OCI dependency too.
+    helm_wrote = yaml.safe_load((chart / "Chart.lock").read_text())
+    requirements_read = yaml.safe_load((chart / "Chart.yaml").read_text())["dependencies"]
+    assert charts.lock_digest(requirements_read, helm_wrote["dependencies"]) == helm_wrote["digest"]
+    archives = sorted(p.name for p in (chart / "charts").iterdir())
+    assert archives == ["binderhub-1.0.0-0.dev.git.3959.hb9fad995.tgz", "traefik-41.1.1.tgz"]
 
 
 def test_stale_lock_digest_is_refused_by_helm_deps_as_by_helm(tmp_path):
