@@ -375,7 +375,10 @@ def demo(c: Context, dry_run: bool = False) -> None:
 
     with invocation("demo"):
         if dry_run_asked(c, dry_run, "demo"):
-            say("[dry-run] would start the local clusters and serve the chart repository's copy")
+            say(
+                "[dry-run] would start the local clusters, serve the chart repository's copy "
+                "and start a local OCI registry holding traefik's"
+            )
             run_deploy(c, DEMO_TARGET, dry_run=True, yes=True)
             return
         for name in clusters.DEMO_CLUSTERS:
@@ -389,7 +392,19 @@ def demo(c: Context, dry_run: bool = False) -> None:
             mirror: AbstractContextManager[str | None] = nullcontext(None)
         else:
             mirror = chartrepo.mirror_upstream(folder)
-        with mirror as url:
+        try:
+            oci_folder = chartrepo.oci_folder()
+        except StepFailure as failure:
+            warn(f"{failure.why} helm-deps pulls from {chartrepo.OCI_UPSTREAM} itself.")
+            oci_mirror: AbstractContextManager[str | None] = nullcontext(None)
+        else:
+            oci_mirror = chartrepo.mirror_oci_upstream(oci_folder)
+        with mirror as url, oci_mirror as oci_url:
             if url:
                 say(f"chart repository {chartrepo.UPSTREAM}: served from {folder} at {url}")
+            if oci_url:
+                say(
+                    f"OCI registry {chartrepo.OCI_UPSTREAM}: a local registry at {oci_url}, "
+                    f"holding the charts of {oci_folder}"
+                )
             run_deploy(c, DEMO_TARGET, dry_run=False, yes=True)

@@ -190,6 +190,7 @@ def test_value_paths_of_the_chart_tree(chart_dependencies):
         "mybinder": [()],
         "binderhub": [("binderhub",)],
         "jupyterhub": [("binderhub", "jupyterhub")],
+        "traefik": [("traefik",)],
     }
 
 
