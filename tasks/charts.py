@@ -187,7 +187,7 @@ def fetch_with_retries(
         try:
             response = get(url, timeout=HTTP_TIMEOUT)
         except requests.RequestException as error:
-            last_error = _network_reason(error)
+            last_error = network_reason(error)
         else:
             if response.status_code < 400:
                 return response.content
@@ -200,7 +200,7 @@ def fetch_with_retries(
     raise FetchError(f"{last_error} (after {len(delays) + 1} attempts)")
 
 
-def _network_reason(error: requests.RequestException) -> str:
+def network_reason(error: requests.RequestException) -> str:
     text = str(error)
     if isinstance(error, requests.Timeout):
         return "timed out"

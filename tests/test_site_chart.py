@@ -119,7 +119,10 @@ def test_every_environment_validates_against_the_real_charts(chart_dependencies)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     for env in ("staging", "prod", "local-staging", "local-prod"):
-        assert re.search(rf"^validate\s+{env}\s+ok\s+\S+\s+\d values layers rendered", out, re.M)
+        site = r"validate(?: binder)?"
+        assert re.search(rf"^{site}\s+{env}\s+ok\s+\S+\s+\d values layers rendered", out, re.M)
+    # A release's own chart and layers are rendered too.
+    assert re.search(r"^validate traefik\s+local-staging\s+ok\s+\S+\s+1 values layers", out, re.M)
 
 
 def validate_with(tmp_path: Path, text: str) -> str:
@@ -129,7 +132,7 @@ def validate_with(tmp_path: Path, text: str) -> str:
     registry = yaml.safe_load((PROJECT_ROOT / "config/environments.yaml").read_text())
     registry["environments"] = {"local-staging": registry["environments"]["local-staging"]}
     registry.pop("groups")
-    registry["environments"]["local-staging"]["extra_values"] = [str(extra)]
+    registry["environments"]["local-staging"]["releases"][-1]["extra_values"] = [str(extra)]
     path = tmp_path / "environments.yaml"
     path.write_text(yaml.safe_dump(registry))
     result = invoke("validate", "--env=local-staging", env={"DEPLOY_REGISTRY": str(path)})
@@ -142,7 +145,7 @@ def test_binderhub_value_its_schema_forbids_names_subchart_key_and_file(
     chart_dependencies, tmp_path
 ):
     out = validate_with(tmp_path, "binderhub:\n  enabled: true\n")
-    assert "FAILED: validate on local-staging" in out
+    assert "FAILED: validate of release binder on local-staging" in out
     assert (
         "why: The binderhub subchart's schema (values under binderhub:) refuses "
         "binderhub.enabled (additional properties 'enabled' not allowed), set in "

@@ -236,7 +236,7 @@ def test_checks_of_a_disabled_component_skip_naming_the_values_file(tmp_path: Pa
     switched_off = tmp_path / "no-binderhub.yaml"
     switched_off.write_text("binderhubEnabled: false\n")
     registry = yaml.safe_load((PROJECT_ROOT / REGISTRY_FILE).read_text())
-    registry["environments"]["local-staging"]["extra_values"] = [str(switched_off)]
+    registry["environments"]["local-staging"]["releases"][-1]["extra_values"] = [str(switched_off)]
     (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
     # Nothing listens there: a disabled component's checks never ask.
     nowhere = "http://127.0.0.1:9"
