@@ -78,7 +78,8 @@ def dependency_switches(chart_dir: Path, files: list[Path]) -> dict[str, bool]:
     layer sets leaves the dependency on.
     """
     meta = values_module.load(chart_dir / "Chart.yaml")
-    merged = values_module.load(chart_dir / "values.yaml")
+    defaults = chart_dir / "values.yaml"
+    merged = values_module.load(defaults) if defaults.is_file() else {}
     for path in files:
         if not values_module.is_locked(path):
             merged = values_module.merge(merged, values_module.load(path))
