@@ -235,9 +235,8 @@ def _per_object(output: str) -> list[str]:
     sections: list[list[str]] = []
     for line in output.splitlines():
         if line.startswith("diff -u -N "):
-            name = line.rsplit("/", 1)[-1].split(".", 1)[-1]
-            # kubectl names the files GROUP.VERSION.KIND.NAMESPACE.NAME
-            crd = name.removeprefix("CustomResourceDefinition.")
+            # kubectl names the files GROUP.VERSION.KIND.NAMESPACE.NAME, a CRD's namespace empty
+            crd = line.rsplit("CustomResourceDefinition.", 1)[-1].lstrip(".")
             sections.append([f"--- CustomResourceDefinition/{crd}: changed"])
         elif sections and not line.startswith(("--- ", "+++ ")):
             sections[-1].append(line)
