@@ -340,6 +340,9 @@ def upgrade_release(
         env.namespace,
         "--timeout",
         f"{seconds}s",
+        # Without values files helm would reuse the last revision's values: what the
+        # repository says is what deploys, even when it says nothing.
+        "--reset-values",
         # The CRDs were applied just now, newer than helm's install-only copy would be.
         *(["--skip-crds"] if applied else []),
         *helm_values_args(files),
