@@ -257,3 +257,19 @@ def test_a_failure_in_the_first_release_leaves_the_second_untouched(
     )
     assert recorded[first].startswith("oci://ghcr.io/traefik/helm/traefik 41.1.1 sha256:")
     assert recorded[site] == "mybinder (the site chart)"
+
+
+@pytest.mark.cluster
+def test_a_rollback_of_several_releases_goes_last_first_and_a_revision_needs_its_release(
+    local_cluster,
+):
+    dry = invoke("rollback", "--env=local-staging", "--dry-run")
+    out = dry.stdout + dry.stderr
+    assert dry.returncode == 0, out[-3000:]
+    site = out.index("helm rollback binder --namespace binder-staging")
+    assert site < out.index("helm rollback traefik --namespace traefik")
+    refused = invoke("rollback", "--env=local-staging", "--revision", "3")
+    out = refused.stdout + refused.stderr
+    assert refused.returncode == 1
+    assert "local-staging has several releases (traefik, binder)" in out
+    assert "invoke rollback --env=local-staging --release NAME --revision 3" in out
