@@ -225,7 +225,12 @@ def cluster_checks(ctx: StepContext) -> list[Check]:
             if found[-1].status != FAIL:
                 found.append(_writable(opened.runner, env))
             if found[-1].status != FAIL:
-                found += [_lock_check(opened), _release_check(opened)]
+                found.append(_lock_check(opened))
+                # Every release: a stuck first one would stop the deploy half-way too.
+                found += [
+                    _release_check(replace(opened, env=env.for_release(name)))
+                    for name in (env.release_names() if env.listed else [None])
+                ]
     except StepFailure as failure:
         found.append(Check("cluster", FAIL, failure.why, failure.fix))
     return found
@@ -251,7 +256,9 @@ def _release_check(ctx: StepContext) -> Check:
             "release",
             FAIL,
             f"{name} is stuck in {status}: an earlier helm operation was interrupted",
-            f"invoke recover-release --env={env.name} (after asking, it rolls back to the "
+            f"invoke recover-release --env={env.name}"
+            + (f" --release {env.release}" if env.listed else "")
+            + " (after asking, it rolls back to the "
             "last deployed revision, or removes a release that never deployed)",
         )
     return Check("release", OK, f"{name} is {status or 'not installed yet'}")

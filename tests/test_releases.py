@@ -273,3 +273,12 @@ def test_a_rollback_of_several_releases_goes_last_first_and_a_revision_needs_its
     assert refused.returncode == 1
     assert "local-staging has several releases (traefik, binder)" in out
     assert "invoke rollback --env=local-staging --release NAME --revision 3" in out
+
+
+@pytest.mark.cluster
+def test_doctor_checks_every_release_of_an_environment(local_cluster):
+    result = invoke("doctor", "--env=local-staging")
+    out = result.stdout + result.stderr
+    traefik = re.search(r"^\w+\s+release\s+release traefik in traefik is ", out, re.M)
+    site = re.search(r"^\w+\s+release\s+release binder in binder-staging is ", out, re.M)
+    assert traefik and site and traefik.start() < site.start(), out[-3000:]
