@@ -277,7 +277,9 @@ def download(
     """
     if dependency.is_oci:
         source = oci.mirrored(dependency.reference, mirrors)
-        with tempfile.TemporaryDirectory() as scratch:
+        charts_dir.mkdir(parents=True, exist_ok=True)
+        # Pulled beside its destination, so the archive arrives whole, in one rename.
+        with tempfile.TemporaryDirectory(dir=charts_dir, prefix=".pull-") as scratch:
             pulled, pulled_digest = oci.pull(
                 runner or chartrepo.tool_runner(),
                 source,
@@ -292,7 +294,6 @@ def download(
                     f"{source} {dependency.version} did not hold the chart {dependency.name} "
                     f"{dependency.version}."
                 )
-            charts_dir.mkdir(parents=True, exist_ok=True)
             pulled.replace(charts_dir / dependency.archive)
         return pulled_digest
     base, index = _index(dependency.repository, mirrors, cache)

@@ -197,8 +197,7 @@ def keep_current(ctx: StepContext, chart: Path, files: list[Path]) -> str:
                 "customresourcedefinitions`. A CRD the API server refuses names its field.",
                 details=failed.output,
             ) from None
-    verb = "would apply" if ctx.dry_run else "applied"
-    note = f"{len(crds)} CRD(s) {verb}"
+    note = f"{len(crds)} CRD(s) " + ("would be applied" if ctx.dry_run else "applied")
     if dropped:
         note += f"; dropped from the chart, left in place: {', '.join(dropped)}"
     return note

@@ -127,7 +127,6 @@ def release_charts(registry: Registry, env: Environment) -> tuple[dict[str, str]
 
 def describe(ctx: StepContext, env: Environment) -> Promotion:
     """What a deploy of `env` from this checkout deploys, every release of it."""
-    env = ctx.registry.environments.get(env.name, env)
     chart_dir = PROJECT_ROOT / ctx.registry.chart
     chart = yaml.safe_load((chart_dir / "Chart.yaml").read_text()) or {}
     releases, other_files = release_charts(ctx.registry, env)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tasks import chain, registry
-from tasks.cluster import clusters
+from tasks.cluster import clusters, tools
 from tasks.runner import PROJECT_ROOT
 from tests.fakes.grafana_server import FakeGrafana
 from tests.fixtures.chain import (
@@ -542,6 +542,16 @@ def test_a_locked_target_stops_the_deploy_before_staging_is_touched(both_cluster
     assert lock_exists(namespaces["local-prod"], "binder-prod")
 
 
+def release_pending(namespace: str) -> bool:
+    status = subprocess.run(
+        [str(tools.binary("helm")), "status", unique_release(namespace), "-n", namespace],
+        env={**os.environ, "KUBECONFIG": str(clusters.kubeconfig("binder-prod"))},
+        capture_output=True,
+        text=True,
+    )
+    return "STATUS: pending-install" in status.stdout
+
+
 @pytest.mark.cluster
 def test_a_stuck_target_release_stops_the_deploy_before_staging_is_touched(both_clusters, tmp_path):
     env, namespaces = demo_registry(tmp_path)
@@ -552,7 +562,11 @@ def test_a_stuck_target_release_stops_the_deploy_before_staging_is_touched(both_
     Path(stuck_env["DEPLOY_REGISTRY"]).write_text(yaml.safe_dump(document))
 
     def kill_helm(process: subprocess.Popen) -> None:
-        time.sleep(2)
+        # Once helm has recorded the install as pending: how long it takes to get
+        # there depends on the chart's size and the machine's load.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not release_pending(namespaces["local-prod"]):
+            time.sleep(0.2)
         for pid in descendants(process.pid):
             command = command_line(pid)
             if Path(command[0]).name == "helm" and "upgrade" in command:

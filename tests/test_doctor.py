@@ -115,7 +115,9 @@ def test_a_healthy_local_environment_is_all_ok(
         "namespace",
         "lock",
         "release",
+        "release",
         "grafana",
+        "charts",
         "charts",
     ]
     assert all(line.startswith(OK) for line in checks), out

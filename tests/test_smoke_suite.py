@@ -838,9 +838,10 @@ def wait_for(check, seconds: float, what: str) -> None:
 
 
 def registry_with_namespace(tmp_path: Path, env: str, namespace: str) -> Path:
-    """A copy of the registry whose `env` lives in `namespace`."""
+    """A copy of the registry whose `env` (its site release) lives in `namespace`."""
     document = yaml.safe_load((PROJECT_ROOT / REGISTRY_FILE).read_text())
-    document["environments"][env]["namespace"] = namespace
+    entry = document["environments"][env]
+    (entry["releases"][-1] if "releases" in entry else entry)["namespace"] = namespace
     # The namespaces hold the site's own workloads only, not BinderHub.
     document["environments"][env]["components"] = {"binderhub": False}
     path = tmp_path / f"environments-{namespace}.yaml"
