@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tasks.errors import StepFailure
+from tasks.errors import Location, StepFailure
 from tasks.runner import PROJECT_ROOT
 
 REGISTRY_FILE = Path("config/environments.yaml")
@@ -252,8 +252,14 @@ class _Reader:
         self.root_node = yaml.compose(text)
 
     def fail(self, node: yaml.Node | None, message: str, fix: str = "") -> RegistryError:
-        line = f":{node.start_mark.line + 1}" if node is not None else ""
-        return RegistryError(f"{self.path}{line}: {message}", fix)
+        if node is None:
+            return RegistryError(f"{self.path}: {message}", fix)
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        return RegistryError(
+            f"{self.path}:{line}: {message}",
+            fix,
+            locations=[Location(str(self.path), line, column, message)],
+        )
 
     def mapping(
         self, node: yaml.Node, where: str, allowed: tuple[str, ...]
