@@ -396,7 +396,9 @@ def test_a_second_deploy_of_the_same_environment_is_refused(both_clusters, tmp_p
     plant_lock(namespaces["local-staging"], "octocat on CI run 41", int(time.time()) + 600)
     # Found by preflight, before the first change.
     out = assert_stopped_on_staging(
-        invoke("deploy", "--env=local-prod", "--yes", env=env), "preflight", namespaces
+        invoke("deploy", "--env=local-prod", "--yes", "--wait-for-lock=0", env=env),
+        "preflight",
+        namespaces,
     )
     assert "another deploy of local-staging is running: octocat on CI run 41" in out
     assert "invoke unlock --env=local-staging" in out
@@ -531,7 +533,7 @@ def test_a_locked_target_stops_the_deploy_before_staging_is_touched(both_cluster
     plant_lock(
         namespaces["local-prod"], "octocat on CI run 7", int(time.time()) + 600, "binder-prod"
     )
-    result = invoke("deploy", "--env=local-prod", "--yes", env=env)
+    result = invoke("deploy", "--env=local-prod", "--yes", "--wait-for-lock=0", env=env)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-3000:]
     assert "FAILED: preflight on local-prod" in out, out[-3000:]
@@ -688,7 +690,7 @@ def test_a_live_lock_of_this_machine_is_never_taken_over(both_clusters, tmp_path
         int(time.time()) + 600,
         process=lock.process_identity(os.getpid()),
     )
-    result = invoke("deploy", "--env=local-staging", env=env)
+    result = invoke("deploy", "--env=local-staging", "--wait-for-lock=0", env=env)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-3000:]
     assert "another deploy of local-staging is running" in out
