@@ -414,7 +414,8 @@ def schema_failure(
                     else "set in no values file"
                 )
                 lines.append(f"{whose} refuses {key} ({error.message}), {where}")
-                for path in setting:
+                # The last file setting the key is the one whose value helm used.
+                for path in setting[-1:]:
                     position = values_module.key_position(path, keys)
                     if position:
                         message = f"{whose} refuses {key} ({error.message})"

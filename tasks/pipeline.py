@@ -192,6 +192,10 @@ def _finish(run: Run, result: str, closing: Callable[[], str] | None = None) -> 
     _release_held(run)
     summary = run.summary
     screen = closing() if closing else ""
+    from tasks.notifications import notify_outcome
+
+    # Before the table: a notice that was not delivered is one of the run's warnings.
+    notify_outcome(run, result)
     if len(summary.records) > 1 or summary.warnings or summary.members:
         say("")
         say(summary.table())
