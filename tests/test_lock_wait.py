@@ -20,7 +20,13 @@ import pytest
 
 from tasks.cluster import clusters
 from tasks.runner import PROJECT_ROOT
-from tests.fixtures.chain import demo_registry, invoke, lock_exists, release_exists
+from tests.fixtures.chain import (
+    demo_registry,
+    federation_registry,
+    invoke,
+    lock_exists,
+    release_exists,
+)
 from tests.fixtures.site import unique_release
 from tests.test_chain import plant_lock
 
@@ -148,3 +154,36 @@ def test_in_ci_a_deploy_waits_for_the_lock_by_default_then_takes_it(both_cluster
     assert "waiting for the deploy lock" in out
     assert release_exists("binder-staging", namespaces["local-staging"])
     assert not lock_exists(namespaces["local-staging"])
+
+
+@pytest.mark.cluster
+def test_a_federation_member_waits_for_its_own_lock_in_its_own_thread(demo_clusters, tmp_path):
+    env, namespaces = federation_registry(tmp_path, experimental=("local-prod-b",))
+    member_namespace = namespaces["local-prod-b"]
+    plant_lock(member_namespace, "octocat on CI run 41", int(time.time()) + 600, "binder-prod-b")
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "deploy", "--env=fed", "--yes", "--wait-for-lock"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    assert deploy.stdout is not None
+    for line in deploy.stdout:
+        seen.append(line)
+        if "[local-prod-b] waiting for the deploy lock of local-prod-b: held by octocat" in line:
+            clusters.kubectl(
+                "binder-prod-b", "delete", "configmap", "binder-deploy-lock", "-n", member_namespace
+            )
+    out = "".join(seen)
+    assert deploy.wait(timeout=600) == 0, out[-5000:]
+    members = {m["name"]: m["result"] for m in steps_report()["members"]}
+    assert members == {"local-prod": "ok", "local-prod-b": "ok"}, out[-5000:]
+    assert "waiting for the deploy lock of local-prod:" not in out
+    assert release_exists("binder-prod-b", member_namespace)
+
+
+def steps_report() -> dict:
+    return json.loads((PROJECT_ROOT / "reports" / "run-deploy.json").read_text())
