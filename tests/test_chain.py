@@ -25,6 +25,7 @@ from tasks import chain, registry
 from tasks.cluster import clusters
 from tasks.runner import PROJECT_ROOT
 from tests.fakes.grafana_server import FakeGrafana
+from tests.fakes.webhook import WebhookReceiver
 from tests.fixtures.chain import (
     command_line,
     demo_registry,
@@ -320,15 +321,23 @@ def test_prod_rolled_back_automatically_when_its_smoke_tests_fail(both_clusters,
     broken = tmp_path / "no-static.yaml"
     broken.write_text("static:\n  replicas: 0\n")
     document["environments"]["local-prod"]["extra_values"] = [str(broken)]
+    document["environments"]["local-prod"]["notify"] = {"url_env": "DEPLOY_TEST_WEBHOOK"}
     registry_file.write_text(yaml.safe_dump(document))
 
-    result = invoke("deploy", "--env=local-prod", "--yes", "--rollback-on-failure", env=env)
+    with WebhookReceiver() as hook:
+        env["DEPLOY_TEST_WEBHOOK"] = f"{hook.url}/services/prod-hook-token"
+        result = invoke("deploy", "--env=local-prod", "--yes", "--rollback-on-failure", env=env)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-4000:]
     assert "FAILED: smoke-test on local-prod" in out
     assert "rolling local-prod back to its last good revision" in out
     assert "local-prod was rolled back to its last good revision" in out
     assert "Traceback" not in out
+    # The team's chat hears of it once: what failed, where, and the rollback.
+    [(_, notice)] = hook.received
+    assert notice["text"].startswith("Deploy of local-prod FAILED (invoke deploy)\n")
+    assert "- smoke-test failed on local-prod: " in notice["text"]
+    assert "- local-prod was rolled back to its last good revision" in notice["text"]
     replicas = clusters.kubectl(
         "binder-prod",
         "get",
