@@ -206,9 +206,11 @@ class LockWait:
             or self._said[0] != holder
             or (waited - self._said[1] >= PROGRESS_SECONDS)
         ):
+            # A milestone: a member's wait shows as it goes, also while its output is folded.
             say(
                 f"waiting for the deploy lock of {env_name}: held by {holder} "
-                f"({format_seconds(waited)} waited, up to {format_seconds(self.seconds)})"
+                f"({format_seconds(waited)} waited, up to {format_seconds(self.seconds)})",
+                milestone=True,
             )
             self._said = (holder, waited)
         deadline = time.monotonic() + min(POLL_SECONDS, self.seconds - waited)

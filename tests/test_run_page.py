@@ -147,3 +147,18 @@ def test_secrets_are_announced_before_anything_else_and_never_in_the_summary(
     plain = invoke("ci", "--no-tests", env={"GITHUB_EVENT_NAME": "pull_request"})
     assert plain.returncode == 0
     assert "::add-mask::" not in plain.stdout + plain.stderr
+
+
+def test_a_registry_mistake_is_annotated_on_its_line(tmp_path, monkeypatch, capsys):
+    from tasks import registry
+    from tests.test_registry import LOCAL, write_registry
+
+    root = write_registry(tmp_path, "environments:\n  a:" + LOCAL + "    gated_bye: b\n")
+    with pytest.raises(StepFailure) as raised:
+        registry.load(root)
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    annotate(raised.value, "deploy")
+    assert capsys.readouterr().out.startswith(
+        "::error file=config/environments.yaml,line=7,col=5,title=deploy::"
+        "environment 'a': unknown key 'gated_bye'."
+    )
