@@ -128,11 +128,10 @@ def judge(data: dict[str, str], now: float, env_name: str) -> LockVerdict:
     if int(expires) < now:
         return LockVerdict(True, f"the deploy lock of {env_name} {who} has expired")
     minutes = max(1, round((int(expires) - now) / 60))
-    commit = f", deploying {data['commit']}" if data.get("commit") else ""
     return LockVerdict(
         False,
-        f"another deploy of {env_name} is running: {data.get('holder')}, since "
-        f"{data.get('started')}{commit} (its lock expires in about {minutes} min)",
+        f"another deploy of {env_name} is running: {described(data)} (its lock expires in "
+        f"about {minutes} min)",
         running=True,
     )
 
@@ -221,7 +220,9 @@ class LockWait:
         self._environment.lock_waited = self.waited
 
     def done(self) -> str:
-        return f"after waiting {format_seconds(self.waited)}" if self._said else ""
+        """How long the environment's lock was waited for in this run, if it was."""
+        waited = self._environment.lock_waited
+        return f"after waiting {format_seconds(waited)}" if waited else ""
 
 
 def wait_until_free(ctx: StepContext) -> dict[str, str] | None:
