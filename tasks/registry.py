@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tasks.errors import StepFailure
+from tasks.errors import Location, StepFailure
 from tasks.runner import PROJECT_ROOT
 
 REGISTRY_FILE = Path("config/environments.yaml")
@@ -84,6 +84,27 @@ class Grafana:
     strict: bool = False
 
 
+NOTIFY_FORMATS = ("slack", "zulip")
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Where a deploy's outcome is posted: a chat's incoming webhook (tasks/notifications.py).
+
+    The webhook's URL carries its token, so it comes from a secret: a variable
+    (`url_env`) or a file under the secrets folder (`url_file`).
+    """
+
+    url_env: str = ""
+    url_file: str = ""
+    format: str = "slack"  # slack: Slack's incoming webhooks; zulip: Zulip's Slack-compatible one
+    on_success: bool = False  # a successful deploy posts too
+
+    @property
+    def source(self) -> str:
+        return f"${self.url_env}" if self.url_env else self.url_file
+
+
 @dataclass(frozen=True)
 class Timeouts:
     upgrade: int = 600
@@ -108,6 +129,7 @@ class Environment:
     # Further values files layered after the four standard ones, in order.
     extra_values: tuple[str, ...] = ()
     bastion: Bastion | None = None
+    notify: Notify | None = None
 
     def values_files(self, root: Path = PROJECT_ROOT) -> list[Path]:
         """The values files in the order helm must layer them, existing ones only.
@@ -146,6 +168,7 @@ class Group:
     members: tuple[str, ...]
     experimental: tuple[str, ...]
     gate: str  # the environment that gates every member
+    notify: Notify | None = None
 
     def is_experimental(self, member: str) -> bool:
         return member in self.experimental
@@ -252,8 +275,14 @@ class _Reader:
         self.root_node = yaml.compose(text)
 
     def fail(self, node: yaml.Node | None, message: str, fix: str = "") -> RegistryError:
-        line = f":{node.start_mark.line + 1}" if node is not None else ""
-        return RegistryError(f"{self.path}{line}: {message}", fix)
+        if node is None:
+            return RegistryError(f"{self.path}: {message}", fix)
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        return RegistryError(
+            f"{self.path}:{line}: {message}",
+            fix,
+            locations=[Location(str(self.path), line, column, message)],
+        )
 
     def mapping(
         self, node: yaml.Node, where: str, allowed: tuple[str, ...]
@@ -349,6 +378,7 @@ _ENV_KEYS = (
     "components",
     "extra_values",
     "bastion",
+    "notify",
 )
 
 
@@ -410,7 +440,7 @@ def _groups(reader: _Reader, node: yaml.Node, envs: dict[str, Environment]) -> d
                 "could mean either.",
                 "Give the group another name.",
             )
-        items = reader.mapping(body, where, ("description", "members", "experimental"))
+        items = reader.mapping(body, where, ("description", "members", "experimental", "notify"))
         if "members" not in items:
             raise reader.fail(body, f"{where} has no `members:`, the environments it deploys.")
         members = _member_list(reader, items["members"], f"{where} members", envs)
@@ -451,7 +481,10 @@ def _groups(reader: _Reader, node: yaml.Node, envs: dict[str, Environment]) -> d
             if "description" in items
             else ""
         )
-        groups[name] = Group(name, description, members, experimental, gates[members[0]] or "")
+        notify = _notify(reader, where, items["notify"]) if "notify" in items else None
+        groups[name] = Group(
+            name, description, members, experimental, gates[members[0]] or "", notify
+        )
     return groups
 
 
@@ -535,6 +568,7 @@ def _environment(reader: _Reader, name: str, node: yaml.Node) -> Environment:
         if "extra_values" in items
         else (),
         bastion=_bastion(reader, where, items["bastion"]) if "bastion" in items else None,
+        notify=_notify(reader, where, items["notify"]) if "notify" in items else None,
     )
 
 
@@ -676,6 +710,36 @@ def _grafana(reader: _Reader, where: str, node: yaml.Node) -> Grafana | None:
         org_id=org_id,
         tags=reader.text_list(items["tags"], f"{what}.tags") if "tags" in items else (),
         strict=reader.flag(items["strict"], f"{what}.strict") if "strict" in items else False,
+    )
+
+
+def _notify(reader: _Reader, where: str, node: yaml.Node) -> Notify | None:
+    if isinstance(node, yaml.ScalarNode) and reader.scalar(node) in (None, False):
+        return None
+    what = f"{where} notify"
+    items = reader.mapping(node, what, ("url_env", "url_file", "format", "on_success"))
+    sources = [key for key in ("url_env", "url_file") if key in items]
+    if len(sources) != 1:
+        raise reader.fail(
+            node,
+            f"{what} needs one of `url_env:` (the variable holding the webhook's URL) or "
+            "`url_file:` (a file under the secrets folder holding it)"
+            + (", not both." if sources else "."),
+            "The URL carries the webhook's token: keep it in a secret, never in this file.",
+        )
+    fmt = reader.scalar(items["format"]) if "format" in items else "slack"
+    if fmt not in NOTIFY_FORMATS:
+        raise reader.fail(
+            items["format"],
+            f"{what}.format must be one of {', '.join(NOTIFY_FORMATS)}, not {fmt!r}.",
+        )
+    return Notify(
+        url_env=reader.text(items["url_env"], f"{what}.url_env") if "url_env" in items else "",
+        url_file=reader.text(items["url_file"], f"{what}.url_file") if "url_file" in items else "",
+        format=fmt,
+        on_success=reader.flag(items["on_success"], f"{what}.on_success")
+        if "on_success" in items
+        else False,
     )
 
 

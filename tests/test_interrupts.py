@@ -19,7 +19,9 @@ from invoke import Context
 from tasks.cluster import clusters
 from tasks.errors import CommandFailed
 from tasks.runner import PROJECT_ROOT, Runner
+from tests.fakes.webhook import WebhookReceiver
 from tests.fixtures.chain import (
+    change_environment,
     command_line,
     demo_registry,
     descendants,
@@ -147,11 +149,20 @@ def test_sigterm_during_the_smoke_suite_names_it_and_releases_the_lock(both_clus
         )
         process.send_signal(signal.SIGTERM)
 
-    run = run_and_act(["deploy", "--env=local-prod", "--yes"], env, "test session starts", cancel)
+    change_environment(env, "local-prod", notify={"url_env": "DEPLOY_TEST_WEBHOOK"})
+    with WebhookReceiver() as hook:
+        env["DEPLOY_TEST_WEBHOOK"] = f"{hook.url}/services/interrupted-hook-token"
+        run = run_and_act(
+            ["deploy", "--env=local-prod", "--yes"], env, "test session starts", cancel
+        )
     out = run.output
     assert suites, "the smoke suite was not running when the deploy was cancelled"
     assert run.returncode == 130, out[-3000:]
     assert "INTERRUPTED: smoke-test on local-staging" in out, out[-3000:]
+    # The target's chat hears where the deploy was stopped, once.
+    [(_, notice)] = hook.received
+    assert notice["text"].startswith("Deploy of local-prod was INTERRUPTED (invoke deploy)\n")
+    assert "- smoke-test interrupted on local-staging" in notice["text"]
     assert "invoke rollback --env=local-staging" in out
     assert "Left behind: nothing." in out
     assert "Traceback" not in out
