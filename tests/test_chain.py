@@ -32,6 +32,7 @@ from tests.fixtures.chain import (
     descendants,
     invoke,
     lock_exists,
+    once_helm_holds_the_release,
     release_exists,
     run_and_act,
     slow_chart,
@@ -563,7 +564,6 @@ def test_a_stuck_target_release_stops_the_deploy_before_staging_is_touched(both_
     Path(stuck_env["DEPLOY_REGISTRY"]).write_text(yaml.safe_dump(document))
 
     def kill_helm(process: subprocess.Popen) -> None:
-        time.sleep(2)
         for pid in descendants(process.pid):
             command = command_line(pid)
             if Path(command[0]).name == "helm" and "upgrade" in command:
@@ -574,7 +574,7 @@ def test_a_stuck_target_release_stops_the_deploy_before_staging_is_touched(both_
         ["upgrade", "--env=local-prod", "--promote-unverified"],
         stuck_env,
         "$ helm upgrade",
-        kill_helm,
+        once_helm_holds_the_release(namespaces["local-prod"], kill_helm, "binder-prod"),
     )
     assert "stuck in pending-install" in killed.output, killed.output[-3000:]
 

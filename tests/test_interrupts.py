@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from invoke import Context
 
-from tasks.cluster import clusters
 from tasks.errors import CommandFailed
 from tasks.runner import PROJECT_ROOT, Runner
 from tests.fakes.webhook import WebhookReceiver
@@ -26,6 +25,7 @@ from tests.fixtures.chain import (
     demo_registry,
     descendants,
     lock_exists,
+    once_helm_holds_the_release,
     release_exists,
     run_and_act,
     slow_chart,
@@ -82,29 +82,6 @@ def test_a_command_killed_by_a_signal_is_named_with_the_signal():
 def deploy_env(tmp_path, **staging_changes):
     chart = slow_chart(tmp_path)
     return demo_registry(tmp_path, staging_changes, top={"chart": str(chart)})
-
-
-def once_helm_holds_the_release(namespace: str, act):
-    """`act` on the deploy once helm has recorded the release as pending-install.
-
-    A fixed pause is not enough on a loaded machine: helm may not have written
-    its release record yet, and the state the test expects would not exist.
-    """
-
-    def waiting_then(process: subprocess.Popen) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            found = clusters.kubectl(
-                "binder-staging",
-                *("get", "secrets", "--namespace", namespace, "--output", "name"),
-                "--selector=owner=helm,status=pending-install",
-            )
-            if found.strip():
-                break
-            time.sleep(0.2)
-        act(process)
-
-    return waiting_then
 
 
 @pytest.mark.cluster
