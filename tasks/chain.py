@@ -57,6 +57,13 @@ CI_TARGET = "federation"
 DEMO_TARGET = "local-federation"
 
 
+WAIT_HELP = (
+    "Wait for a deploy lock another deploy holds, saying who holds it, then take it: "
+    "at most SECONDS (alone: as long as the lock can last; 0: do not wait). "
+    "Default: wait in CI (CI=true), fail at once elsewhere."
+)
+
+
 @dataclass(frozen=True)
 class Options:
     """What the operator asked of a deploy, for every stage of it."""
@@ -245,9 +252,11 @@ def run_deploy(
     yes: bool,
     rollback_on_failure: bool = False,
     promote_unverified: bool = False,
+    wait_for_lock: bool | str | None = None,
 ) -> None:
     dry_run = dry_run_asked(c, dry_run, "deploy")
     run = current()
+    run.wait_for_lock = lock.wait_asked(wait_for_lock)
     registry = run.registry
     what = registry.target(target)
     run.target = what.name
@@ -286,7 +295,9 @@ def run_deploy(
         "wait-rollout or smoke-test fails.",
         "promote_unverified": "Deploy gated environments even with what their gate did not "
         "verify (another commit, chart or shared values); the summary says so.",
-    }
+        "wait_for_lock": WAIT_HELP,
+    },
+    optional=["wait_for_lock"],
 )
 def deploy(
     c: Context,
@@ -295,10 +306,11 @@ def deploy(
     yes: bool = False,
     rollback_on_failure: bool = False,
     promote_unverified: bool = False,
+    wait_for_lock: str | None = None,
 ) -> None:
     """Deploy an environment (its gate's full chain first, then its own) or a group."""
     with invocation("deploy"):
-        run_deploy(c, env, dry_run, yes, rollback_on_failure, promote_unverified)
+        run_deploy(c, env, dry_run, yes, rollback_on_failure, promote_unverified, wait_for_lock)
 
 
 def pull_request_ci() -> bool | None:
@@ -328,7 +340,9 @@ def ci_branch() -> str:
         "tests": "Run the project's tests in pull-request mode (--no-tests skips them).",
         "rollback_on_failure": "On the main branch, roll the target (each member of a group) "
         "back if its rollout or smoke tests fail.",
-    }
+        "wait_for_lock": WAIT_HELP,
+    },
+    optional=["wait_for_lock"],
 )
 def ci(
     c: Context,
@@ -337,6 +351,7 @@ def ci(
     pull_request: bool = False,
     tests: bool = True,
     rollback_on_failure: bool = False,
+    wait_for_lock: str | None = None,
 ) -> None:
     """What CI runs: validate offline on pull requests, deploy on the main branch."""
     is_pr = True if pull_request else pull_request_ci()
@@ -348,7 +363,14 @@ def ci(
         if is_pr or ci_branch() not in ("", branch):
             validate_offline(c, tests)
             return
-        run_deploy(c, env, dry_run=False, yes=True, rollback_on_failure=rollback_on_failure)
+        run_deploy(
+            c,
+            env,
+            dry_run=False,
+            yes=True,
+            rollback_on_failure=rollback_on_failure,
+            wait_for_lock=wait_for_lock,
+        )
 
 
 def validate_offline(c: Context, tests: bool = True) -> None:

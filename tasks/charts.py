@@ -29,7 +29,7 @@ from invoke import Context, task
 
 from tasks import chartrepo, oci
 from tasks import values as values_module
-from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
+from tasks.errors import CommandFailed, Diagnosis, Location, StepFailure, explain
 from tasks.output import say
 from tasks.pipeline import (
     Skipped,
@@ -461,6 +461,7 @@ def schema_failure(
     lines: list[str] = []
     settings: list[str] = []
     switches: list[str] = []
+    locations: list[Location] = []
     for error in errors:
         for prefix in value_paths.get(error.chart) or [()]:
             if prefix:
@@ -478,6 +479,12 @@ def schema_failure(
                     else "set in no values file"
                 )
                 lines.append(f"{whose} refuses {key} ({error.message}), {where}")
+                # The last file setting the key is the one whose value helm used.
+                for path in setting[-1:]:
+                    position = values_module.key_position(path, keys)
+                    if position:
+                        message = f"{whose} refuses {key} ({error.message})"
+                        locations.append(Location(shown(path), *position, message))
                 settings.append(f"{key} is {where}.")
                 if len(keys) == 2 and keys[1] == "enabled" and conditions.get(keys[0]):
                     switches.append(
@@ -493,7 +500,9 @@ def schema_failure(
             f"{len(lines)} values of {env_name} are refused by charts' schemas; first, {lines[0]}."
         )
         fix = " ".join([*switches, "Fix or remove each key listed below in the file named;", check])
-    return StepFailure(why, fix, details="\n".join(lines) if len(lines) > 1 else "")
+    return StepFailure(
+        why, fix, details="\n".join(lines) if len(lines) > 1 else "", locations=locations
+    )
 
 
 def shown(path: Path) -> str:
@@ -664,6 +673,7 @@ def validate_environment(ctx: StepContext) -> str:
             f"{len(problems)} problem(s) in the values files of {env.name}.",
             values_module.advice(problems),
             details="\n".join(str(p) for p in problems),
+            locations=[p.location() for p in problems],
         )
     values_args: list[str] = []
     for path in layers:
@@ -786,5 +796,6 @@ def lint_repository_yaml(ctx: StepContext) -> str:
             f"{len(problems)} YAML problem(s) in the repository.",
             values_module.advice(problems),
             details="\n".join(str(p) for p in problems),
+            locations=[p.location() for p in problems],
         )
     return f"{len(readable)} YAML files clean ({len(paths) - len(readable)} encrypted, skipped)"

@@ -237,8 +237,13 @@ def cluster_checks(ctx: StepContext) -> list[Check]:
 
 
 def _lock_check(ctx: StepContext) -> Check:
+    """No live deploy holds the lock; a deploy asked to wait for it waits here, before its
+    first change, until none does."""
     env = ctx.environment
-    held = lock.current_lock(ctx)
+    try:
+        held = lock.wait_until_free(ctx)
+    except StepFailure as failure:
+        return Check("lock", FAIL, failure.why.rstrip("."), failure.fix)
     if held is None:
         return Check("lock", OK, f"no deploy of {env.name} holds its deploy lock")
     verdict = lock.judge(held, time.time(), env.name)

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from invoke import Context
@@ -23,7 +24,7 @@ from invoke.exceptions import Exit
 from tasks import checkout
 from tasks import run as run_module
 from tasks.errors import CommandFailed, StepFailure
-from tasks.output import folded, say, warn
+from tasks.output import annotate, ci_system, folded, say, warn
 from tasks.registry import Environment, Registry
 from tasks.report import (
     DRY_RUN,
@@ -148,28 +149,31 @@ def invocation(task: str = "") -> Iterator[None]:
             try:
                 yield
             except StepFailure as failure:
+                annotate(failure, task)
                 raise Stop(task, "", failure) from None
             return
         run = current()
         try:
             try:
                 with sigterm_as_interrupt():
+                    if ci_system() == "github":
+                        _announce_known_secrets(run)
                     yield
             except StepFailure as failure:
+                annotate(failure, task)
                 raise Stop(task, "", failure) from None
         except Stop as stop:
-            _finish(run, FAILED)
-            raise Exit(_failure_screen(stop), code=1) from None
+            raise Exit(_finish(run, FAILED, partial(_failure_screen, stop)), code=1) from None
         except KeyboardInterrupt:
-            _finish(run, INTERRUPTED)
-            raise Exit(_interrupted_screen(run), code=130) from None
+            screen = _finish(run, INTERRUPTED, partial(_interrupted_screen, run))
+            raise Exit(screen, code=130) from None
         except Exit:
             raise
         except Exception as bug:
             if os.environ.get("DEPLOY_DEBUG"):
                 raise
-            _finish(run, FAILED)
-            raise Exit(_failure_screen(Stop(task, "", unexpected(bug))), code=1) from None
+            stop = Stop(task, "", unexpected(bug))
+            raise Exit(_finish(run, FAILED, partial(_failure_screen, stop)), code=1) from None
         else:
             _finish(run, OK)
             if run.summary.left_behind:
@@ -178,12 +182,35 @@ def invocation(task: str = "") -> Iterator[None]:
             _release_held(run)
 
 
-def _finish(run: Run, result: str) -> None:
+def _announce_known_secrets(run: Run) -> None:
+    """Register every secret the run can read already (secret variables, unlocked files), so
+    that on GitHub Actions each is announced before the run's first line (tasks/masking.py).
+    Those still locked are announced when decrypt-secrets unlocks them."""
+    from tasks.secrets import register_secret_values
+
+    try:
+        environments = run.registry.environments.values()
+    except StepFailure:
+        return  # the first step that needs the registry says what is wrong with it
+    for env in environments:
+        register_secret_values(env)
+
+
+def _finish(run: Run, result: str, closing: Callable[[], str] | None = None) -> str:
+    """End the run: the table, the report, the run page's summary; returns the closing screen
+    (made once what the run held is given back, so that it can say what was left behind)."""
     _release_held(run)
     summary = run.summary
+    screen = closing() if closing else ""
+    from tasks.notifications import notify_outcome
+
+    # Before the table: a notice that was not delivered is one of the run's warnings.
+    notify_outcome(run, result)
     if len(summary.records) > 1 or summary.warnings or summary.members:
         say("")
         say(summary.table())
+    if summary.records and os.environ.get("GITHUB_STEP_SUMMARY"):
+        _write_step_summary(run, result, screen)
     # A dry run touches nothing, not even reports/.
     if summary.records and not run.dry_run:
         path = report_path(run)
@@ -194,6 +221,21 @@ def _finish(run: Run, result: str) -> None:
         else:
             if len(summary.records) > 1:
                 say(f"report: {path.relative_to(PROJECT_ROOT)}")
+    return screen
+
+
+def _write_step_summary(run: Run, result: str, screen: str) -> None:
+    """The run page's summary on GitHub Actions: the table and the closing screen, in Markdown.
+
+    Appended: each step of a job adds its part to the same page.
+    """
+    path = Path(os.environ["GITHUB_STEP_SUMMARY"])
+    text = run.summary.markdown(run.task, run.target, result, screen)
+    try:
+        with path.open("a", encoding="utf-8") as page:
+            page.write(text + "\n")
+    except OSError as error:
+        warn(f"The run page's summary could not be written to {path}: {error}")
 
 
 def report_path(run: Run) -> Path:
@@ -374,6 +416,7 @@ def perform(
                 env = env.for_release(release)
         except StepFailure as failure:
             _record(step, env, env_name or "", FAILED, watch, failure.why)
+            annotate(failure, step)
             raise Stop(step, env_name or "", failure, release or "") from None
         env_label = env.name if env else ""
         of = release or ""
@@ -400,6 +443,7 @@ def perform(
                 return
             except StepFailure as failure:
                 _record(step, env, env_label, FAILED, watch, failure.why, of)
+                annotate(failure, title)
                 raise Stop(step, env_label, failure, of) from None
             except CommandFailed as failed:
                 failure = StepFailure(

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tasks.errors import StepFailure
+from tasks.errors import Location, StepFailure
 from tasks.runner import PROJECT_ROOT
 
 REGISTRY_FILE = Path("config/environments.yaml")
@@ -82,6 +82,27 @@ class Grafana:
     org_id: int | None = None
     tags: tuple[str, ...] = ()
     strict: bool = False
+
+
+NOTIFY_FORMATS = ("slack", "zulip")
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Where a deploy's outcome is posted: a chat's incoming webhook (tasks/notifications.py).
+
+    The webhook's URL carries its token, so it comes from a secret: a variable
+    (`url_env`) or a file under the secrets folder (`url_file`).
+    """
+
+    url_env: str = ""
+    url_file: str = ""
+    format: str = "slack"  # slack: Slack's incoming webhooks; zulip: Zulip's Slack-compatible one
+    on_success: bool = False  # a successful deploy posts too
+
+    @property
+    def source(self) -> str:
+        return f"${self.url_env}" if self.url_env else self.url_file
 
 
 @dataclass(frozen=True)
@@ -158,6 +179,7 @@ class Environment:
     releases: tuple[Release, ...] = ()
     # Whether the registry entry listed `releases:` (else the one `release:`).
     listed: bool = False
+    notify: Notify | None = None
 
     def values_files(self, root: Path = PROJECT_ROOT) -> list[Path]:
         """The values files in the order helm must layer them, existing ones only.
@@ -236,6 +258,7 @@ class Group:
     members: tuple[str, ...]
     experimental: tuple[str, ...]
     gate: str  # the environment that gates every member
+    notify: Notify | None = None
 
     def is_experimental(self, member: str) -> bool:
         return member in self.experimental
@@ -342,8 +365,14 @@ class _Reader:
         self.root_node = yaml.compose(text)
 
     def fail(self, node: yaml.Node | None, message: str, fix: str = "") -> RegistryError:
-        line = f":{node.start_mark.line + 1}" if node is not None else ""
-        return RegistryError(f"{self.path}{line}: {message}", fix)
+        if node is None:
+            return RegistryError(f"{self.path}: {message}", fix)
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        return RegistryError(
+            f"{self.path}:{line}: {message}",
+            fix,
+            locations=[Location(str(self.path), line, column, message)],
+        )
 
     def mapping(
         self, node: yaml.Node, where: str, allowed: tuple[str, ...]
@@ -440,6 +469,7 @@ _ENV_KEYS = (
     "extra_values",
     "bastion",
     "releases",
+    "notify",
 )
 _RELEASE_KEYS = ("name", "chart", "version", "repository", "digest", "namespace", "extra_values")
 
@@ -502,7 +532,7 @@ def _groups(reader: _Reader, node: yaml.Node, envs: dict[str, Environment]) -> d
                 "could mean either.",
                 "Give the group another name.",
             )
-        items = reader.mapping(body, where, ("description", "members", "experimental"))
+        items = reader.mapping(body, where, ("description", "members", "experimental", "notify"))
         if "members" not in items:
             raise reader.fail(body, f"{where} has no `members:`, the environments it deploys.")
         members = _member_list(reader, items["members"], f"{where} members", envs)
@@ -543,7 +573,10 @@ def _groups(reader: _Reader, node: yaml.Node, envs: dict[str, Environment]) -> d
             if "description" in items
             else ""
         )
-        groups[name] = Group(name, description, members, experimental, gates[members[0]] or "")
+        notify = _notify(reader, where, items["notify"]) if "notify" in items else None
+        groups[name] = Group(
+            name, description, members, experimental, gates[members[0]] or "", notify
+        )
     return groups
 
 
@@ -650,6 +683,7 @@ def _environment(reader: _Reader, name: str, node: yaml.Node, chart: Path) -> En
         bastion=_bastion(reader, where, items["bastion"]) if "bastion" in items else None,
         releases=releases,
         listed="releases" in items,
+        notify=_notify(reader, where, items["notify"]) if "notify" in items else None,
     )
 
 
@@ -885,6 +919,36 @@ def _grafana(reader: _Reader, where: str, node: yaml.Node) -> Grafana | None:
         org_id=org_id,
         tags=reader.text_list(items["tags"], f"{what}.tags") if "tags" in items else (),
         strict=reader.flag(items["strict"], f"{what}.strict") if "strict" in items else False,
+    )
+
+
+def _notify(reader: _Reader, where: str, node: yaml.Node) -> Notify | None:
+    if isinstance(node, yaml.ScalarNode) and reader.scalar(node) in (None, False):
+        return None
+    what = f"{where} notify"
+    items = reader.mapping(node, what, ("url_env", "url_file", "format", "on_success"))
+    sources = [key for key in ("url_env", "url_file") if key in items]
+    if len(sources) != 1:
+        raise reader.fail(
+            node,
+            f"{what} needs one of `url_env:` (the variable holding the webhook's URL) or "
+            "`url_file:` (a file under the secrets folder holding it)"
+            + (", not both." if sources else "."),
+            "The URL carries the webhook's token: keep it in a secret, never in this file.",
+        )
+    fmt = reader.scalar(items["format"]) if "format" in items else "slack"
+    if fmt not in NOTIFY_FORMATS:
+        raise reader.fail(
+            items["format"],
+            f"{what}.format must be one of {', '.join(NOTIFY_FORMATS)}, not {fmt!r}.",
+        )
+    return Notify(
+        url_env=reader.text(items["url_env"], f"{what}.url_env") if "url_env" in items else "",
+        url_file=reader.text(items["url_file"], f"{what}.url_file") if "url_file" in items else "",
+        format=fmt,
+        on_success=reader.flag(items["on_success"], f"{what}.on_success")
+        if "on_success" in items
+        else False,
     )
 
 
