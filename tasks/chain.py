@@ -49,7 +49,8 @@ from tasks.pipeline import StepContext, Stop, confirm, dry_run_asked, invocation
 from tasks.registry import Environment, Group, Registry
 from tasks.run import current
 
-ENV_STEPS = (grafana.annotate_grafana, release.upgrade, rollout.wait_rollout, smoke.smoke_test)
+# Each release is upgraded, then rolled out, before the next one starts.
+RELEASE_STEPS = (release.upgrade, rollout.wait_rollout)
 # What `invoke ci` deploys from the main branch: the group of the site's prod members.
 CI_TARGET = "federation"
 # What `invoke demo` deploys: local-staging, then the local members at once.
@@ -113,7 +114,14 @@ def own_steps(env: Environment, options: Options) -> list[Call]:
             )
         )
     steps.append(call(lock.take_lock, env=env.name, dry_run=options.dry_run))
-    return steps + [call(step, env=env.name, dry_run=options.dry_run) for step in ENV_STEPS]
+    steps.append(call(grafana.annotate_grafana, env=env.name, dry_run=options.dry_run))
+    # An environment of one release keeps the steps' calls as they were: one call each.
+    for name in env.release_names() if env.listed else [None]:
+        named = {"release": name} if name else {}
+        steps += [
+            call(step, env=env.name, dry_run=options.dry_run, **named) for step in RELEASE_STEPS
+        ]
+    return [*steps, call(smoke.smoke_test, env=env.name, dry_run=options.dry_run)]
 
 
 def stage(
@@ -159,14 +167,19 @@ def passed(env: Environment, options: Options) -> Callable[[Context], None]:
     lock back, close the Grafana region."""
 
     def verified(c: Context) -> None:
-        perform(
-            c,
-            "verified",
-            env.name,
-            record_verified,
-            dry_run=options.dry_run,
-            needs_cluster=True,
-        )
+        names = env.release_names() if env.listed else [None]
+        for name in names:
+            # What the environment deployed is recorded once, beside its last release.
+            last = name == names[-1]
+            perform(
+                c,
+                "verified",
+                env.name,
+                record_verified if last else release.record_verified,
+                dry_run=options.dry_run,
+                needs_cluster=True,
+                release=name,
+            )
         lock.release_lock(c, env.name, options.dry_run)
         try:
             grafana.close_region(env.name, "success")
@@ -384,7 +397,10 @@ def demo(c: Context, dry_run: bool = False) -> None:
 
     with invocation("demo"):
         if dry_run_asked(c, dry_run, "demo"):
-            say("[dry-run] would start the local clusters and serve the chart repository's copy")
+            say(
+                "[dry-run] would start the local clusters, serve the chart repository's copy "
+                "and start a local OCI registry holding traefik's"
+            )
             run_deploy(c, DEMO_TARGET, dry_run=True, yes=True)
             return
         for name in clusters.DEMO_CLUSTERS:
@@ -398,7 +414,19 @@ def demo(c: Context, dry_run: bool = False) -> None:
             mirror: AbstractContextManager[str | None] = nullcontext(None)
         else:
             mirror = chartrepo.mirror_upstream(folder)
-        with mirror as url:
+        try:
+            oci_folder = chartrepo.oci_folder()
+        except StepFailure as failure:
+            warn(f"{failure.why} helm-deps pulls from {chartrepo.OCI_UPSTREAM} itself.")
+            oci_mirror: AbstractContextManager[str | None] = nullcontext(None)
+        else:
+            oci_mirror = chartrepo.mirror_oci_upstream(oci_folder)
+        with mirror as url, oci_mirror as oci_url:
             if url:
                 say(f"chart repository {chartrepo.UPSTREAM}: served from {folder} at {url}")
+            if oci_url:
+                say(
+                    f"OCI registry {chartrepo.OCI_UPSTREAM}: a local registry at {oci_url}, "
+                    f"holding the charts of {oci_folder}"
+                )
             run_deploy(c, DEMO_TARGET, dry_run=False, yes=True)

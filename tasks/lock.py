@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -366,7 +366,20 @@ def ensure_held(ctx: StepContext) -> None:
     held = current().environment(ctx.environment.name)
     if ctx.dry_run or held.lock_held:
         return
-    held.hold("deploy-lock", lambda: _holding(ctx))
+    lock_ctx = at_lock(ctx)
+    held.hold("deploy-lock", lambda: _holding(lock_ctx))
+
+
+def at_lock(ctx: StepContext) -> StepContext:
+    """The context of a step on one release, moved to where the environment's lock lives.
+
+    One lock covers every release of an environment: it is in the namespace of its last one.
+    """
+    env = ctx.environment
+    if env.namespace == env.lock_namespace:
+        return ctx
+    last = env.releases[-1]
+    return replace(ctx, env=env.for_release(last.name))
 
 
 def take(ctx: StepContext) -> str:

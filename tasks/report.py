@@ -47,6 +47,13 @@ class StepRecord:
     release: str = ""
     started: float = 0.0  # seconds since the epoch
     ended: float = 0.0
+    # The step worked on one release of an environment that has several.
+    of_release: bool = False
+
+    @property
+    def label(self) -> str:
+        """The step as the table shows it: `upgrade`, or `upgrade traefik` for one release."""
+        return f"{self.step} {self.release}" if self.of_release else self.step
 
 
 @dataclass
@@ -118,7 +125,7 @@ class Summary:
     def table(self) -> str:
         rows = [("STEP", "ENVIRONMENT", "RESULT", "DURATION", "NOTE")]
         rows += [
-            (r.step, r.env or "-", r.result, format_seconds(r.seconds), r.note)
+            (r.label, r.env or "-", r.result, format_seconds(r.seconds), r.note)
             for r in self.ordered()
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]

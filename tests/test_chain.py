@@ -150,7 +150,7 @@ def test_ci_on_a_pull_request_validates_offline(chart_dependencies):
     assert "::group::yaml-lint" in out and "::endgroup::" in out
     assert "helm upgrade" not in out
     for env in ("staging", "prod", "local-staging", "local-prod"):
-        assert re.search(rf"^validate\s+{env}\s+ok", out, re.MULTILINE), env
+        assert re.search(rf"^validate(?: binder)?\s+{env}\s+ok", out, re.MULTILINE), env
     assert re.search(r"^check-secrets\s+-\s+ok", out, re.MULTILINE)
     assert "RESULT" in out and "DURATION" in out
 
