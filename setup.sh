@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the pipeline, the demo and the tests need, from this
 # repository's own files: Debian packages, the pinned Python packages, and the
-# pinned Kubernetes, etcd, KWOK, Helm and actionlint builds (cached under
+# pinned Kubernetes, etcd, KWOK, Helm, distribution registry and actionlint builds (cached under
 # ~/.cache, so a second run takes seconds). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -58,11 +58,19 @@ from tasks.pipeline import (
 from tasks.registry import Environment, Group, Registry
 from tasks.run import current
 
-ENV_STEPS = (grafana.annotate_grafana, release.upgrade, rollout.wait_rollout, smoke.smoke_test)
+# Each release is upgraded, then rolled out, before the next one starts.
+RELEASE_STEPS = (release.upgrade, rollout.wait_rollout)
 # What `invoke ci` deploys from the main branch: the group of the site's prod members.
 CI_TARGET = "federation"
 # What `invoke demo` deploys: local-staging, then the local members at once.
 DEMO_TARGET = "local-federation"
+
+
+WAIT_HELP = (
+    "Wait for a deploy lock another deploy holds, saying who holds it, then take it: "
+    "at most SECONDS (alone: as long as the lock can last; 0: do not wait). "
+    "Default: wait in CI (CI=true), fail at once elsewhere."
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +123,14 @@ def own_steps(env: Environment, options: Options) -> list[Call]:
             )
         )
     steps.append(call(lock.take_lock, env=env.name, dry_run=options.dry_run))
-    return steps + [call(step, env=env.name, dry_run=options.dry_run) for step in ENV_STEPS]
+    steps.append(call(grafana.annotate_grafana, env=env.name, dry_run=options.dry_run))
+    # An environment of one release keeps the steps' calls as they were: one call each.
+    for name in env.release_names() if env.listed else [None]:
+        named = {"release": name} if name else {}
+        steps += [
+            call(step, env=env.name, dry_run=options.dry_run, **named) for step in RELEASE_STEPS
+        ]
+    return [*steps, call(smoke.smoke_test, env=env.name, dry_run=options.dry_run)]
 
 
 def stage(
@@ -159,14 +174,19 @@ def passed(env: Environment, options: Options) -> Callable[[Context], None]:
     lock back, close the Grafana region."""
 
     def verified(c: Context) -> None:
-        perform(
-            c,
-            "verified",
-            env.name,
-            record_verified,
-            dry_run=options.dry_run,
-            needs_cluster=True,
-        )
+        names = env.release_names() if env.listed else [None]
+        for name in names:
+            # What the environment deployed is recorded once, beside its last release.
+            last = name == names[-1]
+            perform(
+                c,
+                "verified",
+                env.name,
+                record_verified if last else release.record_verified,
+                dry_run=options.dry_run,
+                needs_cluster=True,
+                release=name,
+            )
         lock.release_lock(c, env.name, options.dry_run)
         try:
             grafana.close_region(env.name, "success")
@@ -237,9 +257,11 @@ def run_deploy(
     yes: bool,
     rollback_on_failure: bool = False,
     promote_unverified: bool = False,
+    wait_for_lock: bool | str | None = None,
 ) -> None:
     dry_run = dry_run_asked(c, dry_run, "deploy")
     run = current()
+    run.wait_for_lock = lock.wait_asked(wait_for_lock)
     registry = run.registry
     what = registry.target(target)
     run.target = what.name
@@ -278,7 +300,9 @@ def run_deploy(
         "wait-rollout or smoke-test fails.",
         "promote_unverified": "Deploy gated environments even with what their gate did not "
         "verify (another commit, chart or shared values); the summary says so.",
-    }
+        "wait_for_lock": WAIT_HELP,
+    },
+    optional=["wait_for_lock"],
 )
 def deploy(
     c: Context,
@@ -287,10 +311,11 @@ def deploy(
     yes: bool = False,
     rollback_on_failure: bool = False,
     promote_unverified: bool = False,
+    wait_for_lock: str | None = None,
 ) -> None:
     """Deploy an environment (its gate's full chain first, then its own) or a group."""
     with invocation("deploy"):
-        run_deploy(c, env, dry_run, yes, rollback_on_failure, promote_unverified)
+        run_deploy(c, env, dry_run, yes, rollback_on_failure, promote_unverified, wait_for_lock)
 
 
 def pull_request_ci() -> bool | None:
@@ -320,7 +345,9 @@ def ci_branch() -> str:
         "tests": "Run the project's tests in pull-request mode (--no-tests skips them).",
         "rollback_on_failure": "On the main branch, roll the target (each member of a group) "
         "back if its rollout or smoke tests fail.",
-    }
+        "wait_for_lock": WAIT_HELP,
+    },
+    optional=["wait_for_lock"],
 )
 def ci(
     c: Context,
@@ -329,6 +356,7 @@ def ci(
     pull_request: bool = False,
     tests: bool = True,
     rollback_on_failure: bool = False,
+    wait_for_lock: str | None = None,
 ) -> None:
     """What CI runs: validate offline on pull requests, deploy on the main branch."""
     is_pr = True if pull_request else pull_request_ci()
@@ -340,7 +368,14 @@ def ci(
         if is_pr or ci_branch() not in ("", branch):
             validate_offline(c, tests)
             return
-        run_deploy(c, env, dry_run=False, yes=True, rollback_on_failure=rollback_on_failure)
+        run_deploy(
+            c,
+            env,
+            dry_run=False,
+            yes=True,
+            rollback_on_failure=rollback_on_failure,
+            wait_for_lock=wait_for_lock,
+        )
 
 
 def validate_offline(c: Context, tests: bool = True) -> None:
@@ -367,7 +402,10 @@ def demo(c: Context, dry_run: bool = False) -> None:
 
     with invocation("demo"):
         if dry_run_asked(c, dry_run, "demo"):
-            say("[dry-run] would start the local clusters and serve the chart repository's copy")
+            say(
+                "[dry-run] would start the local clusters, serve the chart repository's copy "
+                "and start a local OCI registry holding traefik's"
+            )
             run_deploy(c, DEMO_TARGET, dry_run=True, yes=True)
             return
         for name in clusters.DEMO_CLUSTERS:
@@ -378,11 +416,22 @@ def demo(c: Context, dry_run: bool = False) -> None:
             folder = chartrepo.mirror_folder()
         except StepFailure as failure:
             warn(f"{failure.why} helm-deps fetches from {chartrepo.UPSTREAM} itself.")
-            folder = None
-        mirror: AbstractContextManager[str | None] = (
-            chartrepo.mirror_upstream(folder) if folder else nullcontext(None)
-        )
-        with mirror as url:
+            mirror: AbstractContextManager[str | None] = nullcontext(None)
+        else:
+            mirror = chartrepo.mirror_upstream(folder)
+        try:
+            oci_folder = chartrepo.oci_folder()
+        except StepFailure as failure:
+            warn(f"{failure.why} helm-deps pulls from {chartrepo.OCI_UPSTREAM} itself.")
+            oci_mirror: AbstractContextManager[str | None] = nullcontext(None)
+        else:
+            oci_mirror = chartrepo.mirror_oci_upstream(oci_folder)
+        with mirror as url, oci_mirror as oci_url:
             if url:
                 say(f"chart repository {chartrepo.UPSTREAM}: served from {folder} at {url}")
+            if oci_url:
+                say(
+                    f"OCI registry {chartrepo.OCI_UPSTREAM}: a local registry at {oci_url}, "
+                    f"holding the charts of {oci_folder}"
+                )
             run_deploy(c, DEMO_TARGET, dry_run=False, yes=True)

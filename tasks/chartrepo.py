@@ -10,24 +10,43 @@ duration of the run. Nothing is copied into the project.
 The folder is `../shared/charts/jupyterhub-helm-chart/` beside the project,
 or whatever DEPLOY_CHART_REPOSITORY_DIR names. On a machine with outside
 access no folder is needed: helm-deps fetches from the real repository.
+
+The charts published only to an OCI registry (traefik, from
+oci://ghcr.io/traefik/helm) get the same: a real OCI registry (the CNCF
+distribution registry, built by `invoke cluster.build`) started on a free
+loopback port with its storage in a temporary folder, the archives of
+`../shared/charts/oci-traefik/` (or DEPLOY_OCI_CHARTS_DIR) pushed into it with
+`helm push`, and the mirror map pointing the real registry at it.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import socket
+import subprocess
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import requests
+from invoke import Context
+
 from tasks.errors import StepFailure
-from tasks.runner import PROJECT_ROOT
+from tasks.runner import PROJECT_ROOT, Runner
 
 UPSTREAM = "https://jupyterhub.github.io/helm-chart/"
 FOLDER_VARIABLE = "DEPLOY_CHART_REPOSITORY_DIR"
 SHARED_FOLDER = PROJECT_ROOT.parent / "shared" / "charts" / "jupyterhub-helm-chart"
+
+OCI_UPSTREAM = "oci://ghcr.io/traefik/helm"
+OCI_FOLDER_VARIABLE = "DEPLOY_OCI_CHARTS_DIR"
+OCI_SHARED_FOLDER = PROJECT_ROOT.parent / "shared" / "charts" / "oci-traefik"
+MIRRORS_VARIABLE = "DEPLOY_CHART_MIRRORS"
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -75,13 +94,128 @@ def mirror_upstream(folder: Path | None = None) -> Iterator[str]:
 
     Sets DEPLOY_CHART_MIRRORS for this process only while the block runs.
     """
-    with serve(folder or mirror_folder()) as url:
-        previous = os.environ.get("DEPLOY_CHART_MIRRORS")
-        os.environ["DEPLOY_CHART_MIRRORS"] = f"{UPSTREAM}={url}"
+    with serve(folder or mirror_folder()) as url, mirroring(UPSTREAM, url):
+        yield url
+
+
+@contextmanager
+def mirroring(original: str, mirror: str) -> Iterator[None]:
+    """Add `original=mirror` to DEPLOY_CHART_MIRRORS for this process while the block runs."""
+    previous = os.environ.get(MIRRORS_VARIABLE)
+    pairs = [p for p in (previous or "").split(",") if p and not p.startswith(f"{original}=")]
+    os.environ[MIRRORS_VARIABLE] = ",".join([*pairs, f"{original}={mirror}"])
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(MIRRORS_VARIABLE, None)
+        else:
+            os.environ[MIRRORS_VARIABLE] = previous
+
+
+def oci_folder() -> Path:
+    """The folder of chart archives to serve from a local OCI registry."""
+    configured = os.environ.get(OCI_FOLDER_VARIABLE)
+    folder = Path(configured).expanduser().resolve() if configured else OCI_SHARED_FOLDER
+    if not sorted(folder.glob("*.tgz")):
+        origin = f"{OCI_FOLDER_VARIABLE}={configured}" if configured else "the default"
+        raise StepFailure(
+            f"No chart archives to serve for {OCI_UPSTREAM} at {folder} ({origin}).",
+            f"Set {OCI_FOLDER_VARIABLE} to a folder of `helm pull`ed archives of the charts "
+            f"the site takes from {OCI_UPSTREAM}. On a machine that reaches the registry no "
+            "copy is needed.",
+        )
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def oci_registry(storage: Path | None = None, port: int | None = None) -> Iterator[str]:
+    """A real OCI registry (distribution's `registry serve`) on loopback: yields HOST:PORT.
+
+    Its storage is `storage`, or a temporary folder removed afterwards.
+    """
+    from tasks.cluster import tools
+
+    binary = tools.binary("registry")
+    with tempfile.TemporaryDirectory(prefix="oci-registry-") as scratch:
+        root = storage or Path(scratch) / "storage"
+        address = f"127.0.0.1:{port or free_port()}"
+        config = Path(scratch) / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: error\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: {address}\n"
+        )
+        log = Path(scratch) / "registry.log"
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                [str(binary), "serve", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
-            yield url
+            _wait_until_serving(process, address, log)
+            yield address
         finally:
-            if previous is None:
-                os.environ.pop("DEPLOY_CHART_MIRRORS", None)
-            else:
-                os.environ["DEPLOY_CHART_MIRRORS"] = previous
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_until_serving(process: subprocess.Popen, address: str, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StepFailure(
+                f"The local OCI registry exited at its start ({process.returncode}): "
+                f"{log.read_text().strip()[-500:]}"
+            )
+        try:
+            if requests.get(f"http://{address}/v2/", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise StepFailure(f"The local OCI registry did not answer on {address} within 30 seconds.")
+
+
+def push(archive: Path, target: str, runner: Runner | None = None) -> None:
+    """`helm push` a chart archive into the registry prefix `target` (oci://HOST/PATH)."""
+    from tasks import oci
+
+    runner = runner or tool_runner()
+    runner.run(["helm", "push", str(archive), target, *oci.registry_flags(target)], quiet=True)
+
+
+def tool_runner() -> Runner:
+    """A runner for the pinned helm and kubectl, outside any step."""
+    from tasks.pipeline import pinned_tool_dirs
+
+    return Runner(Context(), tool_dirs=pinned_tool_dirs())
+
+
+@contextmanager
+def mirror_oci_upstream(folder: Path | None = None) -> Iterator[str]:
+    """A local OCI registry holding the folder's charts, the mirror of the real registry.
+
+    Yields the mirror's prefix (oci://127.0.0.1:PORT/traefik/helm).
+    """
+    archives = sorted((folder or oci_folder()).glob("*.tgz"))
+    with oci_registry() as address:
+        mirror = f"oci://{address}/{OCI_UPSTREAM.removeprefix('oci://').split('/', 1)[1]}"
+        for archive in archives:
+            push(archive, mirror)
+        with mirroring(OCI_UPSTREAM, mirror):
+            yield mirror

@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
@@ -23,14 +24,22 @@ from urllib.parse import urljoin
 import yaml
 from invoke import Context, task
 
-from tasks import diagnoses, helm, http
+from tasks import chartrepo, diagnoses, helm, http, oci
 from tasks import values as values_module
-from tasks.errors import CommandFailed, StepFailure, explain
+from tasks.errors import CommandFailed, Location, StepFailure, explain
 from tasks.helm import shown
 from tasks.output import say
-from tasks.pipeline import Skipped, StepContext, Stop, invocation, load_registry, perform
-from tasks.registry import Environment
-from tasks.runner import PROJECT_ROOT
+from tasks.pipeline import (
+    Skipped,
+    StepContext,
+    Stop,
+    invocation,
+    load_registry,
+    perform,
+    releases_of,
+)
+from tasks.registry import Environment, Registry, Release
+from tasks.runner import PROJECT_ROOT, Runner
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,15 @@ class Dependency:
     @property
     def archive(self) -> str:
         return f"{self.name}-{self.version}.tgz"
+
+    @property
+    def is_oci(self) -> bool:
+        return self.repository.startswith("oci://")
+
+    @property
+    def reference(self) -> str:
+        """The chart's OCI reference: the repository, then the chart's name."""
+        return f"{self.repository.rstrip('/')}/{self.name}"
 
 
 def pinned_dependencies(chart_dir: Path) -> list[Dependency]:
@@ -181,7 +199,7 @@ def _source(base: str, repository: str) -> str:
     return f"{base} (mirror of {repository})" if _is_mirror(base, repository) else base
 
 
-def _newest(versions: list[str], count: int = 5) -> list[str]:
+def newest(versions: list[str], count: int = 5) -> list[str]:
     def key(version: str) -> tuple:
         core, _, pre = version.partition("-")
         numbers = tuple(int(p) if p.isdigit() else 0 for p in core.split("."))
@@ -190,13 +208,51 @@ def _newest(versions: list[str], count: int = 5) -> list[str]:
     return sorted(versions, key=key, reverse=True)[:count]
 
 
-def download(dependency: Dependency, charts_dir: Path, mirrors: dict[str, str], cache: dict) -> str:
-    """Fetch one dependency archive into charts_dir, checked against the index digest."""
+def source_of(dependency: Dependency, mirrors: dict[str, str]) -> str:
+    """Where a dependency is fetched from: its repository, or the mirror standing in for it."""
+    if dependency.is_oci:
+        return oci.mirrored(dependency.reference, mirrors)
+    return mirrored(dependency.repository, mirrors)
+
+
+def download(
+    dependency: Dependency,
+    charts_dir: Path,
+    mirrors: dict[str, str],
+    cache: dict,
+    runner: Runner | None = None,
+    digest: str = "",
+) -> str:
+    """Fetch one dependency archive into charts_dir, checked against the index digest.
+
+    One from an OCI registry is pulled by helm (tasks/oci.py); its manifest
+    digest is returned.
+    """
+    if dependency.is_oci:
+        source = oci.mirrored(dependency.reference, mirrors)
+        charts_dir.mkdir(parents=True, exist_ok=True)
+        # Pulled beside its destination, so the archive arrives whole, in one rename.
+        with tempfile.TemporaryDirectory(dir=charts_dir, prefix=".pull-") as scratch:
+            pulled, pulled_digest = oci.pull(
+                runner or chartrepo.tool_runner(),
+                source,
+                dependency.version,
+                Path(scratch),
+                original=dependency.reference,
+                digest=digest,
+            )
+            if not archive_is_valid(pulled, dependency):
+                raise StepFailure(
+                    f"{source} {dependency.version} did not hold the chart {dependency.name} "
+                    f"{dependency.version}."
+                )
+            pulled.replace(charts_dir / dependency.archive)
+        return pulled_digest
     base, index = _index(dependency.repository, mirrors, cache)
     entries = (index.get("entries") or {}).get(dependency.name) or []
     entry = next((e for e in entries if str(e.get("version")) == dependency.version), None)
     if entry is None:
-        offered = _newest([str(e.get("version")) for e in entries])
+        offered = newest([str(e.get("version")) for e in entries])
         lagging = (
             f"The mirror {base} may lag behind {dependency.repository}: bring it up to date, "
             "or remove it from repository_mirrors (DEPLOY_CHART_MIRRORS). "
@@ -224,12 +280,19 @@ def download(dependency: Dependency, charts_dir: Path, mirrors: dict[str, str], 
             f"Could not download {dependency.archive} from {url}: {error}.",
             "The repository or the network is having difficulties; re-run the step.",
         ) from None
-    digest = entry.get("digest")
+    index_digest = entry.get("digest")
     actual = hashlib.sha256(content).hexdigest()
-    if digest and digest != actual:
+    if digest and digest != f"sha256:{actual}":
+        raise StepFailure(
+            f"{dependency.archive} from {url} has the digest sha256:{actual}, not the {digest} "
+            "pinned for it. It was not saved.",
+            "The version was published again with other content, or a mirror serves another "
+            "chart. Check the repository; pin the new digest only once you trust it.",
+        )
+    if index_digest and index_digest != actual:
         raise StepFailure(
             f"{dependency.archive} from {url} does not match the digest in the repository's "
-            f"index (expected sha256 {digest}, got {actual}). It was not saved.",
+            f"index (expected sha256 {index_digest}, got {actual}). It was not saved.",
             "A mirror or proxy served a different file; re-run, and check the mirror.",
         )
     _write_atomically(charts_dir / dependency.archive, content)
@@ -350,6 +413,7 @@ def schema_failure(
     lines: list[str] = []
     settings: list[str] = []
     switches: list[str] = []
+    locations: list[Location] = []
     for error in errors:
         for prefix in value_paths.get(error.chart) or [()]:
             if prefix:
@@ -367,6 +431,12 @@ def schema_failure(
                     else "set in no values file"
                 )
                 lines.append(f"{whose} refuses {key} ({error.message}), {where}")
+                # The last file setting the key is the one whose value helm used.
+                for path in setting[-1:]:
+                    position = values_module.key_position(path, keys)
+                    if position:
+                        message = f"{whose} refuses {key} ({error.message})"
+                        locations.append(Location(shown(path), *position, message))
                 settings.append(f"{key} is {where}.")
                 if len(keys) == 2 and keys[1] == "enabled" and conditions.get(keys[0]):
                     switches.append(
@@ -382,17 +452,110 @@ def schema_failure(
             f"{len(lines)} values of {env_name} are refused by charts' schemas; first, {lines[0]}."
         )
         fix = " ".join([*switches, "Fix or remove each key listed below in the file named;", check])
-    return StepFailure(why, fix, details="\n".join(lines) if len(lines) > 1 else "")
-
-
-def build_dependencies(ctx: StepContext) -> str:
-    """The helm-deps step: make mybinder/charts/ hold exactly the pinned archives."""
-    return sync_dependencies(
-        PROJECT_ROOT / ctx.registry.chart, ctx.registry.repository_mirrors, ctx.dry_run
+    return StepFailure(
+        why, fix, details="\n".join(lines) if len(lines) > 1 else "", locations=locations
     )
 
 
-def sync_dependencies(chart_dir: Path, mirrors: dict[str, str], dry_run: bool = False) -> str:
+# Charts that environments' releases take from a registry or a repository, fetched
+# by helm-deps like the site chart's dependencies, deployed from here.
+RELEASE_CHARTS = Path(".local") / "charts"
+
+
+def chart_of(registry: Registry, release: Release) -> Path:
+    """What helm deploys for `release`: a folder of the project, or its fetched archive."""
+    if release.site or not release.chart:
+        return registry.chart
+    if release.is_folder:
+        return Path(release.chart)
+    return RELEASE_CHARTS / f"{release.chart_name}-{release.version}.tgz"
+
+
+def release_dependency(release: Release) -> Dependency:
+    """A release's chart as a dependency to fetch: its name, version and repository."""
+    if release.is_oci:
+        return Dependency(
+            release.chart_name, release.version, release.chart.rstrip("/").rsplit("/", 1)[0]
+        )
+    return Dependency(release.chart, release.version, release.repository)
+
+
+def build_dependencies(ctx: StepContext) -> str:
+    """The helm-deps step: every chart folder's pinned dependencies, then the release charts."""
+    registry = ctx.registry
+    folders = [registry.chart] + [
+        Path(r.chart)
+        for env in registry.environments.values()
+        for r in env.releases
+        if r.is_folder and not r.site
+    ]
+    notes, skipped = [], []
+    for folder in dict.fromkeys(folders):
+        try:
+            notes.append(
+                sync_dependencies(
+                    PROJECT_ROOT / folder, registry.repository_mirrors, ctx.dry_run, ctx.runner
+                )
+            )
+        except Skipped as nothing:
+            skipped.append(str(nothing))
+    try:
+        notes.append(sync_release_charts(registry, ctx.dry_run, ctx.runner))
+    except Skipped as nothing:
+        skipped.append(str(nothing))
+    if not notes:
+        raise Skipped("; ".join(skipped))
+    return "; ".join(notes)
+
+
+def sync_release_charts(registry: Registry, dry_run: bool, runner: Runner | None = None) -> str:
+    """Fetch the charts releases take from a registry or repository into RELEASE_CHARTS.
+
+    An archive already there at the pinned version (and digest, when one is
+    pinned) is kept; the step then touches no network.
+    """
+    wanted = {
+        (r.chart, r.repository, r.version): r
+        for env in registry.environments.values()
+        for r in env.releases
+        if not r.is_folder
+    }
+    if not wanted:
+        raise Skipped("no release takes its chart from a registry or repository")
+    folder = PROJECT_ROOT / RELEASE_CHARTS
+    missing = []
+    for release in wanted.values():
+        archive = PROJECT_ROOT / chart_of(registry, release)
+        recorded = archive.with_name(archive.name + ".digest")
+        pinned_digest_known = not release.digest or (
+            recorded.is_file() and recorded.read_text().strip() == release.digest
+        )
+        if not (archive_is_valid(archive, release_dependency(release)) and pinned_digest_known):
+            missing.append(release)
+    if not missing:
+        raise Skipped(f"{len(wanted)} release chart(s) already in {shown(folder)}")
+    mirrors = registry.repository_mirrors
+    fetched = []
+    for release in missing:
+        dependency = release_dependency(release)
+        source = source_of(dependency, mirrors)
+        if dry_run:
+            say(f"[dry-run] fetch {release.reference} from {source} into {shown(folder)}")
+            continue
+        say(f"fetching {release.reference} from {source}")
+        digest = download(dependency, folder, mirrors, {}, runner, release.digest)
+        digest = digest if digest.startswith("sha256:") else f"sha256:{digest}"
+        (folder / f"{dependency.archive}.digest").write_text(digest + "\n")
+        say(f"  saved, {digest[:23]}…")
+        fetched.append(dependency.archive)
+    if dry_run:
+        return f"{len(missing)} release chart(s) to fetch"
+    return f"fetched release charts {', '.join(fetched)}"
+
+
+def sync_dependencies(
+    chart_dir: Path, mirrors: dict[str, str], dry_run: bool = False, runner: Runner | None = None
+) -> str:
     charts_dir = chart_dir / "charts"
     dependencies = pinned_dependencies(chart_dir)
     if not dependencies:
@@ -404,8 +567,7 @@ def sync_dependencies(chart_dir: Path, mirrors: dict[str, str], dry_run: bool = 
         raise Skipped(f"{', '.join(sorted(wanted))} already in {shown(charts_dir)}")
     if dry_run:
         for dependency in missing:
-            source = mirrored(dependency.repository, mirrors)
-            say(f"[dry-run] fetch {dependency.archive} from {source}")
+            say(f"[dry-run] fetch {dependency.archive} from {source_of(dependency, mirrors)}")
         for path in stale:
             say(f"[dry-run] remove stale {shown(path)}")
         return f"{len(missing)} to fetch"
@@ -414,8 +576,8 @@ def sync_dependencies(chart_dir: Path, mirrors: dict[str, str], dry_run: bool = 
         path.unlink()
     cache: dict[str, dict] = {}
     for dependency in missing:
-        say(f"fetching {dependency.archive} from {mirrored(dependency.repository, mirrors)}")
-        digest = download(dependency, charts_dir, mirrors, cache)
+        say(f"fetching {dependency.archive} from {source_of(dependency, mirrors)}")
+        digest = download(dependency, charts_dir, mirrors, cache, runner)
         say(f"  saved, sha256 {digest[:16]}…")
     return f"fetched {', '.join(d.archive for d in missing)}"
 
@@ -452,14 +614,18 @@ def validate_environment(ctx: StepContext) -> str:
         ),
         f"problem(s) in the values files of {env.name}.",
     )
-    chart = ctx.registry.chart
+    chart = chart_of(ctx.registry, env.current)
     for command in (helm.template(env, chart, layers), helm.lint(env, chart, layers)):
         try:
             # Rendering reads only local files; a dry run shows it instead, since the
             # dependencies it needs may not be fetched yet.
             ctx.runner.run(command, quiet=True, touches_nothing=not ctx.dry_run)
         except CommandFailed as failed:
-            refused = schema_failure(failed.output, layers, PROJECT_ROOT / chart, env.name)
+            refused = (
+                schema_failure(failed.output, layers, PROJECT_ROOT / chart, env.name)
+                if (PROJECT_ROOT / chart).is_dir()
+                else None
+            )
             raise refused or explain(
                 failed,
                 diagnoses.for_env(diagnoses.RENDER_FAILURES, env.name),
@@ -504,10 +670,13 @@ def validate(c: Context, env: str | None = None, dry_run: bool = False) -> None:
         names = [env] if env else list(load_registry().environments)
         failed: list[Stop] = []
         for name in names:
-            try:
-                perform(c, "validate", name, validate_environment, dry_run=dry_run)
-            except Stop as stop:
-                failed.append(stop)
+            for release in releases_of(name, None):
+                try:
+                    perform(
+                        c, "validate", name, validate_environment, dry_run=dry_run, release=release
+                    )
+                except Stop as stop:
+                    failed.append(stop)
         if len(failed) == 1:
             raise failed[0]
         if failed:
@@ -517,7 +686,11 @@ def validate(c: Context, env: str | None = None, dry_run: bool = False) -> None:
                 StepFailure(
                     f"{len(failed)} environments do not validate.",
                     "Fix each one listed above; `invoke validate --env=X` checks one.",
-                    details="\n".join(f"{stop.env}: {stop.failure.why}" for stop in failed),
+                    details="\n".join(
+                        f"{stop.env}{' release ' + stop.release if stop.release else ''}: "
+                        f"{stop.failure.why}"
+                        for stop in failed
+                    ),
                 ),
             )
 

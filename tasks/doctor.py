@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 from invoke import Context, task
 
-from tasks import access, charts, diagnoses, grafana, http, lock, release, secrets, toolchain
+from tasks import access, charts, diagnoses, grafana, http, lock, oci, release, secrets, toolchain
 from tasks.errors import CommandFailed, StepFailure, explain
 from tasks.output import say
 from tasks.pipeline import StepContext, perform
@@ -180,15 +180,25 @@ def cluster_checks(ctx: StepContext) -> list[Check]:
             if found[-1].status != FAIL:
                 found.append(_writable(opened.runner, env))
             if found[-1].status != FAIL:
-                found += [_lock_check(opened), _release_check(opened)]
+                found.append(_lock_check(opened))
+                # Every release: a stuck first one would stop the deploy half-way too.
+                found += [
+                    _release_check(replace(opened, env=env.for_release(name)))
+                    for name in (env.release_names() if env.listed else [None])
+                ]
     except StepFailure as failure:
         found.append(Check("cluster", FAIL, failure.why, failure.fix))
     return found
 
 
 def _lock_check(ctx: StepContext) -> Check:
+    """No live deploy holds the lock; a deploy asked to wait for it waits here, before its
+    first change, until none does."""
     env = ctx.environment
-    held = lock.current_lock(ctx)
+    try:
+        held = lock.wait_until_free(ctx)
+    except StepFailure as failure:
+        return Check("lock", FAIL, failure.why.rstrip("."), failure.fix)
     if held is None:
         return Check("lock", OK, f"no deploy of {env.name} holds its deploy lock")
     verdict = lock.judge(held, time.time(), env.name)
@@ -206,7 +216,9 @@ def _release_check(ctx: StepContext) -> Check:
             "release",
             FAIL,
             f"{name} is stuck in {status}: an earlier helm operation was interrupted",
-            f"invoke recover-release --env={env.name} (after asking, it rolls back to the "
+            f"invoke recover-release --env={env.name}"
+            + (f" --release {env.release}" if env.listed else "")
+            + " (after asking, it rolls back to the "
             "last deployed revision, or removes a release that never deployed)",
         )
     return Check("release", OK, f"{name} is {status or 'not installed yet'}")
@@ -322,50 +334,85 @@ def grafana_check(env: Environment) -> Check:
     return Check("grafana", OK, f"{settings.url} accepts the token")
 
 
+def _offered(
+    dependency: charts.Dependency, mirrors: dict[str, str], indexes: dict[str, dict | str]
+) -> tuple[str, set[str] | str]:
+    """Where a dependency's versions are listed, and those versions (or why they could not be
+    read): a chart repository's index, or an OCI registry's tag list."""
+    if dependency.is_oci:
+        source = oci.mirrored(dependency.reference, mirrors)
+        try:
+            return source, set(oci.tags(source))
+        except http.HttpFailure as error:
+            return source, error.reason
+        except (ValueError, StepFailure) as error:
+            return source, str(error)
+    source = charts.mirrored(dependency.repository, mirrors)
+    url = source.rstrip("/") + "/index.yaml"
+    if url not in indexes:
+        try:
+            indexes[url] = yaml.safe_load(http.fetch(url, http.PROBES)) or {}
+        except (http.HttpFailure, yaml.YAMLError) as error:
+            indexes[url] = str(error)
+    index = indexes[url]
+    if isinstance(index, str):
+        return url, index
+    entries = (index.get("entries") or {}).get(dependency.name) or []
+    return url, {str(entry.get("version")) for entry in entries}
+
+
 def chart_checks(registry: Registry, root: Path = PROJECT_ROOT) -> list[Check]:
-    """Each chart repository's index, through its mirror, listing the pinned version."""
+    """Each chart repository's index (an OCI registry's tag list), through its mirror, listing
+    the pinned version: the site chart's dependencies, then the charts releases fetch."""
     chart_dir = root / registry.chart
     try:
-        dependencies = charts.pinned_dependencies(chart_dir)
+        dependencies = [
+            (d, chart_dir / "charts" / d.archive) for d in charts.pinned_dependencies(chart_dir)
+        ]
     except StepFailure as failure:
         return [Check("charts", FAIL, failure.why, failure.fix)]
+    releases = {
+        (r.chart, r.repository, r.version): r
+        for env in registry.environments.values()
+        for r in env.releases
+        if not r.is_folder
+    }
+    dependencies += [
+        (charts.release_dependency(r), root / charts.chart_of(registry, r))
+        for r in releases.values()
+    ]
     found = []
     indexes: dict[str, dict | str] = {}
-    for dependency in dependencies:
-        source = charts.mirrored(dependency.repository, registry.repository_mirrors)
-        url = source.rstrip("/") + "/index.yaml"
-        if url not in indexes:
-            try:
-                indexes[url] = yaml.safe_load(http.fetch(url, http.PROBES)) or {}
-            except (http.HttpFailure, yaml.YAMLError) as error:
-                indexes[url] = str(error)
-        index = indexes[url]
+    checked = set()
+    for dependency, archive in dependencies:
+        if dependency in checked:
+            continue  # a release deploying the chart a dependency brings too
+        checked.add(dependency)
+        url, offered = _offered(dependency, registry.repository_mirrors, indexes)
         what = f"{dependency.name} {dependency.version} from {url}"
-        if isinstance(index, str):
-            fetched = charts.archive_is_valid(chart_dir / "charts" / dependency.archive, dependency)
+        if isinstance(offered, str):
+            fetched = charts.archive_is_valid(archive, dependency)
             found.append(
                 Check(
                     "charts",
                     WARN if fetched else FAIL,
-                    f"{url} cannot be fetched ({index})"
-                    + ("; the pinned archive is already in charts/" if fetched else ""),
+                    f"{url} cannot be read ({offered})"
+                    + ("; the pinned archive is already here" if fetched else ""),
                     "Check the network, or add a mirror under repository_mirrors in "
                     "config/environments.yaml (or DEPLOY_CHART_MIRRORS).",
                 )
             )
             continue
-        versions = {
-            str(entry.get("version"))
-            for entry in (index.get("entries") or {}).get(dependency.name) or []
-        }
-        if dependency.version in versions:
+        if dependency.version in offered:
             found.append(Check("charts", OK, f"{what}: listed"))
         else:
             found.append(
                 Check(
                     "charts",
                     FAIL,
-                    f"{what}: the index does not list this version",
+                    f"{what}: the "
+                    + ("registry has no tag for" if dependency.is_oci else "index does not list")
+                    + " this version",
                     "Wait until it is published, or pin a version the index lists "
                     "(Chart.yaml and Chart.lock).",
                 )

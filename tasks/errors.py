@@ -28,14 +28,34 @@ class Diagnosis:
         return re.search(self.pattern, text, re.IGNORECASE | re.MULTILINE)
 
 
-class StepFailure(Exception):
-    """A step cannot go on. Carries everything the operator needs, masked."""
+@dataclass(frozen=True)
+class Location:
+    """Where in an operator's file a failure is: CI shows it on that line (tasks/output.py)."""
 
-    def __init__(self, why: str, fix: str = "", details: str = "") -> None:
+    path: str  # relative to the project, as the repository has it
+    line: int
+    column: int
+    message: str
+
+
+class StepFailure(Exception):
+    """A step cannot go on. Carries everything the operator needs, masked.
+
+    `locations` are the lines of the operator's files the failure is about,
+    when it knows them.
+    """
+
+    def __init__(
+        self, why: str, fix: str = "", details: str = "", locations: Iterable[Location] = ()
+    ) -> None:
         masker = current().masker
         self.why = masker.mask(why)
         self.fix = masker.mask(fix)
         self.details = masker.mask(details)
+        self.locations = [
+            Location(where.path, where.line, where.column, masker.mask(where.message))
+            for where in locations
+        ]
         super().__init__(self.why)
 
 

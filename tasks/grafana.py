@@ -382,7 +382,7 @@ def _base_tags(env: Environment) -> tuple[str, ...]:
 
 
 def _describe_deploy(ctx: StepContext, env: Environment) -> str:
-    sha, subject = _commit(ctx)
+    sha, subject = head_commit(ctx)
     lines = [f"Deploy of {sha} to {env.name}" + (f": {subject}" if subject else "")]
     pull_request = pull_request_number(subject)
     if pull_request:
@@ -391,7 +391,8 @@ def _describe_deploy(ctx: StepContext, env: Environment) -> str:
     return "\n".join(lines)
 
 
-def _commit(ctx: StepContext) -> tuple[str, str]:
+def head_commit(ctx: StepContext) -> tuple[str, str]:
+    """The checkout's commit (short hash) and its subject."""
     result = ctx.runner.run(
         ["git", "-C", str(ctx.runner.cwd), "log", "-1", "--format=%h%x1f%s"],
         check=False,
@@ -421,14 +422,18 @@ def deployer() -> str:
         who = "Travis CI"
     else:
         who = environ.get("USER") or environ.get("USERNAME") or "an unknown user"
-    run_url = ""
+    link = run_url()
+    return f"{who} ({link})" if link else who
+
+
+def run_url() -> str:
+    """The CI run's page, where its log and summary are; "" outside CI."""
+    environ = os.environ
     github = [environ.get(k) for k in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")]
     if all(github):
         server, repository, run_id = github
-        run_url = f"{server}/{repository}/actions/runs/{run_id}"
-    elif environ.get("TRAVIS_BUILD_WEB_URL"):
-        run_url = environ["TRAVIS_BUILD_WEB_URL"]
-    return f"{who} ({run_url})" if run_url else who
+        return f"{server}/{repository}/actions/runs/{run_id}"
+    return environ.get("TRAVIS_BUILD_WEB_URL", "")
 
 
 def _now_ms() -> int:

@@ -27,11 +27,19 @@ def values_args(files: list[Path]) -> list[str]:
     return args
 
 
-def upgrade(env: Environment, chart: Path, files: list[Path], seconds: int) -> list[str]:
-    """Install or upgrade the release; helm waits for hooks only, up to `seconds`."""
+def upgrade(
+    env: Environment, chart: Path, files: list[Path], seconds: int, skip_crds: bool = False
+) -> list[str]:
+    """Install or upgrade the release; helm waits for hooks only, up to `seconds`.
+
+    Without values files helm would reuse the last revision's values: what the
+    repository says is what deploys, even when it says nothing (`--reset-values`).
+    `skip_crds` when the CRDs were applied just now, newer than helm's install-only copy.
+    """
     return _upgrade(
         env, chart, files, "--cleanup-on-fail", "--create-namespace", "--namespace",
-        env.namespace, "--timeout", f"{seconds}s",
+        env.namespace, "--timeout", f"{seconds}s", "--reset-values",
+        *(["--skip-crds"] if skip_crds else []),
     )  # fmt: skip
 
 

@@ -43,6 +43,11 @@ class Retries:
     timeout: float
     budget: float | None = None
 
+    @property
+    def pauses(self) -> tuple[float, ...]:
+        """The pauses between attempts, for a retry loop outside HTTP (helm's OCI pulls)."""
+        return tuple(self.first_pause * 2**n for n in range(self.attempts - 1))
+
 
 # The settings of every kind of request, in one place. The budget also bounds how long a
 # server's Retry-After is waited for.

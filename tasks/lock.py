@@ -7,6 +7,12 @@ namespace, created atomically by the API server), so it holds across CI
 runners and laptops alike. A lock whose holder died expires after the
 environment's timeouts; one whose holder was a process on this machine that
 is gone is taken over at once; `invoke unlock --env=X` removes one by hand.
+
+A deploy asked to wait for the lock (`--wait-for-lock`, the default in CI)
+queues behind the one holding it instead of failing: it reads the lock again
+every few seconds, says who holds it, since when and for which commit, and
+takes it when it is free. The wait is bounded; at its end the deploy fails,
+naming the holder.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,11 +32,17 @@ from invoke import Context, task
 
 from tasks import configmaps
 from tasks.errors import CommandFailed, StepFailure
+from tasks.grafana import head_commit
 from tasks.output import say, warn
 from tasks.pipeline import StepContext, Stop, perform
+from tasks.report import format_seconds
 from tasks.run import current
 
 LOCK_NAME = "binder-deploy-lock"
+# While waiting for the lock: how often it is read again, and how often the wait is said
+# again when its holder has not changed.
+POLL_SECONDS = 5.0
+PROGRESS_SECONDS = 30.0
 
 
 def holder() -> str:
@@ -89,11 +101,19 @@ class LockVerdict:
 
     takeable: bool
     why: str  # for the operator: who holds it and why it can or cannot be taken
+    # A deploy known to be running: one asked to wait for its turn waits for it.
+    running: bool = False
+
+
+def described(data: dict[str, str]) -> str:
+    """Who holds the lock `data`, since when, for which commit."""
+    commit = f", deploying {data['commit']}" if data.get("commit") else ""
+    return f"{data.get('holder', 'an unknown holder')} since {data.get('started', '?')}{commit}"
 
 
 def judge(data: dict[str, str], now: float, env_name: str) -> LockVerdict:
     """Whether a deploy may take over the lock `data`, and what to tell the operator."""
-    who = f"held by {data.get('holder', 'an unknown holder')} since {data.get('started', '?')}"
+    who = f"held by {described(data)}"
     gone = holder_gone(data)
     if gone:
         return LockVerdict(True, f"the deploy lock of {env_name} {who}: {gone}")
@@ -110,17 +130,113 @@ def judge(data: dict[str, str], now: float, env_name: str) -> LockVerdict:
     minutes = max(1, round((int(expires) - now) / 60))
     return LockVerdict(
         False,
-        f"another deploy of {env_name} is running: {data.get('holder')}, since "
-        f"{data.get('started')} (its lock expires in about {minutes} min)",
+        f"another deploy of {env_name} is running: {described(data)} (its lock expires in "
+        f"about {minutes} min)",
+        running=True,
     )
 
 
 def refusal(verdict: LockVerdict, env_name: str) -> StepFailure:
     return StepFailure(
         verdict.why[0].upper() + verdict.why[1:] + ".",
-        "Wait for it to finish. If it died and its lock is stale, remove the lock: "
-        f"invoke unlock --env={env_name}",
+        "Wait for it to finish, or let this deploy wait its turn: --wait-for-lock[=SECONDS]. "
+        f"If it died and its lock is stale, remove the lock: invoke unlock --env={env_name}",
     )
+
+
+def wait_asked(option: bool | str | None) -> bool | int:
+    """What `--wait-for-lock[=SECONDS]` asks: True for the default bound, a number of seconds,
+    or False (0) not to wait. Not given: wait in CI (CI=true), not elsewhere."""
+    if option is None:
+        return os.environ.get("CI", "").lower() in ("true", "1")
+    if option is True or option is False:
+        return option
+    if not re.fullmatch(r"\d+", str(option).strip()):
+        raise StepFailure(
+            f"--wait-for-lock={option} is not a number of seconds.",
+            "Pass --wait-for-lock alone (as long as the lock can last), "
+            "--wait-for-lock=SECONDS, or --wait-for-lock=0 not to wait.",
+        )
+    return int(option) or False
+
+
+def wait_bound(ctx: StepContext) -> float | None:
+    """How long this run waits for the environment's lock; None: it does not wait.
+
+    The default bound is the lock's own lifetime: by then the holder's lock
+    has expired and is taken over anyway.
+    """
+    asked = current().wait_for_lock
+    if ctx.dry_run or asked is False:
+        return None
+    return float(lock_lifetime(ctx)) if asked is True else float(asked)
+
+
+class LockWait:
+    """A bounded wait for an environment's lock, saying who holds it as it goes."""
+
+    def __init__(self, ctx: StepContext, seconds: float) -> None:
+        self.ctx = ctx
+        self.seconds = seconds
+        # One bound per environment and run: a wait at preflight counts against the lock step's.
+        self._environment = current().environment(ctx.environment.name)
+        self.started = time.monotonic() - self._environment.lock_waited
+        self._said: tuple[str, float] | None = None
+
+    @property
+    def waited(self) -> float:
+        return time.monotonic() - self.started
+
+    def pause(self, data: dict[str, str]) -> None:
+        """Wait a little for the lock `data` to be given back, or fail if the bound is reached."""
+        env_name = self.ctx.environment.name
+        waited = self.waited
+        if waited >= self.seconds:
+            raise StepFailure(
+                f"Waited {format_seconds(waited)} for the deploy lock of {env_name}, and it is "
+                f"still held by {described(data)}.",
+                "Deploy again once that deploy has ended, or wait longer "
+                "(--wait-for-lock=SECONDS). If it died and its lock is stale, remove the lock: "
+                f"invoke unlock --env={env_name}",
+            )
+        holder = described(data)
+        if (
+            self._said is None
+            or self._said[0] != holder
+            or (waited - self._said[1] >= PROGRESS_SECONDS)
+        ):
+            # A milestone: a member's wait shows as it goes, also while its output is folded.
+            say(
+                f"waiting for the deploy lock of {env_name}: held by {holder} "
+                f"({format_seconds(waited)} waited, up to {format_seconds(self.seconds)})",
+                milestone=True,
+            )
+            self._said = (holder, waited)
+        deadline = time.monotonic() + min(POLL_SECONDS, self.seconds - waited)
+        # In short slices: a member's interrupt is seen at its checkpoint.
+        while (left := deadline - time.monotonic()) > 0:
+            self.ctx.runner.checkpoint()
+            time.sleep(min(left, 0.5))
+        self._environment.lock_waited = self.waited
+
+    def done(self) -> str:
+        """How long the environment's lock was waited for in this run, if it was."""
+        waited = self._environment.lock_waited
+        return f"after waiting {format_seconds(waited)}" if waited else ""
+
+
+def wait_until_free(ctx: StepContext) -> dict[str, str] | None:
+    """Before a deploy's first change: wait (if the run asks to) until no live deploy holds the
+    lock. Returns the lock as then found (None: there is none), or fails at the wait's bound."""
+    bound = wait_bound(ctx)
+    waiting = LockWait(ctx, bound) if bound else None
+    while True:
+        held = current_lock(ctx)
+        if held is None or waiting is None:
+            return held
+        if not judge(held, time.time(), ctx.environment.name).running:
+            return held  # free to take, or not a lock worth waiting for: the caller says which
+        waiting.pause(held)
 
 
 def lock_lifetime(ctx: StepContext) -> int:
@@ -136,17 +252,25 @@ def _kubectl(ctx: StepContext, *args: str, check: bool = True) -> str:
     ).stdout
 
 
-def acquire(ctx: StepContext, me: str) -> None:
-    """Take the environment's lock or explain who holds it."""
+def acquire(ctx: StepContext, me: str) -> str:
+    """Take the environment's lock, waiting for it if the run asks to; or explain who holds it.
+
+    Returns how long it waited, if it did.
+    """
     env = ctx.environment
-    ours = {
-        "holder": me,
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "expires": str(int(time.time()) + lock_lifetime(ctx)),
-        "process": process_identity(os.getpid()) or "",
-    }
+    commit, _ = head_commit(ctx)
     ctx.runner.run(["kubectl", "create", "namespace", env.namespace], quiet=True, check=False)
-    for _ in range(3):
+    bound = wait_bound(ctx)
+    waiting = LockWait(ctx, bound) if bound else None
+    races = 0
+    while races < 3:
+        ours = {
+            "holder": me,
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "expires": str(int(time.time()) + lock_lifetime(ctx)),
+            "process": process_identity(os.getpid()) or "",
+            "commit": commit,
+        }
         try:
             _kubectl(
                 ctx,
@@ -155,7 +279,7 @@ def acquire(ctx: StepContext, me: str) -> None:
                 LOCK_NAME,
                 *(f"--from-literal={key}={value}" for key, value in ours.items()),
             )
-            return
+            return waiting.done() if waiting else ""
         except CommandFailed as failed:
             if "AlreadyExists" not in failed.output and "already exists" not in failed.output:
                 raise StepFailure(
@@ -164,13 +288,19 @@ def acquire(ctx: StepContext, me: str) -> None:
                 ) from None
         lock_object = read_lock(ctx)
         if lock_object is None:
+            races += 1
             continue
-        verdict = judge(lock_object.get("data") or {}, time.time(), env.name)
-        if not verdict.takeable:
+        data = lock_object.get("data") or {}
+        verdict = judge(data, time.time(), env.name)
+        if verdict.takeable:
+            warn(f"{verdict.why}; taking it over.")
+            if take_over(ctx, lock_object, ours):
+                return waiting.done() if waiting else ""
+            races += 1
+        elif waiting is None or not verdict.running:
             raise refusal(verdict, env.name)
-        warn(f"{verdict.why}; taking it over.")
-        if take_over(ctx, lock_object, ours):
-            return
+        else:
+            waiting.pause(data)
     raise StepFailure(f"Could not take the deploy lock of {env.name}: it kept changing hands.")
 
 
@@ -236,13 +366,28 @@ def ensure_held(ctx: StepContext) -> None:
     held = current().environment(ctx.environment.name)
     if ctx.dry_run or held.lock_held:
         return
-    held.hold("deploy-lock", lambda: _holding(ctx))
+    lock_ctx = at_lock(ctx)
+    held.hold("deploy-lock", lambda: _holding(lock_ctx))
+
+
+def at_lock(ctx: StepContext) -> StepContext:
+    """The context of a step on one release, moved to where the environment's lock lives.
+
+    One lock covers every release of an environment: it is in the namespace of its last one.
+    """
+    env = ctx.environment
+    if env.namespace == env.lock_namespace:
+        return ctx
+    last = env.releases[-1]
+    return replace(ctx, env=env.for_release(last.name))
 
 
 def take(ctx: StepContext) -> str:
-    acquire(ctx, holder())
+    waited = acquire(ctx, holder())
     current().environment(ctx.environment.name).lock_held = True
-    return "would take the deploy lock" if ctx.dry_run else "held by this deploy"
+    if ctx.dry_run:
+        return "would take the deploy lock"
+    return "held by this deploy" + (f" ({waited})" if waited else "")
 
 
 def give_back(ctx: StepContext) -> str:

@@ -3,11 +3,18 @@
 A run holds one `SecretMasker` (tasks/run.py); every thread of the run (a
 federation's members, invoke's output readers) masks through it, so it is
 safe to register and mask from several threads at once.
+
+On GitHub Actions each value registered is also announced to the runner
+(`::add-mask::`), which then masks it in the job's log, also in what the
+pipeline does not print itself. Announcing a value prints it, for the runner
+to read and hide: only the runner may see that, so nowhere else is it done.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import threading
 
 MASK = "********"
@@ -45,11 +52,14 @@ class SecretMasker:
             for run in _FRAGMENT_SOURCE.findall(value)
             for i in range(len(run) - FRAGMENT_LENGTH + 1)
         }
-        if not (values - self._values or windows - self._windows):
-            return
         with self._lock:
+            new = values - self._values
+            if not (new or windows - self._windows):
+                return
             self._values = self._values | values
             self._windows = self._windows | windows
+            if new and os.environ.get("GITHUB_ACTIONS") == "true":
+                _announce(new)
 
     def register_tree(self, tree: object) -> None:
         """Mask every string leaf of a parsed YAML/JSON document."""
@@ -71,6 +81,26 @@ class SecretMasker:
             if value in text:
                 text = text.replace(value, MASK)
         return _mask_fragments(text, windows)
+
+
+def _announce(values: set[str]) -> None:
+    """Ask GitHub's runner to mask `values` in the job's log, one line of a value at a time
+    (it matches line by line), before anything that could show them is printed."""
+    # Lines too short to mask safely ("}", "-----") would hide ordinary text in the log.
+    lines = {line.strip() for value in values for line in value.splitlines()}
+    shown = sorted(line for line in lines if len(line) >= _MIN_SECRET_LENGTH)
+    sys.stdout.write("".join(f"::add-mask::{escape_data(line)}\n" for line in shown))
+    sys.stdout.flush()
+
+
+def escape_data(text: str) -> str:
+    """A workflow command's message, as the runner reads it back (it unescapes these)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """A workflow command's property value: ':' and ',' delimit the properties."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
 def _mask_fragments(text: str, windows: frozenset[str]) -> str:

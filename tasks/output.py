@@ -16,10 +16,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
+from tasks.masking import escape_data, escape_property
 from tasks.report import format_seconds
 from tasks.run import current, here
+
+if TYPE_CHECKING:
+    from tasks.errors import StepFailure
 
 
 def say(message: str = "", *, stream: TextIO | None = None, milestone: bool = False) -> None:
@@ -59,6 +63,16 @@ def ci_system() -> str | None:
     if os.environ.get("CI"):
         return "generic"
     return None
+
+
+def annotate(failure: StepFailure, title: str) -> None:
+    """On GitHub Actions, mark each line of the operator's files the failure is about: the run
+    page and the pull request's diff show the message on that line."""
+    if ci_system() != "github":
+        return
+    for where in failure.locations:
+        place = f"file={escape_property(where.path)},line={where.line},col={where.column}"
+        say(f"::error {place},title={escape_property(title)}::{escape_data(where.message)}")
 
 
 @contextmanager

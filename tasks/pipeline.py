@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,7 +26,7 @@ from invoke.exceptions import Exit
 from tasks import checkout
 from tasks import run as run_module
 from tasks.errors import CommandFailed, StepFailure
-from tasks.output import folded, say, warn
+from tasks.output import annotate, ci_system, folded, say, warn
 from tasks.registry import Environment, Registry
 from tasks.report import (
     DRY_RUN,
@@ -102,11 +103,21 @@ class Interrupted(KeyboardInterrupt):
 class Stop(Exception):
     """A step failed; the pipeline stops here. Already reported."""
 
-    def __init__(self, step: str, env: str, failure: StepFailure) -> None:
+    def __init__(self, step: str, env: str, failure: StepFailure, release: str = "") -> None:
         self.step = step
         self.env = env
         self.failure = failure
+        # The release of the environment the step worked on, when it has several.
+        self.release = release
         super().__init__(f"{step} failed on {env}")
+
+    @property
+    def where(self) -> str:
+        """`upgrade on prod`, `upgrade of release traefik on prod`, or the step alone."""
+        if not self.env:
+            return self.step
+        of = f" of release {self.release}" if self.release else ""
+        return f"{self.step}{of} on {self.env}"
 
 
 class MembersFailed(Stop):
@@ -160,28 +171,31 @@ def invocation(task: str = "") -> Iterator[None]:
             try:
                 yield
             except StepFailure as failure:
+                annotate(failure, task)
                 raise Stop(task, "", failure) from None
             return
         run = current()
         try:
             try:
                 with sigterm_as_interrupt():
+                    if ci_system() == "github":
+                        _announce_known_secrets(run)
                     yield
             except StepFailure as failure:
+                annotate(failure, task)
                 raise Stop(task, "", failure) from None
         except Stop as stop:
-            _finish(run, FAILED)
-            raise Exit(_failure_screen(stop), code=1) from None
+            raise Exit(_finish(run, FAILED, partial(_failure_screen, stop)), code=1) from None
         except KeyboardInterrupt:
-            _finish(run, INTERRUPTED)
-            raise Exit(_interrupted_screen(run), code=130) from None
+            screen = _finish(run, INTERRUPTED, partial(_interrupted_screen, run))
+            raise Exit(screen, code=130) from None
         except Exit:
             raise
         except Exception as bug:
             if os.environ.get("DEPLOY_DEBUG"):
                 raise
-            _finish(run, FAILED)
-            raise Exit(_failure_screen(Stop(task, "", unexpected(bug))), code=1) from None
+            stop = Stop(task, "", unexpected(bug))
+            raise Exit(_finish(run, FAILED, partial(_failure_screen, stop)), code=1) from None
         else:
             _finish(run, OK)
             if run.summary.left_behind:
@@ -190,12 +204,35 @@ def invocation(task: str = "") -> Iterator[None]:
             _release_held(run)
 
 
-def _finish(run: Run, result: str) -> None:
+def _announce_known_secrets(run: Run) -> None:
+    """Register every secret the run can read already (secret variables, unlocked files), so
+    that on GitHub Actions each is announced before the run's first line (tasks/masking.py).
+    Those still locked are announced when decrypt-secrets unlocks them."""
+    from tasks.secrets import register_secret_values
+
+    try:
+        environments = run.registry.environments.values()
+    except StepFailure:
+        return  # the first step that needs the registry says what is wrong with it
+    for env in environments:
+        register_secret_values(env)
+
+
+def _finish(run: Run, result: str, closing: Callable[[], str] | None = None) -> str:
+    """End the run: the table, the report, the run page's summary; returns the closing screen
+    (made once what the run held is given back, so that it can say what was left behind)."""
     _release_held(run)
     summary = run.summary
+    screen = closing() if closing else ""
+    from tasks.notifications import notify_outcome
+
+    # Before the table: a notice that was not delivered is one of the run's warnings.
+    notify_outcome(run, result)
     if len(summary.records) > 1 or summary.warnings or summary.members:
         say("")
         say(summary.table())
+    if summary.records and os.environ.get("GITHUB_STEP_SUMMARY"):
+        _write_step_summary(run, result, screen)
     # A dry run touches nothing, not even reports/.
     if summary.records and not run.dry_run:
         path = report_path(run)
@@ -206,6 +243,21 @@ def _finish(run: Run, result: str) -> None:
         else:
             if len(summary.records) > 1:
                 say(f"report: {path.relative_to(PROJECT_ROOT)}")
+    return screen
+
+
+def _write_step_summary(run: Run, result: str, screen: str) -> None:
+    """The run page's summary on GitHub Actions: the table and the closing screen, in Markdown.
+
+    Appended: each step of a job adds its part to the same page.
+    """
+    path = Path(os.environ["GITHUB_STEP_SUMMARY"])
+    text = run.summary.markdown(run.task, run.target, result, screen)
+    try:
+        with path.open("a", encoding="utf-8") as page:
+            page.write(text + "\n")
+    except OSError as error:
+        warn(f"The run page's summary could not be written to {path}: {error}")
 
 
 def report_path(run: Run) -> Path:
@@ -298,7 +350,8 @@ def members_lines(failed: list[tuple[MemberOutcome, Stop]]) -> list[str]:
     lines = []
     for outcome, stop in failed:
         kind = " (experimental: does not fail the run)" if outcome.experimental else ""
-        lines.append(f"  {outcome.name}{kind}: {stop.step} failed")
+        of = f" of release {stop.release}" if stop.release else ""
+        lines.append(f"  {outcome.name}{kind}: {stop.step}{of} failed")
         lines += stop_lines(stop, "    ")
     return lines
 
@@ -308,8 +361,7 @@ def _failure_screen(stop: Stop) -> str:
     if isinstance(stop, MembersFailed):
         lines = [f"FAILED: {stop.failure.why}", *members_lines(stop.failed)]
     else:
-        where = f"{stop.step} on {stop.env}" if stop.env else stop.step
-        lines = [f"FAILED: {where}", *stop_lines(stop)]
+        lines = [f"FAILED: {stop.where}", *stop_lines(stop)]
     if run.summary.left_behind:
         lines += _left_behind_lines(run)
     return run.masker.mask("\n".join(lines))
@@ -343,6 +395,18 @@ def cluster_of(ctx: StepContext, env: Environment) -> Iterator[StepContext]:
         yield other
 
 
+def releases_of(env_name: str | None, release: str | None) -> list[str | None]:
+    """The releases a step on `env_name` works on, in order: `release` when one is named, else
+    every release of an environment that lists several (None: an environment's only one)."""
+    if release:
+        return [release]
+    try:
+        env = current().registry.environments.get(env_name or "")
+    except StepFailure:
+        return [None]  # perform reports the registry's error, under the step's name
+    return list(env.release_names()) if env is not None and env.listed else [None]
+
+
 def perform(
     c: Context,
     step: str,
@@ -353,12 +417,14 @@ def perform(
     needs_env: bool = True,
     needs_cluster: bool = False,
     changes_checkout: bool = False,
+    release: str | None = None,
 ) -> None:
     """Run one step of the pipeline: time it, report it, explain its failure.
 
     `dry_run` is None for a step that has no dry run. `changes_checkout` marks
     a step that rewrites the working tree (decrypt-secrets, helm-deps): it holds
-    the checkout against other runs (tasks/checkout.py).
+    the checkout against other runs (tasks/checkout.py). `release` names the
+    release of an environment with several that the step works on.
     """
     with invocation(step):
         run = current()
@@ -368,11 +434,15 @@ def perform(
             dry = dry_run_asked(c, dry_run, step)
             registry = run.registry
             env = registry.get(env_name) if (needs_env or env_name) else None
+            if env is not None:
+                env = env.for_release(release)
         except StepFailure as failure:
             _record(step, env, env_name or "", FAILED, watch, failure.why)
-            raise Stop(step, env_name or "", failure) from None
+            annotate(failure, step)
+            raise Stop(step, env_name or "", failure, release or "") from None
         env_label = env.name if env else ""
-        title = f"{step} [{env_label}]" if env_label else step
+        of = release or ""
+        title = f"{step} [{env_label}{' ' + of if of else ''}]" if env_label else step
         if env is not None:
             run.environment(env.name).step = step
             # Whatever the step prints, a secret it reads or a command echoes stays masked.
@@ -391,48 +461,56 @@ def perform(
                     note = action(ctx) or ""
             except Skipped as skipped:
                 say(f"skipped: {skipped}")
-                _record(step, env, env_label, SKIPPED, watch, str(skipped))
+                _record(step, env, env_label, SKIPPED, watch, str(skipped), of)
                 return
             except StepFailure as failure:
-                _record(step, env, env_label, FAILED, watch, failure.why)
-                raise Stop(step, env_label, failure) from None
+                _record(step, env, env_label, FAILED, watch, failure.why, of)
+                annotate(failure, title)
+                raise Stop(step, env_label, failure, of) from None
             except CommandFailed as failed:
                 failure = StepFailure(
                     f"`{failed.command}` {failed.ending}.",
                     failed.killed_advice,
                     details=failed.tail(),
                 )
-                _record(step, env, env_label, FAILED, watch, failure.why)
-                raise Stop(step, env_label, failure) from None
+                _record(step, env, env_label, FAILED, watch, failure.why, of)
+                raise Stop(step, env_label, failure, of) from None
             except Interrupted as interrupt:
-                _record(step, env, env_label, INTERRUPTED, watch, interrupt.aftermath)
+                _record(step, env, env_label, INTERRUPTED, watch, interrupt.aftermath, of)
                 if interrupt.left_behind:
                     run.summary.leave_behind(interrupt.left_behind)
                 raise
             except KeyboardInterrupt:
-                _record(step, env, env_label, INTERRUPTED, watch, "")
+                _record(step, env, env_label, INTERRUPTED, watch, "", of)
                 raise
             except Exit as refusal:
                 # Helpers shared with the cluster tasks refuse with invoke's Exit.
                 failure = StepFailure(str(refusal.message or refusal))
-                _record(step, env, env_label, FAILED, watch, failure.why)
-                raise Stop(step, env_label, failure) from None
+                _record(step, env, env_label, FAILED, watch, failure.why, of)
+                raise Stop(step, env_label, failure, of) from None
             except Exception as bug:
                 if os.environ.get("DEPLOY_DEBUG"):
                     raise
                 failure = unexpected(bug)
-                _record(step, env, env_label, FAILED, watch, failure.why)
-                raise Stop(step, env_label, failure) from None
+                _record(step, env, env_label, FAILED, watch, failure.why, of)
+                raise Stop(step, env_label, failure, of) from None
         result = DRY_RUN if dry else OK
-        _record(step, env, env_label, result, watch, note)
+        _record(step, env, env_label, result, watch, note, of)
+        said = f"{step} {of}" if of else step
         say(
-            f"{step}: {result} in {format_seconds(watch.seconds)}" + (f" — {note}" if note else ""),
+            f"{said}: {result} in {format_seconds(watch.seconds)}" + (f" — {note}" if note else ""),
             milestone=True,
         )
 
 
 def _record(
-    step: str, env: Environment | None, label: str, result: str, watch: Stopwatch, note: str
+    step: str,
+    env: Environment | None,
+    label: str,
+    result: str,
+    watch: Stopwatch,
+    note: str,
+    of_release: str = "",
 ) -> None:
     record = StepRecord(
         step,
@@ -441,6 +519,7 @@ def _record(
         watch.seconds,
         note,
         release=env.release if env else "",
+        of_release=bool(of_release),
         started=watch.started_at,
         ended=watch.started_at + watch.seconds,
     )

@@ -9,7 +9,9 @@ later run, or a member deployed on its own, can read it):
     chart    the site chart's name and version, and a digest of each of its
              files: templates, values, Chart.lock and the packaged dependency
              archives under charts/
-    layers   a digest of each values layer, secret layers included
+    releases for an environment of several releases, each release's chart:
+             a folder's files as above, a fetched chart's reference and digest
+    layers   a digest of each values layer of every release, secret layers included
 
 Before a gated environment (a prod member) touches its cluster,
 `check-promotion` compares what it is about to deploy with its gate's record:
@@ -32,12 +34,12 @@ import yaml
 from invoke import Context, task
 
 from tasks import configmaps
-from tasks.charts import pinned_dependencies
+from tasks.charts import chart_of, pinned_dependencies
 from tasks.errors import StepFailure
 from tasks.helm import shown
 from tasks.output import say, warn
 from tasks.pipeline import Skipped, StepContext, cluster_of, perform
-from tasks.registry import Environment
+from tasks.registry import Environment, Registry
 from tasks.run import current
 from tasks.runner import PROJECT_ROOT
 
@@ -53,6 +55,8 @@ class Promotion:
     chart: str  # "mybinder 0.1.0"
     chart_files: dict[str, str] = field(default_factory=dict)  # path in the chart -> digest
     layers: dict[str, str] = field(default_factory=dict)  # values file as shown -> digest
+    # release -> its chart and what identifies it: reference, version, digest
+    releases: dict[str, str] = field(default_factory=dict)
 
     def data(self) -> dict[str, str]:
         """The record as a ConfigMap's data."""
@@ -62,6 +66,7 @@ class Promotion:
             "chart": self.chart,
             "chart-files": json.dumps(self.chart_files, sort_keys=True),
             "layers": json.dumps(self.layers),
+            "releases": json.dumps(self.releases),
         }
 
     @classmethod
@@ -72,6 +77,7 @@ class Promotion:
             chart=data.get("chart", ""),
             chart_files=json.loads(data.get("chart-files") or "{}"),
             layers=json.loads(data.get("layers") or "{}"),
+            releases=json.loads(data.get("releases") or "{}"),
         )
 
 
@@ -98,10 +104,38 @@ def chart_files(chart_dir: Path) -> dict[str, str]:
     return found
 
 
+def release_charts(registry: Registry, env: Environment) -> tuple[dict[str, str], dict[str, str]]:
+    """Each release's chart as the record names it, and the files of folders beside the site's.
+
+    A fetched chart is its reference and the digest helm-deps pulled it at; a
+    folder other than the site chart has its files digested under its name.
+    """
+    charts: dict[str, str] = {}
+    files: dict[str, str] = {}
+    for release in env.releases if env.listed else ():
+        path = chart_of(registry, release)
+        if release.site:
+            charts[release.name] = f"{registry.chart} (the site chart)"
+        elif release.is_folder:
+            charts[release.name] = str(path)
+            files.update({f"{path}/{k}": v for k, v in chart_files(PROJECT_ROOT / path).items()})
+        else:
+            recorded = PROJECT_ROOT / path.with_name(path.name + ".digest")
+            digest = recorded.read_text().strip() if recorded.is_file() else "not fetched"
+            charts[release.name] = f"{release.reference} {digest}"
+    return charts, files
+
+
 def describe(ctx: StepContext, env: Environment) -> Promotion:
-    """What a deploy of `env` from this checkout deploys."""
+    """What a deploy of `env` from this checkout deploys, every release of it."""
     chart_dir = PROJECT_ROOT / ctx.registry.chart
     chart = yaml.safe_load((chart_dir / "Chart.yaml").read_text()) or {}
+    releases, other_files = release_charts(ctx.registry, env)
+    layers = {
+        shown(path): _digest(path)
+        for name in (env.release_names() if env.listed else [None])
+        for path in env.for_release(name).values_files()
+    }
     head = ctx.runner.run(
         ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
         quiet=True,
@@ -112,8 +146,9 @@ def describe(ctx: StepContext, env: Environment) -> Promotion:
         environment=env.name,
         commit=head.stdout.strip() if head.ok else "unknown (not a git checkout)",
         chart=f"{chart.get('name', '?')} {chart.get('version', '?')}",
-        chart_files=chart_files(chart_dir),
-        layers={shown(path): _digest(path) for path in env.values_files()},
+        chart_files={**chart_files(chart_dir), **other_files},
+        layers=layers,
+        releases=releases,
     )
 
 
@@ -128,6 +163,13 @@ def differences(verified: Promotion, mine: Promotion) -> list[str]:
         )
     if mine.chart != verified.chart:
         found.append(f"chart: {gate} verified {verified.chart}, this checkout has {mine.chart}")
+    # Releases the two share by name must deploy the same chart; one of the member's
+    # own, which its gate does not have, cannot be compared.
+    found += [
+        f"release {name}: {gate} verified {verified.releases[name]}, this checkout has {chart}"
+        for name, chart in mine.releases.items()
+        if name in verified.releases and verified.releases[name] != chart
+    ]
     files = sorted(set(verified.chart_files) | set(mine.chart_files))
     changed = [f for f in files if verified.chart_files.get(f) != mine.chart_files.get(f)]
     if changed:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from tasks.errors import StepFailure
+from tasks.errors import Location, StepFailure
 from tasks.kinds import ClusterKind
 from tasks.runner import PROJECT_ROOT
 
@@ -101,11 +101,75 @@ class Grafana:
     strict: bool = False
 
 
+NOTIFY_FORMATS = ("slack", "zulip")
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Where a deploy's outcome is posted: a chat's incoming webhook (tasks/notifications.py).
+
+    The webhook's URL carries its token, so it comes from a secret: a variable
+    (`url_env`) or a file under the secrets folder (`url_file`).
+    """
+
+    url_env: str = ""
+    url_file: str = ""
+    format: str = "slack"  # slack: Slack's incoming webhooks; zulip: Zulip's Slack-compatible one
+    on_success: bool = False  # a successful deploy posts too
+
+    @property
+    def source(self) -> str:
+        return f"${self.url_env}" if self.url_env else self.url_file
+
+
 @dataclass(frozen=True)
 class Timeouts:
     upgrade: int = 600
     rollout: int = 600
     smoke: int = 600
+
+
+@dataclass(frozen=True)
+class Release:
+    """One helm release of an environment.
+
+    `chart` is a folder of this repository, an `oci://` reference
+    (oci://ghcr.io/traefik/helm/traefik) or a chart's name in the chart
+    repository `repository`; the last two need a pinned `version`, and may pin
+    the `digest` the registry serves for it.
+    """
+
+    name: str
+    namespace: str
+    chart: str
+    version: str = ""
+    repository: str = ""
+    digest: str = ""
+    # Further values files layered after the release's standard ones, in order.
+    extra_values: tuple[str, ...] = ()
+    # The site chart's release: its values layers are config/<env>.yaml and the
+    # environment's secrets, as for a single-release environment.
+    site: bool = True
+
+    @property
+    def is_folder(self) -> bool:
+        return not self.is_oci and not self.repository
+
+    @property
+    def is_oci(self) -> bool:
+        return self.chart.startswith("oci://")
+
+    @property
+    def chart_name(self) -> str:
+        return self.chart.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def reference(self) -> str:
+        """The chart as the operator wrote it, with its version: for messages and records."""
+        if self.is_folder:
+            return self.chart
+        where = self.chart if self.is_oci else f"{self.chart} from {self.repository}"
+        return f"{where} {self.version}"
 
 
 @dataclass(frozen=True)
@@ -125,23 +189,71 @@ class Environment:
     # Further values files layered after the four standard ones, in order.
     extra_values: tuple[str, ...] = ()
     bastion: Bastion | None = None
+    # Every release, in the order they are deployed; the last one is the site's
+    # (its namespace holds the deploy lock). `release`, `namespace` and
+    # `extra_values` above are those of the release a step works on (see
+    # `for_release`), by default the last one.
+    releases: tuple[Release, ...] = ()
+    # Whether the registry entry listed `releases:` (else the one `release:`).
+    listed: bool = False
+    notify: Notify | None = None
 
     def values_files(self, root: Path = PROJECT_ROOT) -> list[Path]:
         """The values files in the order helm must layer them, existing ones only.
 
         Common config, common secrets, environment config, environment secrets:
-        the environment's own secrets always win.
+        the environment's own secrets always win. A release other than the
+        site's has the same four layers of its own, under config/releases/<release>/.
         """
+        if self.current.site:
+            own = ("config", "common.yaml"), ("config", f"{self.name}.yaml")
+        else:
+            folder = ("config", "releases", self.release)
+            own = (*folder, "common.yaml"), (*folder, f"{self.name}.yaml")
+        common, mine = own
         layers = [
-            root / "config" / "common.yaml",
-            root / self.secrets_dir / "config" / "common.yaml",
-            root / "config" / f"{self.name}.yaml",
-            root / self.secrets_dir / "config" / f"{self.name}.yaml",
+            root.joinpath(*common),
+            root.joinpath(self.secrets_dir, *common),
+            root.joinpath(*mine),
+            root.joinpath(self.secrets_dir, *mine),
         ]
         # The standard layers are optional; a layer the registry names must exist.
         return [path for path in layers if path.exists()] + [
             root / extra for extra in self.extra_values
         ]
+
+    @property
+    def current(self) -> Release:
+        """The release the environment's steps work on now."""
+        for candidate in self.releases:
+            if (candidate.name, candidate.namespace) == (self.release, self.namespace):
+                return candidate
+        return Release(self.release, self.namespace, "", extra_values=self.extra_values)
+
+    @property
+    def lock_namespace(self) -> str:
+        """Where the environment's deploy lock lives: the namespace of its last release."""
+        return self.releases[-1].namespace if self.releases else self.namespace
+
+    def release_names(self) -> list[str]:
+        return [r.name for r in self.releases] or [self.release]
+
+    def for_release(self, name: str | None) -> Environment:
+        """The environment as seen by a step on its release `name` (None: the last one)."""
+        if name is None:
+            return self
+        for candidate in self.releases:
+            if candidate.name == name:
+                return replace(
+                    self,
+                    release=candidate.name,
+                    namespace=candidate.namespace,
+                    extra_values=candidate.extra_values,
+                )
+        raise StepFailure(
+            f"{self.name} has no release {name!r}.",
+            f"Its releases: {', '.join(self.release_names())} (in {REGISTRY_FILE}).",
+        )
 
     def secret_path(self, relative: str, root: Path = PROJECT_ROOT) -> Path:
         return root / self.secrets_dir / relative
@@ -163,6 +275,7 @@ class Group:
     members: tuple[str, ...]
     experimental: tuple[str, ...]
     gate: str  # the environment that gates every member
+    notify: Notify | None = None
 
     def is_experimental(self, member: str) -> bool:
         return member in self.experimental
@@ -274,8 +387,14 @@ class _Reader:
         self.root_node = yaml.compose(text)
 
     def fail(self, node: yaml.Node | None, message: str, fix: str = "") -> RegistryError:
-        line = f":{node.start_mark.line + 1}" if node is not None else ""
-        return RegistryError(f"{self.path}{line}: {message}", fix)
+        if node is None:
+            return RegistryError(f"{self.path}: {message}", fix)
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        return RegistryError(
+            f"{self.path}:{line}: {message}",
+            fix,
+            locations=[Location(str(self.path), line, column, message)],
+        )
 
     def mapping(
         self, node: yaml.Node | None, where: str, allowed: tuple[str, ...]
@@ -365,7 +484,10 @@ _ENV_KEYS = (
     "components",
     "extra_values",
     "bastion",
+    "releases",
+    "notify",
 )
+_RELEASE_KEYS = ("name", "chart", "version", "repository", "digest", "namespace", "extra_values")
 
 
 def load(root: Path = PROJECT_ROOT, path: Path | None = None) -> Registry:
@@ -396,7 +518,8 @@ def load(root: Path = PROJECT_ROOT, path: Path | None = None) -> Registry:
     if "environments" not in top:
         raise reader.fail(reader.root_node, "no `environments:` mapping.")
     env_nodes = reader.mapping(top["environments"], "environments", ())
-    envs = {name: _environment(reader, name, body) for name, body in env_nodes.items()}
+    chart = Path(reader.text(top["chart"], "chart")) if "chart" in top else Path("mybinder")
+    envs = {name: _environment(reader, name, body, chart) for name, body in env_nodes.items()}
     for env in envs.values():
         if env.gated_by is not None and env.gated_by not in envs:
             raise reader.fail(
@@ -405,7 +528,6 @@ def load(root: Path = PROJECT_ROOT, path: Path | None = None) -> Registry:
                 f"Define it or use one of: {', '.join(envs)}.",
             )
     _check_no_gate_cycle(reader, envs, env_nodes)
-    chart = Path(reader.text(top["chart"], "chart")) if "chart" in top else Path("mybinder")
     mirrors = (
         reader.text_map(top["repository_mirrors"], "repository_mirrors")
         if "repository_mirrors" in top
@@ -426,7 +548,7 @@ def _groups(reader: _Reader, node: yaml.Node, envs: dict[str, Environment]) -> d
                 "could mean either.",
                 "Give the group another name.",
             )
-        items = reader.mapping(body, where, ("description", "members", "experimental"))
+        items = reader.mapping(body, where, ("description", "members", "experimental", "notify"))
         if "members" not in items:
             raise reader.fail(body, f"{where} has no `members:`, the environments it deploys.")
         members = _member_list(reader, items["members"], f"{where} members", envs)
@@ -467,7 +589,10 @@ def _groups(reader: _Reader, node: yaml.Node, envs: dict[str, Environment]) -> d
             if "description" in items
             else ""
         )
-        groups[name] = Group(name, description, members, experimental, gates[members[0]] or "")
+        notify = _notify(reader, where, items["notify"]) if "notify" in items else None
+        groups[name] = Group(
+            name, description, members, experimental, gates[members[0]] or "", notify
+        )
     return groups
 
 
@@ -514,21 +639,44 @@ def _check_no_gate_cycle(
             current = envs[current].gated_by
 
 
-def _environment(reader: _Reader, name: str, node: yaml.Node) -> Environment:
+def _environment(reader: _Reader, name: str, node: yaml.Node, chart: Path) -> Environment:
     where = f"environment {name!r}"
     items = reader.mapping(node, where, _ENV_KEYS)
-    for required in ("cluster", "release", "namespace", "secrets"):
+    if "releases" in items:
+        for single in ("release", "namespace", "extra_values"):
+            if single in items:
+                raise reader.fail(
+                    items[single],
+                    f"{where} lists `releases:`, so `{single}:` belongs to each release.",
+                    "Move it into the release it is for, under releases:.",
+                )
+        releases = _releases(reader, where, items["releases"], chart)
+    else:
+        releases = ()
+    for required in ("cluster", "secrets") + (() if releases else ("release", "namespace")):
         if required not in items:
             raise reader.fail(node, f"{where} has no `{required}:`.")
     secrets = reader.mapping(items["secrets"], f"{where} secrets", ("dir", "key"))
+    if releases:
+        site = releases[-1]
+        release_name, namespace, extra = site.name, site.namespace, site.extra_values
+    else:
+        release_name = reader.kubernetes_name(items["release"], f"{where} release", "release")
+        namespace = reader.kubernetes_name(items["namespace"], f"{where} namespace", "namespace")
+        extra = (
+            reader.text_list(items["extra_values"], f"{where} extra_values")
+            if "extra_values" in items
+            else ()
+        )
+        releases = (Release(release_name, namespace, str(chart), extra_values=extra),)
     return Environment(
         name=name,
         description=reader.text(items["description"], f"{where} description")
         if "description" in items
         else "",
         cluster=_cluster(reader, where, items["cluster"]),
-        release=reader.kubernetes_name(items["release"], f"{where} release", "release"),
-        namespace=reader.kubernetes_name(items["namespace"], f"{where} namespace", "namespace"),
+        release=release_name,
+        namespace=namespace,
         secrets_dir=Path(reader.text(secrets["dir"], f"{where} secrets.dir"))
         if "dir" in secrets
         else Path("secrets"),
@@ -547,11 +695,106 @@ def _environment(reader: _Reader, name: str, node: yaml.Node) -> Environment:
         }
         if "components" in items
         else {},
-        extra_values=reader.text_list(items["extra_values"], f"{where} extra_values")
-        if "extra_values" in items
-        else (),
+        extra_values=extra,
         bastion=_bastion(reader, where, items["bastion"]) if "bastion" in items else None,
+        releases=releases,
+        listed="releases" in items,
+        notify=_notify(reader, where, items["notify"]) if "notify" in items else None,
     )
+
+
+def _releases(reader: _Reader, where: str, node: yaml.Node, chart: Path) -> tuple[Release, ...]:
+    """An environment's `releases:`, in deploy order; the site chart's release, if any, last."""
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise reader.fail(
+            node,
+            f"{where} releases must be a list of releases, each with name, chart and namespace.",
+        )
+    releases: list[Release] = []
+    for item in node.value:
+        what = f"{where} releases[{len(releases)}]"
+        fields = reader.mapping(item, what, _RELEASE_KEYS)
+        for required in ("name", "chart", "namespace"):
+            if required not in fields:
+                raise reader.fail(item, f"{what} has no `{required}:`.")
+        name = reader.kubernetes_name(fields["name"], f"{what} name", "release")
+        what = f"{where} release {name!r}"
+        texts = {
+            key: reader.text(fields[key], f"{what} {key}")
+            for key in ("chart", "version", "repository", "digest")
+            if key in fields
+        }
+        reference = texts["chart"]
+        if "repository" in texts:
+            problem = url_problem(texts["repository"])
+            if problem:
+                raise reader.fail(
+                    fields["repository"],
+                    f"{what} repository must be a chart repository's http(s) URL: {problem}.",
+                    "For a chart in an OCI registry, write chart: oci://HOST/PATH/CHART instead.",
+                )
+            if "/" in reference:
+                raise reader.fail(
+                    fields["chart"],
+                    f"{what} chart {reference!r} must be the chart's name in "
+                    f"{texts['repository']}.",
+                )
+        remote = "repository" in texts or reference.startswith("oci://")
+        if remote and "version" not in texts:
+            raise reader.fail(
+                item,
+                f"{what} takes {reference} from a registry or repository without a pinned "
+                "`version:`; every deploy of a commit must get the same chart.",
+                "Add version: with the exact version to deploy.",
+            )
+        if not remote:
+            for key in ("version", "digest"):
+                if key in texts:
+                    raise reader.fail(
+                        fields[key],
+                        f"{what} chart {reference} is a folder of this repository; "
+                        f"`{key}:` has no use there (its Chart.yaml says it).",
+                    )
+            if not (PROJECT_ROOT / reference / "Chart.yaml").is_file() and Path(reference) != Path(
+                chart
+            ):
+                raise reader.fail(
+                    fields["chart"],
+                    f"{what} chart {reference!r} is neither a folder of this repository holding "
+                    "a Chart.yaml nor an oci:// reference.",
+                    "Write a folder (e.g. mybinder), oci://HOST/PATH/CHART with version:, or a "
+                    "chart name with repository: and version:.",
+                )
+        digest = texts.get("digest", "")
+        if digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise reader.fail(
+                fields["digest"], f"{what} digest must read sha256:<64 hex digits>, not {digest!r}."
+            )
+        if any(r.name == name for r in releases):
+            raise reader.fail(fields["name"], f"{where}: the release {name!r} is listed twice.")
+        releases.append(
+            Release(
+                name=name,
+                namespace=reader.kubernetes_name(
+                    fields["namespace"], f"{what} namespace", "namespace"
+                ),
+                chart=reference,
+                version=texts.get("version", ""),
+                repository=texts.get("repository", ""),
+                digest=digest,
+                extra_values=reader.text_list(fields["extra_values"], f"{what} extra_values")
+                if "extra_values" in fields
+                else (),
+                site=not remote and Path(reference) == Path(chart),
+            )
+        )
+    sites = [r for r in releases if r.site]
+    if len(sites) > 1:
+        raise reader.fail(
+            node,
+            f"{where} deploys the site chart {chart} twice ({', '.join(r.name for r in sites)}).",
+        )
+    return tuple(releases)
 
 
 def _urls(reader: _Reader, where: str, node: yaml.Node) -> dict[str, str]:
@@ -676,6 +919,36 @@ def _grafana(reader: _Reader, where: str, node: yaml.Node) -> Grafana | None:
         org_id=org_id,
         tags=reader.text_list(items["tags"], f"{what}.tags") if "tags" in items else (),
         strict=reader.flag(items["strict"], f"{what}.strict") if "strict" in items else False,
+    )
+
+
+def _notify(reader: _Reader, where: str, node: yaml.Node) -> Notify | None:
+    if isinstance(node, yaml.ScalarNode) and reader.scalar(node) in (None, False):
+        return None
+    what = f"{where} notify"
+    items = reader.mapping(node, what, ("url_env", "url_file", "format", "on_success"))
+    sources = [key for key in ("url_env", "url_file") if key in items]
+    if len(sources) != 1:
+        raise reader.fail(
+            node,
+            f"{what} needs one of `url_env:` (the variable holding the webhook's URL) or "
+            "`url_file:` (a file under the secrets folder holding it)"
+            + (", not both." if sources else "."),
+            "The URL carries the webhook's token: keep it in a secret, never in this file.",
+        )
+    fmt = reader.scalar(items["format"]) if "format" in items else "slack"
+    if fmt not in NOTIFY_FORMATS:
+        raise reader.fail(
+            items["format"],
+            f"{what}.format must be one of {', '.join(NOTIFY_FORMATS)}, not {fmt!r}.",
+        )
+    return Notify(
+        url_env=reader.text(items["url_env"], f"{what}.url_env") if "url_env" in items else "",
+        url_file=reader.text(items["url_file"], f"{what}.url_file") if "url_file" in items else "",
+        format=fmt,
+        on_success=reader.flag(items["on_success"], f"{what}.on_success")
+        if "on_success" in items
+        else False,
     )
 
 

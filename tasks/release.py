@@ -26,13 +26,22 @@ import yaml
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from tasks import configmaps, diagnoses, helm, lock, promotion, rollout_status, secrets
+from tasks import configmaps, crds, diagnoses, helm, lock, promotion, rollout_status, secrets
 from tasks import values as values_module
-from tasks.charts import archive_is_valid, pinned_dependencies, schema_failure
+from tasks.charts import archive_is_valid, chart_of, pinned_dependencies, schema_failure
 from tasks.errors import CommandFailed, StepFailure, explain
 from tasks.helm import shown
 from tasks.output import say, warn
-from tasks.pipeline import Interrupted, StepContext, Stop, confirm, invocation, perform
+from tasks.pipeline import (
+    Interrupted,
+    StepContext,
+    Stop,
+    confirm,
+    invocation,
+    perform,
+    releases_of,
+)
+from tasks.registry import Environment
 from tasks.run import current
 from tasks.runner import PROJECT_ROOT
 from tasks.secrets_keys import check_certificates
@@ -83,7 +92,16 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
         values_module.check_files(readable, PROJECT_ROOT),
         f"problem(s) in the values files of {env.name}; nothing was deployed.",
     )
-    chart_dir = PROJECT_ROOT / ctx.registry.chart
+    chart = chart_of(ctx.registry, env.current)
+    if chart.suffix == ".tgz":
+        if not (PROJECT_ROOT / chart).is_file() and not ctx.dry_run:
+            raise StepFailure(
+                f"The chart of release {env.release}, {env.current.reference}, is not fetched: "
+                f"{chart} is missing.",
+                "Run `invoke helm-deps` first (deploy runs it for you).",
+            )
+        return files
+    chart_dir = PROJECT_ROOT / chart
     missing = [
         d.archive
         for d in pinned_dependencies(chart_dir)
@@ -92,7 +110,7 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
     if missing and not ctx.dry_run:
         raise StepFailure(
             f"The chart's dependencies are not built: {', '.join(missing)} missing from "
-            f"{ctx.registry.chart}/charts/.",
+            f"{chart}/charts/.",
             "Run `invoke helm-deps` first (deploy runs it for you).",
         )
     return files
@@ -216,8 +234,11 @@ def _diagnose_change(
     hooks_wait: int | None,
 ) -> StepFailure:
     """A schema refusal, a hook Job that did not complete, or a known helm failure."""
-    refused = schema_failure(
-        failed.output, files, PROJECT_ROOT / ctx.registry.chart, ctx.environment.name
+    chart = PROJECT_ROOT / chart_of(ctx.registry, ctx.environment.current)
+    refused = (
+        schema_failure(failed.output, files, chart, ctx.environment.name)
+        if chart.is_dir()
+        else None
     )
     if refused:
         return refused
@@ -242,11 +263,15 @@ def upgrade_release(
     refuse_if_pending(ctx)
     lock.ensure_held(ctx)
     seconds = timeout or env.timeouts.upgrade
-    command = helm.upgrade(env, ctx.registry.chart, files, seconds)
+    chart = chart_of(ctx.registry, env.current)
+    applied = crds.keep_current(ctx, chart, files)
+    command = helm.upgrade(env, chart, files, seconds, skip_crds=bool(applied))
     _change_release(ctx, command, "upgrade", timeout=seconds + 60, files=files, hooks_wait=seconds)
     note = f"release {env.release} in {env.namespace}"
+    if not env.current.site:
+        note += f" ({env.current.reference})"
     hooks = hooks_run(_read_release(ctx, "status")) if not ctx.dry_run else []
-    return "; ".join([note, *hooks])
+    return "; ".join([note, *([applied] if applied else []), *hooks])
 
 
 # -- hooks ----------------------------------------------------------------------
@@ -517,14 +542,16 @@ def diff_release(ctx: StepContext) -> list[str]:
     deployed = ""
     if status is not None:
         deployed = ctx.runner.run(helm.manifest(env), quiet=True).stdout
+    chart = chart_of(ctx.registry, env.current)
+    changes = crds.diff(ctx, chart, files)
     try:
-        rendered = ctx.runner.run(helm.upgrade_preview(env, ctx.registry.chart, files), quiet=True)
+        rendered = ctx.runner.run(helm.upgrade_preview(env, chart, files), quiet=True)
     except CommandFailed as failed:
         raise explain_helm_failure(ctx, failed, "helm could not render the upgrade") from None
     if rendered.dry_run:
-        return []
+        return changes
     proposed = json.loads(rendered.stdout).get("manifest", "")
-    return diff_manifests(deployed, proposed, env.namespace)
+    return changes + diff_manifests(deployed, proposed, env.namespace)
 
 
 # -- rollback and recovery ----------------------------------------------------
@@ -587,7 +614,7 @@ def record_verified(ctx: StepContext) -> str:
     revision = int(status["version"])
     known = sorted(verified_revisions(ctx) | {revision})[-50:]
     data = {"release": env.release, "revisions": ",".join(str(r) for r in known)}
-    if not configmaps.write(ctx, configmaps.new(ctx, VERIFIED, data)):
+    if not configmaps.write(ctx, configmaps.new(ctx, verified_record(env), data)):
         raise StepFailure(
             f"Could not record revision {revision} as verified in namespace {env.namespace}.",
             f"Check access to the namespace: invoke doctor --env={env.name}",
@@ -595,8 +622,14 @@ def record_verified(ctx: StepContext) -> str:
     return f"revision {revision} recorded as verified"
 
 
+def verified_record(env: Environment) -> str:
+    """The ConfigMap of the release's verified revisions; a release beside the site's has its
+    own, as two releases may share a namespace."""
+    return VERIFIED if env.current.site else f"{VERIFIED}-{env.release}"
+
+
 def verified_revisions(ctx: StepContext) -> set[int]:
-    found = configmaps.read(ctx, VERIFIED) or {}
+    found = configmaps.read(ctx, verified_record(ctx.environment)) or {}
     listed = (found.get("data") or {}).get("revisions", "")
     return {int(r) for r in listed.split(",") if r.strip().isdigit()}
 
@@ -664,10 +697,18 @@ def roll_back(c: Context, target: str, why: str) -> bool:
     from tasks.rollout import wait_rollout
 
     warn(f"{why}: rolling {target} back to its last good revision.")
+    upgraded = {
+        r.release for r in current().summary.records if r.step == "upgrade" and r.env == target
+    }
+    # Of several releases, those this run upgraded, the last upgraded first.
+    names = [n for n in releases_of(target, None) if n is None or n in upgraded]
     try:
         with invocation("rollback"):
-            perform(c, "rollback", target, roll_back_to_last_good, needs_cluster=True)
-            wait_rollout(c, env=target)
+            for name in reversed(names):
+                perform(
+                    c, "rollback", target, roll_back_to_last_good, needs_cluster=True, release=name
+                )
+                wait_rollout(c, env=target, release=name)
     except Stop as failed:
         warn(f"the automatic rollback of {target} did not complete: {failed.failure.why}")
         return False
@@ -698,6 +739,9 @@ def roll_back_after(c: Context, stop: Stop, target: str) -> None:
 
 ENV_HELP = "Environment from config/environments.yaml (an unknown name lists the known ones)."
 DRY_RUN_HELP = "Print every command that would run, secrets masked; touch nothing."
+RELEASE_HELP = (
+    "For an environment with several releases: this one only (default: every one, in order)."
+)
 
 
 @task(
@@ -708,6 +752,7 @@ DRY_RUN_HELP = "Print every command that would run, secrets masked; touch nothin
         "dry_run": DRY_RUN_HELP,
         "promote_unverified": "For a gated environment: upgrade even to what its gate "
         "(staging) did not verify; the summary says so.",
+        "release": RELEASE_HELP,
     }
 )
 def upgrade(
@@ -716,30 +761,36 @@ def upgrade(
     timeout: int | None = None,
     dry_run: bool = False,
     promote_unverified: bool = False,
+    release: str | None = None,
 ) -> None:
-    """helm upgrade --install the site chart with the environment's layered values."""
-    perform(
-        c,
-        "upgrade",
-        env,
-        lambda ctx: upgrade_release(ctx, timeout, promote_unverified),
-        dry_run=dry_run,
-        needs_cluster=True,
-    )
+    """helm upgrade --install the environment's chart(s) with their layered values."""
+    for name in releases_of(env, release):
+        perform(
+            c,
+            "upgrade",
+            env,
+            lambda ctx: upgrade_release(ctx, timeout, promote_unverified),
+            dry_run=dry_run,
+            needs_cluster=True,
+            release=name,
+        )
 
 
-@task(help={"env": ENV_HELP})
-def diff(c: Context, env: str | None = None) -> None:
+@task(help={"env": ENV_HELP, "release": RELEASE_HELP})
+def diff(c: Context, env: str | None = None, release: str | None = None) -> None:
     """Show what an upgrade would change, resource by resource, Secrets masked (exit 2 if any)."""
     changes: list[str] = []
 
     def show(ctx: StepContext) -> str:
-        changes.extend(diff_release(ctx))
-        for chunk in changes:
+        found = diff_release(ctx)
+        for chunk in found:
             say(chunk)
-        return f"{len(changes)} resource(s) would change" if changes else "no change"
+        changes.extend(found)
+        return f"{len(found)} resource(s) would change" if found else "no change"
 
-    perform(c, "diff", env, show, needs_cluster=True)
+    with invocation("diff"):
+        for name in releases_of(env, release):
+            perform(c, "diff", env, show, needs_cluster=True, release=name)
     if changes:
         raise Exit(code=2)
 
@@ -747,27 +798,43 @@ def diff(c: Context, env: str | None = None) -> None:
 @task(
     help={
         "env": ENV_HELP,
-        "revision": "Revision to roll back to (default: the last one a deploy verified).",
+        "revision": "Revision to roll back to (default: the last one a deploy verified); "
+        "with several releases, only with --release.",
         "dry_run": DRY_RUN_HELP,
+        "release": "For an environment with several releases: this one only (default: every "
+        "one, the last deployed first).",
     }
 )
 def rollback(
-    c: Context, env: str | None = None, revision: int | None = None, dry_run: bool = False
+    c: Context,
+    env: str | None = None,
+    revision: int | None = None,
+    dry_run: bool = False,
+    release: str | None = None,
 ) -> None:
-    """Roll the release back, then wait for the rollout."""
+    """Roll the release(s) back, each followed by its rollout."""
     from tasks.rollout import wait_rollout
 
     with invocation("rollback"):
         target = _revision_number(revision)
-        perform(
-            c,
-            "rollback",
-            env,
-            lambda ctx: rollback_release(ctx, target),
-            dry_run=dry_run,
-            needs_cluster=True,
-        )
-        wait_rollout(c, env=env, dry_run=dry_run)
+        names = releases_of(env, release)
+        if target is not None and len(names) > 1:
+            raise StepFailure(
+                f"{env} has several releases ({', '.join(map(str, names))}); a revision "
+                "number belongs to one of them.",
+                f"Name it: invoke rollback --env={env} --release NAME --revision {target}",
+            )
+        for name in reversed(names):
+            perform(
+                c,
+                "rollback",
+                env,
+                lambda ctx: rollback_release(ctx, target),
+                dry_run=dry_run,
+                needs_cluster=True,
+                release=name,
+            )
+            wait_rollout(c, env=env, dry_run=dry_run, release=name)
 
 
 @task(
@@ -775,17 +842,25 @@ def rollback(
         "env": ENV_HELP,
         "yes": "Do not ask for confirmation.",
         "dry_run": DRY_RUN_HELP,
+        "release": RELEASE_HELP,
     }
 )
 def recover_release(
-    c: Context, env: str | None = None, yes: bool = False, dry_run: bool = False
+    c: Context,
+    env: str | None = None,
+    yes: bool = False,
+    dry_run: bool = False,
+    release: str | None = None,
 ) -> None:
     """Unlock a release stuck in pending-*: roll back to the last deployed revision."""
-    perform(
-        c,
-        "recover-release",
-        env,
-        lambda ctx: recover(ctx, lambda q: yes or confirm(q)),
-        dry_run=dry_run,
-        needs_cluster=True,
-    )
+    with invocation("recover-release"):
+        for name in releases_of(env, release):
+            perform(
+                c,
+                "recover-release",
+                env,
+                lambda ctx: recover(ctx, lambda q: yes or confirm(q)),
+                dry_run=dry_run,
+                needs_cluster=True,
+                release=name,
+            )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -46,6 +47,13 @@ class StepRecord:
     release: str = ""
     started: float = 0.0  # seconds since the epoch
     ended: float = 0.0
+    # The step worked on one release of an environment that has several.
+    of_release: bool = False
+
+    @property
+    def label(self) -> str:
+        """The step as the table shows it: `upgrade`, or `upgrade traefik` for one release."""
+        return f"{self.step} {self.release}" if self.of_release else self.step
 
 
 @dataclass
@@ -117,7 +125,7 @@ class Summary:
     def table(self) -> str:
         rows = [("STEP", "ENVIRONMENT", "RESULT", "DURATION", "NOTE")]
         rows += [
-            (r.step, r.env or "-", r.result, format_seconds(r.seconds), r.note)
+            (r.label, r.env or "-", r.result, format_seconds(r.seconds), r.note)
             for r in self.ordered()
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
@@ -131,6 +139,29 @@ class Summary:
             lines += [f"  {m.name.ljust(width)}  {m.verdict()}" for m in self.members]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(line.rstrip() for line in lines)
+
+    def markdown(self, task: str, target: str, result: str, screen: str = "") -> str:
+        """The table, members, warnings, what is left behind and the closing screen, as
+        Markdown for a CI run page (GitHub's step summary); masked."""
+        title = f"invoke {task or 'step'}" + (f" {target}" if target else "")
+        lines = [f"### {_cell(title)}: {result}", ""]
+        lines += ["| step | environment | result | duration | note |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {_cell(r.step)} | {_cell(r.env or '-')} | {_cell(r.result)} "
+            f"| {format_seconds(r.seconds)} | {_cell(r.note)} |"
+            for r in self.ordered()
+        ]
+        if self.members:
+            lines += ["", f"**Members of {_cell(self.group)}**", ""]
+            lines += [f"- {_cell(m.name)}: {_cell(m.verdict())}" for m in self.members]
+        for heading, items in (("Warnings", self.warnings), ("Left behind", self.left_behind)):
+            if items:
+                lines += ["", f"**{heading}**", ""] + [f"- {_cell(item)}" for item in items]
+        if screen:
+            # A fence longer than any run of backticks in the screen cannot be closed by it.
+            fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", screen)), default=0))
+            lines += ["", f"{fence}text", screen, fence]
+        return self.masker.mask("\n".join(lines))
 
     def document(self, task: str, target: str, result: str) -> dict[str, Any]:
         """The run as JSON-ready data: what CI reads instead of the table."""
@@ -171,6 +202,12 @@ class Summary:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def _cell(text: str) -> str:
+    """Text that stays inside one Markdown table cell or list item, shown as written."""
+    flat = " ".join(text.split())
+    return flat.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
 
 
 def _timestamp(seconds: float) -> str:

@@ -43,7 +43,7 @@ from invoke import Context, task
 from tasks import http, toolchain
 from tasks.errors import StepFailure
 from tasks.output import draws_in_place, say
-from tasks.pipeline import StepContext, perform
+from tasks.pipeline import StepContext, perform, releases_of
 from tasks.report import format_seconds
 from tasks.rollout_fit import AUTOSCALER_CONFIGMAP, AUTOSCALER_NAMESPACE, ClusterFacts, Note
 from tasks.rollout_status import (
@@ -821,6 +821,8 @@ def seconds(value: str | float | None, flag: str) -> float | None:
         "unschedulable_grace": f"Seconds a pod may stay unschedulable before the step fails "
         f"(default {UNSCHEDULABLE_GRACE:g}).",
         "dry_run": "Print the commands and requests instead of running them.",
+        "release": "For an environment with several releases: this one's namespace only "
+        "(default: every one's, in order).",
     }
 )
 def wait_rollout(
@@ -829,17 +831,20 @@ def wait_rollout(
     timeout: int | None = None,
     unschedulable_grace: float | None = None,
     dry_run: bool = False,
+    release: str | None = None,
 ) -> None:
     """Wait until every Deployment, DaemonSet and StatefulSet of the release has rolled out."""
-    perform(
-        c,
-        "wait-rollout",
-        env,
-        lambda ctx: wait(
-            ctx,
-            seconds(timeout, "--timeout"),
-            seconds(unschedulable_grace, "--unschedulable-grace"),
-        ),
-        dry_run=dry_run,
-        needs_cluster=True,
-    )
+    for name in releases_of(env, release):
+        perform(
+            c,
+            "wait-rollout",
+            env,
+            lambda ctx: wait(
+                ctx,
+                seconds(timeout, "--timeout"),
+                seconds(unschedulable_grace, "--unschedulable-grace"),
+            ),
+            dry_run=dry_run,
+            needs_cluster=True,
+            release=name,
+        )

@@ -67,6 +67,7 @@ class EnvironmentRun:
     def __init__(self, name: str) -> None:
         self.name = name
         self.lock_held = False
+        self.lock_waited = 0.0  # seconds this run waited for its deploy lock so far
         self.region: Region | None = None
         # What this environment's deploy verified in this run: its members compare with it.
         self.verified: Promotion | None = None
@@ -149,6 +150,8 @@ class Run:
         self.task = ""  # the outermost task, which names the run's report
         self.target = ""  # what it deploys: an environment or a group
         self.dry_run = False  # a dry run touches nothing, not even reports/
+        # --wait-for-lock: False, True (as long as the lock can last) or a number of seconds.
+        self.wait_for_lock: bool | int = False
         self.begun = False
         self._registry = registry
         self._environments: dict[str, EnvironmentRun] = {}

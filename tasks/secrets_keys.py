@@ -96,6 +96,8 @@ def secret_env_names(env: Environment) -> list[str]:
     names = [key.key_env, key.iv_env, key.env, key.passphrase_env, key.private_key_env]
     if env.grafana:
         names.append(env.grafana.token_env)
+    if env.notify:
+        names.append(env.notify.url_env)
     return [name for name in names if name]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tasks.errors import StepFailure
+from tasks.errors import Location, StepFailure
 
 GIT_CRYPT_HEADER = b"\x00GITCRYPT"
 
@@ -28,6 +28,9 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}:{self.column}: {self.message}"
+
+    def location(self) -> Location:
+        return Location(str(self.path), self.line, self.column, self.message)
 
 
 class _DuplicateKey(yaml.MarkedYAMLError):
@@ -144,7 +147,10 @@ def refuse(problems: list[Problem], what: str) -> None:
     """Stop the step when there are problems: their number and `what`, each one, the advice."""
     if problems:
         raise StepFailure(
-            f"{len(problems)} {what}", advice(problems), details="\n".join(map(str, problems))
+            f"{len(problems)} {what}",
+            advice(problems),
+            details="\n".join(map(str, problems)),
+            locations=[p.location() for p in problems],
         )
 
 
@@ -158,6 +164,22 @@ def advice(problems: list[Problem]) -> str:
     if any("does not exist" in p.message for p in problems):
         hints.append("fix the path in config/environments.yaml or add the file")
     return "; ".join(hints) + "."
+
+
+def key_position(path: Path, keys: tuple[str, ...]) -> tuple[int, int] | None:
+    """The line and column (from 1) where the key at `keys` is set in `path`, if it is."""
+    try:
+        node: yaml.Node | None = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    found: yaml.Node | None = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        found, node = next(((k, v) for k, v in node.value if k.value == key), (None, None))
+        if found is None:
+            return None
+    return (found.start_mark.line + 1, found.start_mark.column + 1) if found else None
 
 
 def layers_setting(paths: list[Path], pointer: str) -> list[Path]:

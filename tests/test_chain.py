@@ -25,12 +25,14 @@ from tasks import chain, registry
 from tasks.cluster import clusters
 from tasks.runner import PROJECT_ROOT
 from tests.fakes.grafana_server import FakeGrafana
+from tests.fakes.webhook import WebhookReceiver
 from tests.fixtures.chain import (
     command_line,
     demo_registry,
     descendants,
     invoke,
     lock_exists,
+    once_helm_holds_the_release,
     release_exists,
     run_and_act,
     slow_chart,
@@ -148,7 +150,7 @@ def test_ci_on_a_pull_request_validates_offline(chart_dependencies):
     assert "::group::yaml-lint" in out and "::endgroup::" in out
     assert "helm upgrade" not in out
     for env in ("staging", "prod", "local-staging", "local-prod"):
-        assert re.search(rf"^validate\s+{env}\s+ok", out, re.MULTILINE), env
+        assert re.search(rf"^validate(?: binder)?\s+{env}\s+ok", out, re.MULTILINE), env
     assert re.search(r"^check-secrets\s+-\s+ok", out, re.MULTILINE)
     assert "RESULT" in out and "DURATION" in out
 
@@ -320,15 +322,23 @@ def test_prod_rolled_back_automatically_when_its_smoke_tests_fail(both_clusters,
     broken = tmp_path / "no-static.yaml"
     broken.write_text("static:\n  replicas: 0\n")
     document["environments"]["local-prod"]["extra_values"] = [str(broken)]
+    document["environments"]["local-prod"]["notify"] = {"url_env": "DEPLOY_TEST_WEBHOOK"}
     registry_file.write_text(yaml.safe_dump(document))
 
-    result = invoke("deploy", "--env=local-prod", "--yes", "--rollback-on-failure", env=env)
+    with WebhookReceiver() as hook:
+        env["DEPLOY_TEST_WEBHOOK"] = f"{hook.url}/services/prod-hook-token"
+        result = invoke("deploy", "--env=local-prod", "--yes", "--rollback-on-failure", env=env)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-4000:]
     assert "FAILED: smoke-test on local-prod" in out
     assert "rolling local-prod back to its last good revision" in out
     assert "local-prod was rolled back to its last good revision" in out
     assert "Traceback" not in out
+    # The team's chat hears of it once: what failed, where, and the rollback.
+    [(_, notice)] = hook.received
+    assert notice["text"].startswith("Deploy of local-prod FAILED (invoke deploy)\n")
+    assert "- smoke-test failed on local-prod: " in notice["text"]
+    assert "- local-prod was rolled back to its last good revision" in notice["text"]
     replicas = clusters.kubectl(
         "binder-prod",
         "get",
@@ -396,7 +406,9 @@ def test_a_second_deploy_of_the_same_environment_is_refused(both_clusters, tmp_p
     plant_lock(namespaces["local-staging"], "octocat on CI run 41", int(time.time()) + 600)
     # Found by preflight, before the first change.
     out = assert_stopped_on_staging(
-        invoke("deploy", "--env=local-prod", "--yes", env=env), "preflight", namespaces
+        invoke("deploy", "--env=local-prod", "--yes", "--wait-for-lock=0", env=env),
+        "preflight",
+        namespaces,
     )
     assert "another deploy of local-staging is running: octocat on CI run 41" in out
     assert "invoke unlock --env=local-staging" in out
@@ -531,7 +543,7 @@ def test_a_locked_target_stops_the_deploy_before_staging_is_touched(both_cluster
     plant_lock(
         namespaces["local-prod"], "octocat on CI run 7", int(time.time()) + 600, "binder-prod"
     )
-    result = invoke("deploy", "--env=local-prod", "--yes", env=env)
+    result = invoke("deploy", "--env=local-prod", "--yes", "--wait-for-lock=0", env=env)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-3000:]
     assert "FAILED: preflight on local-prod" in out, out[-3000:]
@@ -552,7 +564,6 @@ def test_a_stuck_target_release_stops_the_deploy_before_staging_is_touched(both_
     Path(stuck_env["DEPLOY_REGISTRY"]).write_text(yaml.safe_dump(document))
 
     def kill_helm(process: subprocess.Popen) -> None:
-        time.sleep(2)
         for pid in descendants(process.pid):
             command = command_line(pid)
             if Path(command[0]).name == "helm" and "upgrade" in command:
@@ -563,7 +574,7 @@ def test_a_stuck_target_release_stops_the_deploy_before_staging_is_touched(both_
         ["upgrade", "--env=local-prod", "--promote-unverified"],
         stuck_env,
         "$ helm upgrade",
-        kill_helm,
+        once_helm_holds_the_release(namespaces["local-prod"], kill_helm, "binder-prod"),
     )
     assert "stuck in pending-install" in killed.output, killed.output[-3000:]
 
@@ -688,7 +699,7 @@ def test_a_live_lock_of_this_machine_is_never_taken_over(both_clusters, tmp_path
         int(time.time()) + 600,
         process=lock.process_identity(os.getpid()),
     )
-    result = invoke("deploy", "--env=local-staging", env=env)
+    result = invoke("deploy", "--env=local-staging", "--wait-for-lock=0", env=env)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-3000:]
     assert "another deploy of local-staging is running" in out

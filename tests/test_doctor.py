@@ -18,7 +18,7 @@ import yaml
 from invoke import Context
 from invoke.exceptions import Exit
 
-from tasks import chain, charts, doctor
+from tasks import chain, chartrepo, charts, doctor
 from tasks.doctor import FAIL, OK, WARN
 from tasks.pipeline import load_registry
 from tasks.runner import PROJECT_ROOT
@@ -32,15 +32,30 @@ UPSTREAM = "https://jupyterhub.github.io/helm-chart/"
 GRAFANA_TOKEN = "glsa_doctor_test_token_0123456789"
 
 
+@pytest.fixture(scope="module")
+def oci_registry() -> Iterator[str]:
+    """A real OCI registry holding traefik, as the demo's mirror of ghcr.io: its prefix."""
+    with chartrepo.mirror_oci_upstream() as prefix:
+        yield prefix
+
+
 @pytest.fixture(autouse=True)
-def chart_repository(monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
-    """The chart repository's index, served through the mirror map like the demo's."""
+def chart_repository(monkeypatch: pytest.MonkeyPatch, oci_registry: str) -> Iterator[FileServer]:
+    """The chart repository's index and traefik's registry, through the mirror map like the
+    demo's."""
     pinned = charts.pinned_dependencies(PROJECT_ROOT / "mybinder")
-    entries = {d.name: [{"name": d.name, "version": d.version}] for d in pinned}
+    entries = {d.name: [{"name": d.name, "version": d.version}] for d in pinned if not d.is_oci}
     with FileServer() as server:
         server.add("/index.yaml", yaml.safe_dump({"apiVersion": "v1", "entries": entries}).encode())
-        monkeypatch.setenv("DEPLOY_CHART_MIRRORS", f"{UPSTREAM}={server.url}/")
+        monkeypatch.setenv(
+            "DEPLOY_CHART_MIRRORS",
+            f"{UPSTREAM}={server.url}/,{chartrepo.OCI_UPSTREAM}={oci_registry}",
+        )
         yield server
+
+
+def of_repository(checks: list[doctor.Check], source: str) -> list[doctor.Check]:
+    return [c for c in checks if source in c.detail]
 
 
 def run_doctor(env: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str], str]:
@@ -100,7 +115,9 @@ def test_a_healthy_local_environment_is_all_ok(
         "namespace",
         "lock",
         "release",
+        "release",
         "grafana",
+        "charts",
         "charts",
     ]
     assert all(line.startswith(OK) for line in checks), out
@@ -233,8 +250,28 @@ def test_a_chart_index_without_the_pinned_version_fails(
 ) -> None:
     chart_repository.add("/index.yaml", b"apiVersion: v1\nentries:\n  binderhub: []\n")
     checks = doctor.chart_checks(load_registry())
+    assert [c.status for c in of_repository(checks, chart_repository.url)] == [FAIL]
+    assert of_repository(checks, chart_repository.url)[0].detail.endswith(
+        "the index does not list this version"
+    )
+    # traefik, a dependency and the demo's first release, is checked once, in its registry.
+    [traefik] = of_repository(checks, "traefik")
+    assert traefik.status == OK and traefik.detail.endswith("/traefik/helm/traefik: listed")
+
+
+def test_an_oci_registry_without_the_pinned_version_fails(
+    monkeypatch, oci_registry, chart_repository
+) -> None:
+    empty = oci_registry.replace("/traefik/helm", "/elsewhere/helm")
+    monkeypatch.setenv(
+        "DEPLOY_CHART_MIRRORS",
+        f"{UPSTREAM}={chart_repository.url}/,{chartrepo.OCI_UPSTREAM}={empty}",
+    )
+    checks = of_repository(doctor.chart_checks(load_registry()), empty)
     assert [c.status for c in checks] == [FAIL]
-    assert checks[0].detail.endswith("the index does not list this version")
+    assert checks[0].detail == (
+        f"traefik 41.1.1 from {empty}/traefik: the registry has no tag for this version"
+    )
 
 
 def test_an_unreachable_chart_repository_warns_when_the_archive_is_already_here(
@@ -247,7 +284,7 @@ def test_an_unreachable_chart_repository_warns_when_the_archive_is_already_here(
         charts.archive_is_valid(PROJECT_ROOT / registry.chart / "charts" / d.archive, d)
         for d in pinned
     )
-    checks = doctor.chart_checks(registry)
+    checks = of_repository(doctor.chart_checks(registry), chart_repository.url)
     assert [c.status for c in checks] == [WARN if fetched else FAIL]
     assert "HTTP 503" in checks[0].detail
 

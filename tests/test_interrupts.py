@@ -16,14 +16,16 @@ from pathlib import Path
 import pytest
 from invoke import Context
 
-from tasks.cluster import clusters
 from tasks.errors import CommandFailed
 from tasks.runner import PROJECT_ROOT, Runner
+from tests.fakes.webhook import WebhookReceiver
 from tests.fixtures.chain import (
+    change_environment,
     command_line,
     demo_registry,
     descendants,
     lock_exists,
+    once_helm_holds_the_release,
     release_exists,
     run_and_act,
     slow_chart,
@@ -82,29 +84,6 @@ def deploy_env(tmp_path, **staging_changes):
     return demo_registry(tmp_path, staging_changes, top={"chart": str(chart)})
 
 
-def once_helm_holds_the_release(namespace: str, act):
-    """`act` on the deploy once helm has recorded the release as pending-install.
-
-    A fixed pause is not enough on a loaded machine: helm may not have written
-    its release record yet, and the state the test expects would not exist.
-    """
-
-    def waiting_then(process: subprocess.Popen) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            found = clusters.kubectl(
-                "binder-staging",
-                *("get", "secrets", "--namespace", namespace, "--output", "name"),
-                "--selector=owner=helm,status=pending-install",
-            )
-            if found.strip():
-                break
-            time.sleep(0.2)
-        act(process)
-
-    return waiting_then
-
-
 @pytest.mark.cluster
 def test_ctrl_c_during_helm_upgrade_names_the_upgrade_and_releases_the_lock(
     both_clusters, tmp_path
@@ -147,11 +126,20 @@ def test_sigterm_during_the_smoke_suite_names_it_and_releases_the_lock(both_clus
         )
         process.send_signal(signal.SIGTERM)
 
-    run = run_and_act(["deploy", "--env=local-prod", "--yes"], env, "test session starts", cancel)
+    change_environment(env, "local-prod", notify={"url_env": "DEPLOY_TEST_WEBHOOK"})
+    with WebhookReceiver() as hook:
+        env["DEPLOY_TEST_WEBHOOK"] = f"{hook.url}/services/interrupted-hook-token"
+        run = run_and_act(
+            ["deploy", "--env=local-prod", "--yes"], env, "test session starts", cancel
+        )
     out = run.output
     assert suites, "the smoke suite was not running when the deploy was cancelled"
     assert run.returncode == 130, out[-3000:]
     assert "INTERRUPTED: smoke-test on local-staging" in out, out[-3000:]
+    # The target's chat hears where the deploy was stopped, once.
+    [(_, notice)] = hook.received
+    assert notice["text"].startswith("Deploy of local-prod was INTERRUPTED (invoke deploy)\n")
+    assert "- smoke-test interrupted on local-staging" in notice["text"]
     assert "invoke rollback --env=local-staging" in out
     assert "Left behind: nothing." in out
     assert "Traceback" not in out

@@ -6,8 +6,13 @@ import sys
 import time
 
 import pytest
+from invoke import Context
 
 from tasks import lock
+from tasks.errors import StepFailure
+from tasks.pipeline import StepContext
+from tasks.run import current
+from tasks.runner import Runner
 
 
 @pytest.mark.cluster
@@ -101,3 +106,47 @@ def test_a_live_process_or_another_machines_is_never_judged_dead():
     assert not lock.judge(lock_data(int(NOW) + 600, process=mine), NOW, "prod").takeable
     elsewhere = "another-boot/4026531836/1/1"
     assert not lock.judge(lock_data(int(NOW) + 600, process=elsewhere), NOW, "prod").takeable
+
+
+def test_wait_for_lock_defaults_to_waiting_in_ci_only(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    assert lock.wait_asked(None) is False
+    monkeypatch.setenv("CI", "true")
+    assert lock.wait_asked(None) is True
+    assert lock.wait_asked(True) is True
+    assert lock.wait_asked("90") == 90
+    assert lock.wait_asked("0") is False
+    with pytest.raises(StepFailure, match="--wait-for-lock=soon is not a number of seconds"):
+        lock.wait_asked("soon")
+
+
+def test_a_live_lock_names_the_commit_its_holder_deploys():
+    verdict = lock.judge(lock_data(int(NOW) + 600, commit="1a2b3c4"), NOW, "prod")
+    assert verdict.running and "deploying 1a2b3c4" in verdict.why
+
+
+def waiting_context() -> StepContext:
+    registry = current().registry
+    return StepContext(
+        Context(), registry, registry.get("local-staging"), Runner(Context()), False, "lock"
+    )
+
+
+def test_a_bounded_wait_says_who_holds_the_lock_then_fails_naming_them(capsys):
+    held = lock_data(int(time.time()) + 600, commit="1a2b3c4")
+    waiting = lock.LockWait(waiting_context(), 0.2)
+    waiting.pause(held)
+    said = capsys.readouterr().out
+    assert "waiting for the deploy lock of local-staging: held by octocat on CI run 7" in said
+    assert "deploying 1a2b3c4" in said
+    while waiting.waited < 0.2:
+        time.sleep(0.05)
+    with pytest.raises(StepFailure) as failed:
+        waiting.pause(held)
+    assert "for the deploy lock of local-staging, and it is still held by octocat" in str(
+        failed.value
+    )
+    assert "1a2b3c4" in failed.value.why and "--wait-for-lock" in failed.value.fix
+    # The wait so far counts against the next one of the same environment in this run.
+    with pytest.raises(StepFailure):
+        lock.LockWait(waiting_context(), 0.2).pause(held)

@@ -246,3 +246,112 @@ def test_an_unknown_target_lists_environments_and_groups(tmp_path):
     with pytest.raises(StepFailure) as one:
         loaded.get("fed")
     assert "'fed' is a group of environments" in one.value.why
+
+
+# -- several releases per environment ---------------------------------------------
+
+RELEASES = """
+    cluster: {kind: local, name: binder-staging}
+    secrets: {dir: secrets/demo, key: {source: file, path: k.key}}
+    releases:
+"""
+
+
+def test_an_environment_lists_its_releases_in_order_the_site_last(tmp_path):
+    releases = (
+        "      - {name: traefik, chart: oci://ghcr.io/traefik/helm/traefik, version: 41.1.1,\n"
+        "         namespace: ingress, extra_values: [config/more.yaml]}\n"
+        "      - {name: site, chart: mybinder, namespace: binder}\n"
+    )
+    root = write_registry(tmp_path, "environments:\n  a:" + RELEASES + releases)
+    env = registry.load(root).get("a")
+    assert env.listed and env.release_names() == ["traefik", "site"]
+    # Without a release named, the environment is its last release's: the site's.
+    assert (env.release, env.namespace, env.lock_namespace) == ("site", "binder", "binder")
+    traefik = env.for_release("traefik")
+    assert (traefik.release, traefik.namespace, traefik.lock_namespace) == (
+        "traefik",
+        "ingress",
+        "binder",
+    )
+    assert traefik.current.is_oci and traefik.current.chart_name == "traefik"
+    assert not traefik.current.site and env.current.site
+    # A release beside the site's has its own layers, under config/releases/<release>/.
+    for path in ("config/releases/traefik/common.yaml", "config/releases/traefik/a.yaml"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("{}\n")
+    (tmp_path / "config/a.yaml").write_text("{}\n")
+    shown = [str(p.relative_to(tmp_path)) for p in traefik.values_files(tmp_path)]
+    assert shown == [
+        "config/releases/traefik/common.yaml",
+        "config/releases/traefik/a.yaml",
+        "config/more.yaml",
+    ]
+    assert [str(p.relative_to(tmp_path)) for p in env.values_files(tmp_path)] == ["config/a.yaml"]
+    with pytest.raises(StepFailure) as raised:
+        env.for_release("nginx")
+    assert "no release 'nginx'" in raised.value.why and "traefik, site" in raised.value.fix
+
+
+def test_a_single_release_entry_is_one_release_of_the_site_chart():
+    env = registry.load(PROJECT_ROOT).get("prod")
+    assert not env.listed and env.release_names() == ["prod"]
+    [only] = env.releases
+    assert (only.name, only.namespace, only.chart, only.site) == ("prod", "prod", "mybinder", True)
+    assert env.for_release(None) is env
+
+
+@pytest.mark.parametrize(
+    ("entry", "line", "said"),
+    [
+        (
+            "      - {name: t, chart: oci://ghcr.io/traefik/helm/traefik, namespace: n}\n",
+            6,
+            "without a pinned `version:`",
+        ),
+        (
+            "      - {name: t, chart: traefik, repository: https://x.org/, namespace: n}\n",
+            6,
+            "without a pinned `version:`",
+        ),
+        ("      - {name: t, chart: nowhere, namespace: n}\n", 6, "neither a folder"),
+        ("      - {name: t, chart: mybinder, version: 1.0.0, namespace: n}\n", 6, "no use there"),
+        ("      - {name: T_1, chart: mybinder, namespace: n}\n", 6, "not a valid helm release"),
+        ("      - {name: t, chart: mybinder}\n", 6, "has no `namespace:`"),
+        (
+            "      - {name: t, chart: oci://h/t, version: 1, namespace: n, digest: md5:x}\n",
+            6,
+            "sha256:<64 hex digits>",
+        ),
+        (
+            "      - {name: t, chart: mybinder, namespace: n}\n"
+            "      - {name: t, chart: oci://h/t, version: 1, namespace: m}\n",
+            7,
+            "listed twice",
+        ),
+        (
+            "      - {name: t, chart: mybinder, namespace: n}\n"
+            "      - {name: u, chart: mybinder, namespace: m}\n",
+            6,
+            "deploys the site chart mybinder twice",
+        ),
+    ],
+)
+def test_a_mistake_in_a_release_names_the_line(tmp_path, entry, line, said):
+    root = write_registry(tmp_path, "environments:\n  a:" + RELEASES + entry)
+    with pytest.raises(StepFailure) as raised:
+        registry.load(root)
+    assert f"config/environments.yaml:{line}:" in raised.value.why
+    assert said in raised.value.why
+
+
+def test_releases_and_a_single_release_do_not_mix(tmp_path):
+    text = "environments:\n  a:" + RELEASES.replace(
+        "    releases:\n", "    release: x\n    releases:\n"
+    )
+    text += "      - {name: t, chart: mybinder, namespace: n}\n"
+    root = write_registry(tmp_path, text)
+    with pytest.raises(StepFailure) as raised:
+        registry.load(root)
+    assert "`release:` belongs to each release" in raised.value.why
+    assert "under releases:" in raised.value.fix

@@ -625,8 +625,11 @@ def test_the_task_in_dry_run_names_the_environments_namespace(
     wait_rollout(Context(), env="local-staging", dry_run=True)
     out = capsys.readouterr().out
     assert "kubectl proxy --port=0" in out
-    assert "GET /apis/apps/v1/namespaces/binder-staging/deployments" in out
-    assert "wait-rollout: dry-run" in out
+    # local-staging's releases, each in its own namespace, in their order.
+    traefik = out.index("GET /apis/apps/v1/namespaces/traefik/deployments")
+    site = out.index("GET /apis/apps/v1/namespaces/binder-staging/deployments")
+    assert out.index("wait-rollout traefik: dry-run") < site
+    assert traefik < out.index("wait-rollout binder: dry-run")
 
 
 def test_a_flag_that_is_not_seconds_is_refused() -> None:

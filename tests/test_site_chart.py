@@ -47,20 +47,42 @@ def helm(*args: str, env: dict[str, str], home: Path) -> subprocess.CompletedPro
 
 
 def test_chart_lock_is_what_helm_dependency_update_writes(repository_copy, tmp_path):
-    """helm resolves Chart.yaml against the repository at its real URL (through a proxy)."""
+    """helm resolves Chart.yaml against the repository at its real URL (through a proxy), and
+    traefik from a real OCI registry holding it.
+
+    The registry is on loopback, so the Chart.yaml helm reads names it there; the
+    lock helm writes for that is the committed one with the registry's address,
+    and its digest is the one helm-deps computes for it.
+    """
     chart = tmp_path / "mybinder"
     chart.mkdir()
-    shutil.copy(CHART / "Chart.yaml", chart / "Chart.yaml")
-    with InterceptingProxy(chartrepo.UPSTREAM, repository_copy, tmp_path / "tls") as proxy:
-        done = helm("dependency", "update", str(chart), env=proxy.environment, home=tmp_path)
+    text = (CHART / "Chart.yaml").read_text()
+    with chartrepo.mirror_oci_upstream() as registry:
+        (chart / "Chart.yaml").write_text(text.replace(chartrepo.OCI_UPSTREAM, registry))
+        with InterceptingProxy(chartrepo.UPSTREAM, repository_copy, tmp_path / "tls") as proxy:
+            done = helm(
+                "dependency",
+                "update",
+                str(chart),
+                "--plain-http",
+                env=proxy.environment,
+                home=tmp_path,
+            )
     assert done.returncode == 0, done.stderr
     assert f"GET {chartrepo.UPSTREAM}index.yaml" in proxy.requests
     written = yaml.safe_load((chart / "Chart.lock").read_text())
     committed = yaml.safe_load((CHART / "Chart.lock").read_text())
-    assert written["digest"] == committed["digest"]
+    for entry in written["dependencies"]:
+        entry["repository"] = entry["repository"].replace(registry, chartrepo.OCI_UPSTREAM)
     assert written["dependencies"] == committed["dependencies"]
-    [archive] = (chart / "charts").iterdir()
-    assert archive.name == "binderhub-1.0.0-0.dev.git.3959.hb9fad995.tgz"
+    requirements = yaml.safe_load(text)["dependencies"]
+    assert charts.lock_digest(requirements, committed["dependencies"]) == committed["digest"]
+    # helm-deps computes helm's own digest for an OCI dependency too.
+    helm_wrote = yaml.safe_load((chart / "Chart.lock").read_text())
+    requirements_read = yaml.safe_load((chart / "Chart.yaml").read_text())["dependencies"]
+    assert charts.lock_digest(requirements_read, helm_wrote["dependencies"]) == helm_wrote["digest"]
+    archives = sorted(p.name for p in (chart / "charts").iterdir())
+    assert archives == ["binderhub-1.0.0-0.dev.git.3959.hb9fad995.tgz", "traefik-41.1.1.tgz"]
 
 
 def test_stale_lock_digest_is_refused_by_helm_deps_as_by_helm(tmp_path):
@@ -97,7 +119,10 @@ def test_every_environment_validates_against_the_real_charts(chart_dependencies)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     for env in ("staging", "prod", "local-staging", "local-prod"):
-        assert re.search(rf"^validate\s+{env}\s+ok\s+\S+\s+\d values layers rendered", out, re.M)
+        site = r"validate(?: binder)?"
+        assert re.search(rf"^{site}\s+{env}\s+ok\s+\S+\s+\d values layers rendered", out, re.M)
+    # A release's own chart and layers are rendered too.
+    assert re.search(r"^validate traefik\s+local-staging\s+ok\s+\S+\s+1 values layers", out, re.M)
 
 
 def validate_with(tmp_path: Path, text: str) -> str:
@@ -107,7 +132,7 @@ def validate_with(tmp_path: Path, text: str) -> str:
     registry = yaml.safe_load((PROJECT_ROOT / "config/environments.yaml").read_text())
     registry["environments"] = {"local-staging": registry["environments"]["local-staging"]}
     registry.pop("groups")
-    registry["environments"]["local-staging"]["extra_values"] = [str(extra)]
+    registry["environments"]["local-staging"]["releases"][-1]["extra_values"] = [str(extra)]
     path = tmp_path / "environments.yaml"
     path.write_text(yaml.safe_dump(registry))
     result = invoke("validate", "--env=local-staging", env={"DEPLOY_REGISTRY": str(path)})
@@ -120,7 +145,7 @@ def test_binderhub_value_its_schema_forbids_names_subchart_key_and_file(
     chart_dependencies, tmp_path
 ):
     out = validate_with(tmp_path, "binderhub:\n  enabled: true\n")
-    assert "FAILED: validate on local-staging" in out
+    assert "FAILED: validate of release binder on local-staging" in out
     assert (
         "why: The binderhub subchart's schema (values under binderhub:) refuses "
         "binderhub.enabled (additional properties 'enabled' not allowed), set in "
@@ -168,6 +193,7 @@ def test_value_paths_of_the_chart_tree(chart_dependencies):
         "mybinder": [()],
         "binderhub": [("binderhub",)],
         "jupyterhub": [("binderhub", "jupyterhub")],
+        "traefik": [("traefik",)],
     }
 
 

@@ -236,7 +236,7 @@ def test_checks_of_a_disabled_component_skip_naming_the_values_file(tmp_path: Pa
     switched_off = tmp_path / "no-binderhub.yaml"
     switched_off.write_text("binderhubEnabled: false\n")
     registry = yaml.safe_load((PROJECT_ROOT / REGISTRY_FILE).read_text())
-    registry["environments"]["local-staging"]["extra_values"] = [str(switched_off)]
+    registry["environments"]["local-staging"]["releases"][-1]["extra_values"] = [str(switched_off)]
     (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
     # Nothing listens there: a disabled component's checks never ask.
     nowhere = "http://127.0.0.1:9"
@@ -838,9 +838,10 @@ def wait_for(check, seconds: float, what: str) -> None:
 
 
 def registry_with_namespace(tmp_path: Path, env: str, namespace: str) -> Path:
-    """A copy of the registry whose `env` lives in `namespace`."""
+    """A copy of the registry whose `env` (its site release) lives in `namespace`."""
     document = yaml.safe_load((PROJECT_ROOT / REGISTRY_FILE).read_text())
-    document["environments"][env]["namespace"] = namespace
+    entry = document["environments"][env]
+    (entry["releases"][-1] if "releases" in entry else entry)["namespace"] = namespace
     # The namespaces hold the site's own workloads only, not BinderHub.
     document["environments"][env]["components"] = {"binderhub": False}
     path = tmp_path / f"environments-{namespace}.yaml"

@@ -142,6 +142,10 @@ def test_the_deploy_gets_every_secret_variable_the_registry_names() -> None:
     registry = load_registry()
     names = {name for env in registry.chain(ci_default("env")) for name in secret_env_names(env)}
     assert names, "the deployed environments name no secret variable"
+    # The webhook a group's deploy notifies (tasks/notifications.py).
+    group = registry.group(ci_default("env"))
+    if group and group.notify and group.notify.url_env:
+        names.add(group.notify.url_env)
     passed = step_running(workflow()["jobs"]["deploy"], "python3 -m invoke ci").get("env", {})
     missing = sorted(name for name in names if passed.get(name) != f"${{{{ secrets.{name} }}}}")
     assert missing == [], f"the deploy step does not pass these secrets: {missing}"

@@ -37,7 +37,7 @@ def _refuse_invoke_dry(c: Context, task_name: str) -> None:
 
 @task
 def build(c: Context) -> None:
-    """Build the pinned Kubernetes, etcd, KWOK, Helm and actionlint binaries (cached)."""
+    """Build the pinned Kubernetes, etcd, KWOK, Helm, OCI registry and actionlint (cached)."""
     _refuse_invoke_dry(c, "build")
     started = time.monotonic()
     paths = tools.ensure_built()

@@ -1,7 +1,8 @@
 """The pinned tools: built from source once, cached per version, handed out by path.
 
-The local clusters' Kubernetes, etcd, KWOK and Helm, and actionlint, which the
-tests run on the CI workflow (.github/workflows/).
+The local clusters' Kubernetes, etcd, KWOK and Helm, the CNCF distribution
+registry (the OCI registry the tests and the demo serve charts from), and
+actionlint, which the tests run on the CI workflow (.github/workflows/).
 
 Every version comes from `config/tools.yaml`; nothing else in the project names one.
 The binaries are built with the local Go toolchain through the Go module proxy (the
@@ -156,6 +157,18 @@ COMPONENTS: tuple[Component, ...] = (
         version_args={"helm": ["version", "--short"]},
         version_text=lambda v: v,
         cold_minutes={"helm": 2},
+    ),
+    Component(
+        key="distribution",
+        module="github.com/distribution/distribution/v3",
+        # The CNCF distribution registry: a real OCI registry on loopback, into which
+        # the tests and the demo push the charts they resolve from `oci://`.
+        packages={"registry": "github.com/distribution/distribution/v3/cmd/registry"},
+        method="install",
+        ldflags=lambda v: [f"-X github.com/distribution/distribution/v3/version.version={v}"],
+        version_args={"registry": ["--version"]},
+        version_text=lambda v: v,
+        cold_minutes={"registry": 2},
     ),
     Component(
         key="actionlint",
