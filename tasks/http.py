@@ -54,6 +54,7 @@ class Retries:
 DOWNLOADS = Retries(attempts=4, first_pause=1.0, timeout=20.0, budget=120.0)  # charts, tools
 PROBES = Retries(attempts=2, first_pause=1.0, timeout=10.0, budget=30.0)  # the doctor's checks
 ANNOTATIONS = Retries(attempts=3, first_pause=1.0, timeout=10.0, budget=15.0)  # Grafana
+NOTICES = Retries(attempts=2, first_pause=1.0, timeout=10.0, budget=20.0)  # the chat
 
 
 class HttpFailure(Exception):

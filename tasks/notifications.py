@@ -20,8 +20,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-import requests
-
+from tasks import http
 from tasks.errors import StepFailure
 from tasks.grafana import deployer, run_url
 from tasks.output import say, warn
@@ -33,7 +32,6 @@ from tasks.values import is_locked
 
 # The tasks whose runs deploy, and so tell the chat how they ended.
 DEPLOYING_TASKS = ("deploy", "ci", "demo")
-TIMEOUT_SECONDS = 10.0
 
 
 def notify_outcome(run: Run, result: str) -> None:
@@ -119,16 +117,13 @@ def _escaped(text: str, fmt: str) -> str:
 def post(url: str, body: dict[str, str]) -> str:
     """POST `body` to the webhook once; "" when it took it, else why not."""
     try:
-        response = requests.post(url, json=body, timeout=TIMEOUT_SECONDS)
-    except requests.ConnectTimeout:
-        return f"could not connect within {TIMEOUT_SECONDS:g}s"
-    except requests.Timeout:
-        return (
-            f"no answer within {TIMEOUT_SECONDS:g}s; it may have been posted all the same, "
-            "so it was not sent again"
-        )
-    except requests.RequestException as error:
-        return f"it could not be sent ({type(error).__name__}: {_short(str(error))})"
+        response = http.request("POST", url, retries=http.NOTICES, label="  chat notice", json=body)
+    except http.HttpFailure as failure:
+        if failure.maybe_received:
+            return (
+                f"{failure.reason}; it may have been posted all the same, so it was not sent again"
+            )
+        return f"it could not be sent ({failure.reason})"
     if not 200 <= response.status_code < 300:
         return f"the webhook answered {response.status_code} {response.reason}: " + _short(
             response.text
