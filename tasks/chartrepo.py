@@ -21,10 +21,10 @@ loopback port with its storage in a temporary folder, the archives of
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -36,8 +36,9 @@ from pathlib import Path
 import requests
 from invoke import Context
 
+from tasks import http
 from tasks.errors import StepFailure
-from tasks.runner import PROJECT_ROOT, Runner
+from tasks.runner import PROJECT_ROOT, Companion, Runner
 
 UPSTREAM = "https://jupyterhub.github.io/helm-chart/"
 FOLDER_VARIABLE = "DEPLOY_CHART_REPOSITORY_DIR"
@@ -153,41 +154,28 @@ def oci_registry(storage: Path | None = None, port: int | None = None) -> Iterat
             f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
             f"http:\n  addr: {address}\n"
         )
-        log = Path(scratch) / "registry.log"
-        with log.open("w") as output:
-            process = subprocess.Popen(
-                [str(binary), "serve", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            _wait_until_serving(process, address, log)
+        started = tool_runner().companion(
+            [binary, "serve", config], "Run `invoke cluster.build`, which builds the registry."
+        )
+        with started as registry:
+            _wait_until_serving(registry, address)
             yield address
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
-def _wait_until_serving(process: subprocess.Popen, address: str, log: Path) -> None:
+def _wait_until_serving(registry: Companion, address: str) -> None:
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StepFailure(
-                f"The local OCI registry exited at its start ({process.returncode}): "
-                f"{log.read_text().strip()[-500:]}"
-            )
-        try:
-            if requests.get(f"http://{address}/v2/", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
+    with http.loopback_session() as client:
+        while time.monotonic() < deadline:
+            if registry.process.poll() is not None:
+                registry.errors.seek(0)
+                raise StepFailure(
+                    f"The local OCI registry exited at its start ({registry.process.returncode}): "
+                    f"{registry.errors.read().strip()[-500:]}"
+                )
+            with contextlib.suppress(requests.RequestException):
+                if client.get(f"http://{address}/v2/", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.1)
     raise StepFailure(f"The local OCI registry did not answer on {address} within 30 seconds.")
 
 
