@@ -36,7 +36,7 @@ from pathlib import Path
 import requests
 from invoke import Context
 
-from tasks import http
+from tasks import helm, http
 from tasks.errors import StepFailure
 from tasks.runner import PROJECT_ROOT, Companion, Runner
 
@@ -184,7 +184,7 @@ def push(archive: Path, target: str, runner: Runner | None = None) -> None:
     from tasks import oci
 
     runner = runner or tool_runner()
-    runner.run(["helm", "push", str(archive), target, *oci.registry_flags(target)], quiet=True)
+    runner.run(helm.push(archive, target, *oci.registry_flags(target)), quiet=True)
 
 
 def tool_runner() -> Runner:

@@ -89,3 +89,14 @@ def rollback(env: Environment, revision: int | None) -> list[str]:
 
 def uninstall(env: Environment) -> list[str]:
     return ["helm", "uninstall", env.release, "--namespace", env.namespace]
+
+
+def pull(reference: str, version: str, destination: Path, *flags: str) -> list[str]:
+    """Fetch a chart's archive (an `oci://` reference) at `version` into `destination`."""
+    return ["helm", "pull", reference, "--version", version, "--destination", str(destination),
+            *flags]  # fmt: skip
+
+
+def push(archive: Path, target: str, *flags: str) -> list[str]:
+    """Store a chart's archive under the OCI registry prefix `target`."""
+    return ["helm", "push", str(archive), target, *flags]

@@ -26,7 +26,7 @@ from typing import Any
 
 import requests
 
-from tasks import http
+from tasks import helm, http
 from tasks.errors import CommandFailed, StepFailure
 from tasks.output import say
 from tasks.runner import Runner
@@ -141,16 +141,7 @@ def pull(
     """
     delays = http.DOWNLOADS.pauses
     destination.mkdir(parents=True, exist_ok=True)
-    command = [
-        "helm",
-        "pull",
-        reference,
-        "--version",
-        version,
-        "--destination",
-        str(destination),
-        *registry_flags(reference),
-    ]
+    command = helm.pull(reference, version, destination, *registry_flags(reference))
     shown = reference
     if original and original != reference:
         shown = f"{reference} (mirror of {original})"
