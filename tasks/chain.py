@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 from invoke import Call, Collection, Context, Executor, Task, task
 from invoke.exceptions import Exit
@@ -412,20 +413,16 @@ def demo(c: Context, dry_run: bool = False) -> None:
             if not clusters.is_up(name):
                 tools.ensure_built(echo=say)
                 clusters.up(name, echo=say)
-        try:
-            folder = chartrepo.mirror_folder()
-        except StepFailure as failure:
-            warn(f"{failure.why} helm-deps fetches from {chartrepo.UPSTREAM} itself.")
-            mirror: AbstractContextManager[str | None] = nullcontext(None)
-        else:
-            mirror = chartrepo.mirror_upstream(folder)
-        try:
-            oci_folder = chartrepo.oci_folder()
-        except StepFailure as failure:
-            warn(f"{failure.why} helm-deps pulls from {chartrepo.OCI_UPSTREAM} itself.")
-            oci_mirror: AbstractContextManager[str | None] = nullcontext(None)
-        else:
-            oci_mirror = chartrepo.mirror_oci_upstream(oci_folder)
+        mirror, folder = _local_copy(
+            chartrepo.mirror_folder,
+            chartrepo.mirror_upstream,
+            f"helm-deps fetches from {chartrepo.UPSTREAM} itself.",
+        )
+        oci_mirror, oci_folder = _local_copy(
+            chartrepo.oci_folder,
+            chartrepo.mirror_oci_upstream,
+            f"helm-deps pulls from {chartrepo.OCI_UPSTREAM} itself.",
+        )
         with mirror as url, oci_mirror as oci_url:
             if url:
                 say(f"chart repository {chartrepo.UPSTREAM}: served from {folder} at {url}")
@@ -435,3 +432,15 @@ def demo(c: Context, dry_run: bool = False) -> None:
                     f"holding the charts of {oci_folder}"
                 )
             run_deploy(c, DEMO_TARGET, dry_run=False, yes=True)
+
+
+def _local_copy(
+    find: Callable[[], Path], serve: Callable[[Path], AbstractContextManager[str]], otherwise: str
+) -> tuple[AbstractContextManager[str | None], Path | None]:
+    """A local copy of an upstream to serve, and its folder; without one, a warning."""
+    try:
+        folder = find()
+    except StepFailure as failure:
+        warn(f"{failure.why} {otherwise}")
+        return nullcontext(None), None
+    return serve(folder), folder
