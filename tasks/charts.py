@@ -514,17 +514,12 @@ def sync_release_charts(registry: Registry, dry_run: bool, runner: Runner | None
     An archive already there at the pinned version (and digest, when one is
     pinned) is kept; the step then touches no network.
     """
-    wanted = {
-        (r.chart, r.repository, r.version): r
-        for env in registry.environments.values()
-        for r in env.releases
-        if not r.is_folder
-    }
+    wanted = registry.fetched_releases()
     if not wanted:
         raise Skipped("no release takes its chart from a registry or repository")
     folder = PROJECT_ROOT / RELEASE_CHARTS
     missing = []
-    for release in wanted.values():
+    for release in wanted:
         archive = PROJECT_ROOT / chart_of(registry, release)
         recorded = archive.with_name(archive.name + ".digest")
         pinned_digest_known = not release.digest or (

@@ -371,15 +371,9 @@ def chart_checks(registry: Registry, root: Path = PROJECT_ROOT) -> list[Check]:
         ]
     except StepFailure as failure:
         return [Check("charts", FAIL, failure.why, failure.fix)]
-    releases = {
-        (r.chart, r.repository, r.version): r
-        for env in registry.environments.values()
-        for r in env.releases
-        if not r.is_folder
-    }
     dependencies += [
         (charts.release_dependency(r), root / charts.chart_of(registry, r))
-        for r in releases.values()
+        for r in registry.fetched_releases()
     ]
     found = []
     indexes: dict[str, dict | str] = {}

@@ -288,6 +288,13 @@ class Registry:
     repository_mirrors: dict[str, str] = field(default_factory=dict)
     groups: dict[str, Group] = field(default_factory=dict)
 
+    def fetched_releases(self) -> list[Release]:
+        """The releases whose chart is fetched from a registry or repository, each chart once."""
+        releases = [r for env in self.environments.values() for r in env.releases]
+        return list(
+            {(r.chart, r.repository, r.version): r for r in releases if not r.is_folder}.values()
+        )
+
     def get(self, name: str | None) -> Environment:
         """The environment called `name`, or an error that lists the known ones."""
         known = ", ".join(self.environments)
