@@ -67,7 +67,6 @@ FAILING_WAIT_REASONS = (
     "CreateContainerConfigError",
 )
 UNSCHEDULABLE = "Unschedulable"
-REVISION = "deployment.kubernetes.io/revision"
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 
 # Reasons whose container never started, so asking for its logs is pointless.
