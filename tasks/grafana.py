@@ -108,7 +108,7 @@ def start_region(ctx: StepContext, *, strict: bool = False) -> str | None:
         if not isinstance(annotation_id, int) or isinstance(annotation_id, bool):
             raise StepFailure(
                 f"Grafana at {grafana.url} accepted the annotation but returned no id "
-                f"(answer: {_short(answer)}), so the region cannot be closed.",
+                f"(answer: {http.excerpt(answer)}), so the region cannot be closed.",
                 "Check that grafana.url points at Grafana itself, not at a login page or proxy.",
             )
     except StepFailure as failure:
@@ -357,7 +357,7 @@ def _accepted(method: str, url: str, grafana: Grafana, response: requests.Respon
     if not isinstance(answer, dict):
         raise StepFailure(
             f"Grafana {method} {url} answered 200 with something other than a JSON object: "
-            f"{_short(response.text)}",
+            f"{http.excerpt(response.text)}",
             "Check that grafana.url points at Grafana itself, not at a login page or proxy.",
         )
     return answer
@@ -444,12 +444,7 @@ def _message(response: requests.Response) -> str:
     try:
         answer = response.json()
     except ValueError:
-        return _short(response.text) or response.reason
+        return http.excerpt(response.text) or response.reason
     if isinstance(answer, dict) and answer.get("message"):
         return str(answer["message"])
-    return _short(response.text)
-
-
-def _short(value: object, limit: int = 200) -> str:
-    text = str(value).strip()
-    return text if len(text) <= limit else text[:limit] + "..."
+    return http.excerpt(response.text)

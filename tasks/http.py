@@ -198,6 +198,12 @@ def dry_run(method: str, url: str, headers: dict[str, str] | None = None, body: 
             say(f"[dry-run]   {mask(line)}")
 
 
+def excerpt(value: object, limit: int = 200) -> str:
+    """An answer's text on one line, cut to `limit` characters, secrets masked."""
+    text = " ".join(mask(str(value)).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def mask(text: str) -> str:
     return current().masker.mask(text)
 

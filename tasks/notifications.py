@@ -125,12 +125,7 @@ def post(url: str, body: dict[str, str]) -> str:
             )
         return f"it could not be sent ({failure.reason})"
     if not 200 <= response.status_code < 300:
-        return f"the webhook answered {response.status_code} {response.reason}: " + _short(
+        return f"the webhook answered {response.status_code} {response.reason}: " + http.excerpt(
             response.text
         )
     return ""
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
