@@ -36,7 +36,7 @@ from pathlib import Path
 import requests
 from invoke import Context
 
-from tasks import helm, http
+from tasks import helm, http, oci
 from tasks.errors import StepFailure
 from tasks.runner import PROJECT_ROOT, Companion, Runner
 
@@ -181,8 +181,6 @@ def _wait_until_serving(registry: Companion, address: str) -> None:
 
 def push(archive: Path, target: str, runner: Runner | None = None) -> None:
     """`helm push` a chart archive into the registry prefix `target` (oci://HOST/PATH)."""
-    from tasks import oci
-
     runner = runner or tool_runner()
     runner.run(helm.push(archive, target, *oci.registry_flags(target)), quiet=True)
 
