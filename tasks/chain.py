@@ -1,8 +1,7 @@
 """The pipeline in one screen: deploy, ci and the local demo.
 
 A deploy of an environment is a stage: an invoke task whose pre-tasks are
-its gate's stage (staging for prod), then its own steps in the reference
-document's order:
+its gate's stage (staging for prod), then its own steps in order:
 
     decrypt-secrets -> helm-deps -> [check-promotion] -> lock -> annotate-grafana
                     -> upgrade -> wait-rollout -> smoke-test -> verified
