@@ -1,14 +1,10 @@
 """Credentials for an environment's cluster, opened once per run and gone when it ends.
 
-Each kind of cluster (tasks/kinds/) yields the environment variables
-(KUBECONFIG, CLOUDSDK_CONFIG, ...) the steps' commands need.
-
-An environment with a `bastion` also gets an SSH tunnel to its API server and
-a temporary copy of the kubeconfig pointed at the tunnel, with the real
-server's name kept for TLS. The first step that needs the cluster opens all
-this; later steps of the same run reuse it, and the end of the run closes the
-tunnel and deletes every temporary file. The operator's own ~/.kube/config,
-kubectl context and gcloud login are never read or changed.
+Each kind of cluster (tasks/kinds/) yields the variables (KUBECONFIG, ...) the
+steps' commands need; an environment with a `bastion` also gets an SSH tunnel
+to its API server and a kubeconfig pointed at it, TLS still naming the real
+server. The end of the run closes the tunnel and deletes every temporary file;
+the operator's own kubeconfig, kubectl context and gcloud login are never used.
 """
 
 from __future__ import annotations
@@ -41,11 +37,8 @@ SSH_TIMEOUT = 15.0
 
 
 def open_cluster(ctx: StepContext) -> AbstractContextManager[dict[str, str]]:
-    """The credentials of the step's environment, opened by the run's first step that asks.
-
-    They are held by the environment's part of the run, so each member of a
-    federation opens and closes its own, in its own thread.
-    """
+    """The credentials of the step's environment, opened by the run's first step that asks;
+    held by the environment's part of the run, so each member opens and closes its own."""
     held = current().environment(ctx.environment.name)
     variables = held.hold(("cluster", ctx.dry_run), lambda: credentials(ctx))
     return nullcontext(dict(variables))
@@ -261,8 +254,7 @@ def _listening(port: int) -> bool:
         lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     except OSError:
         return True
-    wanted = f"0100007F:{port:04X}"
-    listen = "0A"
+    wanted = f"0100007F:{port:04X}"  # 127.0.0.1:port, in the state LISTEN (0A)
     return any(
-        fields[1] == wanted and fields[3] == listen for fields in (line.split() for line in lines)
+        fields[1] == wanted and fields[3] == "0A" for fields in (line.split() for line in lines)
     )

@@ -1,8 +1,7 @@
 """The pipeline in one screen: deploy, ci and the local demo.
 
 A deploy of an environment is a stage: an invoke task whose pre-tasks are
-its gate's stage (staging for prod), then its own steps in the reference
-document's order:
+its gate's stage (staging for prod), then its own steps in order:
 
     decrypt-secrets -> helm-deps -> [check-promotion] -> lock -> annotate-grafana
                     -> upgrade -> wait-rollout -> smoke-test -> verified
@@ -84,11 +83,8 @@ class Options:
 
 
 def key_holder(chain: list[Environment], env: Environment) -> str:
-    """The first environment of the chain unlocked with the same key and secrets as `env`.
-
-    decrypt-secrets is called with that name, so environments that share a
-    key share one call, and invoke's de-duplication runs it once.
-    """
+    """The first environment of the chain with the same key and secrets as `env`: the one
+    call of decrypt-secrets that invoke's de-duplication runs once for all of them."""
     for candidate in chain:
         if (candidate.key, candidate.secrets_dir) == (env.key, env.secrets_dir):
             return candidate.name
@@ -139,9 +135,8 @@ def stage(
 ) -> Task:
     """The invoke task that deploys `env`, with its gate's stage as its first pre-task.
 
-    The first stage of a chain unlocks the secrets of every environment the
-    deploy of `target` reaches, and validates and checks the clusters of
-    every one that may stop it, before it changes anything.
+    The first stage of a chain unlocks the secrets of every environment the deploy
+    of `target` reaches, and checks every one that may stop it, before any change.
     """
     target = target or env.name
     pre: list[Call | Task] = []
@@ -161,11 +156,8 @@ def stage(
 
 
 def member_stage(env: Environment, options: Options, experimental: bool) -> Task:
-    """A member's stage inside a federation: its own steps, its gate having passed.
-
-    An experimental member validates and checks its cluster as its first
-    steps, where failing stops only itself.
-    """
+    """A member's stage inside a federation, its gate having passed; an experimental member
+    validates and checks its cluster first, where failing stops only itself."""
     first = checks([env], options) if experimental else []
     return chained_task(passed(env, options), f"deploy-{env.name}", first + own_steps(env, options))
 
@@ -331,10 +323,8 @@ def pull_request_ci() -> bool | None:
 
 
 def ci_branch() -> str:
-    for variable in ("GITHUB_REF_NAME", "TRAVIS_BRANCH", "CI_BRANCH"):
-        if os.environ.get(variable):
-            return os.environ[variable]
-    return ""
+    names = ("GITHUB_REF_NAME", "TRAVIS_BRANCH", "CI_BRANCH")
+    return next((os.environ[name] for name in names if os.environ.get(name)), "")
 
 
 @task(

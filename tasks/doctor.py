@@ -1,19 +1,9 @@
 """`invoke doctor --env=X`: why can't I deploy? Every precondition of a deploy, checked at once.
 
-Each check answers OK, WARN or FAIL, and says what to do when it is not OK:
-
-    tools         helm, kubectl, git-crypt (and gcloud for GKE) at their pinned versions
-    secrets       nothing under the environment's secrets folder still encrypted
-    credentials   the kubeconfig, key or bastion key present, decrypted, not expired
-    cluster       the API server answers `kubectl version`
-    namespace     the credentials may create and patch Deployments there
-    lock          no other deploy of the environment holds its deploy lock
-    release       the release is not stuck in a pending state
-    grafana       the annotation token is accepted
-    charts        every dependency's repository index is reachable and lists the pin
-
-`cluster_checks(ctx)` is the cluster-side part, which `deploy` runs for every
-environment of its chain before it changes anything (`preflight`).
+Each check (tools, secrets, credentials, cluster, namespace, lock, release,
+grafana, charts) answers OK, WARN or FAIL, and says what to do when it is not
+OK. `deploy` runs the cluster-side part (`preflight`) for every environment of
+its chain before it changes anything.
 """
 
 from __future__ import annotations
@@ -163,11 +153,9 @@ def _certificates(ctx: StepContext, kubeconfig: Path, shown: str) -> Check:
 def cluster_checks(ctx: StepContext) -> list[Check]:
     """Credentials, the API server, the namespace, the deploy lock and the release.
 
-    What a deploy needs from the cluster, and what would stop it half-way: a
-    deploy of prod must not upgrade staging first and only then find prod locked
-    or its release stuck. Opens the environment's credentials for the run (a
-    later step reuses them). Stops at the first failure of the cluster or the
-    namespace: what follows could only fail the same way.
+    What would stop a deploy half-way: prod must not be found locked or stuck
+    only after staging was upgraded. Stops at the first failure of the cluster
+    or the namespace: what follows could only fail the same way.
     """
     env = ctx.environment
     found = credential_checks(ctx)
@@ -192,8 +180,7 @@ def cluster_checks(ctx: StepContext) -> list[Check]:
 
 
 def _lock_check(ctx: StepContext) -> Check:
-    """No live deploy holds the lock; a deploy asked to wait for it waits here, before its
-    first change, until none does."""
+    """No live deploy holds the lock; one asked to wait for it waits here, before any change."""
     env = ctx.environment
     try:
         held = lock.wait_until_free(ctx)

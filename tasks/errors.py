@@ -39,11 +39,8 @@ class Location:
 
 
 class StepFailure(Exception):
-    """A step cannot go on. Carries everything the operator needs, masked.
-
-    `locations` are the lines of the operator's files the failure is about,
-    when it knows them.
-    """
+    """A step cannot go on. Carries everything the operator needs, masked, and the lines of
+    the operator's files it is about (`locations`) when it knows them."""
 
     def __init__(
         self, why: str, fix: str = "", details: str = "", locations: Iterable[Location] = ()

@@ -35,12 +35,6 @@ FAILURE = "failure"
 INTERRUPTED = "interrupted"
 OUTCOMES = (SUCCESS, FAILURE, INTERRUPTED)
 
-_PERMISSION_FIX = (
-    "Check the token; the Grafana service account it belongs to needs the Editor role "
-    "(or the annotations:write permission) in the organisation of the dashboard."
-)
-
-
 # Answers that say Grafana did not act on the request, so a POST may be sent again.
 _NOT_DONE = frozenset({500, 503})
 
@@ -119,12 +113,10 @@ def start_region(ctx: StepContext, *, strict: bool = False) -> str | None:
 
 
 def close_region(env_name: str, outcome: str, failed_step: str | None = None) -> None:
-    """End `env_name`'s open region now, tagged with the deploy's outcome.
+    """End `env_name`'s open region, if any, tagged with the deploy's outcome.
 
-    Does nothing when no region is open for it. Warns on failure; raises
-    StepFailure instead when the region was opened in strict mode and the
-    deploy succeeded: a deploy that already failed keeps its own failure as
-    the one reported.
+    Warns on failure; raises only for a strict region of a deploy that succeeded:
+    a deploy that already failed keeps its own failure as the one reported.
     """
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
@@ -163,12 +155,8 @@ def open_regions(only: str | None = None) -> list[str]:
 
 
 def close_regions(outcome: str, failed_step: str | None = None, only: str | None = None) -> None:
-    """End every open region (or `only` that environment's) with the same outcome; meant for
-    the deploy's `finally`.
-
-    Every region is attempted before a strict failure is raised, so one
-    unreachable Grafana does not leave the other environments' regions open.
-    """
+    """End every open region (or `only` that environment's) with the same outcome, each one
+    before a strict failure is raised: one unreachable Grafana leaves no other region open."""
     failures: list[StepFailure] = []
     for env_name in open_regions(only):
         try:
@@ -182,12 +170,7 @@ def close_regions(outcome: str, failed_step: str | None = None, only: str | None
 @contextmanager
 def regions_closed_on_exit(only: str | None = None) -> Iterator[None]:
     """Close every region opened inside the block (or `only` that environment's) with the
-    block's outcome.
-
-    For the deploy chain: a `Stop` closes them as a failure of its step, Ctrl-C
-    as interrupted, a normal end as success. A strict close failure becomes a
-    `Stop`, so the pipeline reports it like any failed step.
-    """
+    block's outcome; a strict close failure becomes a `Stop`, reported like any step's."""
     error: BaseException | None = None
     try:
         yield
@@ -267,12 +250,10 @@ def _token_for_dry_run(env: Environment) -> str:
 
 
 def _send(method: str, url: str, grafana: Grafana, token: str, body: dict[str, Any]) -> dict:
-    """Send one request through the HTTP door (tasks/http.py); the JSON answer, or a StepFailure.
+    """Send one request; the JSON answer, or a StepFailure.
 
-    A POST creates a region each time Grafana receives it, so it is sent again only
-    when the last attempt certainly did not create one: the connection was never
-    made, or Grafana answered that it failed. A PATCH sets the same fields each
-    time and may be repeated.
+    A POST creates a region each time Grafana receives it, so it is sent again
+    only when the last attempt certainly created none; a PATCH may be repeated.
     """
     unresponsive = current().unresponsive_grafana
     if grafana.url in unresponsive:
@@ -337,7 +318,8 @@ def _accepted(method: str, url: str, grafana: Grafana, response: requests.Respon
         raise StepFailure(
             f"Grafana at {grafana.url} refused the request ({status} {_message(response)}): "
             "the token is invalid or lacks permission to create annotations.",
-            _PERMISSION_FIX,
+            "Check the token; the Grafana service account it belongs to needs the Editor role "
+            "(or the annotations:write permission) in the organisation of the dashboard.",
         )
     if status == 404 and method == "PATCH":
         raise StepFailure(

@@ -1,16 +1,10 @@
 """The one door through which the pipeline speaks HTTP.
 
-Retries, timeouts, secret masking and dry-run hook in here once: chart
-repositories and tool downloads, Grafana, the doctor's probes and the
-rollout's watch of the API server all come through it. (The smoke suite under
-`tests/smoke/` is the deployment validation suite, run as its own pytest
-process with its own probe.)
-
-Retries are urllib3's `Retry`: it honours `Retry-After`, and never sends a
-request again that the server may have acted on, unless the method is
-idempotent. A connection that was never made is always safe to try again; a
-POST that timed out is never repeated, because a second one could, for
-example, open a second Grafana region that nothing would ever close.
+Retries, timeouts, secret masking and dry-run hook in here once (the smoke
+suite, a pytest process of its own, has its own probe). Retries are urllib3's
+`Retry`: it honours `Retry-After`, and never sends again a request the server
+may have acted on unless the method is idempotent: a POST that timed out could
+otherwise open a second Grafana region that nothing would ever close.
 """
 
 from __future__ import annotations
@@ -58,11 +52,8 @@ NOTICES = Retries(attempts=2, first_pause=1.0, timeout=10.0, budget=20.0)  # the
 
 
 class HttpFailure(Exception):
-    """A request that got no usable answer; `reason` is short and masked.
-
-    `maybe_received` is False only when the server certainly never got the
-    request (no connection was made), so that it did not act on it.
-    """
+    """A request that got no usable answer; `reason` is short and masked. `maybe_received` is
+    False only when no connection was made, so the server certainly did not act on it."""
 
     def __init__(self, reason: str, maybe_received: bool, timed_out: bool = False) -> None:
         super().__init__(reason)
@@ -133,10 +124,8 @@ def request(
 ) -> requests.Response:
     """Send one request with retries; the last answer, whatever its status.
 
-    Raises HttpFailure when no answer came. `unacted` lists statuses by which
-    this server says it did not act on the request, so that even a POST may be
-    sent again after them. `idempotent` marks a method HTTP does not call so
-    (PATCH, ...) as safe to send again for this server all the same.
+    Raises HttpFailure when no answer came. After a status in `unacted` even a
+    POST is sent again; `idempotent` marks this method (a PATCH, say) safe to repeat.
     """
     retry = _Retry(
         total=retries.attempts - 1,
@@ -165,11 +154,8 @@ def request(
 
 
 def fetch(url: str, retries: Retries | None = None) -> bytes:
-    """GET `url`'s content, retrying timeouts, DNS and connection errors and 5xx with backoff
-    (as DOWNLOADS says, without `retries`).
-
-    Raises HttpFailure naming the last problem and the attempts made.
-    """
+    """GET `url`'s content, retried as `retries` (DOWNLOADS) says; HttpFailure names the last
+    problem and the attempts made."""
     retries = retries or DOWNLOADS
     try:
         response = request("GET", url, retries=retries, label=f"  {mask(url)}")

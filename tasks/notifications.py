@@ -1,18 +1,12 @@
 """A notice in the team's chat when a deploy fails, is interrupted or is rolled back.
 
-The registry may name a webhook for an environment or a group (`notify:` in
-config/environments.yaml): a Slack incoming webhook, or Zulip's
-Slack-compatible one (`/api/v1/external/slack_incoming`), both of which take
-`{"text": ...}`. A deploy whose target (what `--env` names) has one posts,
-once the run is over, what failed, where, and a link to the run; a
-successful one posts only when `on_success: true`. The notice is made from
-the run's summary, the records the closing table and the report are made
-of, and is masked like them.
-
-A notice that cannot be delivered is a loud warning, never a failed deploy:
-the deploy's own result stands. It is sent once: a POST that got no answer
-may have been posted all the same, and a chat message sent twice is read
-twice.
+The registry may name a webhook (`notify:`) for an environment or a group: a
+Slack incoming webhook, or Zulip's Slack-compatible one, both taking
+`{"text": ...}`. Once the run is over, a deploy of that target posts what
+failed, where, and a link to the run (a success only with `on_success: true`),
+made from the run's summary and masked like it. A notice that cannot be
+delivered is a loud warning, never a failed deploy. It is sent once: a POST
+that got no answer may have been posted all the same.
 """
 
 from __future__ import annotations

@@ -69,11 +69,9 @@ def invoke_dry_refusal(c: Context, task: str) -> str:
 class ForwardingLocal(Local):
     """invoke's local runner, forwarding an interrupt to the command as SIGINT.
 
-    invoke's own runner writes Ctrl-C to the command's stdin, which a command
-    reading no terminal ignores, and then waits on as if nothing happened.
-    The interrupt comes from invoke on the main thread, or from the main
-    thread on a member's behalf (tasks/run.py), maybe before the process
-    has started: it is then sent as soon as the process exists.
+    invoke's own writes Ctrl-C to the command's stdin, which a command reading
+    no terminal ignores. An interrupt for a member (tasks/run.py) may come
+    before the process has started: it is then sent as soon as it exists.
     """
 
     def __init__(self, context: Context) -> None:
@@ -143,11 +141,9 @@ class Result:
 class Runner:
     """Runs commands for one step, through the invoke context.
 
-    With `dry_run`, every command that would change something (or reach a
-    cluster or service) is printed instead of run, and a successful empty
-    result comes back. `env` holds variables added to every command's
-    environment, such as KUBECONFIG; the operator's own environment is never
-    modified.
+    With `dry_run`, a command that would change or reach anything is printed
+    instead and an empty success comes back. `env` (KUBECONFIG, ...) is added
+    to every command's environment; the operator's own is never modified.
     """
 
     c: Context
@@ -178,12 +174,10 @@ class Runner:
         timeout: float | None = None,
         touches_nothing: bool = False,
     ) -> Result:
-        """Run `command` and return its result.
+        """Run `command` and return its result (CommandFailed on a non-zero exit with `check`).
 
-        `quiet` captures the output instead of streaming it. `check` raises
-        CommandFailed on a non-zero exit. `touches_nothing` marks a purely
-        local, read-only command that may run even in a dry run (such as
-        `git rev-parse`).
+        `quiet` captures the output instead of streaming it. `touches_nothing`
+        marks a local, read-only command that runs even in a dry run.
         """
         line = shlex.join(str(part) for part in command)
         masker = current().masker
@@ -234,12 +228,10 @@ class Runner:
 
     @contextmanager
     def companion(self, command: Sequence[str | Path], fix: str) -> Iterator[Companion]:
-        """Start a long-running companion of the step (`kubectl proxy`) with this runner's
-        environment and tools; stop it on the way out, whatever happens.
+        """Start a long-running companion of the step (`kubectl proxy`), stopped on the way out.
 
         Its output is a pipe for the caller to read; its complaints go to a file,
         because nobody reads them while it runs, and a full pipe would stall it.
-        `fix` is the advice when it cannot start at all.
         """
         env = {**os.environ, **self._command_env()}
         with tempfile.TemporaryFile("w+") as errors:

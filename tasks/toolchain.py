@@ -1,13 +1,10 @@
 """invoke tools: the deployment tools, at the versions pinned in config/tools.yaml.
 
-`invoke tools` puts helm and kubectl at their pinned versions into the
-project's tools folder, `.local/tools/bin`, which every step searches before
-anything on PATH. Each comes from its official release download, refused
-unless its SHA-256 is the one recorded in config/tools.yaml, and retried on a
-flaky network (the most common reason a deploy failed before it began). Where
-the downloads cannot be reached, the Go build of `invoke cluster.build` is
-linked in instead. git-crypt, gcloud and gke-gcloud-auth-plugin belong to the
-system's packages: they are checked, and the fix says how to install them.
+helm and kubectl go into `.local/tools/bin`, searched before PATH, from their
+release downloads (refused unless the SHA-256 is the pinned one, retried on a
+flaky network: the most common reason a deploy failed before it began), or else
+from the Go builds of `invoke cluster.build`. git-crypt, gcloud and its GKE plugin
+belong to the system's packages: they are checked, and the fix says how to install them.
 """
 
 from __future__ import annotations
@@ -194,8 +191,7 @@ def describe_tools(env: Environment | None = None) -> list[str]:
 def install_download(download: Download, bin_dir: Path | None = None) -> Path:
     """Download, verify and install one tool; nothing is written unless the checksum matches.
 
-    Raises HttpFailure when the download cannot be reached, StepFailure when
-    what arrived is not what config/tools.yaml pins.
+    Raises HttpFailure when the download cannot be reached.
     """
     if not re.fullmatch(r"[0-9a-f]{64}", download.sha256):
         raise StepFailure(
@@ -318,14 +314,12 @@ def ensure_tools(ctx: StepContext, *, source: str = "auto", check: bool = False)
         raise StepFailure(f"Unknown --source {source!r}.", f"Use one of: {', '.join(SOURCES)}.")
     if not check:
         for download in downloads().values():
-            how = "shown" if ctx.dry_run else ensure(download, source=source)
             if ctx.dry_run:
                 say(f"[dry-run] would put {download.name} {download.version} into {TOOLS_BIN}")
             else:
-                say(f"{download.name} {download.version}: {how}")
-    registry = ctx.registry
+                say(f"{download.name} {download.version}: {ensure(download, source=source)}")
     problems = []
-    for name in needed(ctx.env, registry):
+    for name in needed(ctx.env, ctx.registry):
         tool = state(name)
         say(("OK    " if tool.ok else "FAIL  ") + tool.describe())
         if not tool.ok:

@@ -1,11 +1,8 @@
 """Cluster kinds: how an environment reaches its cluster, one module per kind.
 
-`cluster.kind` in config/environments.yaml names a kind; the registry's table
-(`CLUSTER_KINDS` in tasks/registry.py) maps it to its module here, which
-defines `KIND`: the fields the kind reads under `cluster:`, which of them name
-secret files, how its credentials are opened for a run and what `invoke
-doctor` checks of them. Adding a kind is a module and a line in that table;
-no step knows one kind from another.
+`cluster.kind` names a kind; `CLUSTER_KINDS` in tasks/registry.py maps it to
+its module here, whose `KIND` says everything about it. Adding a kind is a
+module and a line in that table; no step knows one kind from another.
 """
 
 from __future__ import annotations
@@ -18,10 +15,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tasks.pipeline import StepContext
-
-
-def _no_problem(fields: Mapping[str, str]) -> tuple[str, str] | None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -40,6 +33,6 @@ class ClusterKind:
     # requires them, keeps them 0600, and masks what they hold.
     secret_files: tuple[str, ...] = ()
     # What is wrong with the fields beyond their presence, as (field, problem), or None.
-    problem: Callable[[Mapping[str, str]], tuple[str, str] | None] = _no_problem
+    problem: Callable[[Mapping[str, str]], tuple[str, str] | None] = lambda fields: None
     # What to do when nothing answers at the cluster's address ("" for the general advice).
     when_down: Callable[[Mapping[str, str]], str] = lambda fields: ""
