@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.report import format_seconds
+from tasks.report import aligned, format_seconds
 from tasks.rollout_fit import (
     ClusterFacts,
     Fit,
@@ -689,13 +689,7 @@ class RolloutReport:
             )
             for r in self.results
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        return "\n".join(
-            (
-                "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3]
-            ).rstrip()
-            for row in rows
-        )
+        return "\n".join(aligned(rows))
 
 
 # --- The waiter ----------------------------------------------------------------------------
