@@ -222,6 +222,16 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes}m{rest:02d}s"
 
 
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def abridged(names: list[str], shown: int = 3) -> str:
+    """`a, b, c and 2 more`."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 class Stopwatch:
     def __init__(self) -> None:
         self.started = time.monotonic()

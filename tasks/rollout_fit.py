@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from tasks.report import format_seconds
+from tasks.report import abridged, counted, format_seconds
 
 Obj = dict[str, Any]
 
@@ -187,9 +187,9 @@ def parse_scheduler_message(message: str) -> SchedulerMessage:
     reasons: list[tuple[int, str]] = []
     pod_reasons: list[str] = []
     for part in _split_reasons(body):
-        counted = re.match(r"(\d+) (.+)", part)
-        if counted:
-            reasons.append((int(counted.group(1)), counted.group(2).strip()))
+        numbered = re.match(r"(\d+) (.+)", part)
+        if numbered:
+            reasons.append((int(numbered.group(1)), numbered.group(2).strip()))
         elif part:
             pod_reasons.append(part)
     return SchedulerMessage(nodes, tuple(reasons), tuple(pod_reasons))
@@ -683,7 +683,7 @@ def _never(
         )
     else:
         parts = [
-            f"{_names(names)}: {_rejection_phrase(kind, text, requests)}"
+            f"{abridged(names)}: {_rejection_phrase(kind, text, requests)}"
             for (kind, text), names in sorted(by_text.items(), key=lambda item: -len(item[1]))
         ]
         summary = "it can never fit: " + "; ".join(parts)
@@ -728,8 +728,8 @@ def _full(room: str, candidates: list[Obj], neighbours: Iterable[Obj]) -> Fit:
         {(n.get("status") or {}).get("allocatable", {}).get("pods", "?") for n in candidates}
     )
     details = [
-        f"nodes that could take it once room frees up: {_count(len(names), 'node')} "
-        f"({_names(sorted(names))}), {'/'.join(map(str, slots))} pods each at most"
+        f"nodes that could take it once room frees up: {counted(len(names), 'node')} "
+        f"({abridged(sorted(names))}), {'/'.join(map(str, slots))} pods each at most"
     ]
     tenants = Counter(
         _tenant(p) for p in neighbours if (p.get("spec") or {}).get("nodeName") in names
@@ -737,7 +737,7 @@ def _full(room: str, candidates: list[Obj], neighbours: Iterable[Obj]) -> Fit:
     if tenants:
         shown = ", ".join(f"{n} {what}" for what, n in tenants.most_common(3))
         details.append(
-            f"on them, {_count(sum(tenants.values()), 'pod')} of this namespace that are not "
+            f"on them, {counted(sum(tenants.values()), 'pod')} of this namespace that are not "
             f"part of the release: {shown}"
         )
     return Fit(
@@ -757,15 +757,6 @@ def _tenant(pod: Obj) -> str:
         if key in labels:
             return f"{key}={labels[key]}"
     return "unlabelled"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _names(names: list[str], shown: int = 3) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 # --- Wait or fail --------------------------------------------------------------------------

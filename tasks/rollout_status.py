@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.report import aligned, format_seconds
+from tasks.report import aligned, counted, format_seconds
 from tasks.rollout_fit import (
     ClusterFacts,
     Fit,
@@ -628,9 +628,7 @@ class RolloutReport:
             return f"no workloads in namespace {self.namespace}"
         ready = sum(r.result == "ready" for r in self.results)
         skipped = sum(r.result == "not waited" for r in self.results)
-        text = (
-            f"{ready} workload{'s' if ready != 1 else ''} ready in {format_seconds(self.seconds)}"
-        )
+        text = f"{counted(ready, 'workload')} ready in {format_seconds(self.seconds)}"
         if skipped:
             text += f", {skipped} not waited on (OnDelete)"
         return text
