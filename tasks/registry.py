@@ -43,7 +43,6 @@ KEY_SOURCES = {
 
 
 def cluster_kind(name: str) -> ClusterKind:
-    """The cluster kind `name` of the table above."""
     return importlib.import_module(CLUSTER_KINDS[name]).KIND
 
 
@@ -318,7 +317,6 @@ class Registry:
         return self.environments[name]
 
     def group(self, name: str | None) -> Group | None:
-        """The group called `name`, None when `name` is not a group."""
         return self.groups.get(name or "")
 
     def target(self, name: str | None) -> Environment | Group:
