@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -22,6 +23,7 @@ from tasks.kinds import ClusterKind
 from tasks.runner import PROJECT_ROOT
 
 REGISTRY_FILE = Path("config/environments.yaml")
+T = TypeVar("T")
 
 # The cluster kinds: each `cluster.kind` of config/environments.yaml and the module
 # (tasks/kinds/) that implements it. A new kind is a module and a line here.
@@ -41,7 +43,6 @@ KEY_SOURCES = {
 
 
 def cluster_kind(name: str) -> ClusterKind:
-    """The cluster kind `name` of the table above."""
     return importlib.import_module(CLUSTER_KINDS[name]).KIND
 
 
@@ -316,7 +317,6 @@ class Registry:
         return self.environments[name]
 
     def group(self, name: str | None) -> Group | None:
-        """The group called `name`, None when `name` is not a group."""
         return self.groups.get(name or "")
 
     def target(self, name: str | None) -> Environment | Group:
@@ -438,11 +438,25 @@ class _Reader:
             raise self.fail(node, f"{what} needs a value here, not {value!r}.")
         return str(value)
 
-    def text_map(self, node: yaml.Node, what: str) -> dict[str, str]:
-        return {
-            key: self.text(value, f"{what}.{key}")
-            for key, value in self.mapping(node, what, ()).items()
-        }
+    def map_of(
+        self, node: yaml.Node, what: str, read: Callable[[yaml.Node, str], T]
+    ) -> dict[str, T]:
+        items = self.mapping(node, what, ()).items()
+        return {key: read(value, f"{what}.{key}") for key, value in items}
+
+    def optional(
+        self,
+        items: dict[str, yaml.Node],
+        key: str,
+        read: Callable[[yaml.Node, str], T],
+        what: str,
+        default: T,
+    ) -> T:
+        return read(items[key], what) if key in items else default
+
+    def switched_off(self, node: yaml.Node) -> bool:
+        """`grafana: null` or `bastion: false`: the section is left out on purpose."""
+        return isinstance(node, yaml.ScalarNode) and self.scalar(node) in (None, False)
 
     def url(self, node: yaml.Node, what: str) -> str:
         value = self.scalar(node)
@@ -535,13 +549,11 @@ def load(root: Path = PROJECT_ROOT, path: Path | None = None) -> Registry:
                 f"Define it or use one of: {', '.join(envs)}.",
             )
     _check_no_gate_cycle(reader, envs, env_nodes)
-    mirrors = (
-        reader.text_map(top["repository_mirrors"], "repository_mirrors")
-        if "repository_mirrors" in top
-        else {}
-    )
+    mirrors: dict[str, str] = {}
+    if "repository_mirrors" in top:
+        mirrors = reader.map_of(top["repository_mirrors"], "repository_mirrors", reader.text)
     groups = _groups(reader, top["groups"], envs) if "groups" in top else {}
-    return Registry(envs, chart, {**(mirrors or {}), **mirrors_from_environment()}, groups)
+    return Registry(envs, chart, {**mirrors, **mirrors_from_environment()}, groups)
 
 
 def _groups(reader: _Reader, node: yaml.Node, envs: dict[str, Environment]) -> dict[str, Group]:
@@ -591,11 +603,7 @@ def _groups(reader: _Reader, node: yaml.Node, envs: dict[str, Environment]) -> d
                 "a group has one gate, deployed once before every member.",
                 "Gate every member by the same environment, or split the group.",
             )
-        description = (
-            reader.text(items["description"], f"{where} description")
-            if "description" in items
-            else ""
-        )
+        description = reader.optional(items, "description", reader.text, f"{where} description", "")
         notify = _notify(reader, where, items["notify"]) if "notify" in items else None
         groups[name] = Group(
             name, description, members, experimental, gates[members[0]] or "", notify
@@ -670,36 +678,25 @@ def _environment(reader: _Reader, name: str, node: yaml.Node, chart: Path) -> En
     else:
         release_name = reader.kubernetes_name(items["release"], f"{where} release", "release")
         namespace = reader.kubernetes_name(items["namespace"], f"{where} namespace", "namespace")
-        extra = (
-            reader.text_list(items["extra_values"], f"{where} extra_values")
-            if "extra_values" in items
-            else ()
+        extra = reader.optional(
+            items, "extra_values", reader.text_list, f"{where} extra_values", ()
         )
         releases = (Release(release_name, namespace, str(chart), extra_values=extra),)
     return Environment(
         name=name,
-        description=reader.text(items["description"], f"{where} description")
-        if "description" in items
-        else "",
+        description=reader.optional(items, "description", reader.text, f"{where} description", ""),
         cluster=_cluster(reader, where, items["cluster"]),
         release=release_name,
         namespace=namespace,
-        secrets_dir=Path(reader.text(secrets["dir"], f"{where} secrets.dir"))
-        if "dir" in secrets
-        else Path("secrets"),
+        secrets_dir=Path(
+            reader.optional(secrets, "dir", reader.text, f"{where} secrets.dir", "secrets")
+        ),
         key=_key_source(reader, where, secrets.get("key"), items["secrets"]),
         urls=_urls(reader, where, items["urls"]) if "urls" in items else {},
         grafana=_grafana(reader, where, items["grafana"]) if "grafana" in items else None,
         timeouts=_timeouts(reader, where, items["timeouts"]) if "timeouts" in items else Timeouts(),
-        gated_by=reader.text(items["gated_by"], f"{where} gated_by")
-        if "gated_by" in items
-        else None,
-        components={
-            name: reader.flag(value, f"{where} components.{name}")
-            for name, value in reader.mapping(
-                items["components"], f"{where} components", ()
-            ).items()
-        }
+        gated_by=reader.optional(items, "gated_by", reader.text, f"{where} gated_by", None),
+        components=reader.map_of(items["components"], f"{where} components", reader.flag)
         if "components" in items
         else {},
         extra_values=extra,
@@ -789,9 +786,9 @@ def _releases(reader: _Reader, where: str, node: yaml.Node, chart: Path) -> tupl
                 version=texts.get("version", ""),
                 repository=texts.get("repository", ""),
                 digest=digest,
-                extra_values=reader.text_list(fields["extra_values"], f"{what} extra_values")
-                if "extra_values" in fields
-                else (),
+                extra_values=reader.optional(
+                    fields, "extra_values", reader.text_list, f"{what} extra_values", ()
+                ),
                 site=not remote and Path(reference) == Path(chart),
             )
         )
@@ -838,7 +835,7 @@ def _cluster(reader: _Reader, where: str, node: yaml.Node) -> ClusterAccess:
 
 
 def _bastion(reader: _Reader, where: str, node: yaml.Node) -> Bastion | None:
-    if isinstance(node, yaml.ScalarNode) and reader.scalar(node) in (None, False):
+    if reader.switched_off(node):
         return None
     items = reader.mapping(
         node, f"{where} bastion", ("host", "port", "user", "key_file", "known_hosts")
@@ -889,26 +886,18 @@ def _key_source(
         for k, v in items.items()
         if k not in ("source", "name")
     }
-    key_name = reader.text(items["name"], f"{where} secrets.key.name") if "name" in items else ""
+    key_name = reader.optional(items, "name", reader.text, f"{where} secrets.key.name", "")
     return KeySource(source=source, key_name=key_name, **values)
 
 
 def _grafana(reader: _Reader, where: str, node: yaml.Node) -> Grafana | None:
-    if isinstance(node, yaml.ScalarNode) and reader.scalar(node) in (None, False):
+    if reader.switched_off(node):
         return None
-    fields = (
-        "url",
-        "token_file",
-        "token_env",
-        "dashboard_uid",
-        "org_id",
-        "tags",
-        "strict",
-    )
-    items = reader.mapping(node, f"{where} grafana", fields)
-    if "url" not in items:
-        raise reader.fail(node, f"{where} grafana needs `url:` (or `grafana: null` to skip it).")
     what = f"{where} grafana"
+    fields = ("url", "token_file", "token_env", "dashboard_uid", "org_id", "tags", "strict")
+    items = reader.mapping(node, what, fields)
+    if "url" not in items:
+        raise reader.fail(node, f"{what} needs `url:` (or `grafana: null` to skip it).")
     texts = {
         key: reader.text(items[key], f"{what}.{key}")
         for key in ("url", "token_file", "token_env", "dashboard_uid")
@@ -924,13 +913,13 @@ def _grafana(reader: _Reader, where: str, node: yaml.Node) -> Grafana | None:
         token_env=texts.get("token_env", ""),
         dashboard_uid=texts.get("dashboard_uid", ""),
         org_id=org_id,
-        tags=reader.text_list(items["tags"], f"{what}.tags") if "tags" in items else (),
-        strict=reader.flag(items["strict"], f"{what}.strict") if "strict" in items else False,
+        tags=reader.optional(items, "tags", reader.text_list, f"{what}.tags", ()),
+        strict=reader.optional(items, "strict", reader.flag, f"{what}.strict", False),
     )
 
 
 def _notify(reader: _Reader, where: str, node: yaml.Node) -> Notify | None:
-    if isinstance(node, yaml.ScalarNode) and reader.scalar(node) in (None, False):
+    if reader.switched_off(node):
         return None
     what = f"{where} notify"
     items = reader.mapping(node, what, ("url_env", "url_file", "format", "on_success"))
@@ -950,12 +939,10 @@ def _notify(reader: _Reader, where: str, node: yaml.Node) -> Notify | None:
             f"{what}.format must be one of {', '.join(NOTIFY_FORMATS)}, not {fmt!r}.",
         )
     return Notify(
-        url_env=reader.text(items["url_env"], f"{what}.url_env") if "url_env" in items else "",
-        url_file=reader.text(items["url_file"], f"{what}.url_file") if "url_file" in items else "",
+        url_env=reader.optional(items, "url_env", reader.text, f"{what}.url_env", ""),
+        url_file=reader.optional(items, "url_file", reader.text, f"{what}.url_file", ""),
         format=fmt,
-        on_success=reader.flag(items["on_success"], f"{what}.on_success")
-        if "on_success" in items
-        else False,
+        on_success=reader.optional(items, "on_success", reader.flag, f"{what}.on_success", False),
     )
 
 

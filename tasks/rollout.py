@@ -1,25 +1,16 @@
 """wait-rollout, after the upgrade: wait until every workload of the release has rolled out.
 
-Every Deployment, DaemonSet and StatefulSet of the environment's namespace is
-waited on at once, under one deadline, from watch streams: one `kubectl proxy`
-(so every way kubectl authenticates, GKE's exec plugin included, works
-unchanged) and one HTTP watch per kind of object, all feeding one queue. What
-"rolled out" means is `kubectl rollout status`'s rule, in
-`tasks/rollout_status.py`.
+Every Deployment, DaemonSet and StatefulSet of the namespace is waited on at
+once, under one deadline, from watch streams over one `kubectl proxy` (so every
+way kubectl authenticates, GKE's exec plugin included, works unchanged). What
+"rolled out" means is `kubectl rollout status`'s rule (`tasks/rollout_status.py`).
 
-A pod that will never get ready (crash loop, image that cannot be pulled,
-missing Secret, no node it could ever run on) or a Deployment past its progress
-deadline fails the step within seconds, naming the object, the pod, the
-container, the reason, the recent events and the container's last log lines:
-a rollout that would otherwise hang until its timeout becomes a one-screen
-diagnosis.
-
-A pod that finds the nodes full is another matter on a busy BinderHub: the
-nodes, the pod's claims and the cluster autoscaler's status are read (GETs,
-every few seconds, only while such a pod waits) to tell "full right now" from
-"can never fit", and the autoscaler's events on the pod are followed: a node on
-its way is waited for, a refusal fails the step at once with the autoscaler's
-reason (`tasks/rollout_fit.py`).
+A pod that will never get ready or a Deployment past its progress deadline
+fails the step within seconds with a one-screen diagnosis: the object, the pod,
+the container, the reason, the recent events and the last log lines. A pod that
+finds the nodes full is another matter on a busy BinderHub: the nodes, claims
+and autoscaler status are read, only while such a pod waits, to tell "full right
+now" from "can never fit" (`tasks/rollout_fit.py`).
 """
 
 from __future__ import annotations
@@ -44,7 +35,7 @@ from tasks import http, toolchain
 from tasks.errors import StepFailure
 from tasks.output import draws_in_place, say
 from tasks.pipeline import StepContext, perform, releases_of
-from tasks.report import format_seconds
+from tasks.report import abridged, counted, format_seconds
 from tasks.rollout_fit import AUTOSCALER_CONFIGMAP, AUTOSCALER_NAMESPACE, ClusterFacts, Note
 from tasks.rollout_status import (
     FIXES,
@@ -204,7 +195,7 @@ def read_facts(api: Api, namespace: str, now: float) -> ClusterFacts:
             if name == "autoscaler_status":
                 found[name] = api.get(path, seconds=10).json()
             else:
-                found[name] = tuple(_list_all(api, path))
+                found[name] = tuple(_list_all(api, path)[0])
         except ApiError as error:
             # No status ConfigMap is how a cluster without an autoscaler answers.
             if not (name == "autoscaler_status" and error.status == 404):
@@ -214,14 +205,16 @@ def read_facts(api: Api, namespace: str, now: float) -> ClusterFacts:
     return ClusterFacts(read_at=now, unreadable=tuple(unreadable), **found)
 
 
-def _list_all(api: Api, path: str) -> Iterator[Obj]:
+def _list_all(api: Api, path: str, seconds: float = 10) -> tuple[list[Obj], Obj]:
+    """Every object at `path`, page by page, and the last page (its kind and resourceVersion)."""
+    items: list[Obj] = []
     params: dict[str, Any] = {"limit": 500}
     while True:
-        page = api.get(path, params, seconds=10).json()
-        yield from page.get("items") or ()
+        page = api.get(path, params, seconds).json()
+        items += page.get("items") or []
         more = (page.get("metadata") or {}).get("continue")
         if not more:
-            return
+            return items, page
         params["continue"] = more
 
 
@@ -244,12 +237,11 @@ class WatchStream(threading.Thread):
         stop: threading.Event,
     ) -> None:
         super().__init__(daemon=True, name=f"watch-{resource}")
-        self.base = base
+        self.api = Api(base)
         self.resource = resource
         self.path = RESOURCES[resource].format(ns=namespace)
         self.out = out
         self.stop = stop
-        self.session = http.loopback_session()
 
     def run(self) -> None:
         failures = 0
@@ -269,25 +261,14 @@ class WatchStream(threading.Thread):
                 self.out.put(Change(self.resource, "ERROR", error=error))
 
     def list_all(self) -> str:
-        """Report every object as one SYNC change, page by page; return the list's version."""
-        items: list[Obj] = []
-        params: dict[str, Any] = {"limit": 500}
-        while True:
-            response = self.session.get(self.base + self.path, params=params, timeout=(5, 60))
-            if response.status_code != 200:
-                raise ApiError(response.status_code, self.path, response.text)
-            page = response.json()
-            items += page.get("items") or []
-            metadata = page.get("metadata") or {}
-            if not metadata.get("continue"):
-                break
-            params["continue"] = metadata["continue"]
+        """Report every object as one SYNC change; return the list's version."""
+        items, page = _list_all(self.api, self.path, seconds=60)
         # Listed items carry no kind; watched ones do. Give them theirs.
         kind = page.get("kind", "").removesuffix("List")
         for item in items:
             item.setdefault("kind", kind)
         self.out.put(Change(self.resource, "SYNC", items))
-        return str(metadata.get("resourceVersion", ""))
+        return str((page.get("metadata") or {}).get("resourceVersion", ""))
 
     def follow(self, version: str) -> None:
         """Follow changes from `version`; return when a fresh list is needed."""
@@ -298,8 +279,11 @@ class WatchStream(threading.Thread):
                 "allowWatchBookmarks": "true",
                 "timeoutSeconds": WATCH_SECONDS,
             }
-            response = self.session.get(
-                self.base + self.path, params=params, stream=True, timeout=(5, WATCH_SECONDS + 30)
+            response = self.api.session.get(
+                self.api.base + self.path,
+                params=params,
+                stream=True,
+                timeout=(5, WATCH_SECONDS + 30),
             )
             try:
                 if response.status_code == 410:
@@ -396,9 +380,7 @@ class Progress:
         elif elapsed - self.last_heartbeat >= HEARTBEAT_SECONDS:
             self.last_heartbeat = elapsed
             waiting = [k for k, v in verdicts.items() if v.state not in (READY, UNWAITABLE)]
-            shown = ", ".join(
-                f"{k} ({notes[k].text})" if k in notes else k for k in waiting[:5]
-            ) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
+            shown = abridged([f"{k} ({notes[k].text})" if k in notes else k for k in waiting], 5)
             say(f"still waiting after {format_seconds(elapsed)}: {shown}", stream=self.stream)
 
 
@@ -499,8 +481,7 @@ def _wait(
             return RolloutReport(namespace, [], elapsed)
         if not announced:
             say(
-                f"waiting for {len(verdicts)} workload{'s' if len(verdicts) != 1 else ''} "
-                f"in namespace {namespace} "
+                f"waiting for {counted(len(verdicts), 'workload')} in namespace {namespace} "
                 f"(deadline {format_seconds(waiter.timeout)})",
                 stream=out,
             )
@@ -511,20 +492,15 @@ def _wait(
             waiter.view.facts = read_facts(api, namespace, now)
             blocker = waiter.blocker(verdicts, now)
         progress.update(verdicts, elapsed, waiter.notes)
-        if blocker:
+        done = all(v.state in (READY, UNWAITABLE) for v in verdicts.values())
+        if blocker or done or now >= deadline:
             progress.finish()
             report = RolloutReport(namespace, waiter.results(verdicts, blocker), elapsed)
             say(report.table(), stream=out)
-            raise _diagnose(waiter.view, api, blocker, namespace, out)
-        if all(v.state in (READY, UNWAITABLE) for v in verdicts.values()):
-            progress.finish()
-            report = RolloutReport(namespace, waiter.results(verdicts), elapsed)
-            say(report.table(), stream=out)
-            return report
-        if now >= deadline:
-            progress.finish()
-            report = RolloutReport(namespace, waiter.results(verdicts), elapsed)
-            say(report.table(), stream=out)
+            if blocker:
+                raise _diagnose(waiter.view, api, blocker, namespace, out)
+            if done:
+                return report
             raise _deadline_failure(waiter, verdicts)
 
 
@@ -575,9 +551,7 @@ def _stream_failure(change: Change, namespace: str) -> StepFailure:
         return _api_failure(error, namespace)
     return StepFailure(
         f"Lost the watch on {change.resource} in namespace {namespace}: {error}.",
-        "Check that the cluster answers (kubectl get pods -n "
-        + namespace
-        + ") and run the step again.",
+        f"Check that the cluster answers (kubectl get pods -n {namespace}) and run the step again.",
     )
 
 
@@ -732,7 +706,7 @@ def _deadline_failure(waiter: RolloutWaiter, verdicts: dict[str, Verdict]) -> St
     if len(lines) > DETAIL_LINES:
         hidden = len(lines) - DETAIL_LINES + 1
         lines = [*lines[: DETAIL_LINES - 1], f"... {hidden} more lines: see the table above"]
-    shown = ", ".join(waiting[:5]) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
+    shown = abridged(waiting, 5)
     return StepFailure(
         f"Not rolled out within {format_seconds(waiter.timeout)}: {shown}.",
         "Look at the pods named below (kubectl describe pod); if this environment is only "
@@ -746,8 +720,8 @@ def _dry_run(
 ) -> RolloutReport:
     prefix = "".join(f"{k}={v} " for k, v in sorted(runner.env.items()) if k != "PATH")
     say(f"[dry-run] {prefix}{runner.describe(proxy_command(kubectl, namespace))}", stream=out)
-    for name in RESOURCES:
-        path = RESOURCES[name].format(ns=namespace)
+    for template in RESOURCES.values():
+        path = template.format(ns=namespace)
         say(f"[dry-run] GET {path}, then watch it from the list's resourceVersion", stream=out)
     for path in FACTS.values():
         say(f"[dry-run] GET {path.format(ns=namespace)} while a pod finds no node", stream=out)
@@ -772,9 +746,7 @@ def wait(
             ctx.runner,
             env.namespace,
             timeout=timeout or env.timeouts.rollout,
-            unschedulable_grace=UNSCHEDULABLE_GRACE
-            if unschedulable_grace is None
-            else unschedulable_grace,
+            unschedulable_grace=unschedulable_grace or UNSCHEDULABLE_GRACE,
             # The runner's order: the tools folder, the pinned builds, then PATH.
             kubectl=toolchain.locate("kubectl", ctx.runner.tool_dirs) or "kubectl",
         )
