@@ -403,12 +403,10 @@ def schema_failure(
     if not errors:
         return None
     value_paths = chart_value_paths(chart_dir)
+    meta = yaml.safe_load((chart_dir / "Chart.yaml").read_text()) or {}
     conditions = {
         str(entry.get("alias") or entry["name"]): str(entry.get("condition") or "")
-        for entry in (yaml.safe_load((chart_dir / "Chart.yaml").read_text()) or {}).get(
-            "dependencies"
-        )
-        or []
+        for entry in meta.get("dependencies") or []
     }
     lines: list[str] = []
     settings: list[str] = []
@@ -430,13 +428,13 @@ def schema_failure(
                     if setting
                     else "set in no values file"
                 )
-                lines.append(f"{whose} refuses {key} ({error.message}), {where}")
+                refusal = f"{whose} refuses {key} ({error.message})"
+                lines.append(f"{refusal}, {where}")
                 # The last file setting the key is the one whose value helm used.
                 for path in setting[-1:]:
                     position = values_module.key_position(path, keys)
                     if position:
-                        message = f"{whose} refuses {key} ({error.message})"
-                        locations.append(Location(shown(path), *position, message))
+                        locations.append(Location(shown(path), *position, refusal))
                 settings.append(f"{key} is {where}.")
                 if len(keys) == 2 and keys[1] == "enabled" and conditions.get(keys[0]):
                     switches.append(
