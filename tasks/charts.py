@@ -295,18 +295,15 @@ def download(
             f"index (expected sha256 {index_digest}, got {actual}). It was not saved.",
             "A mirror or proxy served a different file; re-run, and check the mirror.",
         )
-    _write_atomically(charts_dir / dependency.archive, content)
-    if not archive_is_valid(charts_dir / dependency.archive, dependency):
-        (charts_dir / dependency.archive).unlink()
+    archive = charts_dir / dependency.archive
+    charts_dir.mkdir(exist_ok=True)
+    # Written beside, then renamed: an interrupted download leaves no half archive.
+    archive.with_suffix(".partial").write_bytes(content)
+    archive.with_suffix(".partial").replace(archive)
+    if not archive_is_valid(archive, dependency):
+        archive.unlink()
         raise StepFailure(f"{url} did not hold the chart {dependency.name} {dependency.version}.")
     return actual
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    path.parent.mkdir(exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(content)
-    partial.replace(path)
 
 
 # -- schema refusals ------------------------------------------------------------

@@ -13,9 +13,6 @@ Each applied CRD carries two labels naming its release, so the next upgrade
 knows which CRDs the release shipped before. One the new chart no longer
 ships is named, never deleted: deleting a CRD deletes every custom resource
 of its kind, cluster-wide.
-
-The CRDs are those of the chart's own `crds/`, and of each of its
-dependencies that the environment's values switch on (its `condition:`).
 """
 
 from __future__ import annotations
@@ -92,7 +89,7 @@ def dependency_switches(chart_dir: Path, files: list[Path]) -> dict[str, bool]:
 
 
 def shipped(chart: Path, files: list[Path]) -> list[dict]:
-    """The CRDs a chart (a folder or an archive) ships, for the values layered as `files`."""
+    """The CRDs of a chart (a folder or an archive) and of the dependencies `files` switch on."""
     chart = chart if chart.is_absolute() else PROJECT_ROOT / chart
     if chart.is_file():
         return _from_archive(chart)

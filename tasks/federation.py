@@ -53,11 +53,10 @@ def deploy_members(
 ) -> None:
     """Deploy every member of `group` at once; raise MembersFailed if one that counts failed."""
     run = current()
-    summary = run.summary
     names = list(group.members)
     mode = members_mode(dry_run)
     console = MembersConsole(names, mode, run.task or "deploy", PROJECT_ROOT / REPORTS_DIR)
-    outcomes = summary.members_of(group)
+    outcomes = run.summary.members_of(group)
     failures: dict[str, Stop] = {}
     threads = []
     for name in names:

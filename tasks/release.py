@@ -533,9 +533,8 @@ def diff_manifests(deployed: str, proposed: str, namespace: str) -> list[str]:
 def diff_release(ctx: StepContext) -> list[str]:
     env = ctx.environment
     files = check_ready_to_deploy(ctx)
-    status = release_status(ctx)
     deployed = ""
-    if status is not None:
+    if release_status(ctx) is not None:
         deployed = ctx.runner.run(helm.manifest(env), quiet=True).stdout
     chart = chart_of(ctx.registry, env.current)
     changes = crds.diff(ctx, chart, files)

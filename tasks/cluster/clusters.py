@@ -210,7 +210,6 @@ def _up(name: str, nodes: int, echo: Echo) -> Path:
         return kubeconfig(name)
     paths = tools.ensure_built(echo=echo)
     config = kubeconfig(name)
-    config.parent.mkdir(parents=True, exist_ok=True)
     if workdir(name).exists():
         # A cluster that stopped answering still has its etcd data: restart every
         # component on it, so its namespaces and releases survive. Only a cluster
@@ -225,7 +224,6 @@ def _up(name: str, nodes: int, echo: Echo) -> Path:
             "empty cluster instead: the namespaces and releases it held are gone"
         )
         _down(name, echo=lambda _msg: None)
-        config.parent.mkdir(parents=True, exist_ok=True)
     for attempt in (1, 2):
         _create(paths, name, config, echo)
         problem = _dead_after_start(name)
@@ -236,7 +234,6 @@ def _up(name: str, nodes: int, echo: Echo) -> Path:
             raise Exit(f"{name}: {problem}. Its logs are in {workdir(name) / 'logs'}.")
         echo(f"{name}: {problem}; starting again")
         _down(name, echo=lambda _msg: None)
-        config.parent.mkdir(parents=True, exist_ok=True)
     kubectl(name, "apply", "-f", str(POLICIES_FILE), "-f", str(STORAGE_FILE))
     _ensure_nodes(name, nodes, echo)
     # Pods are refused until the controller manager has made the default service account.
@@ -263,6 +260,7 @@ def _restart(paths: dict[str, Path], name: str, echo: Echo) -> str:
 
 
 def _create(paths: dict[str, Path], name: str, config: Path, echo: Echo) -> None:
+    config.parent.mkdir(parents=True, exist_ok=True)
     echo(f"{name}: starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok")
     _kwokctl(
         paths,

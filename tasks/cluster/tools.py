@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_FILE = REPO_ROOT / "config" / "tools.yaml"
 CACHE_ROOT = Path.home() / ".cache" / "binder-deploy"
 GO_FALLBACK = Path("/usr/local/go/bin/go")
+TIMINGS = "build-times.json"
 
 Echo = Callable[[str], None]
 
@@ -400,7 +401,7 @@ def build_component(
             raise Exit(build_failure_message(component.module, version, name, failure)) from None
         elapsed = time.monotonic() - started
         timings[name] = elapsed
-        _save_timings(cache, timings)
+        (cache / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n")
         echo(f"built {name} {version} in {_duration(elapsed)} -> {target}")
 
 
@@ -467,14 +468,7 @@ def _staging_replacements(
     if not modules:
         return {}
     wanted = staging_version(version)
-    result = subprocess.run(
-        [go_binary(), "mod", "download", "-json", *[f"{m}@{wanted}" for m in modules]],
-        cwd=module_dir,
-        env=go_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = _mod_download(module_dir, *[f"{m}@{wanted}" for m in modules])
     with log.open("a") as f:
         f.write(result.stdout + result.stderr)
     missing = {d["Path"] for d in _json_stream(result.stdout) if d.get("Error")}
@@ -522,16 +516,21 @@ def _json_stream(text: str) -> list[dict]:
     return items
 
 
-def _release_date(module: str, version: str) -> str:
-    # The proxy's release time makes the build date reproducible across rebuilds.
-    info = subprocess.run(
-        [go_binary(), "mod", "download", "-json", f"{module}@{version}"],
-        cwd=Path.home(),
+def _mod_download(cwd: Path, *modules: str) -> subprocess.CompletedProcess[str]:
+    # Not run_go: a module it cannot fetch is reported in its JSON, which callers read.
+    return subprocess.run(
+        [go_binary(), "mod", "download", "-json", *modules],
+        cwd=cwd,
         env=go_env(),
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def _release_date(module: str, version: str) -> str:
+    # The proxy's release time makes the build date reproducible across rebuilds.
+    info = _mod_download(Path.home(), f"{module}@{version}")
     try:
         stamp = json.loads(info.stdout)["Info"]
         return json.loads(Path(stamp).read_text())["Time"]
@@ -541,13 +540,9 @@ def _release_date(module: str, version: str) -> str:
 
 def _load_timings(cache: Path) -> dict[str, float]:
     try:
-        return json.loads((cache / "build-times.json").read_text())
+        return json.loads((cache / TIMINGS).read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _save_timings(cache: Path, timings: dict[str, float]) -> None:
-    (cache / "build-times.json").write_text(json.dumps(timings, indent=2) + "\n")
 
 
 def _duration(seconds: float) -> str:
