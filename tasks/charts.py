@@ -298,8 +298,9 @@ def download(
     archive = charts_dir / dependency.archive
     charts_dir.mkdir(exist_ok=True)
     # Written beside, then renamed: an interrupted download leaves no half archive.
-    archive.with_suffix(".partial").write_bytes(content)
-    archive.with_suffix(".partial").replace(archive)
+    partial = archive.with_suffix(".partial")
+    partial.write_bytes(content)
+    partial.replace(archive)
     if not archive_is_valid(archive, dependency):
         archive.unlink()
         raise StepFailure(f"{url} did not hold the chart {dependency.name} {dependency.version}.")
