@@ -1,22 +1,19 @@
 """A local mirror of the JupyterHub chart repository, served on loopback.
 
 The site chart pins binderhub from https://jupyterhub.github.io/helm-chart/.
-Where that repository cannot be reached (this machine, CI without outside
-access), a folder holding a complete copy of it (its index.yaml and the
-archives the index names) is served over HTTP on 127.0.0.1, and the
-repository mirror map (DEPLOY_CHART_MIRRORS) points helm-deps at it for the
-duration of the run. Nothing is copied into the project.
-
-The folder is `../shared/charts/jupyterhub-helm-chart/` beside the project,
-or whatever DEPLOY_CHART_REPOSITORY_DIR names. On a machine with outside
-access no folder is needed: helm-deps fetches from the real repository.
+Where that cannot be reached (this machine, CI without outside access), a
+folder holding a complete copy of it (its index.yaml and the archives the index
+names: `../shared/charts/jupyterhub-helm-chart/` beside the project, or
+DEPLOY_CHART_REPOSITORY_DIR) is served over HTTP on 127.0.0.1, and the mirror
+map (DEPLOY_CHART_MIRRORS) points helm-deps at it for the run. Nothing is copied
+into the project; with outside access no folder is needed.
 
 The charts published only to an OCI registry (traefik, from
-oci://ghcr.io/traefik/helm) get the same: a real OCI registry (the CNCF
-distribution registry, built by `invoke cluster.build`) started on a free
-loopback port with its storage in a temporary folder, the archives of
-`../shared/charts/oci-traefik/` (or DEPLOY_OCI_CHARTS_DIR) pushed into it with
-`helm push`, and the mirror map pointing the real registry at it.
+oci://ghcr.io/traefik/helm) get a real OCI registry (the CNCF distribution
+registry from `invoke cluster.build`) on a free loopback port, its storage in a
+temporary folder, the archives of `../shared/charts/oci-traefik/` (or
+DEPLOY_OCI_CHARTS_DIR) pushed into it with `helm push`, and the mirror map
+pointing the real registry at it.
 """
 
 from __future__ import annotations
@@ -78,10 +75,9 @@ def serve(directory: Path) -> Iterator[str]:
     handler = functools.partial(_QuietHandler, directory=str(directory))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(
+    threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
+    ).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/"
     finally:
@@ -91,10 +87,7 @@ def serve(directory: Path) -> Iterator[str]:
 
 @contextmanager
 def mirror_upstream(folder: Path | None = None) -> Iterator[str]:
-    """Serve the repository's local copy and make it the mirror of the real repository.
-
-    Sets DEPLOY_CHART_MIRRORS for this process only while the block runs.
-    """
+    """Serve the repository's local copy as the real repository's mirror while the block runs."""
     with serve(folder or mirror_folder()) as url, mirroring(UPSTREAM, url):
         yield url
 

@@ -295,18 +295,16 @@ def download(
             f"index (expected sha256 {index_digest}, got {actual}). It was not saved.",
             "A mirror or proxy served a different file; re-run, and check the mirror.",
         )
-    _write_atomically(charts_dir / dependency.archive, content)
-    if not archive_is_valid(charts_dir / dependency.archive, dependency):
-        (charts_dir / dependency.archive).unlink()
+    archive = charts_dir / dependency.archive
+    charts_dir.mkdir(exist_ok=True)
+    # Written beside, then renamed: an interrupted download leaves no half archive.
+    partial = archive.with_suffix(".partial")
+    partial.write_bytes(content)
+    partial.replace(archive)
+    if not archive_is_valid(archive, dependency):
+        archive.unlink()
         raise StepFailure(f"{url} did not hold the chart {dependency.name} {dependency.version}.")
     return actual
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    path.parent.mkdir(exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(content)
-    partial.replace(path)
 
 
 # -- schema refusals ------------------------------------------------------------
@@ -403,12 +401,10 @@ def schema_failure(
     if not errors:
         return None
     value_paths = chart_value_paths(chart_dir)
+    meta = yaml.safe_load((chart_dir / "Chart.yaml").read_text()) or {}
     conditions = {
         str(entry.get("alias") or entry["name"]): str(entry.get("condition") or "")
-        for entry in (yaml.safe_load((chart_dir / "Chart.yaml").read_text()) or {}).get(
-            "dependencies"
-        )
-        or []
+        for entry in meta.get("dependencies") or []
     }
     lines: list[str] = []
     settings: list[str] = []
@@ -430,13 +426,13 @@ def schema_failure(
                     if setting
                     else "set in no values file"
                 )
-                lines.append(f"{whose} refuses {key} ({error.message}), {where}")
+                refusal = f"{whose} refuses {key} ({error.message})"
+                lines.append(f"{refusal}, {where}")
                 # The last file setting the key is the one whose value helm used.
                 for path in setting[-1:]:
                     position = values_module.key_position(path, keys)
                     if position:
-                        message = f"{whose} refuses {key} ({error.message})"
-                        locations.append(Location(shown(path), *position, message))
+                        locations.append(Location(shown(path), *position, refusal))
                 settings.append(f"{key} is {where}.")
                 if len(keys) == 2 and keys[1] == "enabled" and conditions.get(keys[0]):
                     switches.append(

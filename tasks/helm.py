@@ -21,10 +21,7 @@ def shown(path: Path) -> str:
 
 def values_args(files: list[Path]) -> list[str]:
     """`--values` for each layer, in the order helm must apply them (later ones win)."""
-    args: list[str] = []
-    for path in files:
-        args += ["--values", shown(path)]
-    return args
+    return [arg for path in files for arg in ("--values", shown(path))]
 
 
 def upgrade(

@@ -68,7 +68,6 @@ class Reference:
 
     @property
     def api(self) -> str:
-        """The registry's HTTP API base."""
         return f"{'http' if self.plain_http else 'https'}://{self.host}/v2/{self.path}"
 
 
@@ -142,9 +141,9 @@ def pull(
     delays = http.DOWNLOADS.pauses
     destination.mkdir(parents=True, exist_ok=True)
     command = helm.pull(reference, version, destination, *registry_flags(reference))
-    shown = reference
-    if original and original != reference:
-        shown = f"{reference} (mirror of {original})"
+    archive = destination / f"{chart_name(reference)}-{version}.tgz"
+    mirror_of = original if original != reference else ""
+    shown = f"{reference} (mirror of {mirror_of})" if mirror_of else reference
     last = ""
     for attempt in range(len(delays) + 1):
         try:
@@ -152,7 +151,7 @@ def pull(
         except CommandFailed as failed:
             last = _last_error(failed.output)
             if NOT_FOUND.search(failed.output) and not TRANSIENT.search(failed.output):
-                raise missing_version(reference, version, shown, original) from None
+                raise missing_version(reference, version, shown, mirror_of) from None
             if not TRANSIENT.search(failed.output):
                 raise StepFailure(
                     f"helm could not pull {shown} {version}: {last}",
@@ -165,10 +164,9 @@ def pull(
                 time.sleep(delays[attempt])
             continue
         if result.dry_run:
-            return destination / f"{chart_name(reference)}-{version}.tgz", ""
+            return archive, ""
         found = re.search(r"Digest:\s*(sha256:[0-9a-f]{64})", result.stdout + result.stderr)
         pulled_digest = found.group(1) if found else ""
-        archive = destination / f"{chart_name(reference)}-{version}.tgz"
         if digest and pulled_digest != digest:
             archive.unlink(missing_ok=True)
             raise StepFailure(
@@ -178,11 +176,7 @@ def pull(
                 "chart. Check the registry; pin the new digest only once you trust it.",
             )
         return archive, pulled_digest
-    mirror_note = (
-        f" The mirror stands in for {original}: is it running?"
-        if original and original != reference
-        else ""
-    )
+    mirror_note = f" The mirror stands in for {mirror_of}: is it running?" if mirror_of else ""
     raise StepFailure(
         f"Could not reach the OCI registry of {shown}: {last} "
         f"(after {len(delays) + 1} attempts).{mirror_note}",
@@ -193,7 +187,7 @@ def pull(
     )
 
 
-def missing_version(reference: str, version: str, shown: str, original: str = "") -> StepFailure:
+def missing_version(reference: str, version: str, shown: str, mirror_of: str = "") -> StepFailure:
     """The pinned version is not in the registry: say so, with the versions it has."""
     try:
         offered = tags(reference)
@@ -208,9 +202,9 @@ def missing_version(reference: str, version: str, shown: str, original: str = ""
             else "It holds no version of that chart at all: check the reference."
         )
     lagging = (
-        f"The mirror may lag behind {original}: push the chart into it, or remove it from "
+        f"The mirror may lag behind {mirror_of}: push the chart into it, or remove it from "
         "repository_mirrors (DEPLOY_CHART_MIRRORS). "
-        if original and original != reference
+        if mirror_of
         else ""
     )
     return StepFailure(

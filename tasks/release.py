@@ -118,12 +118,8 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
 
 def _read_release(ctx: StepContext, command: str) -> Any:
     """`helm <command>` of the release as JSON; None when it was never installed."""
-    env = ctx.environment
     try:
-        result = ctx.runner.run(
-            helm.read(env, command),
-            quiet=True,
-        )
+        result = ctx.runner.run(helm.read(ctx.environment, command), quiet=True)
     except CommandFailed as failed:
         if "not found" in failed.output:
             return None
@@ -180,13 +176,12 @@ def release_aftermath(ctx: StepContext, action: str) -> tuple[str, str]:
             f"`invoke recover-release --env={env.name}` has run.",
             f"{name}, stuck in {state}: invoke recover-release --env={env.name}",
         )
+    way_back = (
+        f"Deploy again, or return to the last verified revision: invoke rollback --env={env.name}"
+    )
     if state == "failed":
-        way_back = (
-            f"Deploy again, or return to the last verified revision: invoke rollback "
-            f"--env={env.name}"
-            if revision != 1
-            else "Deploy again: it is the release's first revision, with none to return to."
-        )
+        if revision == 1:
+            way_back = "Deploy again: it is the release's first revision, with none to return to."
         return (
             f"helm cancelled the {action}: {name} is marked failed at revision {revision}, "
             f"and the cluster may run part of it. {way_back}",
@@ -194,7 +189,7 @@ def release_aftermath(ctx: StepContext, action: str) -> tuple[str, str]:
         )
     return (
         f"The {action} had finished: {name} is {state} at revision {revision}, not verified. "
-        f"Deploy again, or return to the last verified revision: invoke rollback --env={env.name}",
+        + way_back,
         "",
     )
 
@@ -538,9 +533,8 @@ def diff_manifests(deployed: str, proposed: str, namespace: str) -> list[str]:
 def diff_release(ctx: StepContext) -> list[str]:
     env = ctx.environment
     files = check_ready_to_deploy(ctx)
-    status = release_status(ctx)
     deployed = ""
-    if status is not None:
+    if release_status(ctx) is not None:
         deployed = ctx.runner.run(helm.manifest(env), quiet=True).stdout
     chart = chart_of(ctx.registry, env.current)
     changes = crds.diff(ctx, chart, files)
@@ -649,11 +643,6 @@ def previous_good_revision(revisions: list[dict], verified: set[int] | None = No
     return last_good_revision(earlier)
 
 
-def roll_back_to_last_good(ctx: StepContext) -> str:
-    """After the latest revision failed its rollout or smoke tests, return to the one before."""
-    return rollback_release(ctx)
-
-
 def recovery_plan(revisions: list[dict]) -> tuple[str, int | None]:
     """What recover-release would do: ('rollback', N), ('uninstall', None) or ('nothing', None)."""
     if not revisions:
@@ -705,9 +694,7 @@ def roll_back(c: Context, target: str, why: str) -> bool:
     try:
         with invocation("rollback"):
             for name in reversed(names):
-                perform(
-                    c, "rollback", target, roll_back_to_last_good, needs_cluster=True, release=name
-                )
+                perform(c, "rollback", target, rollback_release, needs_cluster=True, release=name)
                 wait_rollout(c, env=target, release=name)
     except Stop as failed:
         warn(f"the automatic rollback of {target} did not complete: {failed.failure.why}")
