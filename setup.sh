@@ -14,6 +14,8 @@ command -v git-crypt >/dev/null || missing+=(git-crypt)
 command -v gpg >/dev/null || missing+=(gnupg)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+# npm brings node.js: configurable-http-proxy (the smoke suite's tests) and pyright (the
+# type checker `invoke test` runs; its PyPI wheel carries pyright, node.js runs it) need it.
 command -v npm >/dev/null || missing+=(npm)
 # actionlint runs it on the run: scripts of the CI workflow (tests/test_workflow.py)
 command -v shellcheck >/dev/null || missing+=(shellcheck)

@@ -1,9 +1,11 @@
 """Entry point of the deploy pipeline: `invoke --list` starts here.
 
-`tasks.py` and the `tasks/` folder both want the import name `tasks`. This file
-wins (the folder has no `__init__.py`), and declares the folder as its package
-path, so `tasks.upgrade`, `tasks.registry`, ... import from `tasks/`. One name,
-one entry point, no shadowing.
+invoke looks for `tasks.py` before the package `tasks/` beside it, and imports
+this file under the name `tasks`, in the package's place. Declaring the folder
+as this module's package path lets `tasks.namespace`, `tasks.release`, ...
+import from `tasks/` all the same. Python, pytest, pyright and editors import
+the package `tasks/` itself (it has an `__init__.py`, which therefore holds no
+code: under invoke it does not run).
 """
 
 from pathlib import Path

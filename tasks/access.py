@@ -1,24 +1,14 @@
 """Credentials for an environment's cluster, opened once per run and gone when it ends.
 
-Each kind of cluster access yields the environment variables (KUBECONFIG,
-CLOUDSDK_CONFIG, ...) the steps' commands need:
-
-    local       the kubeconfig of `invoke cluster.up`
-    kubeconfig  the decrypted kubeconfig under the secrets folder
-    gke         `gcloud auth activate-service-account` and `get-credentials`
-                inside a private, temporary gcloud configuration
-
-An environment with a `bastion` also gets an SSH tunnel to its API server and
-a temporary copy of the kubeconfig pointed at the tunnel, with the real
-server's name kept for TLS. The first step that needs the cluster opens all
-this; later steps of the same run reuse it, and the end of the run closes the
-tunnel and deletes every temporary file. The operator's own ~/.kube/config,
-kubectl context and gcloud login are never read or changed.
+Each kind of cluster (tasks/kinds/) yields the variables (KUBECONFIG, ...) the
+steps' commands need; an environment with a `bastion` also gets an SSH tunnel
+to its API server and a kubeconfig pointed at it, TLS still naming the real
+server. The end of the run closes the tunnel and deletes every temporary file;
+the operator's own kubeconfig, kubectl context and gcloud login are never used.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import stat
@@ -32,12 +22,12 @@ from urllib.parse import urlsplit
 import paramiko
 import yaml
 from fabric import Config, Connection
+from paramiko.ssh_exception import NoValidConnectionsError
 
-from tasks import toolchain
-from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
+from tasks.errors import StepFailure
 from tasks.output import say, warn
 from tasks.pipeline import StepContext
-from tasks.registry import Bastion, Environment
+from tasks.registry import Bastion, Environment, cluster_kind
 from tasks.run import current
 from tasks.values import is_locked
 
@@ -45,55 +35,10 @@ from tasks.values import is_locked
 KUBE_CACHE_DIR = Path(__file__).resolve().parent.parent / ".local" / "kube-cache"
 SSH_TIMEOUT = 15.0
 
-GCLOUD_FAILURES = (
-    Diagnosis(
-        r"gcloud: (command )?not found|No such file or directory.*gcloud",
-        "gcloud is not installed, and this environment's cluster is on GKE.",
-        "Install the Google Cloud CLI: apt-get install google-cloud-cli "
-        "(https://cloud.google.com/sdk/docs/install).",
-    ),
-    Diagnosis(
-        r"key file is not in a valid format|Could not read json file|Invalid key file"
-        r"|not a valid json|Could not deserialize key data|private.key",
-        "gcloud could not use the service-account key file: it is not a valid key.",
-        "Check that the secrets are unlocked (invoke decrypt-secrets) and that the file "
-        "named by the registry's cluster.key_file is the JSON key of the deployer "
-        "service account.",
-    ),
-    Diagnosis(
-        r"invalid_grant|Invalid JWT Signature|account not found",
-        "Google refused the service-account key: it was deleted, disabled or revoked.",
-        "Create a new key for the deployer service account (gcloud iam service-accounts "
-        "keys create), put it in the secrets folder and commit it.",
-    ),
-    Diagnosis(
-        r"Failed to resolve|Name or service not known|NameResolutionError"
-        r"|Temporary failure in name resolution|getaddrinfo|Network is unreachable"
-        r"|Failed to establish a new connection|Connection refused|timed out"
-        r"|Max retries exceeded",
-        "gcloud could not reach Google's API: the network is down or blocked.",
-        "Check the network (DNS, proxy, firewall) from this machine; re-run when it is back.",
-    ),
-    Diagnosis(
-        r"PERMISSION_DENIED|does not have permission|Required .container\.clusters\.get",
-        "The service account may not read this GKE cluster.",
-        "Give the deployer service account the cluster's get permission "
-        "(container.clusters.get, e.g. roles/container.clusterViewer) in the project.",
-    ),
-    Diagnosis(
-        r"NOT_FOUND|ResponseError: code=404|Not found: projects/",
-        "Google knows no such cluster in this project and location.",
-        "Check cluster.project, cluster.zone and cluster.cluster in config/environments.yaml.",
-    ),
-)
-
 
 def open_cluster(ctx: StepContext) -> AbstractContextManager[dict[str, str]]:
-    """The credentials of the step's environment, opened by the run's first step that asks.
-
-    They are held by the environment's part of the run, so each member of a
-    federation opens and closes its own, in its own thread.
-    """
+    """The credentials of the step's environment, opened by the run's first step that asks;
+    held by the environment's part of the run, so each member opens and closes its own."""
     held = current().environment(ctx.environment.name)
     variables = held.hold(("cluster", ctx.dry_run), lambda: credentials(ctx))
     return nullcontext(dict(variables))
@@ -104,31 +49,12 @@ def credentials(ctx: StepContext) -> Iterator[dict[str, str]]:
     """Open an environment's credentials (and bastion tunnel) for the block's duration."""
     env = ctx.environment
     with ExitStack() as opened:
-        kind = env.cluster.kind
-        if kind == "local":
-            variables = {"KUBECONFIG": str(local_kubeconfig(ctx))}
-        elif kind == "kubeconfig":
-            variables = {"KUBECONFIG": str(_secret_kubeconfig(ctx))}
-        else:
-            variables = opened.enter_context(_gke(ctx))
+        variables = dict(opened.enter_context(cluster_kind(env.cluster.kind).open(ctx)))
         variables["KUBECACHEDIR"] = str(KUBE_CACHE_DIR)
         if env.bastion is not None:
             through = opened.enter_context(tunnel(ctx, Path(variables["KUBECONFIG"])))
             variables["KUBECONFIG"] = str(through)
         yield variables
-
-
-def local_kubeconfig(ctx: StepContext) -> Path:
-    from tasks.cluster import clusters
-
-    name = ctx.environment.cluster.local_name
-    path = clusters.kubeconfig(name)
-    if not ctx.dry_run and not path.exists():
-        raise StepFailure(
-            f"The local cluster {name!r} is not running (no kubeconfig at {path}).",
-            f"Start it: invoke cluster.up --name={name}",
-        )
-    return path
 
 
 def secret_file(env: Environment, relative: str, field: str) -> Path:
@@ -148,82 +74,6 @@ def secret_file(env: Environment, relative: str, field: str) -> Path:
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
         path.chmod(0o600)
     return path
-
-
-def _secret_kubeconfig(ctx: StepContext) -> Path:
-    env = ctx.environment
-    if ctx.dry_run:
-        return env.secret_path(env.cluster.kubeconfig)
-    return secret_file(env, env.cluster.kubeconfig, "cluster.kubeconfig")
-
-
-def check_service_account_key(path: Path) -> dict:
-    """The parsed service-account key, or a failure saying what is wrong with the file."""
-    try:
-        key = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
-        key = None
-    fields = ("client_email", "private_key")
-    if (
-        not isinstance(key, dict)
-        or key.get("type") != "service_account"
-        or not all(key.get(field) for field in fields)
-    ):
-        raise StepFailure(
-            f"{path} is not a service-account key (JSON with type service_account, "
-            "client_email and private_key).",
-            "Put the JSON key of the deployer service account there (gcloud iam "
-            "service-accounts keys create), or fix cluster.key_file in config/environments.yaml.",
-        )
-    return key
-
-
-def _require_tool(ctx: StepContext, name: str, why: str) -> None:
-    if toolchain.locate(name, ctx.runner.tool_dirs) is None:
-        install = toolchain.system_tools()[name].install
-        raise StepFailure(f"{name} is not installed; {why}.", f"Install it: {install}.")
-
-
-@contextmanager
-def _gke(ctx: StepContext) -> Iterator[dict[str, str]]:
-    env = ctx.environment
-    cluster = env.cluster
-    key_file = env.secret_path(cluster.key_file)
-    if not ctx.dry_run:
-        _require_tool(ctx, "gcloud", f"environment {env.name}'s cluster is on GKE")
-        _require_tool(
-            ctx, "gke-gcloud-auth-plugin", "kubectl and helm need it to authenticate to GKE"
-        )
-        key_file = secret_file(env, cluster.key_file, "cluster.key_file")
-        check_service_account_key(key_file)
-    with tempfile.TemporaryDirectory(prefix="deploy-gcloud-") as private:
-        os.chmod(private, 0o700)
-        variables = {
-            "CLOUDSDK_CONFIG": str(Path(private) / "gcloud"),
-            "KUBECONFIG": str(Path(private) / "kubeconfig"),
-            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
-            "USE_GKE_GCLOUD_AUTH_PLUGIN": "True",
-        }
-        runner = ctx.runner.with_env(**variables)
-        location = "--region" if cluster.zone.count("-") == 1 else "--zone"
-        try:
-            runner.run(["gcloud", "auth", "activate-service-account", f"--key-file={key_file}"])
-            runner.run(
-                [
-                    "gcloud",
-                    "container",
-                    "clusters",
-                    "get-credentials",
-                    cluster.cluster,
-                    f"--project={cluster.project}",
-                    f"{location}={cluster.zone}",
-                ]
-            )
-        except CommandFailed as failed:
-            raise explain(
-                failed, GCLOUD_FAILURES, "gcloud could not get the cluster's credentials"
-            ) from None
-        yield variables
 
 
 def api_server(kubeconfig: Path) -> str:
@@ -331,8 +181,10 @@ def _connection(env: Environment, bastion: Bastion, key: Path) -> Connection:
     )
     if bastion.known_hosts:
         known = secret_file(env, bastion.known_hosts, "bastion.known_hosts")
-        connection.client.load_host_keys(str(known))
-        connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client = connection.client
+        assert client is not None  # fabric makes it with the Connection
+        client.load_host_keys(str(known))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
     else:
         warn(
             f"The host key of {env.name}'s bastion {bastion.host} is not pinned "
@@ -371,7 +223,7 @@ def _connect(connection: Connection, bastion: Bastion, key: Path, where: str) ->
                 "Put the bastion's deploy key there (OpenSSH or PEM format, no passphrase).",
             ) from None
         raise StepFailure(f"SSH to the bastion {where} failed: {error}.") from None
-    except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as error:
+    except (OSError, NoValidConnectionsError) as error:
         raise StepFailure(
             f"The bastion {where} cannot be reached: {error}.",
             "Check the bastion's host and port in config/environments.yaml and the network "
@@ -402,8 +254,7 @@ def _listening(port: int) -> bool:
         lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     except OSError:
         return True
-    wanted = f"0100007F:{port:04X}"
-    listen = "0A"
+    wanted = f"0100007F:{port:04X}"  # 127.0.0.1:port, in the state LISTEN (0A)
     return any(
-        fields[1] == wanted and fields[3] == listen for fields in (line.split() for line in lines)
+        fields[1] == wanted and fields[3] == "0A" for fields in (line.split() for line in lines)
     )

@@ -1,8 +1,7 @@
 """The pipeline in one screen: deploy, ci and the local demo.
 
 A deploy of an environment is a stage: an invoke task whose pre-tasks are
-its gate's stage (staging for prod), then its own steps in the reference
-document's order:
+its gate's stage (staging for prod), then its own steps in order:
 
     decrypt-secrets -> helm-deps -> [check-promotion] -> lock -> annotate-grafana
                     -> upgrade -> wait-rollout -> smoke-test -> verified
@@ -26,8 +25,9 @@ import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
-from invoke import Call, Collection, Context, Executor, Task, call, task
+from invoke import Call, Collection, Context, Executor, Task, task
 from invoke.exceptions import Exit
 
 from tasks import (
@@ -45,7 +45,16 @@ from tasks import (
 )
 from tasks.errors import StepFailure
 from tasks.output import folded, say, warn
-from tasks.pipeline import StepContext, Stop, confirm, dry_run_asked, invocation, perform
+from tasks.pipeline import (
+    StepContext,
+    Stop,
+    call,
+    chained_task,
+    confirm,
+    dry_run_asked,
+    invocation,
+    perform,
+)
 from tasks.registry import Environment, Group, Registry
 from tasks.run import current
 
@@ -74,11 +83,8 @@ class Options:
 
 
 def key_holder(chain: list[Environment], env: Environment) -> str:
-    """The first environment of the chain unlocked with the same key and secrets as `env`.
-
-    decrypt-secrets is called with that name, so environments that share a
-    key share one call, and invoke's de-duplication runs it once.
-    """
+    """The first environment of the chain with the same key and secrets as `env`: the one
+    call of decrypt-secrets that invoke's de-duplication runs once for all of them."""
     for candidate in chain:
         if (candidate.key, candidate.secrets_dir) == (env.key, env.secrets_dir):
             return candidate.name
@@ -129,9 +135,8 @@ def stage(
 ) -> Task:
     """The invoke task that deploys `env`, with its gate's stage as its first pre-task.
 
-    The first stage of a chain unlocks the secrets of every environment the
-    deploy of `target` reaches, and validates and checks the clusters of
-    every one that may stop it, before it changes anything.
+    The first stage of a chain unlocks the secrets of every environment the deploy
+    of `target` reaches, and checks every one that may stop it, before any change.
     """
     target = target or env.name
     pre: list[Call | Task] = []
@@ -147,19 +152,14 @@ def stage(
         # Every environment's values render before the first one is touched: a typo in
         # prod's values fails the run before staging is upgraded.
         pre += checks(registry.checked_first(target), options)
-    return Task(passed(env, options), name=f"deploy-{env.name}", pre=pre + own_steps(env, options))
+    return chained_task(passed(env, options), f"deploy-{env.name}", pre + own_steps(env, options))
 
 
 def member_stage(env: Environment, options: Options, experimental: bool) -> Task:
-    """A member's stage inside a federation: its own steps, its gate having passed.
-
-    An experimental member validates and checks its cluster as its first
-    steps, where failing stops only itself.
-    """
+    """A member's stage inside a federation, its gate having passed; an experimental member
+    validates and checks its cluster first, where failing stops only itself."""
     first = checks([env], options) if experimental else []
-    return Task(
-        passed(env, options), name=f"deploy-{env.name}", pre=first + own_steps(env, options)
-    )
+    return chained_task(passed(env, options), f"deploy-{env.name}", first + own_steps(env, options))
 
 
 def passed(env: Environment, options: Options) -> Callable[[Context], None]:
@@ -214,10 +214,8 @@ def federation_task(registry: Registry, group: Group, options: Options) -> Task:
         )
 
     gate = registry.get(group.gate)
-    return Task(
-        deploy_members,
-        name=f"deploy-{group.name}",
-        pre=[stage(registry, gate, options, group.name)],
+    return chained_task(
+        deploy_members, f"deploy-{group.name}", [stage(registry, gate, options, group.name)]
     )
 
 
@@ -325,10 +323,8 @@ def pull_request_ci() -> bool | None:
 
 
 def ci_branch() -> str:
-    for variable in ("GITHUB_REF_NAME", "TRAVIS_BRANCH", "CI_BRANCH"):
-        if os.environ.get(variable):
-            return os.environ[variable]
-    return ""
+    names = ("GITHUB_REF_NAME", "TRAVIS_BRANCH", "CI_BRANCH")
+    return next((os.environ[name] for name in names if os.environ.get(name)), "")
 
 
 @task(
@@ -407,20 +403,16 @@ def demo(c: Context, dry_run: bool = False) -> None:
             if not clusters.is_up(name):
                 tools.ensure_built(echo=say)
                 clusters.up(name, echo=say)
-        try:
-            folder = chartrepo.mirror_folder()
-        except StepFailure as failure:
-            warn(f"{failure.why} helm-deps fetches from {chartrepo.UPSTREAM} itself.")
-            mirror: AbstractContextManager[str | None] = nullcontext(None)
-        else:
-            mirror = chartrepo.mirror_upstream(folder)
-        try:
-            oci_folder = chartrepo.oci_folder()
-        except StepFailure as failure:
-            warn(f"{failure.why} helm-deps pulls from {chartrepo.OCI_UPSTREAM} itself.")
-            oci_mirror: AbstractContextManager[str | None] = nullcontext(None)
-        else:
-            oci_mirror = chartrepo.mirror_oci_upstream(oci_folder)
+        mirror, folder = _local_copy(
+            chartrepo.mirror_folder,
+            chartrepo.mirror_upstream,
+            f"helm-deps fetches from {chartrepo.UPSTREAM} itself.",
+        )
+        oci_mirror, oci_folder = _local_copy(
+            chartrepo.oci_folder,
+            chartrepo.mirror_oci_upstream,
+            f"helm-deps pulls from {chartrepo.OCI_UPSTREAM} itself.",
+        )
         with mirror as url, oci_mirror as oci_url:
             if url:
                 say(f"chart repository {chartrepo.UPSTREAM}: served from {folder} at {url}")
@@ -430,3 +422,15 @@ def demo(c: Context, dry_run: bool = False) -> None:
                     f"holding the charts of {oci_folder}"
                 )
             run_deploy(c, DEMO_TARGET, dry_run=False, yes=True)
+
+
+def _local_copy(
+    find: Callable[[], Path], serve: Callable[[Path], AbstractContextManager[str]], otherwise: str
+) -> tuple[AbstractContextManager[str | None], Path | None]:
+    """A local copy of an upstream to serve, and its folder; without one, a warning."""
+    try:
+        folder = find()
+    except StepFailure as failure:
+        warn(f"{failure.why} {otherwise}")
+        return nullcontext(None), None
+    return serve(folder), folder

@@ -1,30 +1,27 @@
 """A local mirror of the JupyterHub chart repository, served on loopback.
 
 The site chart pins binderhub from https://jupyterhub.github.io/helm-chart/.
-Where that repository cannot be reached (this machine, CI without outside
-access), a folder holding a complete copy of it (its index.yaml and the
-archives the index names) is served over HTTP on 127.0.0.1, and the
-repository mirror map (DEPLOY_CHART_MIRRORS) points helm-deps at it for the
-duration of the run. Nothing is copied into the project.
-
-The folder is `../shared/charts/jupyterhub-helm-chart/` beside the project,
-or whatever DEPLOY_CHART_REPOSITORY_DIR names. On a machine with outside
-access no folder is needed: helm-deps fetches from the real repository.
+Where that cannot be reached (this machine, CI without outside access), a
+folder holding a complete copy of it (its index.yaml and the archives the index
+names: `../shared/charts/jupyterhub-helm-chart/` beside the project, or
+DEPLOY_CHART_REPOSITORY_DIR) is served over HTTP on 127.0.0.1, and the mirror
+map (DEPLOY_CHART_MIRRORS) points helm-deps at it for the run. Nothing is copied
+into the project; with outside access no folder is needed.
 
 The charts published only to an OCI registry (traefik, from
-oci://ghcr.io/traefik/helm) get the same: a real OCI registry (the CNCF
-distribution registry, built by `invoke cluster.build`) started on a free
-loopback port with its storage in a temporary folder, the archives of
-`../shared/charts/oci-traefik/` (or DEPLOY_OCI_CHARTS_DIR) pushed into it with
-`helm push`, and the mirror map pointing the real registry at it.
+oci://ghcr.io/traefik/helm) get a real OCI registry (the CNCF distribution
+registry from `invoke cluster.build`) on a free loopback port, its storage in a
+temporary folder, the archives of `../shared/charts/oci-traefik/` (or
+DEPLOY_OCI_CHARTS_DIR) pushed into it with `helm push`, and the mirror map
+pointing the real registry at it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -36,8 +33,9 @@ from pathlib import Path
 import requests
 from invoke import Context
 
+from tasks import helm, http, oci
 from tasks.errors import StepFailure
-from tasks.runner import PROJECT_ROOT, Runner
+from tasks.runner import PROJECT_ROOT, Companion, Runner
 
 UPSTREAM = "https://jupyterhub.github.io/helm-chart/"
 FOLDER_VARIABLE = "DEPLOY_CHART_REPOSITORY_DIR"
@@ -77,10 +75,9 @@ def serve(directory: Path) -> Iterator[str]:
     handler = functools.partial(_QuietHandler, directory=str(directory))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(
+    threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
+    ).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/"
     finally:
@@ -90,10 +87,7 @@ def serve(directory: Path) -> Iterator[str]:
 
 @contextmanager
 def mirror_upstream(folder: Path | None = None) -> Iterator[str]:
-    """Serve the repository's local copy and make it the mirror of the real repository.
-
-    Sets DEPLOY_CHART_MIRRORS for this process only while the block runs.
-    """
+    """Serve the repository's local copy as the real repository's mirror while the block runs."""
     with serve(folder or mirror_folder()) as url, mirroring(UPSTREAM, url):
         yield url
 
@@ -153,50 +147,35 @@ def oci_registry(storage: Path | None = None, port: int | None = None) -> Iterat
             f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
             f"http:\n  addr: {address}\n"
         )
-        log = Path(scratch) / "registry.log"
-        with log.open("w") as output:
-            process = subprocess.Popen(
-                [str(binary), "serve", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            _wait_until_serving(process, address, log)
+        started = tool_runner().companion(
+            [binary, "serve", config], "Run `invoke cluster.build`, which builds the registry."
+        )
+        with started as registry:
+            _wait_until_serving(registry, address)
             yield address
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
-def _wait_until_serving(process: subprocess.Popen, address: str, log: Path) -> None:
+def _wait_until_serving(registry: Companion, address: str) -> None:
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StepFailure(
-                f"The local OCI registry exited at its start ({process.returncode}): "
-                f"{log.read_text().strip()[-500:]}"
-            )
-        try:
-            if requests.get(f"http://{address}/v2/", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
+    with http.loopback_session() as client:
+        while time.monotonic() < deadline:
+            if registry.process.poll() is not None:
+                registry.errors.seek(0)
+                raise StepFailure(
+                    f"The local OCI registry exited at its start ({registry.process.returncode}): "
+                    f"{registry.errors.read().strip()[-500:]}"
+                )
+            with contextlib.suppress(requests.RequestException):
+                if client.get(f"http://{address}/v2/", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.1)
     raise StepFailure(f"The local OCI registry did not answer on {address} within 30 seconds.")
 
 
 def push(archive: Path, target: str, runner: Runner | None = None) -> None:
     """`helm push` a chart archive into the registry prefix `target` (oci://HOST/PATH)."""
-    from tasks import oci
-
     runner = runner or tool_runner()
-    runner.run(["helm", "push", str(archive), target, *oci.registry_flags(target)], quiet=True)
+    runner.run(helm.push(archive, target, *oci.registry_flags(target)), quiet=True)
 
 
 def tool_runner() -> Runner:

@@ -1,13 +1,13 @@
 """helm-deps: the chart's dependencies, at exactly the pinned versions.
 
 The pipeline fetches dependencies itself rather than through `helm dependency
-build`, for three reasons the reference document and mybinder's history
-give: chart repositories flake (DNS, CDN, 5xx) and deserve retries with
-backoff; a version that is not yet in a repository's index deserves an
-explanation listing what is there; and sites without outside access need a
-mirror map. The archives land in `mybinder/charts/` exactly as helm expects
-them, each checked against the digest the repository's index publishes.
-When they are already there, the step finishes without touching the network.
+build`, for three reasons mybinder.org's history gives: chart repositories
+flake (DNS, CDN, 5xx) and deserve retries with backoff; a version that is not
+yet in a repository's index deserves an explanation listing what is there;
+and sites without outside access need a mirror map. The archives land in
+`mybinder/charts/` exactly as helm expects them, each checked against the
+digest the repository's index publishes. When they are already there, the
+step finishes without touching the network.
 """
 
 from __future__ import annotations
@@ -17,19 +17,17 @@ import json
 import re
 import tarfile
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
 
-import requests
 import yaml
 from invoke import Context, task
 
-from tasks import chartrepo, oci
+from tasks import chartrepo, diagnoses, helm, http, oci
 from tasks import values as values_module
-from tasks.errors import CommandFailed, Diagnosis, Location, StepFailure, explain
+from tasks.errors import CommandFailed, Location, StepFailure, explain
+from tasks.helm import shown
 from tasks.output import say
 from tasks.pipeline import (
     Skipped,
@@ -42,9 +40,6 @@ from tasks.pipeline import (
 )
 from tasks.registry import Environment, Registry, Release
 from tasks.runner import PROJECT_ROOT, Runner
-
-RETRY_DELAYS = (1.0, 3.0, 9.0)
-HTTP_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -65,10 +60,6 @@ class Dependency:
     def reference(self) -> str:
         """The chart's OCI reference: the repository, then the chart's name."""
         return f"{self.repository.rstrip('/')}/{self.name}"
-
-
-class FetchError(Exception):
-    pass
 
 
 def pinned_dependencies(chart_dir: Path) -> list[Dependency]:
@@ -173,44 +164,6 @@ def archive_is_valid(path: Path, dependency: Dependency) -> bool:
     return meta.get("name") == dependency.name and str(meta.get("version")) == dependency.version
 
 
-def fetch_with_retries(
-    url: str,
-    *,
-    delays: tuple[float, ...] | None = None,
-    get: Callable[..., requests.Response] = requests.get,
-    sleep: Callable[[float], None] = time.sleep,
-) -> bytes:
-    """GET `url`, retrying timeouts, DNS and connection errors and 5xx with backoff."""
-    delays = RETRY_DELAYS if delays is None else delays
-    last_error = ""
-    for attempt in range(len(delays) + 1):
-        try:
-            response = get(url, timeout=HTTP_TIMEOUT)
-        except requests.RequestException as error:
-            last_error = network_reason(error)
-        else:
-            if response.status_code < 400:
-                return response.content
-            last_error = f"HTTP {response.status_code} {response.reason}"
-            if response.status_code < 500:
-                raise FetchError(last_error)
-        if attempt < len(delays):
-            say(f"  {url}: {last_error}; retrying in {delays[attempt]:g}s")
-            sleep(delays[attempt])
-    raise FetchError(f"{last_error} (after {len(delays) + 1} attempts)")
-
-
-def network_reason(error: requests.RequestException) -> str:
-    text = str(error)
-    if isinstance(error, requests.Timeout):
-        return "timed out"
-    if "Name or service not known" in text or "getaddrinfo" in text or "NameResolution" in text:
-        return "DNS lookup failed"
-    if isinstance(error, requests.ConnectionError):
-        return "connection failed"
-    return type(error).__name__
-
-
 def mirrored(repository: str, mirrors: dict[str, str]) -> str:
     for original, mirror in mirrors.items():
         if repository.rstrip("/") == original.rstrip("/"):
@@ -223,8 +176,8 @@ def _index(repository: str, mirrors: dict[str, str], cache: dict[str, dict]) -> 
     if base not in cache:
         url = urljoin(base, "index.yaml")
         try:
-            cache[base] = yaml.safe_load(fetch_with_retries(url)) or {}
-        except FetchError as error:
+            cache[base] = yaml.safe_load(http.fetch(url)) or {}
+        except http.HttpFailure as error:
             raise StepFailure(
                 f"Could not fetch the index of the chart repository {_source(base, repository)}: "
                 f"{error}.",
@@ -287,7 +240,6 @@ def download(
                 Path(scratch),
                 original=dependency.reference,
                 digest=digest,
-                delays=RETRY_DELAYS,
             )
             if not archive_is_valid(pulled, dependency):
                 raise StepFailure(
@@ -322,8 +274,8 @@ def download(
         )
     url = urljoin(base, (entry.get("urls") or [dependency.archive])[0])
     try:
-        content = fetch_with_retries(url)
-    except FetchError as error:
+        content = http.fetch(url)
+    except http.HttpFailure as error:
         raise StepFailure(
             f"Could not download {dependency.archive} from {url}: {error}.",
             "The repository or the network is having difficulties; re-run the step.",
@@ -343,18 +295,16 @@ def download(
             f"index (expected sha256 {index_digest}, got {actual}). It was not saved.",
             "A mirror or proxy served a different file; re-run, and check the mirror.",
         )
-    _write_atomically(charts_dir / dependency.archive, content)
-    if not archive_is_valid(charts_dir / dependency.archive, dependency):
-        (charts_dir / dependency.archive).unlink()
+    archive = charts_dir / dependency.archive
+    charts_dir.mkdir(exist_ok=True)
+    # Written beside, then renamed: an interrupted download leaves no half archive.
+    partial = archive.with_suffix(".partial")
+    partial.write_bytes(content)
+    partial.replace(archive)
+    if not archive_is_valid(archive, dependency):
+        archive.unlink()
         raise StepFailure(f"{url} did not hold the chart {dependency.name} {dependency.version}.")
     return actual
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    path.parent.mkdir(exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(content)
-    partial.replace(path)
 
 
 # -- schema refusals ------------------------------------------------------------
@@ -451,12 +401,10 @@ def schema_failure(
     if not errors:
         return None
     value_paths = chart_value_paths(chart_dir)
+    meta = yaml.safe_load((chart_dir / "Chart.yaml").read_text()) or {}
     conditions = {
         str(entry.get("alias") or entry["name"]): str(entry.get("condition") or "")
-        for entry in (yaml.safe_load((chart_dir / "Chart.yaml").read_text()) or {}).get(
-            "dependencies"
-        )
-        or []
+        for entry in meta.get("dependencies") or []
     }
     lines: list[str] = []
     settings: list[str] = []
@@ -478,13 +426,13 @@ def schema_failure(
                     if setting
                     else "set in no values file"
                 )
-                lines.append(f"{whose} refuses {key} ({error.message}), {where}")
+                refusal = f"{whose} refuses {key} ({error.message})"
+                lines.append(f"{refusal}, {where}")
                 # The last file setting the key is the one whose value helm used.
                 for path in setting[-1:]:
                     position = values_module.key_position(path, keys)
                     if position:
-                        message = f"{whose} refuses {key} ({error.message})"
-                        locations.append(Location(shown(path), *position, message))
+                        locations.append(Location(shown(path), *position, refusal))
                 settings.append(f"{key} is {where}.")
                 if len(keys) == 2 and keys[1] == "enabled" and conditions.get(keys[0]):
                     switches.append(
@@ -503,15 +451,6 @@ def schema_failure(
     return StepFailure(
         why, fix, details="\n".join(lines) if len(lines) > 1 else "", locations=locations
     )
-
-
-def shown(path: Path) -> str:
-    """A path as the operator knows it: relative to the project where it can be."""
-    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
-
-
-def is_secret_layer(env: Environment, path: Path) -> bool:
-    return (PROJECT_ROOT / env.secrets_dir) in path.parents
 
 
 # Charts that environments' releases take from a registry or a repository, fetched
@@ -571,17 +510,12 @@ def sync_release_charts(registry: Registry, dry_run: bool, runner: Runner | None
     An archive already there at the pinned version (and digest, when one is
     pinned) is kept; the step then touches no network.
     """
-    wanted = {
-        (r.chart, r.repository, r.version): r
-        for env in registry.environments.values()
-        for r in env.releases
-        if not r.is_folder
-    }
+    wanted = registry.fetched_releases()
     if not wanted:
         raise Skipped("no release takes its chart from a registry or repository")
     folder = PROJECT_ROOT / RELEASE_CHARTS
     missing = []
-    for release in wanted.values():
+    for release in wanted:
         archive = PROJECT_ROOT / chart_of(registry, release)
         recorded = archive.with_name(archive.name + ".digest")
         pinned_digest_known = not release.digest or (
@@ -665,24 +599,14 @@ def validate_environment(ctx: StepContext) -> str:
     """Check every values file, then render and lint the chart as `env` would get it."""
     env = ctx.environment
     layers, placeholders = validation_layers(env)
-    problems = values_module.check_files(
-        [p for p in env.values_files() if p not in placeholders], PROJECT_ROOT
+    values_module.refuse(
+        values_module.check_files(
+            [p for p in env.values_files() if p not in placeholders], PROJECT_ROOT
+        ),
+        f"problem(s) in the values files of {env.name}.",
     )
-    if problems:
-        raise StepFailure(
-            f"{len(problems)} problem(s) in the values files of {env.name}.",
-            values_module.advice(problems),
-            details="\n".join(str(p) for p in problems),
-            locations=[p.location() for p in problems],
-        )
-    values_args: list[str] = []
-    for path in layers:
-        values_args += ["--values", shown(path)]
-    chart = str(chart_of(ctx.registry, env.current))
-    for command in (
-        ["helm", "template", env.release, chart, "--namespace", env.namespace, *values_args],
-        ["helm", "lint", chart, "--namespace", env.namespace, *values_args],
-    ):
+    chart = chart_of(ctx.registry, env.current)
+    for command in (helm.template(env, chart, layers), helm.lint(env, chart, layers)):
         try:
             # Rendering reads only local files; a dry run shows it instead, since the
             # dependencies it needs may not be fetched yet.
@@ -694,7 +618,9 @@ def validate_environment(ctx: StepContext) -> str:
                 else None
             )
             raise refused or explain(
-                failed, RENDER_FAILURES, f"`{command[1]}` failed for {env.name}"
+                failed,
+                diagnoses.for_env(diagnoses.RENDER_FAILURES, env.name),
+                f"`{command[1]}` failed for {env.name}",
             ) from None
     note = (
         f"{len(layers)} values layers checked; would render and lint them"
@@ -704,20 +630,6 @@ def validate_environment(ctx: StepContext) -> str:
     if placeholders:
         note += f"; placeholders for {len(placeholders)} locked secret file(s)"
     return note
-
-
-RENDER_FAILURES = (
-    Diagnosis(
-        r"missing in charts/ directory: ([^\n]+)",
-        "The chart's dependencies are not built ({0} missing).",
-        "Run `invoke helm-deps` first.",
-    ),
-    Diagnosis(
-        r"((?:parse error|execution error|template:|YAML parse error|error converting YAML)[^\n]*)",
-        "The chart did not render: {0}",
-        "Fix the template or the value it names.",
-    ),
-)
 
 
 # -- tasks --------------------------------------------------------------------
@@ -790,12 +702,8 @@ def lint_repository_yaml(ctx: StepContext) -> str:
         if (PROJECT_ROOT / name).is_file() and templates not in (PROJECT_ROOT / name).parents
     ]
     readable = [p for p in paths if not values_module.is_locked(p)]
-    problems = values_module.check_files(readable, PROJECT_ROOT, documents=True)
-    if problems:
-        raise StepFailure(
-            f"{len(problems)} YAML problem(s) in the repository.",
-            values_module.advice(problems),
-            details="\n".join(str(p) for p in problems),
-            locations=[p.location() for p in problems],
-        )
+    values_module.refuse(
+        values_module.check_files(readable, PROJECT_ROOT, documents=True),
+        "YAML problem(s) in the repository.",
+    )
     return f"{len(readable)} YAML files clean ({len(paths) - len(readable)} encrypted, skipped)"

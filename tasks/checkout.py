@@ -29,10 +29,9 @@ LOCK_FILE = Path(".local/checkout.lock")
 _held: list[int] = []
 
 
-def holder_text(command: list[str] | None = None) -> str:
+def holder_text() -> str:
     """Who holds the lock, as the process refused it will print it."""
-    argv = command if command is not None else sys.argv
-    shown = shlex.join(["invoke", *argv[1:]]) if argv else "invoke"
+    shown = shlex.join(["invoke", *sys.argv[1:]])
     started = datetime.now(UTC).isoformat(timespec="seconds")
     return f"pid {os.getpid()}, `{shown}`, since {started}"
 

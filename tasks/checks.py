@@ -1,4 +1,4 @@
-"""The project's own checks: lint, format, and the test suite."""
+"""The project's own checks: lint, format, types, and the test suite."""
 
 from invoke import Context, task
 from invoke.exceptions import Exit
@@ -15,13 +15,15 @@ from tasks.runner import invoke_dry_refusal
     }
 )
 def test(c: Context, quick: bool = False, pytest_args: str = "") -> None:
-    """Lint, check formatting, and run every test (what .ci/run runs)."""
+    """Lint, check formatting and types, and run every test (what .ci/run runs)."""
     refusal = invoke_dry_refusal(c, "test")
     if refusal:
         raise Exit(refusal)
     watch = Stopwatch()
     c.run("ruff check .", echo=True)
     c.run("ruff format --check .", echo=True)
+    # What it checks is in pyproject.toml ([tool.pyright]).
+    c.run("pyright", echo=True)
     marker = "-m 'not cluster'" if quick else ""
     c.run(f"python3 -m pytest -q {marker} {pytest_args}".strip(), echo=True, pty=False)
     say(f"checks passed in {format_seconds(watch.seconds)}")

@@ -11,24 +11,17 @@ import tempfile
 from typing import Any
 
 from tasks.pipeline import StepContext
+from tasks.runner import Result
+
+
+def _kubectl(ctx: StepContext, *args: str) -> Result:
+    namespace = ctx.environment.namespace
+    return ctx.runner.run(["kubectl", "--namespace", namespace, *args], quiet=True, check=False)
 
 
 def read(ctx: StepContext, name: str) -> dict[str, Any] | None:
     """The ConfigMap as the API server has it (resourceVersion included), or None."""
-    result = ctx.runner.run(
-        [
-            "kubectl",
-            "--namespace",
-            ctx.environment.namespace,
-            "get",
-            "configmap",
-            name,
-            "-o",
-            "json",
-        ],
-        quiet=True,
-        check=False,
-    )
+    result = _kubectl(ctx, "get", "configmap", name, "-o", "json")
     if result.dry_run or not result.ok:
         return None
     return json.loads(result.stdout)
@@ -39,12 +32,7 @@ def write(ctx: StepContext, configmap: dict[str, Any], verb: str = "apply") -> b
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="binder-configmap-") as file:
         json.dump(configmap, file)
         file.flush()
-        result = ctx.runner.run(
-            ["kubectl", "--namespace", ctx.environment.namespace, verb, "-f", file.name],
-            quiet=True,
-            check=False,
-        )
-    return result.ok
+        return _kubectl(ctx, verb, "-f", file.name).ok
 
 
 def new(ctx: StepContext, name: str, data: dict[str, str]) -> dict[str, Any]:

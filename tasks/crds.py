@@ -13,9 +13,6 @@ Each applied CRD carries two labels naming its release, so the next upgrade
 knows which CRDs the release shipped before. One the new chart no longer
 ships is named, never deleted: deleting a CRD deletes every custom resource
 of its kind, cluster-wide.
-
-The CRDs are those of the chart's own `crds/`, and of each of its
-dependencies that the environment's values switch on (its `condition:`).
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ from tasks.pipeline import StepContext
 from tasks.run import current
 from tasks.runner import PROJECT_ROOT
 
-FIELD_MANAGER = "helm"
 RELEASE_LABEL = "binder-deploy/release"
 NAMESPACE_LABEL = "binder-deploy/release-namespace"
 CRD_SUFFIXES = (".yaml", ".yml", ".json")
@@ -49,21 +45,16 @@ def _documents(text: str | bytes, where: str) -> list[dict]:
     return [d for d in found if d.get("kind") == "CustomResourceDefinition"]
 
 
-def _from_archive(archive: Path, enabled: dict[str, bool] | None = None) -> list[dict]:
+def _from_archive(archive: Path) -> list[dict]:
     """CRDs in a packaged chart: its own crds/, and those of the charts it carries."""
     found = []
     with tarfile.open(archive, "r:gz") as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
             parts = member.name.split("/")
-            if not member.isfile() or not member.name.endswith(CRD_SUFFIXES):
-                continue
             # chart/crds/x.yaml, or chart/charts/sub/crds/x.yaml for a chart it carries
-            if len(parts) == 3 and parts[1] == "crds":
-                pass
-            elif len(parts) == 5 and parts[1] == "charts" and parts[3] == "crds":
-                if enabled is not None and not enabled.get(parts[2], True):
-                    continue
-            else:
+            own = len(parts) == 3 and parts[1] == "crds"
+            carried = len(parts) == 5 and parts[1] == "charts" and parts[3] == "crds"
+            if not (member.isfile() and member.name.endswith(CRD_SUFFIXES) and (own or carried)):
                 continue
             content = tar.extractfile(member)
             if content is not None:
@@ -98,7 +89,7 @@ def dependency_switches(chart_dir: Path, files: list[Path]) -> dict[str, bool]:
 
 
 def shipped(chart: Path, files: list[Path]) -> list[dict]:
-    """The CRDs a chart (a folder or an archive) ships, for the values layered as `files`."""
+    """The CRDs of a chart (a folder or an archive) and of the dependencies `files` switch on."""
     chart = chart if chart.is_absolute() else PROJECT_ROOT / chart
     if chart.is_file():
         return _from_archive(chart)
@@ -139,13 +130,7 @@ def _manifest(crds: list[dict]) -> Iterator[Path]:
 
 
 def _apply_args(path: Path) -> list[str]:
-    return [
-        "--server-side",
-        "--force-conflicts",
-        f"--field-manager={FIELD_MANAGER}",
-        "-f",
-        str(path),
-    ]
+    return ["--server-side", "--force-conflicts", "--field-manager=helm", "-f", str(path)]
 
 
 def previously_shipped(ctx: StepContext) -> list[str]:

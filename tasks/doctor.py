@@ -1,74 +1,31 @@
 """`invoke doctor --env=X`: why can't I deploy? Every precondition of a deploy, checked at once.
 
-Each check answers OK, WARN or FAIL, and says what to do when it is not OK:
-
-    tools         helm, kubectl, git-crypt (and gcloud for GKE) at their pinned versions
-    secrets       nothing under the environment's secrets folder still encrypted
-    credentials   the kubeconfig, key or bastion key present, decrypted, not expired
-    cluster       the API server answers `kubectl version`
-    namespace     the credentials may create and patch Deployments there
-    lock          no other deploy of the environment holds its deploy lock
-    release       the release is not stuck in a pending state
-    grafana       the annotation token is accepted
-    charts        every dependency's repository index is reachable and lists the pin
-
-`cluster_checks(ctx)` is the cluster-side part, which `deploy` runs for every
-environment of its chain before it changes anything (`preflight`).
+Each check (tools, secrets, credentials, cluster, namespace, lock, release,
+grafana, charts) answers OK, WARN or FAIL, and says what to do when it is not
+OK. `deploy` runs the cluster-side part (`preflight`) for every environment of
+its chain before it changes anything.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import requests
 import yaml
 from invoke import Context, task
 
-from tasks import access, charts, grafana, lock, oci, release, secrets, toolchain
-from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
+from tasks import access, charts, diagnoses, grafana, http, lock, oci, release, secrets, toolchain
+from tasks.errors import CommandFailed, StepFailure, explain
 from tasks.output import say
 from tasks.pipeline import StepContext, perform
-from tasks.registry import Environment, Registry
+from tasks.registry import Environment, Registry, cluster_kind
 from tasks.runner import PROJECT_ROOT, Runner
 from tasks.secrets_keys import EXPIRY_WARNING_DAYS, check_certificates
 from tasks.values import is_locked
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
-HTTP_TIMEOUT = 10.0
-INDEX_RETRY_DELAYS = (1.0,)
-
-KUBECTL_FAILURES = (
-    Diagnosis(
-        r"(?:The connection to the server |dial tcp )([^\s:]+:\d+)"
-        r"(?: was refused|: connect: connection refused)",
-        "Nothing answers at {0}: the API server is down or the address is wrong.",
-        "Start the cluster, or check the server address in its kubeconfig.",
-    ),
-    Diagnosis(
-        r"(no such host|i/o timeout|Client\.Timeout|network is unreachable|context deadline)",
-        "The API server cannot be reached over the network ({0}).",
-        "Check the network, VPN or bastion between here and the cluster.",
-    ),
-    Diagnosis(
-        r"certificate has expired|x509: .*(expired|not yet valid)",
-        "TLS with the API server failed: a certificate has expired.",
-        "Renew the cluster's certificates or the kubeconfig's client certificate.",
-    ),
-    Diagnosis(
-        r"x509: (.*)",
-        "The API server's TLS certificate is not the one the kubeconfig trusts: {0}.",
-        "Check certificate-authority(-data) and the server address in the kubeconfig.",
-    ),
-    Diagnosis(
-        r"(Unauthorized|You must be logged in|provide credentials)",
-        "The API server rejected the credentials.",
-        "Renew the kubeconfig's credentials (or the service-account key) for this cluster.",
-    ),
-)
 
 
 @dataclass(frozen=True)
@@ -157,23 +114,11 @@ def credential_checks(ctx: StepContext) -> list[Check]:
     env = ctx.environment
     found: list[Check] = []
     try:
-        if env.cluster.kind == "local":
-            path = access.local_kubeconfig(ctx)
-            found.append(_certificates(ctx, path, f"local cluster {env.cluster.local_name}"))
-        elif env.cluster.kind == "kubeconfig":
-            path = access.secret_file(env, env.cluster.kubeconfig, "cluster.kubeconfig")
-            found.append(_certificates(ctx, path, str(env.secrets_dir / env.cluster.kubeconfig)))
+        kubeconfig, shown = cluster_kind(env.cluster.kind).credentials(ctx)
+        if kubeconfig is not None:
+            found.append(_certificates(ctx, kubeconfig, shown))
         else:
-            path = access.secret_file(env, env.cluster.key_file, "cluster.key_file")
-            key = access.check_service_account_key(path)
-            found.append(
-                Check(
-                    "credentials",
-                    OK,
-                    f"service-account key of {key.get('client_email', '?')} "
-                    "(Google checks it when gcloud logs in)",
-                )
-            )
+            found.append(Check("credentials", OK, shown))
         bastion = env.bastion
         if bastion is not None:
             access.secret_file(env, bastion.key_file, "bastion.key_file")
@@ -208,11 +153,9 @@ def _certificates(ctx: StepContext, kubeconfig: Path, shown: str) -> Check:
 def cluster_checks(ctx: StepContext) -> list[Check]:
     """Credentials, the API server, the namespace, the deploy lock and the release.
 
-    What a deploy needs from the cluster, and what would stop it half-way: a
-    deploy of prod must not upgrade staging first and only then find prod locked
-    or its release stuck. Opens the environment's credentials for the run (a
-    later step reuses them). Stops at the first failure of the cluster or the
-    namespace: what follows could only fail the same way.
+    What would stop a deploy half-way: prod must not be found locked or stuck
+    only after staging was upgraded. Stops at the first failure of the cluster
+    or the namespace: what follows could only fail the same way.
     """
     env = ctx.environment
     found = credential_checks(ctx)
@@ -237,8 +180,7 @@ def cluster_checks(ctx: StepContext) -> list[Check]:
 
 
 def _lock_check(ctx: StepContext) -> Check:
-    """No live deploy holds the lock; a deploy asked to wait for it waits here, before its
-    first change, until none does."""
+    """No live deploy holds the lock; one asked to wait for it waits here, before any change."""
     env = ctx.environment
     try:
         held = lock.wait_until_free(ctx)
@@ -277,10 +219,13 @@ def _reachable(runner: Runner, env: Environment) -> Check:
             timeout=30,
         )
     except CommandFailed as failed:
-        failure = explain(failed, KUBECTL_FAILURES, "kubectl could not reach the API server")
+        failure = explain(
+            failed, diagnoses.KUBECTL_FAILURES, "kubectl could not reach the API server"
+        )
         fix = failure.fix
-        if env.is_local and "Start the cluster" in fix:
-            fix = f"Start it: invoke cluster.up --name={env.cluster.local_name}"
+        when_down = cluster_kind(env.cluster.kind).when_down(env.cluster.fields)
+        if when_down and "Start the cluster" in fix:
+            fix = when_down
         return Check("cluster", FAIL, failure.why, fix)
     try:
         report = json.loads(result.stdout)
@@ -328,7 +273,7 @@ def _writable(runner: Runner, env: Environment) -> Check:
     return Check("namespace", OK, f"may create and patch Deployments in {env.namespace}")
 
 
-def grafana_check(env: Environment, get: Callable[..., requests.Response] = requests.get) -> Check:
+def grafana_check(env: Environment) -> Check:
     """The annotation token, tried on a read of the annotations API."""
     settings = env.grafana
     if settings is None:
@@ -337,19 +282,23 @@ def grafana_check(env: Environment, get: Callable[..., requests.Response] = requ
         token = grafana.read_token(env)
     except StepFailure as failure:
         return Check("grafana", FAIL, failure.why, failure.fix)
-    headers = {"Authorization": f"Bearer {token}"}
-    if settings.org_id is not None:
-        headers["X-Grafana-Org-Id"] = str(settings.org_id)
     url = f"{settings.url}/api/annotations"
     # Without `strict` an annotation problem only warns during a deploy.
     unreachable = FAIL if settings.strict else WARN
     try:
-        response = get(url, params={"limit": 1}, headers=headers, timeout=HTTP_TIMEOUT)
-    except requests.RequestException as error:
+        response = http.request(
+            "GET",
+            url,
+            retries=http.PROBES,
+            label="Grafana",
+            params={"limit": 1},
+            headers=grafana.headers(settings, token),
+        )
+    except http.HttpFailure as error:
         return Check(
             "grafana",
             unreachable,
-            f"{settings.url} cannot be reached ({type(error).__name__})",
+            f"{settings.url} cannot be reached ({error.reason})",
             "Check the URL in config/environments.yaml and the network.",
         )
     if response.status_code in (401, 403):
@@ -381,18 +330,16 @@ def _offered(
         source = oci.mirrored(dependency.reference, mirrors)
         try:
             return source, set(oci.tags(source))
-        except requests.RequestException as error:
-            return source, charts.network_reason(error)
+        except http.HttpFailure as error:
+            return source, error.reason
         except (ValueError, StepFailure) as error:
             return source, str(error)
     source = charts.mirrored(dependency.repository, mirrors)
     url = source.rstrip("/") + "/index.yaml"
     if url not in indexes:
         try:
-            indexes[url] = (
-                yaml.safe_load(charts.fetch_with_retries(url, delays=INDEX_RETRY_DELAYS)) or {}
-            )
-        except (charts.FetchError, yaml.YAMLError) as error:
+            indexes[url] = yaml.safe_load(http.fetch(url, http.PROBES)) or {}
+        except (http.HttpFailure, yaml.YAMLError) as error:
             indexes[url] = str(error)
     index = indexes[url]
     if isinstance(index, str):
@@ -411,15 +358,9 @@ def chart_checks(registry: Registry, root: Path = PROJECT_ROOT) -> list[Check]:
         ]
     except StepFailure as failure:
         return [Check("charts", FAIL, failure.why, failure.fix)]
-    releases = {
-        (r.chart, r.repository, r.version): r
-        for env in registry.environments.values()
-        for r in env.releases
-        if not r.is_folder
-    }
     dependencies += [
         (charts.release_dependency(r), root / charts.chart_of(registry, r))
-        for r in releases.values()
+        for r in registry.fetched_releases()
     ]
     found = []
     indexes: dict[str, dict | str] = {}
@@ -504,7 +445,7 @@ def preflight_checks(ctx: StepContext) -> str:
     return "cluster reachable, namespace writable, not locked, release not pending"
 
 
-def preflight(c: Context, env: str) -> None:
+def preflight(c: Context, env: str | None) -> None:
     """For `deploy`: stop before touching anything when an environment's cluster is not ready."""
     perform(c, "preflight", env, preflight_checks)
 

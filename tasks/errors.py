@@ -1,9 +1,9 @@
 """Failures as data: what went wrong, what it means, what to do.
 
-Each step keeps a catalogue of `Diagnosis` entries, one per failure the
-reference document's "What could go wrong?" sections name. A command's error
-output is matched against the catalogue and the operator gets the
-explanation instead of a traceback.
+A catalogue of `Diagnosis` entries holds one per known failure of a tool
+(tasks/diagnoses.py for helm and kubectl, the kinds and key sources for
+theirs). A command's error output is matched against the catalogue and the
+operator gets the explanation instead of a traceback.
 """
 
 from __future__ import annotations
@@ -39,11 +39,8 @@ class Location:
 
 
 class StepFailure(Exception):
-    """A step cannot go on. Carries everything the operator needs, masked.
-
-    `locations` are the lines of the operator's files the failure is about,
-    when it knows them.
-    """
+    """A step cannot go on. Carries everything the operator needs, masked, and the lines of
+    the operator's files it is about (`locations`) when it knows them."""
 
     def __init__(
         self, why: str, fix: str = "", details: str = "", locations: Iterable[Location] = ()

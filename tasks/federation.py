@@ -25,6 +25,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from invoke import Collection, Config, Context, Executor, Task
 
@@ -52,11 +53,10 @@ def deploy_members(
 ) -> None:
     """Deploy every member of `group` at once; raise MembersFailed if one that counts failed."""
     run = current()
-    summary = run.summary
     names = list(group.members)
     mode = members_mode(dry_run)
     console = MembersConsole(names, mode, run.task or "deploy", PROJECT_ROOT / REPORTS_DIR)
-    outcomes = summary.members_of(group)
+    outcomes = run.summary.members_of(group)
     failures: dict[str, Stop] = {}
     threads = []
     for name in names:
@@ -68,7 +68,7 @@ def deploy_members(
             outcomes[name],
             failures,
             dry_run,
-            rollback_on_failure,
+            rollback_on_failure and not dry_run,
         )
         threads.append(member_thread(held, member.deploy))
     say(f"members of {group.name}, deploying at once: {', '.join(names)}")
@@ -89,15 +89,8 @@ def deploy_members(
     failed = [(outcomes[n], failures[n]) for n in names if n in failures]
     experimental = [(o, s) for o, s in failed if o.experimental]
     if experimental:
-        say(
-            "\n".join(
-                [
-                    "EXPERIMENTAL MEMBERS FAILED (the run does not fail for them):",
-                    *members_lines(experimental),
-                ]
-            ),
-            stream=sys.stderr,
-        )
+        heading = "EXPERIMENTAL MEMBERS FAILED (the run does not fail for them):"
+        say("\n".join([heading, *members_lines(experimental)]), stream=sys.stderr)
         for outcome, stop in experimental:
             warn(f"experimental member {outcome.name} failed at {stop.step}: {stop.failure.why}")
     if any(o.fails_the_run for o in outcomes.values()):
@@ -116,36 +109,26 @@ def _stop_members(
     threads: list[threading.Thread], console: MembersConsole, names: list[str]
 ) -> None:
     run = current()
-    for name in names:
-        run.environment(name).interrupt()
     while True:
+        for name in names:
+            run.environment(name).interrupt()
         try:
             _join(threads, console)
             return
         except KeyboardInterrupt:
             say("interrupted again: cutting the members' cleanup short")
-            for name in names:
-                run.environment(name).interrupt()
 
 
+@dataclass
 class _Member:
     """One member's deploy, run in its own thread."""
 
-    def __init__(
-        self,
-        config: Config,
-        stage: Task,
-        outcome: MemberOutcome,
-        failures: dict[str, Stop],
-        dry_run: bool,
-        rollback_on_failure: bool,
-    ) -> None:
-        self.config = config
-        self.stage = stage
-        self.outcome = outcome
-        self.failures = failures
-        self.dry_run = dry_run
-        self.rollback_on_failure = rollback_on_failure and not dry_run
+    config: Config
+    stage: Task
+    outcome: MemberOutcome
+    failures: dict[str, Stop]
+    dry_run: bool
+    rollback_on_failure: bool
 
     def deploy(self) -> None:
         held = here()

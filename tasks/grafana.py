@@ -10,7 +10,6 @@ environment's `grafana.strict` or the task's `--strict` asks for that.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -21,11 +20,10 @@ from functools import partial
 from typing import Any
 
 import requests
-import urllib3
 from invoke import Context, task
 
+from tasks import http
 from tasks.errors import StepFailure
-from tasks.masking import MASK
 from tasks.output import say, warn
 from tasks.pipeline import Skipped, StepContext, Stop, perform
 from tasks.registry import Environment, Grafana
@@ -37,34 +35,8 @@ FAILURE = "failure"
 INTERRUPTED = "interrupted"
 OUTCOMES = (SUCCESS, FAILURE, INTERRUPTED)
 
-_PERMISSION_FIX = (
-    "Check the token; the Grafana service account it belongs to needs the Editor role "
-    "(or the annotations:write permission) in the organisation of the dashboard."
-)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to try before giving up on Grafana.
-
-    A deploy must not wait long for a dashboard decoration, so the defaults
-    are short; tests shrink them further. `budget` bounds one request with all
-    its retries and pauses.
-    """
-
-    attempts: int = 3
-    first_delay: float = 1.0  # doubled before each further attempt
-    timeout: float = 10.0  # seconds, per request
-    budget: float = 15.0  # seconds, per request with its retries
-
-    def delay_before(self, attempt: int) -> float:
-        return self.first_delay * 2 ** (attempt - 2)
-
-
-retry_policy = RetryPolicy()
-
 # Answers that say Grafana did not act on the request, so a POST may be sent again.
-_NOT_DONE = (500, 503)
+_NOT_DONE = frozenset({500, 503})
 
 
 @dataclass
@@ -120,7 +92,7 @@ def start_region(ctx: StepContext, *, strict: bool = False) -> str | None:
     url = f"{grafana.url}/api/annotations"
     if ctx.dry_run:
         token = _token_for_dry_run(env)
-        _show_request("POST", url, grafana, body)
+        http.dry_run("POST", url, headers(grafana, ""), body)
         held.region = Region(env.name, grafana, token, tags, now, strict, dry_run=True)
         return "annotation request shown, not sent"
     try:
@@ -130,7 +102,7 @@ def start_region(ctx: StepContext, *, strict: bool = False) -> str | None:
         if not isinstance(annotation_id, int) or isinstance(annotation_id, bool):
             raise StepFailure(
                 f"Grafana at {grafana.url} accepted the annotation but returned no id "
-                f"(answer: {_short(answer)}), so the region cannot be closed.",
+                f"(answer: {http.excerpt(answer)}), so the region cannot be closed.",
                 "Check that grafana.url points at Grafana itself, not at a login page or proxy.",
             )
     except StepFailure as failure:
@@ -141,12 +113,10 @@ def start_region(ctx: StepContext, *, strict: bool = False) -> str | None:
 
 
 def close_region(env_name: str, outcome: str, failed_step: str | None = None) -> None:
-    """End `env_name`'s open region now, tagged with the deploy's outcome.
+    """End `env_name`'s open region, if any, tagged with the deploy's outcome.
 
-    Does nothing when no region is open for it. Warns on failure; raises
-    StepFailure instead when the region was opened in strict mode and the
-    deploy succeeded: a deploy that already failed keeps its own failure as
-    the one reported.
+    Warns on failure; raises only for a strict region of a deploy that succeeded:
+    a deploy that already failed keeps its own failure as the one reported.
     """
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
@@ -163,7 +133,7 @@ def close_region(env_name: str, outcome: str, failed_step: str | None = None) ->
     annotation = region.annotation_id if region.annotation_id is not None else "<id>"
     url = f"{grafana.url}/api/annotations/{annotation}"
     if region.dry_run:
-        _show_request("PATCH", url, grafana, body)
+        http.dry_run("PATCH", url, headers(grafana, ""), body)
         return
     try:
         _send("PATCH", url, grafana, region.token, body)
@@ -185,12 +155,8 @@ def open_regions(only: str | None = None) -> list[str]:
 
 
 def close_regions(outcome: str, failed_step: str | None = None, only: str | None = None) -> None:
-    """End every open region (or `only` that environment's) with the same outcome; meant for
-    the deploy's `finally`.
-
-    Every region is attempted before a strict failure is raised, so one
-    unreachable Grafana does not leave the other environments' regions open.
-    """
+    """End every open region (or `only` that environment's) with the same outcome, each one
+    before a strict failure is raised: one unreachable Grafana leaves no other region open."""
     failures: list[StepFailure] = []
     for env_name in open_regions(only):
         try:
@@ -204,12 +170,7 @@ def close_regions(outcome: str, failed_step: str | None = None, only: str | None
 @contextmanager
 def regions_closed_on_exit(only: str | None = None) -> Iterator[None]:
     """Close every region opened inside the block (or `only` that environment's) with the
-    block's outcome.
-
-    For the deploy chain: a `Stop` closes them as a failure of its step, Ctrl-C
-    as interrupted, a normal end as success. A strict close failure becomes a
-    `Stop`, so the pipeline reports it like any failed step.
-    """
+    block's outcome; a strict close failure becomes a `Stop`, reported like any step's."""
     error: BaseException | None = None
     try:
         yield
@@ -276,15 +237,10 @@ def read_token(env: Environment) -> str:
 
 def _token_for_dry_run(env: Environment) -> str:
     # A dry run often happens with the secrets locked; saying so is enough.
-    grafana = env.grafana
-    locked = (
-        grafana is not None
-        and grafana.token_file
-        and is_locked(env.secret_path(grafana.token_file))
-    )
-    if locked:
+    token_file = env.grafana.token_file if env.grafana else None
+    if token_file and is_locked(env.secret_path(token_file)):
         # In a real run decrypt-secrets has unlocked it by now.
-        say(f"[dry-run] Grafana token: from {env.secret_path(grafana.token_file)} (encrypted now)")
+        say(f"[dry-run] Grafana token: from {env.secret_path(token_file)} (encrypted now)")
         return ""
     try:
         return read_token(env)
@@ -294,14 +250,11 @@ def _token_for_dry_run(env: Environment) -> str:
 
 
 def _send(method: str, url: str, grafana: Grafana, token: str, body: dict[str, Any]) -> dict:
-    """Send one request, retried within the policy's budget; the JSON answer, or a StepFailure.
+    """Send one request; the JSON answer, or a StepFailure.
 
-    A POST creates a region each time Grafana receives it, so it is sent again only
-    when the last attempt certainly did not create one: the connection was never
-    made, or Grafana answered that it failed. A PATCH sets the same fields each
-    time and may be repeated.
+    A POST creates a region each time Grafana receives it, so it is sent again
+    only when the last attempt certainly created none; a PATCH may be repeated.
     """
-    policy = retry_policy
     unresponsive = current().unresponsive_grafana
     if grafana.url in unresponsive:
         raise StepFailure(
@@ -309,54 +262,38 @@ def _send(method: str, url: str, grafana: Grafana, token: str, body: dict[str, A
             "was not sent, so the deploy does not wait on it again.",
             "Check Grafana's health; the deploy itself is not affected.",
         )
-    deadline = time.monotonic() + policy.budget
-    problem = ""
-    for attempt in range(1, policy.attempts + 1):
-        if attempt > 1:
-            pause = policy.delay_before(attempt)
-            if time.monotonic() + pause >= deadline:
-                break
-            say(f"Grafana: {problem}; retrying ({attempt}/{policy.attempts})")
-            time.sleep(pause)
-        wait = min(policy.timeout, max(deadline - time.monotonic(), 0.1))
-        try:
-            response = requests.request(
-                method, url, json=body, headers=_headers(grafana, token), timeout=wait
-            )
-        except (requests.ConnectTimeout, requests.ConnectionError) as error:
-            if not _never_sent(error):
-                raise _maybe_done(
-                    method, url, grafana, f"the connection broke ({_root_cause(error)})"
-                ) from None
-            problem = f"could not connect to {grafana.url} ({_root_cause(error)})"
-            continue
-        except requests.Timeout:
+    retries = http.ANNOTATIONS
+    try:
+        response = http.request(
+            method,
+            url,
+            retries=retries,
+            label="Grafana",
+            unacted=_NOT_DONE,
+            idempotent=method == "PATCH",
+            json=body,
+            headers=headers(grafana, token),
+        )
+    except http.HttpFailure as failure:
+        if failure.timed_out:
             unresponsive.add(grafana.url)
-            raise _maybe_done(method, url, grafana, f"no answer within {wait:g}s") from None
-        except requests.RequestException as error:
-            raise StepFailure(
-                f"Grafana {method} {url} could not be sent: {_root_cause(error)}",
-                "Check grafana.url in config/environments.yaml.",
-            ) from None
-        if response.status_code >= 500:
-            problem = f"{grafana.url} answered {response.status_code} {response.reason}"
-            if method == "POST" and response.status_code not in _NOT_DONE:
-                # A gateway's error: Grafana behind it may have acted on the request.
-                raise _maybe_done(method, url, grafana, problem)
-            continue
-        return _accepted(method, url, grafana, response)
-    raise StepFailure(
-        f"Grafana {method} {url} gave up after {attempt} attempt(s): {problem}.",
-        "Grafana may be down or unreachable from here; check its status and the network.",
-    )
-
-
-def _never_sent(error: requests.RequestException) -> bool:
-    """True when the request cannot have reached Grafana: no connection was made."""
-    if isinstance(error, requests.ConnectTimeout):
-        return True
-    reason = getattr(error.args[0], "reason", None) if error.args else None
-    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+        if failure.maybe_received:
+            raise _maybe_done(method, url, grafana, failure.reason) from None
+        raise StepFailure(
+            f"Grafana {method} {url} gave up after {retries.attempts} attempt(s): "
+            f"could not connect to {grafana.url} ({failure.reason}).",
+            "Grafana may be down or unreachable from here; check its status and the network.",
+        ) from None
+    if response.status_code >= 500:
+        problem = f"{grafana.url} answered {response.status_code} {response.reason}"
+        if method == "POST" and response.status_code not in _NOT_DONE:
+            # A gateway's error: Grafana behind it may have acted on the request.
+            raise _maybe_done(method, url, grafana, problem)
+        raise StepFailure(
+            f"Grafana {method} {url} gave up: {problem}.",
+            "Grafana may be down or unreachable from here; check its status and the network.",
+        )
+    return _accepted(method, url, grafana, response)
 
 
 def _maybe_done(method: str, url: str, grafana: Grafana, what: str) -> StepFailure:
@@ -381,7 +318,8 @@ def _accepted(method: str, url: str, grafana: Grafana, response: requests.Respon
         raise StepFailure(
             f"Grafana at {grafana.url} refused the request ({status} {_message(response)}): "
             "the token is invalid or lacks permission to create annotations.",
-            _PERMISSION_FIX,
+            "Check the token; the Grafana service account it belongs to needs the Editor role "
+            "(or the annotations:write permission) in the organisation of the dashboard.",
         )
     if status == 404 and method == "PATCH":
         raise StepFailure(
@@ -401,27 +339,17 @@ def _accepted(method: str, url: str, grafana: Grafana, response: requests.Respon
     if not isinstance(answer, dict):
         raise StepFailure(
             f"Grafana {method} {url} answered 200 with something other than a JSON object: "
-            f"{_short(response.text)}",
+            f"{http.excerpt(response.text)}",
             "Check that grafana.url points at Grafana itself, not at a login page or proxy.",
         )
     return answer
 
 
-def _headers(grafana: Grafana, token: str) -> dict[str, str]:
+def headers(grafana: Grafana, token: str) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
     if grafana.org_id is not None:
         headers["X-Grafana-Org-Id"] = str(grafana.org_id)
     return headers
-
-
-def _show_request(method: str, url: str, grafana: Grafana, body: dict[str, Any]) -> None:
-    # The token is replaced outright: the masker ignores values too short to mask safely.
-    shown = {**_headers(grafana, ""), "Authorization": f"Bearer {MASK}"}
-    say(f"[dry-run] {method} {url}")
-    for name, value in shown.items():
-        say(f"[dry-run]   {name}: {value}")
-    for line in json.dumps(body, indent=2).splitlines():
-        say(f"[dry-run]   {line}")
 
 
 def _fail_softly(failure: StepFailure, strict: bool, what: str) -> None:
@@ -498,19 +426,7 @@ def _message(response: requests.Response) -> str:
     try:
         answer = response.json()
     except ValueError:
-        return _short(response.text) or response.reason
+        return http.excerpt(response.text) or response.reason
     if isinstance(answer, dict) and answer.get("message"):
         return str(answer["message"])
-    return _short(response.text)
-
-
-def _short(value: object, limit: int = 200) -> str:
-    text = str(value).strip()
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _root_cause(error: BaseException) -> str:
-    # requests nests the socket error a few levels deep; its message is the useful part.
-    while error.__context__ is not None and error.__context__ is not error:
-        error = error.__context__
-    return _short(error, 120)
+    return http.excerpt(response.text)

@@ -9,10 +9,8 @@ environment's timeouts; one whose holder was a process on this machine that
 is gone is taken over at once; `invoke unlock --env=X` removes one by hand.
 
 A deploy asked to wait for the lock (`--wait-for-lock`, the default in CI)
-queues behind the one holding it instead of failing: it reads the lock again
-every few seconds, says who holds it, since when and for which commit, and
-takes it when it is free. The wait is bounded; at its end the deploy fails,
-naming the holder.
+queues behind the one holding it, saying who holds it, instead of failing;
+at the wait's bound it fails, naming the holder.
 """
 
 from __future__ import annotations
@@ -160,18 +158,6 @@ def wait_asked(option: bool | str | None) -> bool | int:
     return int(option) or False
 
 
-def wait_bound(ctx: StepContext) -> float | None:
-    """How long this run waits for the environment's lock; None: it does not wait.
-
-    The default bound is the lock's own lifetime: by then the holder's lock
-    has expired and is taken over anyway.
-    """
-    asked = current().wait_for_lock
-    if ctx.dry_run or asked is False:
-        return None
-    return float(lock_lifetime(ctx)) if asked is True else float(asked)
-
-
 class LockWait:
     """A bounded wait for an environment's lock, saying who holds it as it goes."""
 
@@ -225,18 +211,29 @@ class LockWait:
         return f"after waiting {format_seconds(waited)}" if waited else ""
 
 
+def waiting(ctx: StepContext) -> LockWait | None:
+    """This run's wait for the environment's lock; None: it does not wait.
+
+    The default bound is the lock's own lifetime: by then the holder's lock
+    has expired and is taken over anyway.
+    """
+    asked = current().wait_for_lock
+    if ctx.dry_run or asked is False:
+        return None
+    return LockWait(ctx, float(lock_lifetime(ctx)) if asked is True else float(asked))
+
+
 def wait_until_free(ctx: StepContext) -> dict[str, str] | None:
     """Before a deploy's first change: wait (if the run asks to) until no live deploy holds the
     lock. Returns the lock as then found (None: there is none), or fails at the wait's bound."""
-    bound = wait_bound(ctx)
-    waiting = LockWait(ctx, bound) if bound else None
+    wait = waiting(ctx)
     while True:
         held = current_lock(ctx)
-        if held is None or waiting is None:
+        if held is None or wait is None:
             return held
         if not judge(held, time.time(), ctx.environment.name).running:
             return held  # free to take, or not a lock worth waiting for: the caller says which
-        waiting.pause(held)
+        wait.pause(held)
 
 
 def lock_lifetime(ctx: StepContext) -> int:
@@ -253,15 +250,12 @@ def _kubectl(ctx: StepContext, *args: str, check: bool = True) -> str:
 
 
 def acquire(ctx: StepContext, me: str) -> str:
-    """Take the environment's lock, waiting for it if the run asks to; or explain who holds it.
-
-    Returns how long it waited, if it did.
-    """
+    """Take the environment's lock, waiting if the run asks to, or explain who holds it;
+    returns how long it waited, if it did."""
     env = ctx.environment
     commit, _ = head_commit(ctx)
     ctx.runner.run(["kubectl", "create", "namespace", env.namespace], quiet=True, check=False)
-    bound = wait_bound(ctx)
-    waiting = LockWait(ctx, bound) if bound else None
+    wait = waiting(ctx)
     races = 0
     while races < 3:
         ours = {
@@ -279,7 +273,7 @@ def acquire(ctx: StepContext, me: str) -> str:
                 LOCK_NAME,
                 *(f"--from-literal={key}={value}" for key, value in ours.items()),
             )
-            return waiting.done() if waiting else ""
+            return wait.done() if wait else ""
         except CommandFailed as failed:
             if "AlreadyExists" not in failed.output and "already exists" not in failed.output:
                 raise StepFailure(
@@ -295,21 +289,18 @@ def acquire(ctx: StepContext, me: str) -> str:
         if verdict.takeable:
             warn(f"{verdict.why}; taking it over.")
             if take_over(ctx, lock_object, ours):
-                return waiting.done() if waiting else ""
+                return wait.done() if wait else ""
             races += 1
-        elif waiting is None or not verdict.running:
+        elif wait is None or not verdict.running:
             raise refusal(verdict, env.name)
         else:
-            waiting.pause(data)
+            wait.pause(data)
     raise StepFailure(f"Could not take the deploy lock of {env.name}: it kept changing hands.")
 
 
 def take_over(ctx: StepContext, lock_object: dict, ours: dict[str, str]) -> bool:
-    """Replace an expired lock with ours, unless another deploy changed it meanwhile.
-
-    The object keeps the resourceVersion it was read at, so the API server
-    refuses the replacement if anyone else took the lock in between.
-    """
+    """Replace an expired lock with ours; the resourceVersion it was read at makes the API
+    server refuse that if anyone else took the lock in between."""
     lock_object["data"] = ours
     return configmaps.write(ctx, lock_object, "replace")
 
@@ -358,11 +349,8 @@ def _holding(ctx: StepContext) -> Iterator[None]:
 
 
 def ensure_held(ctx: StepContext) -> None:
-    """Hold the environment's lock until the run ends, unless this run already holds it.
-
-    A step that changes the release (upgrade, rollback, recover-release) run on
-    its own must not race a deploy of the same environment.
-    """
+    """Hold the environment's lock until the run ends, unless this run already does: a step
+    that changes the release, run on its own, must not race a deploy of it."""
     held = current().environment(ctx.environment.name)
     if ctx.dry_run or held.lock_held:
         return
@@ -371,10 +359,8 @@ def ensure_held(ctx: StepContext) -> None:
 
 
 def at_lock(ctx: StepContext) -> StepContext:
-    """The context of a step on one release, moved to where the environment's lock lives.
-
-    One lock covers every release of an environment: it is in the namespace of its last one.
-    """
+    """A step's context on one release, moved to the namespace of the environment's last
+    release, where the one lock covering all of them lives."""
     env = ctx.environment
     if env.namespace == env.lock_namespace:
         return ctx
@@ -437,12 +423,14 @@ def remove(ctx: StepContext) -> str:
     return f"removed the lock of {current.get('holder')} (since {current.get('started')})"
 
 
+# Operators know it as `invoke unlock`; in the code "unlock" is git-crypt's word alone.
 @task(
+    name="unlock",
     help={
         "env": "Environment whose deploy lock to remove.",
         "dry_run": "Say what would be removed; remove nothing.",
-    }
+    },
 )
-def unlock(c: Context, env: str | None = None, dry_run: bool = False) -> None:
+def remove_lock(c: Context, env: str | None = None, dry_run: bool = False) -> None:
     """Remove an environment's deploy lock left by a deploy that died."""
     perform(c, "unlock", env, remove, dry_run=dry_run, needs_cluster=True)

@@ -1,13 +1,9 @@
 """Secret values blanked out of everything the pipeline prints, whole or in part.
 
-A run holds one `SecretMasker` (tasks/run.py); every thread of the run (a
-federation's members, invoke's output readers) masks through it, so it is
-safe to register and mask from several threads at once.
-
-On GitHub Actions each value registered is also announced to the runner
-(`::add-mask::`), which then masks it in the job's log, also in what the
-pipeline does not print itself. Announcing a value prints it, for the runner
-to read and hide: only the runner may see that, so nowhere else is it done.
+A run holds one `SecretMasker` (tasks/run.py), safe to use from all its
+threads. On GitHub Actions each value is also announced to the runner
+(`::add-mask::`), which then masks it in what the pipeline does not print
+itself too; announcing prints the value, so it is done nowhere else.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from tasks import (
     smoke,
     toolchain,
 )
+from tasks.pipeline import as_task
 
 ns = Collection()
 for step in (
@@ -43,7 +44,7 @@ for step in (
     secrets.lock_secrets,
     doctor.doctor,
     checks.test,
-    lock.unlock,
+    lock.remove_lock,
 ):
-    ns.add_task(step)
+    ns.add_task(as_task(step))
 ns.add_collection(cluster.ns, name="cluster")

@@ -1,18 +1,12 @@
 """A notice in the team's chat when a deploy fails, is interrupted or is rolled back.
 
-The registry may name a webhook for an environment or a group (`notify:` in
-config/environments.yaml): a Slack incoming webhook, or Zulip's
-Slack-compatible one (`/api/v1/external/slack_incoming`), both of which take
-`{"text": ...}`. A deploy whose target (what `--env` names) has one posts,
-once the run is over, what failed, where, and a link to the run; a
-successful one posts only when `on_success: true`. The notice is made from
-the run's summary, the records the closing table and the report are made
-of, and is masked like them.
-
-A notice that cannot be delivered is a loud warning, never a failed deploy:
-the deploy's own result stands. It is sent once: a POST that got no answer
-may have been posted all the same, and a chat message sent twice is read
-twice.
+The registry may name a webhook (`notify:`) for an environment or a group: a
+Slack incoming webhook, or Zulip's Slack-compatible one, both taking
+`{"text": ...}`. Once the run is over, a deploy of that target posts what
+failed, where, and a link to the run (a success only with `on_success: true`),
+made from the run's summary and masked like it. A notice that cannot be
+delivered is a loud warning, never a failed deploy. It is sent once: a POST
+that got no answer may have been posted all the same.
 """
 
 from __future__ import annotations
@@ -20,8 +14,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-import requests
-
+from tasks import http
 from tasks.errors import StepFailure
 from tasks.grafana import deployer, run_url
 from tasks.output import say, warn
@@ -33,7 +26,6 @@ from tasks.values import is_locked
 
 # The tasks whose runs deploy, and so tell the chat how they ended.
 DEPLOYING_TASKS = ("deploy", "ci", "demo")
-TIMEOUT_SECONDS = 10.0
 
 
 def notify_outcome(run: Run, result: str) -> None:
@@ -119,23 +111,15 @@ def _escaped(text: str, fmt: str) -> str:
 def post(url: str, body: dict[str, str]) -> str:
     """POST `body` to the webhook once; "" when it took it, else why not."""
     try:
-        response = requests.post(url, json=body, timeout=TIMEOUT_SECONDS)
-    except requests.ConnectTimeout:
-        return f"could not connect within {TIMEOUT_SECONDS:g}s"
-    except requests.Timeout:
-        return (
-            f"no answer within {TIMEOUT_SECONDS:g}s; it may have been posted all the same, "
-            "so it was not sent again"
-        )
-    except requests.RequestException as error:
-        return f"it could not be sent ({type(error).__name__}: {_short(str(error))})"
+        response = http.request("POST", url, retries=http.NOTICES, label="  chat notice", json=body)
+    except http.HttpFailure as failure:
+        if failure.maybe_received:
+            return (
+                f"{failure.reason}; it may have been posted all the same, so it was not sent again"
+            )
+        return f"it could not be sent ({failure.reason})"
     if not 200 <= response.status_code < 300:
-        return f"the webhook answered {response.status_code} {response.reason}: " + _short(
+        return f"the webhook answered {response.status_code} {response.reason}: " + http.excerpt(
             response.text
         )
     return ""
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."

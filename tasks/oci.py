@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
+from tasks import helm, http
 from tasks.errors import CommandFailed, StepFailure
 from tasks.output import say
 from tasks.runner import Runner
@@ -67,7 +68,6 @@ class Reference:
 
     @property
     def api(self) -> str:
-        """The registry's HTTP API base."""
         return f"{'http' if self.plain_http else 'https'}://{self.host}/v2/{self.path}"
 
 
@@ -95,32 +95,32 @@ def registry_flags(reference: str) -> list[str]:
     return ["--plain-http"] if Reference.parse(reference).plain_http else []
 
 
-def tags(
-    reference: str, get: Callable[..., requests.Response] = requests.get, timeout: float = 15.0
-) -> list[str]:
+def tags(reference: str) -> list[str]:
     """The tags (chart versions) the registry holds for `reference`.
 
     An anonymous token is fetched when the registry asks for one (ghcr.io,
-    Docker Hub), as the distribution token protocol describes.
+    Docker Hub), as the distribution token protocol describes. Raises
+    HttpFailure when the registry gives no list.
     """
-    parsed = Reference.parse(reference)
-    url = f"{parsed.api}/tags/list"
-    response = get(url, timeout=timeout)
+    url = f"{Reference.parse(reference).api}/tags/list"
+    response = _get(url)
     challenge = response.headers.get("WWW-Authenticate", "")
     if response.status_code == 401 and challenge.lower().startswith("bearer "):
         fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-        token = get(
-            fields.get("realm", ""),
-            params={k: v for k, v in fields.items() if k in ("service", "scope")},
-            timeout=timeout,
-        ).json()
+        scope = {k: v for k, v in fields.items() if k in ("service", "scope")}
+        token = _get(fields.get("realm", ""), params=scope).json()
         bearer = token.get("token") or token.get("access_token") or ""
-        response = get(url, headers={"Authorization": f"Bearer {bearer}"}, timeout=timeout)
+        response = _get(url, headers={"Authorization": f"Bearer {bearer}"})
     if response.status_code == 404:
         return []
-    response.raise_for_status()
+    if response.status_code >= 400:
+        raise http.HttpFailure(f"HTTP {response.status_code} {response.reason}", True)
     # helm stores a version's "+" as "_", which tags may not hold.
     return [tag.replace("_", "+") for tag in response.json().get("tags") or []]
+
+
+def _get(url: str, **kwargs: Any) -> requests.Response:
+    return http.request("GET", url, retries=http.PROBES, label=f"  {http.mask(url)}", **kwargs)
 
 
 def pull(
@@ -131,28 +131,19 @@ def pull(
     *,
     original: str = "",
     digest: str = "",
-    delays: tuple[float, ...] = (1.0, 3.0, 9.0),
-    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[Path, str]:
     """`helm pull` the chart at `version` into `destination`; its archive and manifest digest.
 
     `original` is the reference as the chart names it, when `reference` is its
-    mirror; `digest` the manifest digest it must have, when one is pinned.
+    mirror; `digest` the manifest digest it must have, when one is pinned. A
+    registry that cannot be reached is tried again as downloads are.
     """
+    delays = http.DOWNLOADS.pauses
     destination.mkdir(parents=True, exist_ok=True)
-    command = [
-        "helm",
-        "pull",
-        reference,
-        "--version",
-        version,
-        "--destination",
-        str(destination),
-        *registry_flags(reference),
-    ]
-    shown = reference
-    if original and original != reference:
-        shown = f"{reference} (mirror of {original})"
+    command = helm.pull(reference, version, destination, *registry_flags(reference))
+    archive = destination / f"{chart_name(reference)}-{version}.tgz"
+    mirror_of = original if original != reference else ""
+    shown = f"{reference} (mirror of {mirror_of})" if mirror_of else reference
     last = ""
     for attempt in range(len(delays) + 1):
         try:
@@ -160,7 +151,7 @@ def pull(
         except CommandFailed as failed:
             last = _last_error(failed.output)
             if NOT_FOUND.search(failed.output) and not TRANSIENT.search(failed.output):
-                raise missing_version(reference, version, shown, original) from None
+                raise missing_version(reference, version, shown, mirror_of) from None
             if not TRANSIENT.search(failed.output):
                 raise StepFailure(
                     f"helm could not pull {shown} {version}: {last}",
@@ -170,13 +161,12 @@ def pull(
                 ) from None
             if attempt < len(delays):
                 say(f"  {reference}: {last}; retrying in {delays[attempt]:g}s")
-                sleep(delays[attempt])
+                time.sleep(delays[attempt])
             continue
         if result.dry_run:
-            return destination / f"{chart_name(reference)}-{version}.tgz", ""
+            return archive, ""
         found = re.search(r"Digest:\s*(sha256:[0-9a-f]{64})", result.stdout + result.stderr)
         pulled_digest = found.group(1) if found else ""
-        archive = destination / f"{chart_name(reference)}-{version}.tgz"
         if digest and pulled_digest != digest:
             archive.unlink(missing_ok=True)
             raise StepFailure(
@@ -186,11 +176,7 @@ def pull(
                 "chart. Check the registry; pin the new digest only once you trust it.",
             )
         return archive, pulled_digest
-    mirror_note = (
-        f" The mirror stands in for {original}: is it running?"
-        if original and original != reference
-        else ""
-    )
+    mirror_note = f" The mirror stands in for {mirror_of}: is it running?" if mirror_of else ""
     raise StepFailure(
         f"Could not reach the OCI registry of {shown}: {last} "
         f"(after {len(delays) + 1} attempts).{mirror_note}",
@@ -201,12 +187,12 @@ def pull(
     )
 
 
-def missing_version(reference: str, version: str, shown: str, original: str = "") -> StepFailure:
+def missing_version(reference: str, version: str, shown: str, mirror_of: str = "") -> StepFailure:
     """The pinned version is not in the registry: say so, with the versions it has."""
     try:
         offered = tags(reference)
-    except (requests.RequestException, ValueError) as error:
-        listing = f"Its tag list could not be read either ({type(error).__name__})."
+    except (http.HttpFailure, ValueError) as error:
+        listing = f"Its tag list could not be read either ({error})."
     else:
         from tasks.charts import newest
 
@@ -216,9 +202,9 @@ def missing_version(reference: str, version: str, shown: str, original: str = ""
             else "It holds no version of that chart at all: check the reference."
         )
     lagging = (
-        f"The mirror may lag behind {original}: push the chart into it, or remove it from "
+        f"The mirror may lag behind {mirror_of}: push the chart into it, or remove it from "
         "repository_mirrors (DEPLOY_CHART_MIRRORS). "
-        if original and original != reference
+        if mirror_of
         else ""
     )
     return StepFailure(

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
-from invoke import Context
+import invoke
+from invoke import Call, Context, Task
 from invoke.exceptions import Exit
 
 from tasks import checkout
@@ -41,6 +43,22 @@ from tasks.report import (
 )
 from tasks.run import Run, current
 from tasks.runner import PROJECT_ROOT, Runner, invoke_dry_refusal, sigterm_as_interrupt
+
+
+def as_task(step: Callable[..., Any]) -> Task:
+    """A function decorated with `@task` as the Task it is (invoke types it as a Callable)."""
+    return cast(Task, step)
+
+
+def call(step: Callable[..., Any], **kwargs: Any) -> Call:
+    """invoke's `call` of a step: run it as a pre-task with these arguments."""
+    return invoke.call(as_task(step), **kwargs)
+
+
+def chained_task(body: Callable[..., Any], name: str, pre: Sequence[Call | Task]) -> Task:
+    """A task that runs `pre` (tasks or calls) first, then `body`."""
+    # invoke types `pre` as task names; it takes tasks and calls as well.
+    return Task(body, name=name, pre=cast(list[str], list(pre)))
 
 
 @dataclass
@@ -66,11 +84,8 @@ class Skipped(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """An interrupt, with what the interrupted step found it left behind.
-
-    `aftermath` describes the state the interrupt left (a release helm cancelled,
-    say); `left_behind` names what the next run needs removed, and how.
-    """
+    """An interrupt, with the state it left (`aftermath`: a release helm cancelled, say) and
+    what the next run needs removed, and how (`left_behind`)."""
 
     def __init__(self, aftermath: str, left_behind: str = "") -> None:
         super().__init__(aftermath)
@@ -113,11 +128,7 @@ def load_registry() -> Registry:
 
 
 def pinned_tool_dirs() -> list[Path]:
-    """Where the pinned tools live, searched before anything on PATH.
-
-    The project's tools folder (`invoke tools`) first, then the Go builds of
-    `invoke cluster.build`.
-    """
+    """Where the pinned tools live, searched before anything on PATH."""
     from tasks import toolchain
 
     return toolchain.search_dirs()
@@ -138,11 +149,9 @@ def _release_held(run: Run) -> None:
 def invocation(task: str = "") -> Iterator[None]:
     """The outermost task of a run prints the summary, writes the report and sets the exit code.
 
-    A failure raised outside any step (an unknown environment given to
-    `deploy`, say) is reported the same way, under the task's name. SIGTERM
-    (CI cancelling the job) ends the run like Ctrl-C. What the run held open
-    (deploy locks, credentials) is given back before the closing screen, so
-    the screen can say what, if anything, was left behind.
+    A failure outside any step is reported under the task's name; SIGTERM ends
+    the run like Ctrl-C. What the run held open is given back before the
+    closing screen, so that it can say what, if anything, was left behind.
     """
     with run_module.invoked(task) as outermost:
         if not outermost:
@@ -183,9 +192,8 @@ def invocation(task: str = "") -> Iterator[None]:
 
 
 def _announce_known_secrets(run: Run) -> None:
-    """Register every secret the run can read already (secret variables, unlocked files), so
-    that on GitHub Actions each is announced before the run's first line (tasks/masking.py).
-    Those still locked are announced when decrypt-secrets unlocks them."""
+    """On GitHub Actions, announce every secret readable now before the run's first line;
+    those still locked are announced when decrypt-secrets unlocks them (tasks/masking.py)."""
     from tasks.secrets import register_secret_values
 
     try:
@@ -225,10 +233,8 @@ def _finish(run: Run, result: str, closing: Callable[[], str] | None = None) -> 
 
 
 def _write_step_summary(run: Run, result: str, screen: str) -> None:
-    """The run page's summary on GitHub Actions: the table and the closing screen, in Markdown.
-
-    Appended: each step of a job adds its part to the same page.
-    """
+    """Append the table and closing screen to the run page's summary: each step of a job adds
+    its part to the same page."""
     path = Path(os.environ["GITHUB_STEP_SUMMARY"])
     text = run.summary.markdown(run.task, run.target, result, screen)
     try:
@@ -362,11 +368,7 @@ def dry_run_asked(c: Context, dry_run: bool | None, task: str) -> bool:
 
 @contextmanager
 def cluster_of(ctx: StepContext, env: Environment) -> Iterator[StepContext]:
-    """A context for reading `env`'s cluster from a step of another environment.
-
-    A member reads what its gate verified from the gate's cluster; the gate's
-    credentials are opened (once per run) like any step's.
-    """
+    """A context for reading `env`'s cluster (a member's gate's, say) from another's step."""
     other = StepContext(ctx.c, ctx.registry, env, ctx.runner, ctx.dry_run, ctx.step)
     with current().open_cluster(other) as extra_env:
         other.runner = ctx.runner.with_env(**extra_env)
@@ -399,10 +401,8 @@ def perform(
 ) -> None:
     """Run one step of the pipeline: time it, report it, explain its failure.
 
-    `dry_run` is None for a step that has no dry run. `changes_checkout` marks
-    a step that rewrites the working tree (decrypt-secrets, helm-deps): it holds
-    the checkout against other runs (tasks/checkout.py). `release` names the
-    release of an environment with several that the step works on.
+    `dry_run` is None for a step that has no dry run. A step that rewrites the
+    working tree (`changes_checkout`) holds the checkout against other runs.
     """
     with invocation(step):
         run = current()
@@ -441,18 +441,6 @@ def perform(
                 say(f"skipped: {skipped}")
                 _record(step, env, env_label, SKIPPED, watch, str(skipped), of)
                 return
-            except StepFailure as failure:
-                _record(step, env, env_label, FAILED, watch, failure.why, of)
-                annotate(failure, title)
-                raise Stop(step, env_label, failure, of) from None
-            except CommandFailed as failed:
-                failure = StepFailure(
-                    f"`{failed.command}` {failed.ending}.",
-                    failed.killed_advice,
-                    details=failed.tail(),
-                )
-                _record(step, env, env_label, FAILED, watch, failure.why, of)
-                raise Stop(step, env_label, failure, of) from None
             except Interrupted as interrupt:
                 _record(step, env, env_label, INTERRUPTED, watch, interrupt.aftermath, of)
                 if interrupt.left_behind:
@@ -461,15 +449,10 @@ def perform(
             except KeyboardInterrupt:
                 _record(step, env, env_label, INTERRUPTED, watch, "", of)
                 raise
-            except Exit as refusal:
-                # Helpers shared with the cluster tasks refuse with invoke's Exit.
-                failure = StepFailure(str(refusal.message or refusal))
-                _record(step, env, env_label, FAILED, watch, failure.why, of)
-                raise Stop(step, env_label, failure, of) from None
-            except Exception as bug:
-                if os.environ.get("DEPLOY_DEBUG"):
-                    raise
-                failure = unexpected(bug)
+            except Exception as error:
+                failure = _as_failure(error)
+                if isinstance(error, StepFailure):
+                    annotate(failure, title)
                 _record(step, env, env_label, FAILED, watch, failure.why, of)
                 raise Stop(step, env_label, failure, of) from None
         result = DRY_RUN if dry else OK
@@ -479,6 +462,22 @@ def perform(
             f"{said}: {result} in {format_seconds(watch.seconds)}" + (f" — {note}" if note else ""),
             milestone=True,
         )
+
+
+def _as_failure(error: Exception) -> StepFailure:
+    """What a step's exception tells the operator (a bug re-raised under DEPLOY_DEBUG)."""
+    if isinstance(error, StepFailure):
+        return error
+    if isinstance(error, CommandFailed):
+        return StepFailure(
+            f"`{error.command}` {error.ending}.", error.killed_advice, details=error.tail()
+        )
+    if isinstance(error, Exit):
+        # Helpers shared with the cluster tasks refuse with invoke's Exit.
+        return StepFailure(str(error.message or error))
+    if os.environ.get("DEPLOY_DEBUG"):
+        raise error
+    return unexpected(error)
 
 
 def _record(

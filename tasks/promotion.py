@@ -34,8 +34,9 @@ import yaml
 from invoke import Context, task
 
 from tasks import configmaps
-from tasks.charts import chart_of, pinned_dependencies, shown
+from tasks.charts import chart_of, pinned_dependencies
 from tasks.errors import StepFailure
+from tasks.helm import shown
 from tasks.output import say, warn
 from tasks.pipeline import Skipped, StepContext, cluster_of, perform
 from tasks.registry import Environment, Registry
@@ -213,7 +214,6 @@ def verified_by(ctx: StepContext, gate: Environment) -> Promotion | None:
 def check(ctx: StepContext, promote_unverified: bool = False) -> str:
     """Refuse to deploy the environment anything its gate did not verify."""
     env = ctx.environment
-    held = current().environment(env.name)
     if env.gated_by is None:
         raise Skipped(f"{env.name} has no gate: nothing to compare with")
     gate = ctx.registry.get(env.gated_by)
@@ -228,7 +228,7 @@ def check(ctx: StepContext, promote_unverified: bool = False) -> str:
         found = [f"{gate.name} has no record of a verified deploy"]
     else:
         found = differences(verified, mine)
-    held.promotion_checked = True
+    current().environment(env.name).promotion_checked = True
     if not found:
         verified_when = "would verify in this run" if ctx.dry_run else "verified"
         return f"commit {mine.commit[:12]}, {mine.chart}: what {gate.name} {verified_when}"

@@ -7,21 +7,31 @@ runs.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
 
 from tasks.errors import Location, StepFailure
+from tasks.kinds import ClusterKind
 from tasks.runner import PROJECT_ROOT
 
 REGISTRY_FILE = Path("config/environments.yaml")
+T = TypeVar("T")
 
-CLUSTER_KINDS = ("local", "kubeconfig", "gke")
+# The cluster kinds: each `cluster.kind` of config/environments.yaml and the module
+# (tasks/kinds/) that implements it. A new kind is a module and a line here.
+CLUSTER_KINDS = {
+    "local": "tasks.kinds.local",
+    "kubeconfig": "tasks.kinds.kubeconfig",
+    "gke": "tasks.kinds.gke",
+}
 KEY_SOURCES = {
     # source: (required fields, optional fields)
     "openssl": (("file", "key_env", "iv_env"), ()),
@@ -32,17 +42,25 @@ KEY_SOURCES = {
 }
 
 
+def cluster_kind(name: str) -> ClusterKind:
+    return importlib.import_module(CLUSTER_KINDS[name]).KIND
+
+
 @dataclass(frozen=True)
 class ClusterAccess:
-    """How to reach an environment's cluster."""
+    """How to reach an environment's cluster: its kind and that kind's fields, as
+    config/environments.yaml writes them under `cluster:` (`name`, `kubeconfig`, ...)."""
 
     kind: str
-    local_name: str = ""  # kind == "local": the name given to `invoke cluster.up`
-    kubeconfig: str = ""  # kind == "kubeconfig": a file under the secrets folder
-    project: str = ""  # kind == "gke"
-    zone: str = ""
-    cluster: str = ""
-    key_file: str = ""  # kind == "gke": service-account key under the secrets folder
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> str:
+        return self.fields.get(name, "")
+
+    def secret_files(self) -> list[tuple[str, str]]:
+        """The files of the secrets folder this access needs, each with its field."""
+        wanted = cluster_kind(self.kind).secret_files
+        return [(self.fields[name], f"cluster.{name}") for name in wanted if self.fields.get(name)]
 
 
 @dataclass(frozen=True)
@@ -271,6 +289,13 @@ class Registry:
     repository_mirrors: dict[str, str] = field(default_factory=dict)
     groups: dict[str, Group] = field(default_factory=dict)
 
+    def fetched_releases(self) -> list[Release]:
+        """The releases whose chart is fetched from a registry or repository, each chart once."""
+        releases = [r for env in self.environments.values() for r in env.releases]
+        return list(
+            {(r.chart, r.repository, r.version): r for r in releases if not r.is_folder}.values()
+        )
+
     def get(self, name: str | None) -> Environment:
         """The environment called `name`, or an error that lists the known ones."""
         known = ", ".join(self.environments)
@@ -292,7 +317,6 @@ class Registry:
         return self.environments[name]
 
     def group(self, name: str | None) -> Group | None:
-        """The group called `name`, None when `name` is not a group."""
         return self.groups.get(name or "")
 
     def target(self, name: str | None) -> Environment | Group:
@@ -339,6 +363,11 @@ class RegistryError(StepFailure):
 # DNS subdomain of at most 53 characters (its Secrets add a suffix).
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _RELEASE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# kind of name: (longest, pattern, what it is, what it may hold)
+_NAME_RULES = {
+    "namespace": (63, _DNS_LABEL, "Kubernetes namespace", "letters, digits and '-'"),
+    "release": (53, _RELEASE_NAME, "helm release name", "letters, digits, '-' and '.'"),
+}
 
 
 def url_problem(value: object) -> str:
@@ -375,7 +404,7 @@ class _Reader:
         )
 
     def mapping(
-        self, node: yaml.Node, where: str, allowed: tuple[str, ...]
+        self, node: yaml.Node | None, where: str, allowed: tuple[str, ...]
     ) -> dict[str, yaml.Node]:
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, f"{where} must be a mapping of keys to values.")
@@ -409,11 +438,25 @@ class _Reader:
             raise self.fail(node, f"{what} needs a value here, not {value!r}.")
         return str(value)
 
-    def text_map(self, node: yaml.Node, what: str) -> dict[str, str]:
-        return {
-            key: self.text(value, f"{what}.{key}")
-            for key, value in self.mapping(node, what, ()).items()
-        }
+    def map_of(
+        self, node: yaml.Node, what: str, read: Callable[[yaml.Node, str], T]
+    ) -> dict[str, T]:
+        items = self.mapping(node, what, ()).items()
+        return {key: read(value, f"{what}.{key}") for key, value in items}
+
+    def optional(
+        self,
+        items: dict[str, yaml.Node],
+        key: str,
+        read: Callable[[yaml.Node, str], T],
+        what: str,
+        default: T,
+    ) -> T:
+        return read(items[key], what) if key in items else default
+
+    def switched_off(self, node: yaml.Node) -> bool:
+        """`grafana: null` or `bastion: false`: the section is left out on purpose."""
+        return isinstance(node, yaml.ScalarNode) and self.scalar(node) in (None, False)
 
     def url(self, node: yaml.Node, what: str) -> str:
         value = self.scalar(node)
@@ -427,18 +470,12 @@ class _Reader:
 
     def kubernetes_name(self, node: yaml.Node, what: str, kind: str) -> str:
         value = self.text(node, what)
-        if kind == "namespace" and (len(value) > 63 or not _DNS_LABEL.fullmatch(value)):
+        limit, pattern, called, letters = _NAME_RULES[kind]
+        if len(value) > limit or not pattern.fullmatch(value):
             raise self.fail(
                 node,
-                f"{what} {value!r} is not a valid Kubernetes namespace: at most 63 lowercase "
-                "letters, digits and '-', starting and ending with a letter or digit.",
-                f"e.g. {_suggested(value)!r}",
-            )
-        if kind == "release" and (len(value) > 53 or not _RELEASE_NAME.fullmatch(value)):
-            raise self.fail(
-                node,
-                f"{what} {value!r} is not a valid helm release name: at most 53 lowercase "
-                "letters, digits, '-' and '.', starting and ending with a letter or digit.",
+                f"{what} {value!r} is not a valid {called}: at most {limit} lowercase {letters}, "
+                "starting and ending with a letter or digit.",
                 f"e.g. {_suggested(value)!r}",
             )
         return value
@@ -512,13 +549,11 @@ def load(root: Path = PROJECT_ROOT, path: Path | None = None) -> Registry:
                 f"Define it or use one of: {', '.join(envs)}.",
             )
     _check_no_gate_cycle(reader, envs, env_nodes)
-    mirrors = (
-        reader.text_map(top["repository_mirrors"], "repository_mirrors")
-        if "repository_mirrors" in top
-        else {}
-    )
+    mirrors: dict[str, str] = {}
+    if "repository_mirrors" in top:
+        mirrors = reader.map_of(top["repository_mirrors"], "repository_mirrors", reader.text)
     groups = _groups(reader, top["groups"], envs) if "groups" in top else {}
-    return Registry(envs, chart, {**(mirrors or {}), **mirrors_from_environment()}, groups)
+    return Registry(envs, chart, {**mirrors, **mirrors_from_environment()}, groups)
 
 
 def _groups(reader: _Reader, node: yaml.Node, envs: dict[str, Environment]) -> dict[str, Group]:
@@ -568,11 +603,7 @@ def _groups(reader: _Reader, node: yaml.Node, envs: dict[str, Environment]) -> d
                 "a group has one gate, deployed once before every member.",
                 "Gate every member by the same environment, or split the group.",
             )
-        description = (
-            reader.text(items["description"], f"{where} description")
-            if "description" in items
-            else ""
-        )
+        description = reader.optional(items, "description", reader.text, f"{where} description", "")
         notify = _notify(reader, where, items["notify"]) if "notify" in items else None
         groups[name] = Group(
             name, description, members, experimental, gates[members[0]] or "", notify
@@ -647,36 +678,25 @@ def _environment(reader: _Reader, name: str, node: yaml.Node, chart: Path) -> En
     else:
         release_name = reader.kubernetes_name(items["release"], f"{where} release", "release")
         namespace = reader.kubernetes_name(items["namespace"], f"{where} namespace", "namespace")
-        extra = (
-            reader.text_list(items["extra_values"], f"{where} extra_values")
-            if "extra_values" in items
-            else ()
+        extra = reader.optional(
+            items, "extra_values", reader.text_list, f"{where} extra_values", ()
         )
         releases = (Release(release_name, namespace, str(chart), extra_values=extra),)
     return Environment(
         name=name,
-        description=reader.text(items["description"], f"{where} description")
-        if "description" in items
-        else "",
+        description=reader.optional(items, "description", reader.text, f"{where} description", ""),
         cluster=_cluster(reader, where, items["cluster"]),
         release=release_name,
         namespace=namespace,
-        secrets_dir=Path(reader.text(secrets["dir"], f"{where} secrets.dir"))
-        if "dir" in secrets
-        else Path("secrets"),
+        secrets_dir=Path(
+            reader.optional(secrets, "dir", reader.text, f"{where} secrets.dir", "secrets")
+        ),
         key=_key_source(reader, where, secrets.get("key"), items["secrets"]),
         urls=_urls(reader, where, items["urls"]) if "urls" in items else {},
         grafana=_grafana(reader, where, items["grafana"]) if "grafana" in items else None,
         timeouts=_timeouts(reader, where, items["timeouts"]) if "timeouts" in items else Timeouts(),
-        gated_by=reader.text(items["gated_by"], f"{where} gated_by")
-        if "gated_by" in items
-        else None,
-        components={
-            name: reader.flag(value, f"{where} components.{name}")
-            for name, value in reader.mapping(
-                items["components"], f"{where} components", ()
-            ).items()
-        }
+        gated_by=reader.optional(items, "gated_by", reader.text, f"{where} gated_by", None),
+        components=reader.map_of(items["components"], f"{where} components", reader.flag)
         if "components" in items
         else {},
         extra_values=extra,
@@ -766,9 +786,9 @@ def _releases(reader: _Reader, where: str, node: yaml.Node, chart: Path) -> tupl
                 version=texts.get("version", ""),
                 repository=texts.get("repository", ""),
                 digest=digest,
-                extra_values=reader.text_list(fields["extra_values"], f"{what} extra_values")
-                if "extra_values" in fields
-                else (),
+                extra_values=reader.optional(
+                    fields, "extra_values", reader.text_list, f"{what} extra_values", ()
+                ),
                 site=not remote and Path(reference) == Path(chart),
             )
         )
@@ -795,43 +815,27 @@ def _suggested(name: str) -> str:
 
 
 def _cluster(reader: _Reader, where: str, node: yaml.Node) -> ClusterAccess:
-    fields = (
-        "kind",
-        "name",
-        "kubeconfig",
-        "project",
-        "zone",
-        "cluster",
-        "key_file",
-    )
-    items = reader.mapping(node, f"{where} cluster", fields)
-    kind = reader.scalar(items["kind"]) if "kind" in items else None
+    kind_node = reader.mapping(node, f"{where} cluster", ()).get("kind")
+    kind = reader.scalar(kind_node) if kind_node is not None else None
     if kind not in CLUSTER_KINDS:
         raise reader.fail(
-            items.get("kind", node),
+            kind_node or node,
             f"{where} cluster: kind must be one of {', '.join(CLUSTER_KINDS)}, not {kind!r}.",
         )
-    needed = {
-        "local": ("name",),
-        "kubeconfig": ("kubeconfig",),
-        "gke": ("project", "zone", "cluster", "key_file"),
-    }
-    for key in needed[kind]:
+    spec = cluster_kind(kind)
+    items = reader.mapping(node, f"{where} cluster", ("kind", *spec.required, *spec.optional))
+    for key in spec.required:
         if key not in items:
             raise reader.fail(node, f"{where} cluster of kind {kind} needs `{key}:`.")
-    values = {k: reader.text(v, f"{where} cluster.{k}") for k, v in items.items() if k != "kind"}
-    local_name = values.pop("name", "")
-    if kind == "local" and not re.fullmatch(r"[A-Za-z0-9][-A-Za-z0-9]*", local_name):
-        raise reader.fail(
-            items["name"],
-            f"{where} cluster.name {local_name!r} is not a local cluster name: letters, digits "
-            "and '-', as `invoke cluster.up --name=NAME` takes.",
-        )
-    return ClusterAccess(kind=kind, local_name=local_name, **values)
+    fields = {k: reader.text(v, f"{where} cluster.{k}") for k, v in items.items() if k != "kind"}
+    problem = spec.problem(fields)
+    if problem is not None:
+        raise reader.fail(items[problem[0]], f"{where} {problem[1]}")
+    return ClusterAccess(kind, fields)
 
 
 def _bastion(reader: _Reader, where: str, node: yaml.Node) -> Bastion | None:
-    if isinstance(node, yaml.ScalarNode) and reader.scalar(node) in (None, False):
+    if reader.switched_off(node):
         return None
     items = reader.mapping(
         node, f"{where} bastion", ("host", "port", "user", "key_file", "known_hosts")
@@ -882,26 +886,18 @@ def _key_source(
         for k, v in items.items()
         if k not in ("source", "name")
     }
-    key_name = reader.text(items["name"], f"{where} secrets.key.name") if "name" in items else ""
+    key_name = reader.optional(items, "name", reader.text, f"{where} secrets.key.name", "")
     return KeySource(source=source, key_name=key_name, **values)
 
 
 def _grafana(reader: _Reader, where: str, node: yaml.Node) -> Grafana | None:
-    if isinstance(node, yaml.ScalarNode) and reader.scalar(node) in (None, False):
+    if reader.switched_off(node):
         return None
-    fields = (
-        "url",
-        "token_file",
-        "token_env",
-        "dashboard_uid",
-        "org_id",
-        "tags",
-        "strict",
-    )
-    items = reader.mapping(node, f"{where} grafana", fields)
-    if "url" not in items:
-        raise reader.fail(node, f"{where} grafana needs `url:` (or `grafana: null` to skip it).")
     what = f"{where} grafana"
+    fields = ("url", "token_file", "token_env", "dashboard_uid", "org_id", "tags", "strict")
+    items = reader.mapping(node, what, fields)
+    if "url" not in items:
+        raise reader.fail(node, f"{what} needs `url:` (or `grafana: null` to skip it).")
     texts = {
         key: reader.text(items[key], f"{what}.{key}")
         for key in ("url", "token_file", "token_env", "dashboard_uid")
@@ -917,13 +913,13 @@ def _grafana(reader: _Reader, where: str, node: yaml.Node) -> Grafana | None:
         token_env=texts.get("token_env", ""),
         dashboard_uid=texts.get("dashboard_uid", ""),
         org_id=org_id,
-        tags=reader.text_list(items["tags"], f"{what}.tags") if "tags" in items else (),
-        strict=reader.flag(items["strict"], f"{what}.strict") if "strict" in items else False,
+        tags=reader.optional(items, "tags", reader.text_list, f"{what}.tags", ()),
+        strict=reader.optional(items, "strict", reader.flag, f"{what}.strict", False),
     )
 
 
 def _notify(reader: _Reader, where: str, node: yaml.Node) -> Notify | None:
-    if isinstance(node, yaml.ScalarNode) and reader.scalar(node) in (None, False):
+    if reader.switched_off(node):
         return None
     what = f"{where} notify"
     items = reader.mapping(node, what, ("url_env", "url_file", "format", "on_success"))
@@ -943,12 +939,10 @@ def _notify(reader: _Reader, where: str, node: yaml.Node) -> Notify | None:
             f"{what}.format must be one of {', '.join(NOTIFY_FORMATS)}, not {fmt!r}.",
         )
     return Notify(
-        url_env=reader.text(items["url_env"], f"{what}.url_env") if "url_env" in items else "",
-        url_file=reader.text(items["url_file"], f"{what}.url_file") if "url_file" in items else "",
+        url_env=reader.optional(items, "url_env", reader.text, f"{what}.url_env", ""),
+        url_file=reader.optional(items, "url_file", reader.text, f"{what}.url_file", ""),
         format=fmt,
-        on_success=reader.flag(items["on_success"], f"{what}.on_success")
-        if "on_success" in items
-        else False,
+        on_success=reader.optional(items, "on_success", reader.flag, f"{what}.on_success", False),
     )
 
 

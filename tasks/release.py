@@ -26,10 +26,11 @@ import yaml
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from tasks import configmaps, crds, lock, promotion, rollout_status, secrets
+from tasks import configmaps, crds, diagnoses, helm, lock, promotion, rollout_status, secrets
 from tasks import values as values_module
-from tasks.charts import archive_is_valid, chart_of, pinned_dependencies, schema_failure, shown
-from tasks.errors import CommandFailed, Diagnosis, StepFailure, explain
+from tasks.charts import archive_is_valid, chart_of, pinned_dependencies, schema_failure
+from tasks.errors import CommandFailed, StepFailure, explain
+from tasks.helm import shown
 from tasks.output import say, warn
 from tasks.pipeline import (
     Interrupted,
@@ -47,68 +48,12 @@ from tasks.secrets_keys import check_certificates
 
 PENDING_STATES = ("pending-install", "pending-upgrade", "pending-rollback")
 
-# A refusal of the deployer's identity or rights; "is forbidden" alone is also
-# what quotas and pod security say, which are not about credentials.
-CREDENTIALS_REFUSED = (
-    r"(Unauthorized|You must be logged in|asked for the client to provide credentials"
-    r'|forbidden: User "|cannot \w+ resource|certificate has expired|x509: certificate'
-    r"|credentials)"
-)
 
-CLUSTER_FAILURES = (
-    Diagnosis(
-        r"another operation \(install/upgrade/rollback\) is in progress",
-        "The release is locked by an earlier helm operation that never finished "
-        "(a deploy that was cancelled or killed mid-way).",
-        "Run `invoke recover-release --env={env}` to roll back to the last deployed revision.",
-    ),
-    Diagnosis(
-        CREDENTIALS_REFUSED,
-        "The cluster refused the deployer's credentials (expired, revoked, or lacking "
-        "permission in this namespace).",
-        "Check the credentials in the environment's secrets (`invoke doctor --env={env}` "
-        "checks certificate expiry and `kubectl auth can-i`); renew them if expired.",
-    ),
-    Diagnosis(
-        r"(connection refused|no such host|i/o timeout|dial tcp [^ ]+: connect"
-        r"|Kubernetes cluster unreachable|context deadline exceeded|TLS handshake timeout)",
-        "helm could not reach the cluster's API server: the cluster is down, unreachable "
-        "from here, or the kubeconfig points at the wrong address.",
-        "Check the cluster (`invoke doctor --env={env}`; for a local cluster "
-        "`invoke cluster.status`). If it is a cloud cluster, check its status page; "
-        "re-run the step once it answers.",
-    ),
-    Diagnosis(
-        r"((?:parse error|execution error|template:|YAML parse error)[^\n]*)",
-        "The chart did not render: {0}",
-        "Fix the template or the value it names; `invoke validate --env={env}` renders "
-        "it offline with `helm template`.",
-    ),
-    Diagnosis(
-        r'(\S+ "[^"]+") is invalid: ([^\n]+)',
-        "The API server refused {0}: {1}",
-        "Fix the value in the environment's values files. `helm template` (and so "
-        "`invoke validate`) cannot see this: only the API server checks it. "
-        "`invoke diff --env={env}` asks the API server without changing anything.",
-    ),
-    Diagnosis(
-        r'(admission webhook "[^"]+" denied the request: [^\n]+'
-        r'|\S+ "[^"]+" is forbidden: [^\n]+)',
-        "A policy of the cluster refused the change: {0}",
-        "Change the values so the objects meet the cluster's policy (quota, pod security, "
-        "admission webhook), or ask the cluster's administrators. `invoke diff --env={env}` "
-        "asks the API server without changing anything.",
-    ),
-)
-
-
-def _explain(ctx: StepContext, failed: CommandFailed, fallback: str) -> StepFailure:
+def explain_helm_failure(ctx: StepContext, failed: CommandFailed, fallback: str) -> StepFailure:
+    """A failed helm release operation (upgrade, diff, rollback, ...), explained."""
     env = ctx.environment
-    catalogue = [
-        Diagnosis(d.pattern, d.why, d.fix.replace("{env}", env.name)) for d in CLUSTER_FAILURES
-    ]
-    failure = explain(failed, catalogue, fallback)
-    if re.search(CREDENTIALS_REFUSED, failed.output):
+    failure = explain(failed, diagnoses.for_env(diagnoses.HELM_FAILURES, env.name), fallback)
+    if re.search(diagnoses.CREDENTIALS_REFUSED, failed.output):
         expired = expired_certificate(ctx)
         if expired is not None:
             expired.details = failure.details
@@ -143,13 +88,10 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
     elif not ctx.dry_run:
         secrets.require_unlocked(env)
     readable = [p for p in files if p not in locked]
-    problems = values_module.check_files(readable, PROJECT_ROOT)
-    if problems:
-        raise StepFailure(
-            f"{len(problems)} problem(s) in the values files of {env.name}; nothing was deployed.",
-            values_module.advice(problems),
-            details="\n".join(str(p) for p in problems),
-        )
+    values_module.refuse(
+        values_module.check_files(readable, PROJECT_ROOT),
+        f"problem(s) in the values files of {env.name}; nothing was deployed.",
+    )
     chart = chart_of(ctx.registry, env.current)
     if chart.suffix == ".tgz":
         if not (PROJECT_ROOT / chart).is_file() and not ctx.dry_run:
@@ -176,16 +118,14 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
 
 def _read_release(ctx: StepContext, command: str) -> Any:
     """`helm <command>` of the release as JSON; None when it was never installed."""
-    env = ctx.environment
     try:
-        result = ctx.runner.run(
-            ["helm", command, env.release, "--namespace", env.namespace, "--output", "json"],
-            quiet=True,
-        )
+        result = ctx.runner.run(helm.read(ctx.environment, command), quiet=True)
     except CommandFailed as failed:
         if "not found" in failed.output:
             return None
-        raise _explain(ctx, failed, f"helm could not read the release's {command}") from None
+        raise explain_helm_failure(
+            ctx, failed, f"helm could not read the release's {command}"
+        ) from None
     return None if result.dry_run else json.loads(result.stdout)
 
 
@@ -236,13 +176,12 @@ def release_aftermath(ctx: StepContext, action: str) -> tuple[str, str]:
             f"`invoke recover-release --env={env.name}` has run.",
             f"{name}, stuck in {state}: invoke recover-release --env={env.name}",
         )
+    way_back = (
+        f"Deploy again, or return to the last verified revision: invoke rollback --env={env.name}"
+    )
     if state == "failed":
-        way_back = (
-            f"Deploy again, or return to the last verified revision: invoke rollback "
-            f"--env={env.name}"
-            if revision != 1
-            else "Deploy again: it is the release's first revision, with none to return to."
-        )
+        if revision == 1:
+            way_back = "Deploy again: it is the release's first revision, with none to return to."
         return (
             f"helm cancelled the {action}: {name} is marked failed at revision {revision}, "
             f"and the cluster may run part of it. {way_back}",
@@ -250,7 +189,7 @@ def release_aftermath(ctx: StepContext, action: str) -> tuple[str, str]:
         )
     return (
         f"The {action} had finished: {name} is {state} at revision {revision}, not verified. "
-        f"Deploy again, or return to the last verified revision: invoke rollback --env={env.name}",
+        + way_back,
         "",
     )
 
@@ -303,14 +242,7 @@ def _diagnose_change(
         return hook_failure(
             ctx, hook.group("event"), hook.group("kind"), hook.group("name"), hooks_wait
         )
-    return _explain(ctx, failed, f"helm {action} failed")
-
-
-def helm_values_args(files: list[Path]) -> list[str]:
-    args: list[str] = []
-    for path in files:
-        args += ["--values", shown(path)]
-    return args
+    return explain_helm_failure(ctx, failed, f"helm {action} failed")
 
 
 def upgrade_release(
@@ -328,25 +260,7 @@ def upgrade_release(
     seconds = timeout or env.timeouts.upgrade
     chart = chart_of(ctx.registry, env.current)
     applied = crds.keep_current(ctx, chart, files)
-    command = [
-        "helm",
-        "upgrade",
-        env.release,
-        str(chart),
-        "--install",
-        "--cleanup-on-fail",
-        "--create-namespace",
-        "--namespace",
-        env.namespace,
-        "--timeout",
-        f"{seconds}s",
-        # Without values files helm would reuse the last revision's values: what the
-        # repository says is what deploys, even when it says nothing.
-        "--reset-values",
-        # The CRDs were applied just now, newer than helm's install-only copy would be.
-        *(["--skip-crds"] if applied else []),
-        *helm_values_args(files),
-    ]
+    command = helm.upgrade(env, chart, files, seconds, skip_crds=bool(applied))
     _change_release(ctx, command, "upgrade", timeout=seconds + 60, files=files, hooks_wait=seconds)
     note = f"release {env.release} in {env.namespace}"
     if not env.current.site:
@@ -619,33 +533,15 @@ def diff_manifests(deployed: str, proposed: str, namespace: str) -> list[str]:
 def diff_release(ctx: StepContext) -> list[str]:
     env = ctx.environment
     files = check_ready_to_deploy(ctx)
-    status = release_status(ctx)
     deployed = ""
-    if status is not None:
-        deployed = ctx.runner.run(
-            ["helm", "get", "manifest", env.release, "--namespace", env.namespace], quiet=True
-        ).stdout
+    if release_status(ctx) is not None:
+        deployed = ctx.runner.run(helm.manifest(env), quiet=True).stdout
     chart = chart_of(ctx.registry, env.current)
     changes = crds.diff(ctx, chart, files)
     try:
-        rendered = ctx.runner.run(
-            [
-                "helm",
-                "upgrade",
-                env.release,
-                str(chart),
-                "--install",
-                "--namespace",
-                env.namespace,
-                "--dry-run=server",
-                "--output",
-                "json",
-                *helm_values_args(files),
-            ],
-            quiet=True,
-        )
+        rendered = ctx.runner.run(helm.upgrade_preview(env, chart, files), quiet=True)
     except CommandFailed as failed:
-        raise _explain(ctx, failed, "helm could not render the upgrade") from None
+        raise explain_helm_failure(ctx, failed, "helm could not render the upgrade") from None
     if rendered.dry_run:
         return changes
     proposed = json.loads(rendered.stdout).get("manifest", "")
@@ -680,11 +576,7 @@ def rollback_release(ctx: StepContext, revision: int | None = None) -> str:
                 f"Fix forward, or pick one: invoke rollback --env={env.name} --revision N",
             )
         say(f"rolling back to revision {revision}, the last good one before the current")
-    command = ["helm", "rollback", env.release]
-    if revision is not None:
-        command.append(str(revision))
-    command += ["--namespace", env.namespace, "--cleanup-on-fail"]
-    _change_release(ctx, command, "rollback")
+    _change_release(ctx, helm.rollback(env, revision), "rollback")
     return f"rolled back to revision {revision}" if revision else "rolled back"
 
 
@@ -751,11 +643,6 @@ def previous_good_revision(revisions: list[dict], verified: set[int] | None = No
     return last_good_revision(earlier)
 
 
-def roll_back_to_last_good(ctx: StepContext) -> str:
-    """After the latest revision failed its rollout or smoke tests, return to the one before."""
-    return rollback_release(ctx)
-
-
 def recovery_plan(revisions: list[dict]) -> tuple[str, int | None]:
     """What recover-release would do: ('rollback', N), ('uninstall', None) or ('nothing', None)."""
     if not revisions:
@@ -790,9 +677,7 @@ def recover(ctx: StepContext, approve: Callable[[str], bool]) -> str:
         )
     if action == "rollback":
         return rollback_release(ctx, revision)
-    _change_release(
-        ctx, ["helm", "uninstall", env.release, "--namespace", env.namespace], "uninstall"
-    )
+    _change_release(ctx, helm.uninstall(env), "uninstall")
     return f"uninstalled {env.release}"
 
 
@@ -809,9 +694,7 @@ def roll_back(c: Context, target: str, why: str) -> bool:
     try:
         with invocation("rollback"):
             for name in reversed(names):
-                perform(
-                    c, "rollback", target, roll_back_to_last_good, needs_cluster=True, release=name
-                )
+                perform(c, "rollback", target, rollback_release, needs_cluster=True, release=name)
                 wait_rollout(c, env=target, release=name)
     except Stop as failed:
         warn(f"the automatic rollback of {target} did not complete: {failed.failure.why}")

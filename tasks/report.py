@@ -1,12 +1,10 @@
 """What a run did, step by step: the closing table and the machine-readable report.
 
-Every step of a run adds a `StepRecord` (environment, release, result, start
-and end, note) to the run's `Summary`. The run ends with a table of them on
-screen and the same records as JSON under reports/ (written whole or not at
-all, secrets masked), which CI can keep as an artifact or read. A
-federation's members are grouped in the table, one block per member, and
-each member's outcome is said apart: a failed experimental member is named
-loudly without failing the run.
+Every step of a run adds a `StepRecord` to the run's `Summary`. The run ends
+with a table of them on screen and the same records as JSON under reports/
+(written whole or not at all, secrets masked), which CI can keep or read. A
+failed experimental member of a federation is named loudly without failing
+the run.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,11 +127,7 @@ class Summary:
             (r.label, r.env or "-", r.result, format_seconds(r.seconds), r.note)
             for r in self.ordered()
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        lines = [
-            "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
-            for row in rows
-        ]
+        lines = aligned(rows)
         if self.members:
             width = max(len(m.name) for m in self.members)
             lines.append(f"members of {self.group}:")
@@ -204,6 +199,12 @@ class Summary:
             raise
 
 
+def aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """The rows as lines, each column but the last as wide as its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join([*map(str.ljust, row[:-1], widths), row[-1]]).rstrip() for row in rows]
+
+
 def _cell(text: str) -> str:
     """Text that stays inside one Markdown table cell or list item, shown as written."""
     flat = " ".join(text.split())
@@ -219,6 +220,16 @@ def format_seconds(seconds: float) -> str:
         return f"{seconds:.1f}s"
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes}m{rest:02d}s"
+
+
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def abridged(names: list[str], shown: int = 3) -> str:
+    """`a, b, c and 2 more`."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 class Stopwatch:

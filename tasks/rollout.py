@@ -1,37 +1,24 @@
-"""Stage 3, after the upgrade: wait until every workload of the release has rolled out.
+"""wait-rollout, after the upgrade: wait until every workload of the release has rolled out.
 
-Every Deployment, DaemonSet and StatefulSet of the environment's namespace is
-waited on at once, under one deadline, from watch streams: one `kubectl proxy`
-(so every way kubectl authenticates, GKE's exec plugin included, works
-unchanged) and one HTTP watch per kind of object, all feeding one queue. What
-"rolled out" means is `kubectl rollout status`'s rule, in
-`tasks/rollout_status.py`.
+Every Deployment, DaemonSet and StatefulSet of the namespace is waited on at
+once, under one deadline, from watch streams over one `kubectl proxy` (so every
+way kubectl authenticates, GKE's exec plugin included, works unchanged). What
+"rolled out" means is `kubectl rollout status`'s rule (`tasks/rollout_status.py`).
 
-A pod that will never get ready (crash loop, image that cannot be pulled,
-missing Secret, no node it could ever run on) or a Deployment past its progress
-deadline fails the step within seconds, naming the object, the pod, the
-container, the reason, the recent events and the container's last log lines:
-the reference document's "kubectl rollout hanging forever" becomes a one-screen
-diagnosis.
-
-A pod that finds the nodes full is another matter on a busy BinderHub: the
-nodes, the pod's claims and the cluster autoscaler's status are read (GETs,
-every few seconds, only while such a pod waits) to tell "full right now" from
-"can never fit", and the autoscaler's events on the pod are followed: a node on
-its way is waited for, a refusal fails the step at once with the autoscaler's
-reason (`tasks/rollout_fit.py`).
+A pod that will never get ready or a Deployment past its progress deadline
+fails the step within seconds with a one-screen diagnosis: the object, the pod,
+the container, the reason, the recent events and the last log lines. A pod that
+finds the nodes full is another matter on a busy BinderHub: the nodes, claims
+and autoscaler status are read, only while such a pod waits, to tell "full right
+now" from "can never fit" (`tasks/rollout_fit.py`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import queue
 import re
 import select
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,16 +26,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import Any, TextIO
 
 import requests
 from invoke import Context, task
-from invoke.exceptions import Exit
 
+from tasks import http, toolchain
 from tasks.errors import StepFailure
 from tasks.output import draws_in_place, say
 from tasks.pipeline import StepContext, perform, releases_of
-from tasks.report import format_seconds
+from tasks.report import abridged, counted, format_seconds
 from tasks.rollout_fit import AUTOSCALER_CONFIGMAP, AUTOSCALER_NAMESPACE, ClusterFacts, Note
 from tasks.rollout_status import (
     FIXES,
@@ -70,7 +57,7 @@ from tasks.rollout_status import (
     workload_key,
 )
 from tasks.run import current
-from tasks.runner import Runner
+from tasks.runner import Companion, Runner
 
 RESOURCES = {
     "deployments": "/apis/apps/v1/namespaces/{ns}/deployments",
@@ -122,18 +109,6 @@ def _api_message(body: str) -> str:
         return body.strip()[:300]
 
 
-def kubectl_binary(is_local: bool) -> str:
-    """kubectl to run: the pinned build when there is one; the operator's for remote clusters."""
-    from tasks.cluster import tools
-
-    try:
-        return str(tools.binary("kubectl"))
-    except Exit as missing:
-        if is_local:
-            raise StepFailure(str(missing), "Run `invoke cluster.build`.") from None
-        return "kubectl"
-
-
 def proxy_command(kubectl: str | Path, namespace: str) -> list[str]:
     """`kubectl proxy` on a free loopback port, answering read-only requests on the namespace,
     and on the few cluster objects that say whether a pod can find a node (FACTS).
@@ -161,64 +136,14 @@ def proxy_command(kubectl: str | Path, namespace: str) -> list[str]:
 
 @contextmanager
 def kube_proxy(runner: Runner, kubectl: str | Path, namespace: str) -> Iterator[str]:
-    """Start `kubectl proxy`; yield its base URL; stop it on the way out, whatever happens.
-
-    A long-running companion process does not fit the runner's run-to-the-end
-    `run`, so it is started here with the runner's environment (KUBECONFIG).
-    """
+    """Start `kubectl proxy`; yield its base URL; stop it on the way out, whatever happens."""
     command = proxy_command(kubectl, namespace)
-    env = {**os.environ, **runner.env}
-    if runner.tool_dirs:
-        env["PATH"] = os.pathsep.join([*map(str, runner.tool_dirs), env.get("PATH", "")])
-    # A file, not a pipe: nobody reads the proxy's complaints while it runs, and a
-    # full pipe would stall it mid-rollout.
-    with tempfile.TemporaryFile("w+") as errors:
-        try:
-            process = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=errors,
-                text=True,
-                preexec_fn=_die_with_parent,
-            )
-        except OSError as error:
-            raise StepFailure(
-                f"Could not start `{runner.describe(command)}`: {error}.",
-                "Install kubectl, or run `invoke cluster.build` for the pinned one.",
-            ) from None
-        try:
-            yield _proxy_address(process, errors, runner.describe(command))
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stdout:
-                process.stdout.close()
+    with runner.companion(command, "Install kubectl, or run `invoke cluster.build`.") as proxy:
+        yield _proxy_address(proxy, runner.describe(command))
 
 
-def _die_with_parent() -> None:
-    """In the proxy's child process: have Linux end it when the deploy dies.
-
-    The `finally` above covers every Python exit; this covers the rest (SIGKILL,
-    a CI runner's SIGTERM), which would otherwise leave a proxy holding the
-    deploy credentials open on a local port.
-    """
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-_PR_SET_PDEATHSIG = 1
-# Looked up here, not in the child: between fork and exec only the simplest
-# calls are safe when other threads (the watch streams) exist.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-
-
-def _proxy_address(process: subprocess.Popen[str], errors: IO[str], shown: str) -> str:
+def _proxy_address(proxy: Companion, shown: str) -> str:
+    process, errors = proxy.process, proxy.errors
     assert process.stdout is not None
     deadline = time.monotonic() + PROXY_START_SECONDS
     while time.monotonic() < deadline:
@@ -248,7 +173,7 @@ class Api:
 
     def __init__(self, base: str) -> None:
         self.base = base
-        self.session = _session()
+        self.session = http.loopback_session()
 
     def get(
         self, path: str, params: dict[str, Any] | None = None, seconds: float = 30
@@ -270,7 +195,7 @@ def read_facts(api: Api, namespace: str, now: float) -> ClusterFacts:
             if name == "autoscaler_status":
                 found[name] = api.get(path, seconds=10).json()
             else:
-                found[name] = tuple(_list_all(api, path))
+                found[name] = tuple(_list_all(api, path)[0])
         except ApiError as error:
             # No status ConfigMap is how a cluster without an autoscaler answers.
             if not (name == "autoscaler_status" and error.status == 404):
@@ -280,22 +205,17 @@ def read_facts(api: Api, namespace: str, now: float) -> ClusterFacts:
     return ClusterFacts(read_at=now, unreadable=tuple(unreadable), **found)
 
 
-def _list_all(api: Api, path: str) -> Iterator[Obj]:
+def _list_all(api: Api, path: str, seconds: float = 10) -> tuple[list[Obj], Obj]:
+    """Every object at `path`, page by page, and the last page (its kind and resourceVersion)."""
+    items: list[Obj] = []
     params: dict[str, Any] = {"limit": 500}
     while True:
-        page = api.get(path, params, seconds=10).json()
-        yield from page.get("items") or ()
+        page = api.get(path, params, seconds).json()
+        items += page.get("items") or []
         more = (page.get("metadata") or {}).get("continue")
         if not more:
-            return
+            return items, page
         params["continue"] = more
-
-
-def _session() -> requests.Session:
-    session = requests.Session()
-    # An HTTP(S)_PROXY meant for the outside world must not capture loopback traffic.
-    session.trust_env = False
-    return session
 
 
 class WatchStream(threading.Thread):
@@ -317,12 +237,11 @@ class WatchStream(threading.Thread):
         stop: threading.Event,
     ) -> None:
         super().__init__(daemon=True, name=f"watch-{resource}")
-        self.base = base
+        self.api = Api(base)
         self.resource = resource
         self.path = RESOURCES[resource].format(ns=namespace)
         self.out = out
         self.stop = stop
-        self.session = _session()
 
     def run(self) -> None:
         failures = 0
@@ -342,25 +261,14 @@ class WatchStream(threading.Thread):
                 self.out.put(Change(self.resource, "ERROR", error=error))
 
     def list_all(self) -> str:
-        """Report every object as one SYNC change, page by page; return the list's version."""
-        items: list[Obj] = []
-        params: dict[str, Any] = {"limit": 500}
-        while True:
-            response = self.session.get(self.base + self.path, params=params, timeout=(5, 60))
-            if response.status_code != 200:
-                raise ApiError(response.status_code, self.path, response.text)
-            page = response.json()
-            items += page.get("items") or []
-            metadata = page.get("metadata") or {}
-            if not metadata.get("continue"):
-                break
-            params["continue"] = metadata["continue"]
+        """Report every object as one SYNC change; return the list's version."""
+        items, page = _list_all(self.api, self.path, seconds=60)
         # Listed items carry no kind; watched ones do. Give them theirs.
         kind = page.get("kind", "").removesuffix("List")
         for item in items:
             item.setdefault("kind", kind)
         self.out.put(Change(self.resource, "SYNC", items))
-        return str(metadata.get("resourceVersion", ""))
+        return str((page.get("metadata") or {}).get("resourceVersion", ""))
 
     def follow(self, version: str) -> None:
         """Follow changes from `version`; return when a fresh list is needed."""
@@ -371,8 +279,11 @@ class WatchStream(threading.Thread):
                 "allowWatchBookmarks": "true",
                 "timeoutSeconds": WATCH_SECONDS,
             }
-            response = self.session.get(
-                self.base + self.path, params=params, stream=True, timeout=(5, WATCH_SECONDS + 30)
+            response = self.api.session.get(
+                self.api.base + self.path,
+                params=params,
+                stream=True,
+                timeout=(5, WATCH_SECONDS + 30),
             )
             try:
                 if response.status_code == 410:
@@ -469,9 +380,7 @@ class Progress:
         elif elapsed - self.last_heartbeat >= HEARTBEAT_SECONDS:
             self.last_heartbeat = elapsed
             waiting = [k for k, v in verdicts.items() if v.state not in (READY, UNWAITABLE)]
-            shown = ", ".join(
-                f"{k} ({notes[k].text})" if k in notes else k for k in waiting[:5]
-            ) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
+            shown = abridged([f"{k} ({notes[k].text})" if k in notes else k for k in waiting], 5)
             say(f"still waiting after {format_seconds(elapsed)}: {shown}", stream=self.stream)
 
 
@@ -572,8 +481,7 @@ def _wait(
             return RolloutReport(namespace, [], elapsed)
         if not announced:
             say(
-                f"waiting for {len(verdicts)} workload{'s' if len(verdicts) != 1 else ''} "
-                f"in namespace {namespace} "
+                f"waiting for {counted(len(verdicts), 'workload')} in namespace {namespace} "
                 f"(deadline {format_seconds(waiter.timeout)})",
                 stream=out,
             )
@@ -584,20 +492,15 @@ def _wait(
             waiter.view.facts = read_facts(api, namespace, now)
             blocker = waiter.blocker(verdicts, now)
         progress.update(verdicts, elapsed, waiter.notes)
-        if blocker:
+        done = all(v.state in (READY, UNWAITABLE) for v in verdicts.values())
+        if blocker or done or now >= deadline:
             progress.finish()
             report = RolloutReport(namespace, waiter.results(verdicts, blocker), elapsed)
             say(report.table(), stream=out)
-            raise _diagnose(waiter.view, api, blocker, namespace, out)
-        if all(v.state in (READY, UNWAITABLE) for v in verdicts.values()):
-            progress.finish()
-            report = RolloutReport(namespace, waiter.results(verdicts), elapsed)
-            say(report.table(), stream=out)
-            return report
-        if now >= deadline:
-            progress.finish()
-            report = RolloutReport(namespace, waiter.results(verdicts), elapsed)
-            say(report.table(), stream=out)
+            if blocker:
+                raise _diagnose(waiter.view, api, blocker, namespace, out)
+            if done:
+                return report
             raise _deadline_failure(waiter, verdicts)
 
 
@@ -648,9 +551,7 @@ def _stream_failure(change: Change, namespace: str) -> StepFailure:
         return _api_failure(error, namespace)
     return StepFailure(
         f"Lost the watch on {change.resource} in namespace {namespace}: {error}.",
-        "Check that the cluster answers (kubectl get pods -n "
-        + namespace
-        + ") and run the step again.",
+        f"Check that the cluster answers (kubectl get pods -n {namespace}) and run the step again.",
     )
 
 
@@ -805,7 +706,7 @@ def _deadline_failure(waiter: RolloutWaiter, verdicts: dict[str, Verdict]) -> St
     if len(lines) > DETAIL_LINES:
         hidden = len(lines) - DETAIL_LINES + 1
         lines = [*lines[: DETAIL_LINES - 1], f"... {hidden} more lines: see the table above"]
-    shown = ", ".join(waiting[:5]) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
+    shown = abridged(waiting, 5)
     return StepFailure(
         f"Not rolled out within {format_seconds(waiter.timeout)}: {shown}.",
         "Look at the pods named below (kubectl describe pod); if this environment is only "
@@ -819,8 +720,8 @@ def _dry_run(
 ) -> RolloutReport:
     prefix = "".join(f"{k}={v} " for k, v in sorted(runner.env.items()) if k != "PATH")
     say(f"[dry-run] {prefix}{runner.describe(proxy_command(kubectl, namespace))}", stream=out)
-    for name in RESOURCES:
-        path = RESOURCES[name].format(ns=namespace)
+    for template in RESOURCES.values():
+        path = template.format(ns=namespace)
         say(f"[dry-run] GET {path}, then watch it from the list's resourceVersion", stream=out)
     for path in FACTS.values():
         say(f"[dry-run] GET {path.format(ns=namespace)} while a pod finds no node", stream=out)
@@ -845,10 +746,9 @@ def wait(
             ctx.runner,
             env.namespace,
             timeout=timeout or env.timeouts.rollout,
-            unschedulable_grace=UNSCHEDULABLE_GRACE
-            if unschedulable_grace is None
-            else unschedulable_grace,
-            kubectl=kubectl_binary(env.is_local),
+            unschedulable_grace=unschedulable_grace or UNSCHEDULABLE_GRACE,
+            # The runner's order: the tools folder, the pinned builds, then PATH.
+            kubectl=toolchain.locate("kubectl", ctx.runner.tool_dirs) or "kubectl",
         )
     except StepFailure as failure:
         raise for_this_environment(failure, ctx) from None

@@ -2,26 +2,17 @@
 
 Pure logic over the objects the Kubernetes API returns, like
 `tasks/rollout_status.py`, so every rule is tested without a cluster. When the
-scheduler marks a pod of the release Unschedulable, wait-rollout must tell:
+scheduler marks a pod of the release Unschedulable, wait-rollout must tell
+whether the nodes that could run it are **full** right now (room comes back when
+pods leave or a cluster autoscaler adds a node), whether no node like the
+present ones can **never** take it (too small, unmatched selector or affinity,
+untolerated taints, a claim nothing binds), or whether a **volume** is still
+being provisioned. `placement` weighs that with what the cluster autoscaler says
+(its events on the pod, its status ConfigMap) and the clock: go on waiting, or
+fail and say why and what to do.
 
-- **full**: the nodes that could run the pod have no room right now (too many
-  pods, cpu or memory taken, ports in use). Room comes back when pods leave or
-  when the cluster autoscaler adds a node; on a busy BinderHub it usually does.
-- **never**: no node like the present ones can ever take it, whatever the load:
-  it requests more than any node has, its node selector or affinity matches no
-  node, every node has a taint it does not tolerate, or one of its claims
-  cannot be bound (no such claim, no such StorageClass, nothing to provision).
-- **volume**: a claim is still being provisioned; that takes seconds, unless
-  nothing ever provisions it.
-
-and what the cluster autoscaler says about the pod (its `TriggeredScaleUp`,
-`NotTriggerScaleUp` and `FailedScaleUp` events) and about itself (its status
-ConfigMap `kube-system/cluster-autoscaler-status`). `placement` combines them
-with the clock: go on waiting (and on what), or fail (and why, and what to do).
-
-The verdict comes from the nodes where they can be read, and from the
-scheduler's message alone where they cannot (a deploy account without
-cluster-wide read access).
+Where the deploy account may not read the nodes, the verdict rests on the
+scheduler's message alone.
 """
 
 from __future__ import annotations
@@ -35,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from tasks.report import format_seconds
+from tasks.report import abridged, counted, format_seconds
 
 Obj = dict[str, Any]
 
@@ -95,23 +86,12 @@ _CLAIM_MESSAGES = (
 
 # --- Quantities ------------------------------------------------------------------------------
 
+# The suffixes: binary (Ki = 2**10 ... Ei = 2**60) and decimal (n = 1e-9 ... E = 1e18).
 _SCALE = {
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-    "n": 1e-9,
-    "u": 1e-6,
-    "m": 1e-3,
     "": 1.0,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "P": 1e15,
-    "E": 1e18,
+    **{f"{s}i": 2 ** (10 * i) for i, s in enumerate("KMGTPE", start=1)},
+    **{s: 1e3**i for i, s in enumerate("num", start=-3)},
+    **{s: 1e3**i for i, s in enumerate("kMGTPE", start=1)},
 }
 _QUANTITY = re.compile(
     r"([+-]?(?:\d+\.?\d*|\.\d+))(?:[eE]([+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]))?"
@@ -207,9 +187,9 @@ def parse_scheduler_message(message: str) -> SchedulerMessage:
     reasons: list[tuple[int, str]] = []
     pod_reasons: list[str] = []
     for part in _split_reasons(body):
-        counted = re.match(r"(\d+) (.+)", part)
-        if counted:
-            reasons.append((int(counted.group(1)), counted.group(2).strip()))
+        numbered = re.match(r"(\d+) (.+)", part)
+        if numbered:
+            reasons.append((int(numbered.group(1)), numbered.group(2).strip()))
         elif part:
             pod_reasons.append(part)
     return SchedulerMessage(nodes, tuple(reasons), tuple(pod_reasons))
@@ -356,10 +336,23 @@ class ClusterFacts:
 @dataclass(frozen=True)
 class ClaimProblem:
     kind: str  # NEVER or VOLUME
-    claim: str
-    storage_class: str | None
     text: str
     fix: str
+
+
+def _missing_claim(name: str) -> ClaimProblem:
+    return ClaimProblem(
+        NEVER,
+        f"its claim {name} does not exist",
+        f"Create the PersistentVolumeClaim {name}, or correct the claim's name in the values.",
+    )
+
+
+_UNBOUND = ClaimProblem(
+    VOLUME,
+    "its claims are not bound",
+    "Check the pod's PersistentVolumeClaims and their StorageClasses: kubectl describe pvc.",
+)
 
 
 def pod_claims(pod: Obj) -> list[str]:
@@ -389,14 +382,7 @@ def claim_problem(
     for name in pod_claims(pod):
         claim = by_name.get(name)
         if claim is None:
-            return ClaimProblem(
-                NEVER,
-                name,
-                None,
-                f"its claim {name} does not exist",
-                f"Create the PersistentVolumeClaim {name}, or correct the claim's name in the "
-                "values.",
-            )
+            return _missing_claim(name)
         phase = (claim.get("status") or {}).get("phase", "Pending")
         if phase == "Bound":
             continue
@@ -420,8 +406,6 @@ def _unbound_claim(
     if phase == "Lost":
         return ClaimProblem(
             NEVER,
-            name,
-            wanted,
             f"its claim {name} lost its volume",
             f"Restore the PersistentVolume of claim {name}, or delete the claim so that a new "
             "volume is provisioned (its data is gone).",
@@ -431,8 +415,6 @@ def _unbound_claim(
     if wanted == "":
         return ClaimProblem(
             NEVER,
-            name,
-            "",
             f'its claim {name} asks for an existing volume (storageClassName: "") and no '
             f"PersistentVolume matches it{said}",
             f"Create a PersistentVolume that matches claim {name}, or give the claim a "
@@ -441,8 +423,6 @@ def _unbound_claim(
     if classes is None:
         return ClaimProblem(
             VOLUME,
-            name,
-            wanted,
             f"its claim {name} (StorageClass {wanted or 'none'}) is not bound{said}",
             f"Check claim {name} and its StorageClass: kubectl describe pvc {name}.",
         )
@@ -453,8 +433,6 @@ def _unbound_claim(
         if not defaults:
             return ClaimProblem(
                 NEVER,
-                name,
-                None,
                 f"its claim {name} names no StorageClass and the cluster has no default one, "
                 f"so nothing provisions it and no PersistentVolume matches it{said}",
                 f"Set storageClassName of claim {name} in the values to a class that exists "
@@ -466,8 +444,6 @@ def _unbound_claim(
     if storage_class is None:
         return ClaimProblem(
             NEVER,
-            name,
-            wanted,
             f"its claim {name} asks for StorageClass {wanted}, which does not exist, so "
             f"nothing provisions the claim{said}",
             f"Create StorageClass {wanted}, or set the claim's storageClassName in the values to "
@@ -477,8 +453,6 @@ def _unbound_claim(
     if provisioner == NO_PROVISIONER:
         return ClaimProblem(
             NEVER,
-            name,
-            wanted,
             f"its claim {name} asks for StorageClass {wanted}, which provisions nothing "
             f"({NO_PROVISIONER}), and no PersistentVolume matches the claim{said}",
             f"Create a PersistentVolume that matches claim {name}, or use a StorageClass with "
@@ -488,8 +462,6 @@ def _unbound_claim(
         return None  # provisioned once the pod has a node; the claim is not what holds it
     return ClaimProblem(
         VOLUME,
-        name,
-        wanted,
         f"its claim {name} (StorageClass {wanted}) is not bound: nothing has provisioned a "
         f"volume for it; StorageClass {wanted}'s provisioner {provisioner} did not{said}",
         f"Check that the provisioner {provisioner} runs in the cluster and what its logs say "
@@ -634,25 +606,11 @@ def classify(
     said = parse_scheduler_message(message)
     if mentions_claims(message):
         problem = claim_problem(pod, facts, events_of)
+        if problem is None and said.pod_reasons and not said.reasons:
+            missing = re.search(r'persistentvolumeclaim "([^"]+)" not found', message)
+            problem = _missing_claim(missing.group(1)) if missing else _UNBOUND
         if problem is not None:
             return Fit(problem.kind, problem.text, problem.fix, autoscalable=False)
-        if said.pod_reasons and not said.reasons:
-            missing = re.search(r'persistentvolumeclaim "([^"]+)" not found', message)
-            if missing:
-                return Fit(
-                    NEVER,
-                    f"its claim {missing.group(1)} does not exist",
-                    f"Create the PersistentVolumeClaim {missing.group(1)}, or correct the claim's "
-                    "name in the values.",
-                    autoscalable=False,
-                )
-            return Fit(
-                VOLUME,
-                "its claims are not bound",
-                "Check the pod's PersistentVolumeClaims and their StorageClasses: "
-                "kubectl describe pvc.",
-                autoscalable=False,
-            )
     room = ", ".join(said.room_reasons)
     if facts.nodes is None:
         return _from_message_alone(said, room)
@@ -725,7 +683,7 @@ def _never(
         )
     else:
         parts = [
-            f"{_names(names)}: {_rejection_phrase(kind, text, requests)}"
+            f"{abridged(names)}: {_rejection_phrase(kind, text, requests)}"
             for (kind, text), names in sorted(by_text.items(), key=lambda item: -len(item[1]))
         ]
         summary = "it can never fit: " + "; ".join(parts)
@@ -770,8 +728,8 @@ def _full(room: str, candidates: list[Obj], neighbours: Iterable[Obj]) -> Fit:
         {(n.get("status") or {}).get("allocatable", {}).get("pods", "?") for n in candidates}
     )
     details = [
-        f"nodes that could take it once room frees up: {_count(len(names), 'node')} "
-        f"({_names(sorted(names))}), {'/'.join(map(str, slots))} pods each at most"
+        f"nodes that could take it once room frees up: {counted(len(names), 'node')} "
+        f"({abridged(sorted(names))}), {'/'.join(map(str, slots))} pods each at most"
     ]
     tenants = Counter(
         _tenant(p) for p in neighbours if (p.get("spec") or {}).get("nodeName") in names
@@ -779,7 +737,7 @@ def _full(room: str, candidates: list[Obj], neighbours: Iterable[Obj]) -> Fit:
     if tenants:
         shown = ", ".join(f"{n} {what}" for what, n in tenants.most_common(3))
         details.append(
-            f"on them, {_count(sum(tenants.values()), 'pod')} of this namespace that are not "
+            f"on them, {counted(sum(tenants.values()), 'pod')} of this namespace that are not "
             f"part of the release: {shown}"
         )
     return Fit(
@@ -799,15 +757,6 @@ def _tenant(pod: Obj) -> str:
         if key in labels:
             return f"{key}={labels[key]}"
     return "unlabelled"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _names(names: list[str], shown: int = 3) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 # --- Wait or fail --------------------------------------------------------------------------
@@ -869,11 +818,7 @@ def placement(
             text = "no present node can ever take it; waiting for the cluster autoscaler's word"
             return Placement(False, note=Note("autoscaler", text))
         return Placement(True, _with_details(fit, about))
-    if (
-        running
-        and status is not None
-        and (status.groups_scaling or status.scale_up == "InProgress")
-    ):
+    if running and status and (status.groups_scaling or status.scale_up == "InProgress"):
         # A scale-up started for other pods also brings room for this one, without a word to it.
         scaling = ", ".join(status.groups_scaling) or "the cluster"
         text = f"waiting for a node: a scale-up of {scaling} is under way"

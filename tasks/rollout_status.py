@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.report import format_seconds
+from tasks.report import aligned, counted, format_seconds
 from tasks.rollout_fit import (
     ClusterFacts,
     Fit,
@@ -57,43 +57,32 @@ FAILED = "failed"
 UNWAITABLE = "unwaitable"
 
 # Container waiting reasons a kubelet does not recover from without a change to
-# the pod's spec, the image or the objects it refers to.
-FAILING_WAIT_REASONS = (
-    "CrashLoopBackOff",
+# the pod's spec, the image or the objects it refers to. All but a crash loop
+# leave the container unstarted, so asking for its logs is pointless.
+_NOT_STARTED = (
     "ImagePullBackOff",
     "ErrImagePull",
     "InvalidImageName",
     "ErrImageNeverPull",
     "CreateContainerConfigError",
 )
+FAILING_WAIT_REASONS = ("CrashLoopBackOff", *_NOT_STARTED)
 UNSCHEDULABLE = "Unschedulable"
-REVISION = "deployment.kubernetes.io/revision"
+NEVER_STARTED = (*_NOT_STARTED, UNSCHEDULABLE)
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 
-# Reasons whose container never started, so asking for its logs is pointless.
-NEVER_STARTED = (
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "InvalidImageName",
-    "ErrImageNeverPull",
-    "CreateContainerConfigError",
-    UNSCHEDULABLE,
+_PULL_FIX = (
+    "The cluster cannot pull the container's image. Check the image name and tag in the "
+    "values (was that tag built and pushed?) and that the cluster may pull from its registry."
 )
-
 FIXES = {
     "CrashLoopBackOff": (
         "The container starts and exits, again and again: a bug or a configuration error in "
         "the version just deployed. Its logs from the crashed run say which; fix or revert "
         "the change that brought it (waiting longer would not help: it would crash forever)."
     ),
-    "ImagePullBackOff": (
-        "The cluster cannot pull the container's image. Check the image name and tag in the "
-        "values (was that tag built and pushed?) and that the cluster may pull from its registry."
-    ),
-    "ErrImagePull": (
-        "The cluster cannot pull the container's image. Check the image name and tag in the "
-        "values (was that tag built and pushed?) and that the cluster may pull from its registry."
-    ),
+    "ImagePullBackOff": _PULL_FIX,
+    "ErrImagePull": _PULL_FIX,
     "InvalidImageName": "The image reference is malformed; correct it in the values.",
     "ErrImageNeverPull": (
         "The pod's imagePullPolicy is Never and the node lacks the image; allow pulling it."
@@ -191,12 +180,7 @@ def daemonset_verdict(obj: Obj) -> Verdict:
     ready = min(updated, available)
     strategy = (spec.get("updateStrategy") or {}).get("type", "RollingUpdate")
     if strategy != "RollingUpdate":
-        return Verdict(
-            UNWAITABLE,
-            ready,
-            desired,
-            f"update strategy {strategy}: pods change only when deleted, nothing to wait for",
-        )
+        return _not_waited(strategy, ready, desired)
     if not _generation_observed(obj):
         return Verdict(WAITING, ready, desired, "waiting for the spec update to be observed")
     if updated < desired:
@@ -214,12 +198,7 @@ def statefulset_verdict(obj: Obj) -> Verdict:
     strategy = spec.get("updateStrategy") or {}
     kind = strategy.get("type", "RollingUpdate")
     if kind != "RollingUpdate":
-        return Verdict(
-            UNWAITABLE,
-            ready_count,
-            desired,
-            f"update strategy {kind}: pods change only when deleted, nothing to wait for",
-        )
+        return _not_waited(kind, ready_count, desired)
     if status.get("observedGeneration", 0) == 0 or not _generation_observed(obj):
         return Verdict(WAITING, ready_count, desired, "waiting for the spec update to be observed")
     if ready_count < desired:
@@ -229,21 +208,18 @@ def statefulset_verdict(obj: Obj) -> Verdict:
         partition = rolling.get("partition") or 0
         updated = status.get("updatedReplicas", 0)
         if updated < desired - partition:
-            return Verdict(
-                WAITING,
-                ready_count,
-                desired,
-                f"partitioned roll out: {updated} of {desired - partition} new pods updated",
-            )
+            message = f"partitioned roll out: {updated} of {desired - partition} new pods updated"
+            return Verdict(WAITING, ready_count, desired, message)
         return Verdict(READY, ready_count, desired, "rolled out")
     if status.get("updateRevision") != status.get("currentRevision"):
-        return Verdict(
-            WAITING,
-            ready_count,
-            desired,
-            f"rolling update to revision {status.get('updateRevision')} in progress",
-        )
+        message = f"rolling update to revision {status.get('updateRevision')} in progress"
+        return Verdict(WAITING, ready_count, desired, message)
     return Verdict(READY, ready_count, desired, "rolled out")
+
+
+def _not_waited(strategy: str, ready: int, desired: int) -> Verdict:
+    message = f"update strategy {strategy}: pods change only when deleted, nothing to wait for"
+    return Verdict(UNWAITABLE, ready, desired, message)
 
 
 @dataclass(frozen=True)
@@ -298,18 +274,10 @@ def unschedulable(pod: Obj) -> PodProblem | None:
     """The scheduler's verdict on a pod no node can take; time decides if it is final."""
     if pod["metadata"].get("deletionTimestamp"):
         return None
-    scheduled = condition(pod, "PodScheduled")
-    if (
-        scheduled
-        and scheduled.get("status") == "False"
-        and scheduled.get("reason") == UNSCHEDULABLE
-    ):
-        return PodProblem(
-            pod=pod["metadata"]["name"],
-            container="",
-            reason=UNSCHEDULABLE,
-            message=scheduled.get("message") or "",
-        )
+    scheduled = condition(pod, "PodScheduled") or {}
+    if scheduled.get("status") == "False" and scheduled.get("reason") == UNSCHEDULABLE:
+        message = scheduled.get("message") or ""
+        return PodProblem(pod["metadata"]["name"], "", UNSCHEDULABLE, message)
     return None
 
 
@@ -332,8 +300,7 @@ def pod_state(pod: Obj) -> str:
         if "terminated" in state:
             reason = state["terminated"].get("reason", "terminated")
             return f"{phase}, container {container.get('name')}: {reason}"
-    ready = condition(pod, "Ready")
-    if ready and ready.get("status") == "True":
+    if pod_ready(pod):
         return f"{phase}, ready"
     if not status.get("containerStatuses"):
         return f"{phase}, scheduled, containers not created yet" if scheduled_on(pod) else phase
@@ -510,7 +477,6 @@ class NamespaceView:
         kind = workload.get("kind")
         if kind == "Deployment":
             current = self.current_replicaset(workload)
-            # Before its ReplicaSet exists, a new revision has no pods to judge.
             return self.children("pods", _uid(current)) if current else []
         owned = self.children("pods", uid)
         if kind == "StatefulSet":
@@ -518,22 +484,19 @@ class NamespaceView:
         else:
             revisions = self.children("controllerrevisions", uid)
             newest = max(revisions, key=lambda r: r.get("revision", 0), default=None)
-            revision = _label(newest, "controller-revision-hash") if newest else None
+            revision = _revision_hash(newest) if newest else None
         if not revision:
             return owned
-        return [p for p in owned if _label(p, "controller-revision-hash") == revision]
+        return [p for p in owned if _revision_hash(p) == revision]
 
     def rolled_out_by_pods(self, workload: Obj) -> bool:
         """kubectl's rule for the workload, read from its pods instead of its status.
 
-        The controllers fold pod readiness into a workload's status moments
-        later, seconds later when they are busy: the deployment controller's
-        API rate limit (20 requests a second by default) is shared by every
-        Deployment, and 200 of them rolling out at once queue behind it. The
-        pods tell first. Used only where they carry the whole answer: the
-        current revision is known (a Deployment's by its template, the others'
-        once their controller has seen the spec) and no minReadySeconds asks
-        readiness to last.
+        The controllers fold pod readiness into a workload's status seconds later
+        when busy: the deployment controller's API rate limit (20 requests a second
+        by default) is shared by every Deployment. Used only where the pods carry
+        the whole answer: the current revision is known and no minReadySeconds
+        asks readiness to last.
         """
         spec = workload.get("spec") or {}
         kind = workload.get("kind")
@@ -560,11 +523,9 @@ class NamespaceView:
             newest = max(revisions, key=lambda r: r.get("revision", 0), default=None)
             if newest is None:
                 return False
-            current = _label(newest, "controller-revision-hash")
+            current = _revision_hash(newest)
             ready_nodes = {
-                scheduled_on(p)
-                for p in pods
-                if _label(p, "controller-revision-hash") == current and pod_ready(p)
+                scheduled_on(p) for p in pods if _revision_hash(p) == current and pod_ready(p)
             }
             desired = (workload.get("status") or {}).get("desiredNumberScheduled", 0)
             return len(ready_nodes) >= desired
@@ -575,7 +536,7 @@ class NamespaceView:
             if strategy.get("type", "RollingUpdate") != "RollingUpdate" or not update:
                 return False
             desired = spec.get("replicas", 1)
-            updated = [p for p in pods if _label(p, "controller-revision-hash") == update]
+            updated = [p for p in pods if _revision_hash(p) == update]
             if sum(map(pod_ready, pods)) < desired:
                 return False
             rolling = strategy.get("rollingUpdate")
@@ -625,12 +586,8 @@ def _template_without_hash(replicaset: Obj) -> Obj | None:
     return {**template, "metadata": {**metadata, "labels": labels}}
 
 
-def _annotation(obj: Obj, key: str) -> str | None:
-    return (obj["metadata"].get("annotations") or {}).get(key)
-
-
-def _label(obj: Obj, key: str) -> str | None:
-    return (obj["metadata"].get("labels") or {}).get(key)
+def _revision_hash(obj: Obj) -> str | None:
+    return (obj["metadata"].get("labels") or {}).get("controller-revision-hash")
 
 
 def describe_event(event: Obj) -> str:
@@ -671,9 +628,7 @@ class RolloutReport:
             return f"no workloads in namespace {self.namespace}"
         ready = sum(r.result == "ready" for r in self.results)
         skipped = sum(r.result == "not waited" for r in self.results)
-        text = (
-            f"{ready} workload{'s' if ready != 1 else ''} ready in {format_seconds(self.seconds)}"
-        )
+        text = f"{counted(ready, 'workload')} ready in {format_seconds(self.seconds)}"
         if skipped:
             text += f", {skipped} not waited on (OnDelete)"
         return text
@@ -690,13 +645,7 @@ class RolloutReport:
             )
             for r in self.results
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        return "\n".join(
-            (
-                "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3]
-            ).rstrip()
-            for row in rows
-        )
+        return "\n".join(aligned(rows))
 
 
 # --- The waiter ----------------------------------------------------------------------------

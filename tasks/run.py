@@ -2,24 +2,14 @@
 
 A run is one outermost invocation of a task (`invoke deploy`, `invoke
 upgrade`, ...). Everything it accumulates lives in a `Run`, and what belongs
-to one environment in that environment's `EnvironmentRun`:
-
-    Run              the secret masker (shared by every thread of the run), the
-                     summary (steps, warnings, what is left behind, members'
-                     outcomes), the registry as loaded for this run, the Grafana
-                     URLs that hung, how steps open cluster credentials
-    EnvironmentRun   what one environment holds: its open credentials and
-                     tunnels, its deploy lock, its Grafana region, what it verified,
-                     the step it is at, where its output goes, the commands running
-                     for it and an interrupt asked of them
+to one environment in that environment's `EnvironmentRun`.
 
 `current()` is the run in progress; `here()` the environment whose member
 thread asks (None outside a federation's members' phase). Both come from one
 context variable: a member runs in a thread made by `member_thread()`, whose
 context names its environment, so no two members share a lock, a region or
 credentials. A test starts a fresh run with `fresh()`; nothing is reset by
-hand. With no run started, `current()` starts one for the calling context
-(the smoke suite's own process, say).
+hand.
 """
 
 from __future__ import annotations

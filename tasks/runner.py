@@ -6,17 +6,20 @@ once, so no step has to think about them.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 from invoke import Context
 from invoke.exceptions import CommandTimedOut
@@ -66,11 +69,9 @@ def invoke_dry_refusal(c: Context, task: str) -> str:
 class ForwardingLocal(Local):
     """invoke's local runner, forwarding an interrupt to the command as SIGINT.
 
-    invoke's own runner writes Ctrl-C to the command's stdin, which a command
-    reading no terminal ignores, and then waits on as if nothing happened.
-    The interrupt comes from invoke on the main thread, or from the main
-    thread on a member's behalf (tasks/run.py), maybe before the process
-    has started: it is then sent as soon as the process exists.
+    invoke's own writes Ctrl-C to the command's stdin, which a command reading
+    no terminal ignores. An interrupt for a member (tasks/run.py) may come
+    before the process has started: it is then sent as soon as it exists.
     """
 
     def __init__(self, context: Context) -> None:
@@ -98,6 +99,31 @@ class ForwardingLocal(Local):
 
 
 @dataclass
+class Companion:
+    """A running companion process (Runner.companion) and the file its stderr goes to."""
+
+    process: subprocess.Popen[str]
+    errors: IO[str]
+
+
+def _die_with_parent() -> None:
+    """In a companion's child process: have Linux end it when the deploy dies.
+
+    Runner.companion's `finally` covers every Python exit; this covers the rest
+    (SIGKILL, a CI runner's SIGTERM), which would otherwise leave, say, a proxy
+    holding the deploy credentials open on a local port.
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+# Looked up here, not in the child: between fork and exec only the simplest
+# calls are safe when other threads (the watch streams) exist.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+@dataclass
 class Result:
     """What a command printed and how it ended."""
 
@@ -115,11 +141,9 @@ class Result:
 class Runner:
     """Runs commands for one step, through the invoke context.
 
-    With `dry_run`, every command that would change something (or reach a
-    cluster or service) is printed instead of run, and a successful empty
-    result comes back. `env` holds variables added to every command's
-    environment, such as KUBECONFIG; the operator's own environment is never
-    modified.
+    With `dry_run`, a command that would change or reach anything is printed
+    instead and an empty success comes back. `env` (KUBECONFIG, ...) is added
+    to every command's environment; the operator's own is never modified.
     """
 
     c: Context
@@ -132,7 +156,7 @@ class Runner:
         """A runner whose commands also get `extra` environment variables."""
         return Runner(self.c, self.dry_run, {**self.env, **extra}, self.cwd, self.tool_dirs)
 
-    def describe(self, command: Sequence[str]) -> str:
+    def describe(self, command: Sequence[str | Path]) -> str:
         return current().masker.mask(shlex.join(str(part) for part in command))
 
     def checkpoint(self) -> None:
@@ -150,12 +174,10 @@ class Runner:
         timeout: float | None = None,
         touches_nothing: bool = False,
     ) -> Result:
-        """Run `command` and return its result.
+        """Run `command` and return its result (CommandFailed on a non-zero exit with `check`).
 
-        `quiet` captures the output instead of streaming it. `check` raises
-        CommandFailed on a non-zero exit. `touches_nothing` marks a purely
-        local, read-only command that may run even in a dry run (such as
-        `git rev-parse`).
+        `quiet` captures the output instead of streaming it. `touches_nothing`
+        marks a local, read-only command that runs even in a dry run.
         """
         line = shlex.join(str(part) for part in command)
         masker = current().masker
@@ -196,11 +218,49 @@ class Runner:
         self.checkpoint()
         if local.interrupted:
             raise KeyboardInterrupt
-        # invoke raises UnexpectedExit only without warn=True; failures arrive here.
+        # invoke raises UnexpectedExit only without warn=True; failures arrive here, and
+        # returns None only for disown=True, which is never asked.
+        assert result is not None
         outcome = Result(result.stdout, result.stderr, result.exited)
         if check and not outcome.ok:
             raise CommandFailed(line, outcome.exit_code, outcome.stdout, outcome.stderr)
         return outcome
+
+    @contextmanager
+    def companion(self, command: Sequence[str | Path], fix: str) -> Iterator[Companion]:
+        """Start a long-running companion of the step (`kubectl proxy`), stopped on the way out.
+
+        Its output is a pipe for the caller to read; its complaints go to a file,
+        because nobody reads them while it runs, and a full pipe would stall it.
+        """
+        env = {**os.environ, **self._command_env()}
+        with tempfile.TemporaryFile("w+") as errors:
+            try:
+                process = subprocess.Popen(
+                    [str(part) for part in command],
+                    cwd=self.cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=errors,
+                    text=True,
+                    preexec_fn=_die_with_parent,
+                )
+            except OSError as error:
+                raise StepFailure(
+                    f"Could not start `{self.describe(command)}`: {error}.", fix
+                ) from None
+            try:
+                yield Companion(process, errors)
+            finally:
+                process.terminate()
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                if process.stdout:
+                    process.stdout.close()
 
     def _command_env(self) -> dict[str, str]:
         env = dict(self.env)

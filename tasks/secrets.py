@@ -1,4 +1,4 @@
-"""Stage 2, Step 1: decrypt the secrets, and check them before any later step uses them.
+"""decrypt-secrets: decrypt the secrets, and check them before any later step uses them.
 
 `decrypt-secrets` gets the environment's git-crypt key from its key source
 (tasks/secrets_keys.py), runs `git-crypt unlock` and checks the result: nothing
@@ -79,10 +79,9 @@ def required_files(env: Environment) -> list[tuple[Path, str]]:
         (config / "common.yaml", f"{where}, secrets.dir: the common secret values"),
         (config / f"{env.name}.yaml", f"{where}, secrets.dir: its secret values"),
     ]
-    if env.cluster.kind == "kubeconfig":
-        needed.append((env.secrets_dir / env.cluster.kubeconfig, f"{where}, cluster.kubeconfig"))
-    if env.cluster.kind == "gke":
-        needed.append((env.secrets_dir / env.cluster.key_file, f"{where}, cluster.key_file"))
+    needed += [
+        (env.secrets_dir / file, f"{where}, {field}") for file, field in env.cluster.secret_files()
+    ]
     if env.grafana and env.grafana.token_file:
         needed.append((env.secrets_dir / env.grafana.token_file, f"{where}, grafana.token_file"))
     return needed
@@ -108,10 +107,7 @@ def require_unlocked(env: Environment, root: Path = PROJECT_ROOT) -> None:
 
 
 def register_secret_values(env: Environment, root: Path = PROJECT_ROOT) -> None:
-    """Mask every secret value the environment has, in everything printed from now on.
-
-    Reads what is already in plaintext; files still encrypted are passed over.
-    """
+    """Mask every secret value the environment has in plaintext, in all printed from now on."""
     masker = current().masker
     for name in secret_env_names(env):
         masker.register(os.environ.get(name, ""))
@@ -300,11 +296,8 @@ def check_unlocked(ctx: StepContext, env: Environment, repo: Repository) -> str:
 
 
 def _secret_files(repo: Repository, env: Environment) -> list[Path]:
-    """Files under the secrets folder, except those of other git-crypt keys.
-
-    Those may stay encrypted: secrets/ holds the demo's secrets/demo/ too,
-    under a key of its own.
-    """
+    """Files under the secrets folder, except those of other git-crypt keys, which may stay
+    encrypted (secrets/ holds the demo's secrets/demo/ too, under a key of its own)."""
     base = repo.root / env.secrets_dir
     found = [
         p.relative_to(repo.root) if p.is_relative_to(repo.root) else p
@@ -332,8 +325,7 @@ def _missing_failure(missing: list[tuple[Path, str]]) -> StepFailure:
 def check_committed(ctx: StepContext) -> str | None:
     """Check that git holds everything under secrets/ encrypted, staged and committed."""
     repo = Repository(ctx.runner)
-    folders = sorted({str(e.secrets_dir) for e in ctx.registry.environments.values()})
-    folders = sorted({*folders, "secrets"})
+    folders = _secret_folders(ctx)
     probes = {f"{folder}/a-new-secret": folder for folder in folders}
     probes |= {f"{folder}/config/a-new-secret.yaml": folder for folder in folders}
     probed = repo.filters(sorted(probes))
@@ -346,8 +338,7 @@ def check_committed(ctx: StepContext) -> str | None:
     plaintext = []
     checked = 0
     for path in sorted({*staged, *committed}):
-        under_secrets = any(path.startswith(folder + "/") for folder in folders)
-        if not (is_git_crypt_filter(filters.get(path)) or under_secrets):
+        if not (is_git_crypt_filter(filters.get(path)) or _under(path, folders)):
             continue
         checked += 1
         for where, blobs in (("staged", staged), ("in HEAD", committed)):
@@ -383,6 +374,15 @@ def check_committed(ctx: StepContext) -> str | None:
     return f"{checked} secret files checked, all encrypted in git"
 
 
+def _secret_folders(ctx: StepContext) -> list[str]:
+    """Every environment's secrets folder, and secrets/ itself."""
+    return sorted({str(e.secrets_dir) for e in ctx.registry.environments.values()} | {"secrets"})
+
+
+def _under(path: str, folders: list[str]) -> bool:
+    return any(path.startswith(folder + "/") for folder in folders)
+
+
 def lock(ctx: StepContext) -> str | None:
     """Lock the working tree again (one environment's key, or all of them)."""
     repo = Repository(ctx.runner)
@@ -391,14 +391,12 @@ def lock(ctx: StepContext) -> str | None:
     keys = ({env.key.key_name} & unlocked) if env else unlocked
     if not keys:
         raise Skipped("already locked")
-    folders = {str(e.secrets_dir) for e in ctx.registry.environments.values()} | {"secrets"}
+    folders = _secret_folders(ctx)
     changes = repo.changes()
     filters = repo.filters([path for _, path in changes])
 
     def secret(path: str) -> bool:
-        return is_git_crypt_filter(filters.get(path)) or any(
-            path.startswith(folder + "/") for folder in folders
-        )
+        return is_git_crypt_filter(filters.get(path)) or _under(path, folders)
 
     at_risk = [path for state, path in changes if state != "??" and secret(path)]
     if at_risk:

@@ -34,7 +34,6 @@ from tasks.run import current
 from tasks.runner import Runner
 from tasks.values import GIT_CRYPT_HEADER
 
-# The first bytes of every file git-crypt encrypted.
 # The first bytes of an exported key: magic, then a 32-bit format version.
 _KEY_MAGIC = b"\x00GITCRYPTKEY"
 _KEY_FIELD_END = 0
@@ -45,8 +44,6 @@ _KEY_FIELD_NAME = 1
 logging.getLogger("gnupg").addHandler(logging.NullHandler())
 logging.getLogger("gnupg").propagate = False
 
-# What openssl says when a ciphertext's length is not whole AES blocks.
-_TRUNCATED = "wrong final block length"
 _BLOCK = 16
 # The header of every exported key (magic, then format version 2): exactly the
 # first AES block, the only one a wrong IV garbles in CBC mode.
@@ -216,13 +213,7 @@ def _openssl(ctx: StepContext, env: Environment, root: Path, target: Path) -> No
                 f"Set {name} to the value `travis encrypt-file` printed (repository secrets "
                 "on CI).",
             )
-    encrypted = root / key.file
-    if not ctx.dry_run and not encrypted.is_file():
-        raise StepFailure(
-            f"The encrypted key {key.file} does not exist ({REGISTRY_FILE}, environment "
-            f"{env.name}, secrets.key.file).",
-            "Restore it from git, or fix the path.",
-        )
+    encrypted = _encrypted_key(ctx, env, root)
     if not ctx.dry_run:
         say(f"decrypting {key.file} with the key in {key.key_env} and the IV in {key.iv_env}")
     command = ["openssl", "aes-256-cbc", "-d", "-K", secret, "-iv", iv]
@@ -242,6 +233,17 @@ def _openssl(ctx: StepContext, env: Environment, root: Path, target: Path) -> No
     decrypted = target.read_bytes()
     if key_name_in(decrypted) is None:
         raise OpenSSLMismatch.diagnose(ctx, env, encrypted.read_bytes(), decrypted)
+
+
+def _encrypted_key(ctx: StepContext, env: Environment, root: Path) -> Path:
+    encrypted = root / env.key.file
+    if not ctx.dry_run and not encrypted.is_file():
+        raise StepFailure(
+            f"The encrypted key {env.key.file} does not exist ({REGISTRY_FILE}, environment "
+            f"{env.name}, secrets.key.file).",
+            "Restore it from git, or fix the path.",
+        )
+    return encrypted
 
 
 def is_key_layout(data: bytes, start: int = len(_KEY_HEADER)) -> bool:
@@ -389,7 +391,6 @@ def _gpg(ctx: StepContext, env: Environment, root: Path, target: Path) -> None:
     key = env.key
     passphrase = read_secret_env(ctx, env, "passphrase_env") if key.passphrase_env else None
     private_key = read_secret_env(ctx, env, "private_key_env") if key.private_key_env else None
-    encrypted = root / key.file
     if ctx.dry_run:
         where = (
             f"the private key in ${key.private_key_env}, imported into a temporary GNUPGHOME"
@@ -398,12 +399,7 @@ def _gpg(ctx: StepContext, env: Environment, root: Path, target: Path) -> None:
         )
         say(f"[dry-run] gpg --decrypt {key.file} > {target}  (python-gnupg, with {where})")
         return
-    if not encrypted.is_file():
-        raise StepFailure(
-            f"The encrypted key {key.file} does not exist ({REGISTRY_FILE}, environment "
-            f"{env.name}, secrets.key.file).",
-            "Restore it from git, or fix the path.",
-        )
+    encrypted = _encrypted_key(ctx, env, root)
     with _gnupg(ctx, env, private_key, passphrase) as gpg:
         try:
             result = gpg.decrypt_file(str(encrypted), passphrase=passphrase)
@@ -622,11 +618,7 @@ _PRIVATE_MARKERS = (b"PRIVATE KEY-----", b'"private_key"', b"client-key-data", b
 
 
 def private_files(env: Environment, root: Path, on_disk: list[Path]) -> list[Path]:
-    named = []
-    if env.cluster.kind == "kubeconfig":
-        named.append(env.secrets_dir / env.cluster.kubeconfig)
-    if env.cluster.kind == "gke":
-        named.append(env.secrets_dir / env.cluster.key_file)
+    named = [env.secrets_dir / file for file, _ in env.cluster.secret_files()]
     sniffed = []
     for path in on_disk:
         try:

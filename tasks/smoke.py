@@ -1,23 +1,13 @@
-"""Stage 3, step 2: validate a deployment the way a human would check the site.
+"""smoke-test: check a live deployment the way a human would check the site.
 
 `invoke smoke-test --env=X` runs the deployment validation suite (tests/smoke/)
-with pytest against the environment's public URLs and its cluster. The suite
-writes a JUnit report to reports/smoke-<env>.xml; this step reads it back and,
-when tests fail, names each one with the first line of its docstring (what it
-checks), so the operator knows where to look without opening the code.
-
-The suite tries a request that got no answer, or a gateway error (502, 503,
-504), again a bounded number of times (tests/smoke/probes.py), and records for
-each test the requests that passed only after retries and, for a failed test,
-the kind of its failure: infrastructure (the site did not answer), assertion
-(it answered wrongly) or error (the check itself broke). This step reports the
-retries, and its failure screen says which kind each failure was and what that
-kind calls for.
-
-Which components an environment runs is decided by its layered values (chart
-defaults, then config/common.yaml, common secrets, config/<env>.yaml, env
-secrets), with the registry's `components:` having the last word. The suite
-skips the checks of a disabled component and says which file disabled it.
+against the environment's public URLs and its cluster, then reads its JUnit
+report back: each failed test is named with what it checks (its docstring's
+first line) and the kind of its failure (infrastructure: no answer, even after
+retries; assertion: a wrong answer; error: the check broke), with what that
+kind calls for. Which components an environment runs is decided by its layered
+values, the registry's `components:` having the last word; the suite skips the
+checks of a disabled component, saying which file disabled it.
 """
 
 from __future__ import annotations
@@ -31,6 +21,7 @@ from pathlib import Path
 
 from invoke import Context, task
 
+from tasks import toolchain
 from tasks import values as values_module
 from tasks.errors import StepFailure
 from tasks.output import say
@@ -336,7 +327,7 @@ def smoke_failure(env: Environment, failed: list[CheckOutcome], report: Path) ->
     )
 
 
-def validate(
+def check_deployment(
     ctx: StepContext,
     *,
     keyword: str | None = None,
@@ -356,9 +347,11 @@ def validate(
         settings["SMOKE_WARMUP_SECONDS"] = str(warmup)
     if attempts is not None:
         settings["SMOKE_ATTEMPTS"] = str(attempts)
-    kubectl = _pinned_kubectl()
+    # The runner's order: the tools folder, the pinned builds, then PATH. Without one,
+    # the suite says for itself which cluster checks it cannot run.
+    kubectl = toolchain.locate("kubectl", ctx.runner.tool_dirs)
     if kubectl:
-        settings["SMOKE_KUBECTL"] = kubectl
+        settings["SMOKE_KUBECTL"] = str(kubectl)
     runner = ctx.runner.with_env(**settings)
     result = runner.run(
         suite_command(env, report, keyword=keyword),
@@ -380,7 +373,9 @@ def validate(
             f"{env.name} --collect-only` reproduces it without touching the site.",
         )
     outcomes = read_report(report)
-    shown_report = _shown(report)
+    shown_report = (
+        report.relative_to(PROJECT_ROOT) if report.is_relative_to(PROJECT_ROOT) else report
+    )
     failed = [o for o in outcomes if o.broken]
     say(f"smoke tests on {env.name}: {summarise(outcomes)} (report: {shown_report})")
     retries = retries_report(outcomes)
@@ -390,22 +385,6 @@ def validate(
         say(failure_report(outcomes))
         raise smoke_failure(env, failed, shown_report)
     return f"{summarise(outcomes)}; report {shown_report}"
-
-
-def _shown(path: Path) -> Path:
-    return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
-
-
-def _pinned_kubectl() -> str | None:
-    from invoke.exceptions import Exit
-
-    from tasks.cluster import tools
-
-    try:
-        return str(tools.binary("kubectl"))
-    except Exit:
-        # The suite says for itself which cluster checks it cannot run.
-        return None
 
 
 @task(
@@ -434,7 +413,7 @@ def smoke_test(
         c,
         "smoke-test",
         env,
-        lambda ctx: validate(
+        lambda ctx: check_deployment(
             ctx,
             keyword=keyword,
             warmup=warmup,

@@ -1,13 +1,10 @@
-"""Stage 1: the deployment tools, at the versions pinned in config/tools.yaml.
+"""invoke tools: the deployment tools, at the versions pinned in config/tools.yaml.
 
-`invoke tools` puts helm and kubectl at their pinned versions into the
-project's tools folder, `.local/tools/bin`, which every step searches before
-anything on PATH. Each comes from its official release download, refused
-unless its SHA-256 is the one recorded in config/tools.yaml, and retried on a
-flaky network (the reference document's most common Stage 1 failure). Where
-the downloads cannot be reached, the Go build of `invoke cluster.build` is
-linked in instead. git-crypt, gcloud and gke-gcloud-auth-plugin belong to the
-system's packages: they are checked, and the fix says how to install them.
+helm and kubectl go into `.local/tools/bin`, searched before PATH, from their
+release downloads (refused unless the SHA-256 is the pinned one, retried on a
+flaky network: the most common reason a deploy failed before it began), or else
+from the Go builds of `invoke cluster.build`. git-crypt, gcloud and its GKE plugin
+belong to the system's packages: they are checked, and the fix says how to install them.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import io
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 from dataclasses import dataclass
 from functools import partial
@@ -28,7 +24,7 @@ import yaml
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from tasks.charts import FetchError, fetch_with_retries
+from tasks import http
 from tasks.cluster import tools as go_builds
 from tasks.errors import StepFailure
 from tasks.output import say, warn
@@ -37,7 +33,6 @@ from tasks.registry import Environment, Registry
 from tasks.runner import PROJECT_ROOT
 
 TOOLS_BIN = PROJECT_ROOT / ".local" / "tools" / "bin"
-DOWNLOAD_DELAYS = (1.0, 3.0, 9.0)
 SOURCES = ("auto", "download", "go")
 
 # What each tool prints its own version with; the first x.y.z in it is the version.
@@ -152,13 +147,7 @@ def same_version(found: str, wanted: str) -> bool:
 def version_of(path: Path, name: str | None = None) -> str:
     """The version a tool binary reports, "" when it cannot run or does not say."""
     args = VERSION_ARGS.get(name or path.name, ["--version"])
-    try:
-        result = subprocess.run(
-            [str(path), *args], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    found = _VERSION.search(result.stdout + result.stderr)
+    found = _VERSION.search(go_builds.version_output(path, args))
     return found.group(0) if found else ""
 
 
@@ -199,13 +188,10 @@ def describe_tools(env: Environment | None = None) -> list[str]:
     return [state(name).describe() for name in needed(env)]
 
 
-def install_download(
-    download: Download, bin_dir: Path | None = None, delays: tuple[float, ...] | None = None
-) -> Path:
+def install_download(download: Download, bin_dir: Path | None = None) -> Path:
     """Download, verify and install one tool; nothing is written unless the checksum matches.
 
-    Raises FetchError when the download cannot be reached, StepFailure when
-    what arrived is not what config/tools.yaml pins.
+    Raises HttpFailure when the download cannot be reached.
     """
     if not re.fullmatch(r"[0-9a-f]{64}", download.sha256):
         raise StepFailure(
@@ -216,7 +202,7 @@ def install_download(
         )
     bin_dir = TOOLS_BIN if bin_dir is None else bin_dir
     say(f"downloading {download.url}")
-    content = fetch_with_retries(download.url, delays=DOWNLOAD_DELAYS if delays is None else delays)
+    content = http.fetch(download.url)
     digest = hashlib.sha256(content).hexdigest()
     if digest != download.sha256:
         raise StepFailure(
@@ -289,7 +275,6 @@ def ensure(
     *,
     source: str = "auto",
     bin_dir: Path | None = None,
-    delays: tuple[float, ...] | None = None,
 ) -> str:
     """Make the tools folder hold `download`'s tool at its pinned version; say how."""
     bin_dir = TOOLS_BIN if bin_dir is None else bin_dir
@@ -298,9 +283,9 @@ def ensure(
         return "already there"
     if source in ("auto", "download"):
         try:
-            install_download(download, bin_dir, delays)
+            install_download(download, bin_dir)
             return "downloaded and verified"
-        except FetchError as error:
+        except http.HttpFailure as error:
             if source == "download":
                 raise StepFailure(
                     f"{download.url} could not be fetched: {error}.",
@@ -329,14 +314,12 @@ def ensure_tools(ctx: StepContext, *, source: str = "auto", check: bool = False)
         raise StepFailure(f"Unknown --source {source!r}.", f"Use one of: {', '.join(SOURCES)}.")
     if not check:
         for download in downloads().values():
-            how = "shown" if ctx.dry_run else ensure(download, source=source)
             if ctx.dry_run:
                 say(f"[dry-run] would put {download.name} {download.version} into {TOOLS_BIN}")
             else:
-                say(f"{download.name} {download.version}: {how}")
-    registry = ctx.registry
+                say(f"{download.name} {download.version}: {ensure(download, source=source)}")
     problems = []
-    for name in needed(ctx.env, registry):
+    for name in needed(ctx.env, ctx.registry):
         tool = state(name)
         say(("OK    " if tool.ok else "FAIL  ") + tool.describe())
         if not tool.ok:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tasks.errors import Location
+from tasks.errors import Location, StepFailure
 
 GIT_CRYPT_HEADER = b"\x00GITCRYPT"
 
@@ -90,8 +90,7 @@ def check_file(path: Path, shown_as: Path | None = None, documents: bool = False
     ]
     try:
         if documents:
-            for _ in yaml.load_all(text, Loader=_StrictLoader):
-                pass
+            list(yaml.load_all(text, Loader=_StrictLoader))
             return problems
         document = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as error:
@@ -112,9 +111,7 @@ def check_file(path: Path, shown_as: Path | None = None, documents: bool = False
 def _reason(error: yaml.MarkedYAMLError) -> str:
     # PyYAML's text can quote the offending line, which may hold a secret.
     problem = error.problem or "invalid YAML"
-    if error.context:
-        return f"{error.context}: {problem}"
-    return problem
+    return f"{error.context}: {problem}" if error.context else problem
 
 
 def check_files(paths: list[Path], root: Path, documents: bool = False) -> list[Problem]:
@@ -141,6 +138,17 @@ def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def refuse(problems: list[Problem], what: str) -> None:
+    """Stop the step when there are problems: their number and `what`, each one, the advice."""
+    if problems:
+        raise StepFailure(
+            f"{len(problems)} {what}",
+            advice(problems),
+            details="\n".join(map(str, problems)),
+            locations=[p.location() for p in problems],
+        )
 
 
 def advice(problems: list[Problem]) -> str:

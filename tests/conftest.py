@@ -5,10 +5,11 @@ suite that `invoke smoke-test --env=X` runs against a live environment.
 """
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
-from tasks import run
+from tasks import http, run
 from tests.fixtures.chain import both_clusters, demo_clusters, demo_namespaces_cleaned_up
 from tests.fixtures.cluster import LocalCluster, local_cluster
 from tests.fixtures.site import chart_dependencies, demo_secrets, site_env
@@ -23,6 +24,13 @@ def fresh_run() -> Iterator[run.Run]:
         yield state
 
 
+@pytest.fixture(autouse=True)
+def quick_http_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP retries as the pipeline makes them, without its pauses between them."""
+    for name in ("DOWNLOADS", "PROBES", "ANNOTATIONS"):
+        monkeypatch.setattr(http, name, replace(getattr(http, name), first_pause=0.01))
+
+
 __all__ = [
     "LocalCluster",
     "both_clusters",
@@ -32,5 +40,6 @@ __all__ = [
     "demo_secrets",
     "fresh_run",
     "local_cluster",
+    "quick_http_retries",
     "site_env",
 ]

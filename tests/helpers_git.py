@@ -111,9 +111,9 @@ def environment(
     return Environment(
         name=name,
         description="",
-        cluster=ClusterAccess(kind="kubeconfig", kubeconfig=kubeconfig)
+        cluster=ClusterAccess("kubeconfig", {"kubeconfig": kubeconfig})
         if kubeconfig
-        else ClusterAccess(kind="local", local_name=name),
+        else ClusterAccess("local", {"name": name}),
         release=name,
         namespace=name,
         secrets_dir=Path(secrets_dir),

@@ -22,18 +22,11 @@ from invoke import Context
 
 from tasks import access, registry
 from tasks.errors import StepFailure
-from tasks.pipeline import StepContext, invocation, load_registry, perform, pinned_tool_dirs
-from tasks.runner import Runner
+from tasks.pipeline import StepContext, invocation, load_registry, perform
 from tests.fakes import gcloud
-from tests.fakes.environments import use_registry
+from tests.fakes.environments import step_context, use_registry
 from tests.fakes.sshd import LocalSshd, keypair
 from tests.fixtures.cluster import LocalCluster
-
-
-def step_context(name: str) -> StepContext:
-    loaded = load_registry()
-    runner = Runner(Context(), tool_dirs=pinned_tool_dirs())
-    return StepContext(Context(), loaded, loaded.get(name), runner, False, "probe")
 
 
 def run_step(name: str, commands: list[list[str]]) -> list[dict[str, str]]:

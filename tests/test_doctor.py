@@ -20,10 +20,10 @@ from invoke.exceptions import Exit
 
 from tasks import chain, chartrepo, charts, doctor
 from tasks.doctor import FAIL, OK, WARN
-from tasks.pipeline import StepContext, load_registry
-from tasks.runner import PROJECT_ROOT, Runner
+from tasks.pipeline import load_registry
+from tasks.runner import PROJECT_ROOT
 from tests.fakes.downloads import FileServer
-from tests.fakes.environments import use_registry
+from tests.fakes.environments import step_context, use_registry
 from tests.fakes.sshd import LocalSshd, free_port, keypair
 from tests.fixtures.cluster import LocalCluster
 from tests.helpers_git import certificate, kubeconfig
@@ -162,9 +162,7 @@ def test_a_client_certificate_about_to_expire_warns(
 ) -> None:
     cert, key = certificate(tmp_path / "pki", days=10)
     kubeconfig_environment(monkeypatch, tmp_path, kubeconfig(cert, key))
-    ctx = StepContext(
-        Context(), load_registry(), load_registry().get("site"), Runner(Context()), False, "doctor"
-    )
+    ctx = step_context("site", "doctor")
     checks = doctor.credential_checks(ctx)
     assert [c.status for c in checks] == [WARN]
     assert "expires within 30 days" in checks[0].detail
@@ -280,7 +278,6 @@ def test_an_unreachable_chart_repository_warns_when_the_archive_is_already_here(
     chart_repository: FileServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     chart_repository.fail("/index.yaml", 503, times=10)
-    monkeypatch.setattr(doctor, "INDEX_RETRY_DELAYS", ())
     registry = load_registry()
     pinned = charts.pinned_dependencies(PROJECT_ROOT / registry.chart)
     fetched = all(

@@ -11,13 +11,14 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from tasks import grafana
+from tasks import grafana, http
 from tasks.errors import StepFailure
-from tasks.grafana import RetryPolicy, annotate_grafana, close_region, close_regions
+from tasks.grafana import annotate_grafana, close_region, close_regions
 from tasks.pipeline import StepContext, Stop
 from tasks.registry import ClusterAccess, Environment, Grafana, KeySource, Registry
 from tasks.run import current
 from tasks.runner import Runner
+from tests.fakes import environments
 from tests.fakes.grafana_server import FakeGrafana
 
 TOKEN = "glsa_fake_service_account_token_0123456789"
@@ -41,7 +42,7 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("USER", "operator")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setattr(
-        grafana, "retry_policy", RetryPolicy(attempts=3, first_delay=0.01, timeout=0.3)
+        http, "ANNOTATIONS", http.Retries(attempts=3, first_pause=0.01, timeout=0.3)
     )
 
 
@@ -89,7 +90,7 @@ def make_env(name: str, secrets: Path, settings: Grafana | None) -> Environment:
     return Environment(
         name=name,
         description="",
-        cluster=ClusterAccess(kind="local", local_name=name),
+        cluster=ClusterAccess("local", {"name": name}),
         release="binder",
         namespace=name,
         secrets_dir=secrets,
@@ -104,9 +105,8 @@ def grafana_settings(server: FakeGrafana, **changes: object) -> Grafana:
 
 
 def step_context(env: Environment, repo: Path, dry_run: bool = False) -> StepContext:
-    registry = Registry({env.name: env}, Path("mybinder"))
     runner = Runner(Context(), dry_run=dry_run, cwd=repo)
-    return StepContext(Context(), registry, env, runner, dry_run, "annotate-grafana")
+    return environments.step_context(env, "annotate-grafana", runner=runner, dry_run=dry_run)
 
 
 @pytest.fixture
@@ -310,7 +310,7 @@ def test_retries_stop_when_the_requests_budget_is_spent(
     server: FakeGrafana, secrets: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        grafana, "retry_policy", RetryPolicy(attempts=6, first_delay=0.2, timeout=0.3, budget=0.5)
+        http, "ANNOTATIONS", http.Retries(attempts=6, first_pause=0.2, timeout=0.3, budget=0.5)
     )
     server.fail_next(6, status=500)
     env = make_env("staging", secrets, grafana_settings(server))

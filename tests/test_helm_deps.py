@@ -30,11 +30,6 @@ def repository(tmp_path, helm):
         yield repo
 
 
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch):
-    monkeypatch.setattr(charts, "RETRY_DELAYS", (0.01, 0.01, 0.01))
-
-
 def site_chart(tmp_path: Path, version: str = "1.3.0", locked: str | None = None) -> Path:
     chart = tmp_path / "site"
     chart.mkdir()

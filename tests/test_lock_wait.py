@@ -53,9 +53,11 @@ def second_checkout(tmp_path: Path) -> Path:
     return clone
 
 
-def start_deploy(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+def start_deploy(
+    cwd: Path, env: dict[str, str], *args: str, target: str = "local-staging"
+) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "invoke", "deploy", "--env=local-staging", *args],
+        [sys.executable, "-m", "invoke", "deploy", f"--env={target}", *args],
         cwd=cwd,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
@@ -64,9 +66,26 @@ def start_deploy(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Popen
     )
 
 
+def run_report(checkout: Path = PROJECT_ROOT) -> dict:
+    return json.loads((checkout / "reports" / "run-deploy.json").read_text())
+
+
 def steps(checkout: Path) -> dict[str, dict]:
-    report = json.loads((checkout / "reports" / "run-deploy.json").read_text())
-    return {step["step"]: step for step in report["steps"]}
+    return {step["step"]: step for step in run_report(checkout)["steps"]}
+
+
+def give_the_lock_back_once_waiting(
+    deploy: subprocess.Popen, waiting: str, cluster: str, namespace: str
+) -> str:
+    """The deploy's output, read to its end; once it says `waiting`, the holder of the lock
+    ends its deploy and deletes the lock, as a deploy that finishes does."""
+    seen = []
+    assert deploy.stdout is not None
+    for line in deploy.stdout:
+        seen.append(line)
+        if waiting in line:
+            clusters.kubectl(cluster, "delete", "configmap", "binder-deploy-lock", "-n", namespace)
+    return "".join(seen)
 
 
 def moment(stamp: str) -> float:
@@ -135,21 +154,12 @@ def test_in_ci_a_deploy_waits_for_the_lock_by_default_then_takes_it(both_cluster
     env, namespaces = demo_registry(tmp_path)
     plant_lock(namespaces["local-staging"], "octocat on CI run 41", int(time.time()) + 600)
     deploy = start_deploy(PROJECT_ROOT, {**env, "CI": "true"})
-    seen = []
-    assert deploy.stdout is not None
-    for line in deploy.stdout:
-        seen.append(line)
-        if "waiting for the deploy lock of local-staging: held by octocat on CI run 41" in line:
-            # The holder ends its deploy and gives the lock back.
-            clusters.kubectl(
-                "binder-staging",
-                "delete",
-                "configmap",
-                "binder-deploy-lock",
-                "-n",
-                namespaces["local-staging"],
-            )
-    out = "".join(seen)
+    out = give_the_lock_back_once_waiting(
+        deploy,
+        "waiting for the deploy lock of local-staging: held by octocat on CI run 41",
+        "binder-staging",
+        namespaces["local-staging"],
+    )
     assert deploy.wait(timeout=600) == 0, out[-4000:]
     assert "waiting for the deploy lock" in out
     assert release_exists("binder-staging", namespaces["local-staging"])
@@ -161,29 +171,15 @@ def test_a_federation_member_waits_for_its_own_lock_in_its_own_thread(demo_clust
     env, namespaces = federation_registry(tmp_path, experimental=("local-prod-b",))
     member_namespace = namespaces["local-prod-b"]
     plant_lock(member_namespace, "octocat on CI run 41", int(time.time()) + 600, "binder-prod-b")
-    deploy = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "deploy", "--env=fed", "--yes", "--wait-for-lock"],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    deploy = start_deploy(PROJECT_ROOT, env, "--yes", "--wait-for-lock", target="fed")
+    out = give_the_lock_back_once_waiting(
+        deploy,
+        "[local-prod-b] waiting for the deploy lock of local-prod-b: held by octocat",
+        "binder-prod-b",
+        member_namespace,
     )
-    seen = []
-    assert deploy.stdout is not None
-    for line in deploy.stdout:
-        seen.append(line)
-        if "[local-prod-b] waiting for the deploy lock of local-prod-b: held by octocat" in line:
-            clusters.kubectl(
-                "binder-prod-b", "delete", "configmap", "binder-deploy-lock", "-n", member_namespace
-            )
-    out = "".join(seen)
     assert deploy.wait(timeout=600) == 0, out[-5000:]
-    members = {m["name"]: m["result"] for m in steps_report()["members"]}
+    members = {m["name"]: m["result"] for m in run_report()["members"]}
     assert members == {"local-prod": "ok", "local-prod-b": "ok"}, out[-5000:]
     assert "waiting for the deploy lock of local-prod:" not in out
     assert release_exists("binder-prod-b", member_namespace)
-
-
-def steps_report() -> dict:
-    return json.loads((PROJECT_ROOT / "reports" / "run-deploy.json").read_text())

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tasks import chartrepo, charts, oci, registry
+from tasks import chartrepo, charts, http, oci, registry
 from tasks.errors import StepFailure
 from tasks.pipeline import Skipped
 from tasks.runner import PROJECT_ROOT
@@ -36,7 +37,7 @@ def local_registry() -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(charts, "RETRY_DELAYS", (0.01, 0.01, 0.01))
+    monkeypatch.setattr(http, "DOWNLOADS", replace(http.DOWNLOADS, first_pause=0.01))
 
 
 def site_chart(tmp_path: Path, version: str = "41.1.1", repository: str = UPSTREAM) -> Path:

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from invoke import Context
 
 from tasks import promotion
 from tasks.cluster import clusters
-from tasks.pipeline import StepContext, load_registry
 from tasks.promotion import Promotion, chart_files, differences
-from tasks.runner import PROJECT_ROOT, Runner
+from tasks.runner import PROJECT_ROOT
+from tests.fakes.environments import step_context
 from tests.fixtures.chain import change_environment, demo_registry, invoke, release_exists
 
 VERIFIED = Promotion(
@@ -77,9 +76,8 @@ def test_the_chart_digest_covers_its_files_and_pinned_archives_only(tmp_path):
 
 
 def test_the_record_holds_digests_of_secret_layers_never_their_values(demo_secrets):
-    registry = load_registry()
-    env = registry.get("local-prod")
-    ctx = StepContext(Context(), registry, env, Runner(Context()), False, "verified")
+    ctx = step_context("local-prod", "verified")
+    env = ctx.environment
     record = promotion.describe(ctx, env)
     secret_layer = env.secret_path("config/local-prod.yaml")
     secret = yaml.safe_load(secret_layer.read_text())["federationRedirect"]["secretToken"]

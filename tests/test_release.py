@@ -15,11 +15,12 @@ import yaml
 from tasks import release
 from tasks.cluster import clusters, tools
 from tasks.errors import StepFailure
+from tasks.helm import values_args
 from tasks.pipeline import load_registry
 from tasks.run import current
 from tests.fixtures.chain import slow_chart
 
-pytestmark = pytest.mark.cluster
+# Tests that need the local cluster say so one by one: the pure logic runs without it.
 
 
 def helm_json(ctx, *args):
@@ -38,6 +39,7 @@ def values_file(tmp_path, name, text):
     return path
 
 
+@pytest.mark.cluster
 def test_upgrade_installs_the_site_chart_and_binderhub_after_its_hook(site_env):
     ctx = site_env()
     note = release.upgrade_release(ctx)
@@ -63,6 +65,7 @@ def test_upgrade_installs_the_site_chart_and_binderhub_after_its_hook(site_env):
     ]
 
 
+@pytest.mark.cluster
 def test_diff_is_empty_after_upgrade_and_shows_a_change(site_env, tmp_path):
     ctx = site_env()
     release.upgrade_release(ctx)
@@ -80,6 +83,7 @@ def test_diff_is_empty_after_upgrade_and_shows_a_change(site_env, tmp_path):
     assert "-  replicas: 2" in chunk and "+  replicas: 5" in chunk
 
 
+@pytest.mark.cluster
 def test_diff_masks_secret_data(site_env, tmp_path):
     ctx = site_env()
     release.upgrade_release(ctx)
@@ -92,6 +96,7 @@ def test_diff_masks_secret_data(site_env, tmp_path):
     assert canary not in "\n".join(chunks) and encoded not in "\n".join(chunks)
 
 
+@pytest.mark.cluster
 def test_schema_violation_is_explained_with_the_key(site_env, tmp_path):
     ctx = site_env(values_file(tmp_path, "bad.yaml", "static:\n  replicas: two\n"))
     with pytest.raises(StepFailure) as raised:
@@ -105,6 +110,7 @@ def test_schema_violation_is_explained_with_the_key(site_env, tmp_path):
     )
 
 
+@pytest.mark.cluster
 def test_tab_in_values_stops_before_helm(site_env, tmp_path):
     ctx = site_env(values_file(tmp_path, "tabs.yaml", "static:\n\treplicas: 1\n"))
     with pytest.raises(StepFailure) as raised:
@@ -129,6 +135,7 @@ def kubeconfig(path, server, extra=""):
     return str(path)
 
 
+@pytest.mark.cluster
 def test_unreachable_cluster_gets_its_own_diagnosis(site_env, tmp_path):
     ctx = site_env()
     dead = kubeconfig(tmp_path / "dead", "https://127.0.0.1:1")
@@ -138,6 +145,7 @@ def test_unreachable_cluster_gets_its_own_diagnosis(site_env, tmp_path):
     assert "could not reach the cluster's API server" in raised.value.why
 
 
+@pytest.mark.cluster
 def test_refused_credentials_get_their_own_diagnosis(site_env, local_cluster, tmp_path):
     ctx = site_env()
     server = local_cluster.kubectl("config", "view", "-o", "jsonpath={.clusters[0].cluster.server}")
@@ -163,7 +171,7 @@ def kill_helm_mid_upgrade(ctx, tmp_path):
         "--wait=watcher",
         "--timeout",
         "120s",
-        *release.helm_values_args(ctx.env.values_files()),
+        *values_args(ctx.env.values_files()),
         "--values",
         str(stuck),
     ]
@@ -183,6 +191,7 @@ def kill_helm_mid_upgrade(ctx, tmp_path):
     assert release.release_status(ctx) == "pending-upgrade"
 
 
+@pytest.mark.cluster
 def test_pending_release_is_refused_and_recovered(site_env, tmp_path):
     ctx = site_env()
     release.upgrade_release(ctx)
@@ -235,6 +244,7 @@ def test_recovery_plans():
     )
 
 
+@pytest.mark.cluster
 def test_rollback_returns_to_the_previous_revision(site_env, tmp_path):
     ctx = site_env()
     release.upgrade_release(ctx)
@@ -256,6 +266,7 @@ def test_rollback_returns_to_the_previous_revision(site_env, tmp_path):
     assert replicas == "2"
 
 
+@pytest.mark.cluster
 def test_dry_run_touches_nothing(site_env, capsys):
     ctx = site_env(dry_run=True)
     release.upgrade_release(ctx)
@@ -269,6 +280,7 @@ def test_dry_run_touches_nothing(site_env, capsys):
     assert release.release_status(ctx) is None
 
 
+@pytest.mark.cluster
 def test_every_step_masks_the_environments_secret_values(demo_secrets):
     from invoke import Context
 
@@ -280,6 +292,7 @@ def test_every_step_masks_the_environments_secret_values(demo_secrets):
     assert current().masker.mask(f"x {token} y") == "x ******** y"
 
 
+@pytest.mark.cluster
 def test_tab_in_a_secret_values_file_is_named_without_its_content(site_env, tmp_path, capfd):
     secrets_dir = tmp_path / "secrets"
     (secrets_dir / "config").mkdir(parents=True)
@@ -297,6 +310,7 @@ def test_tab_in_a_secret_values_file_is_named_without_its_content(site_env, tmp_
     assert canary not in everything
 
 
+@pytest.mark.cluster
 def test_diff_keys_checksum_annotations_which_would_let_a_secret_be_guessed(site_env, tmp_path):
     ctx = site_env()
     release.upgrade_release(ctx)
@@ -314,6 +328,7 @@ def test_diff_keys_checksum_annotations_which_would_let_a_secret_be_guessed(site
 REFUSED_BY_THE_CLUSTER = "static:\n  podLabels:\n    team: not a valid label value!\n"
 
 
+@pytest.mark.cluster
 def test_an_upgrade_the_api_server_refuses_says_what_to_do(site_env, tmp_path):
     ctx = site_env(values_file(tmp_path, "refused.yaml", REFUSED_BY_THE_CLUSTER))
     with pytest.raises(StepFailure) as raised:
@@ -357,6 +372,7 @@ def expired_client_kubeconfig(local_cluster, tmp_path) -> str:
     return str(path)
 
 
+@pytest.mark.cluster
 def test_upgrade_alone_names_an_expired_client_certificate(site_env, local_cluster, tmp_path):
     ctx = site_env()
     ctx.runner = ctx.runner.with_env(KUBECONFIG=expired_client_kubeconfig(local_cluster, tmp_path))
@@ -380,11 +396,15 @@ def hook_pods_labelled(tmp_path, failure: str):
     )
 
 
-def test_hook_job_whose_pods_fail_is_named_with_pod_and_exit_code(site_env, tmp_path):
-    ctx = site_env(hook_pods_labelled(tmp_path, "exit"))
+def failed_upgrade(ctx, timeout):
     with pytest.raises(StepFailure) as raised:
-        release.upgrade_release(ctx, timeout=25)
-    failure = raised.value
+        release.upgrade_release(ctx, timeout=timeout)
+    return ctx, raised.value
+
+
+@pytest.mark.cluster
+def test_hook_job_whose_pods_fail_is_named_with_pod_and_exit_code(site_env, tmp_path):
+    ctx, failure = failed_upgrade(site_env(hook_pods_labelled(tmp_path, "exit")), 25)
     assert failure.why.startswith("The pre-install hook Job hook-image-awaiter did not complete")
     assert re.search(
         r"pod hook-image-awaiter-\w+ failed: container hook-image-awaiter exited with code 1 "
@@ -400,11 +420,9 @@ def test_hook_job_whose_pods_fail_is_named_with_pod_and_exit_code(site_env, tmp_
     assert release.release_status(ctx) == "failed"
 
 
+@pytest.mark.cluster
 def test_hook_job_that_never_completes_names_what_its_pod_waits_for(site_env, tmp_path):
-    ctx = site_env(hook_pods_labelled(tmp_path, "imagepull"))
-    with pytest.raises(StepFailure) as raised:
-        release.upgrade_release(ctx, timeout=15)
-    failure = raised.value
+    ctx, failure = failed_upgrade(site_env(hook_pods_labelled(tmp_path, "imagepull")), 15)
     assert re.search(
         r"did not complete: pod hook-image-awaiter-\w+ waits: container "
         r"hook-image-awaiter is (ErrImagePull|ImagePullBackOff)",
@@ -417,6 +435,7 @@ def test_hook_job_that_never_completes_names_what_its_pod_waits_for(site_env, tm
     )
 
 
+@pytest.mark.cluster
 def test_hook_pod_that_never_completes_is_named_not_blamed_on_the_cluster(site_env, tmp_path):
     # helm ends such a wait with "context deadline exceeded", which is not about the network.
     ctx = site_env()
@@ -502,3 +521,44 @@ def test_hook_job_that_gave_up_is_named_with_the_reason_and_the_failed_pod():
         [],
         "",
     )
+
+
+DEPLOYED = """\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: hub
+data:
+  token: b2xkLXRva2VuLXZhbHVl
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: hub
+spec:
+  template:
+    metadata:
+      annotations:
+        checksum/secret: 0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0
+"""
+
+
+def test_diff_manifests_names_each_changed_resource_and_masks_secret_data():
+    proposed = DEPLOYED.replace("b2xkLXRva2VuLXZhbHVl", "bmV3LXRva2VuLXZhbHVl").replace(
+        "0f1e2d3c4b5a6978", "1111111111111111"
+    )
+
+    chunks = release.diff_manifests(DEPLOYED, proposed, "binder")
+
+    assert [c.splitlines()[0] for c in chunks] == [
+        "--- Deployment/hub (namespace binder): changed",
+        "--- Secret/hub (namespace binder): changed",
+    ]
+    everything = "\n".join(chunks)
+    assert "b2xkLXRva2VuLXZhbHVl" not in everything and "bmV3LXRva2VuLXZhbHVl" not in everything
+    assert "<secret hmac:" in everything and "checksum/secret: <checksum hmac:" in everything
+    assert not re.search(r"\b[0-9a-f]{64}\b", everything)
+
+
+def test_diff_manifests_is_empty_when_nothing_changes():
+    assert release.diff_manifests(DEPLOYED, DEPLOYED, "binder") == []

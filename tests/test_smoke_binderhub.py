@@ -37,7 +37,7 @@ def run_suite(ctx: StepContext, tmp_path: Path) -> tuple[dict[str, smoke.CheckOu
     report = tmp_path / f"smoke-{ctx.env.namespace}.xml"
     ctx.runner = ctx.runner.with_env(SMOKE_RETRY_SECONDS="0.2")
     try:
-        smoke.validate(ctx, warmup=1, report=report)
+        smoke.check_deployment(ctx, warmup=1, report=report)
         failure = ""
     except StepFailure as failed:
         failure = failed.why

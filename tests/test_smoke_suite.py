@@ -39,11 +39,12 @@ from tasks.smoke import (
     ERROR,
     INFRASTRUCTURE,
     CheckOutcome,
+    check_deployment,
     component_states,
     read_report,
     suite_command,
-    validate,
 )
+from tests.fakes import environments
 from tests.fakes.binder_front import BinderFront
 from tests.fakes.sshd import LocalSshd, free_port, keypair
 from tests.smoke.launches import cleanup_command, git_environment, scratch_commands
@@ -112,9 +113,8 @@ def run_suite(env: str, tmp_path: Path, *args: str, **settings: str) -> SuiteRun
 
 
 def step_context(env: str, **settings: str) -> StepContext:
-    registry = load_registry()
     runner = Runner(Context(), env={**FAST, **settings})
-    return StepContext(Context(), registry, registry.get(env), runner, False, "smoke-test")
+    return environments.step_context(env, "smoke-test", runner=runner)
 
 
 # --- a real JupyterHub ------------------------------------------------------------------
@@ -277,7 +277,7 @@ def test_stopped_hub_fails_naming_the_url(tmp_path: Path, capsys) -> None:
     try:
         hub.stop_hub()
         with pytest.raises(StepFailure) as failure:
-            validate(
+            check_deployment(
                 step_context("prod", SMOKE_HUB_URL=hub.url),
                 keyword="test_hub_health",
                 warmup=0,
@@ -330,7 +330,7 @@ def test_healthy_site_passes_and_the_report_says_what_each_test_checks(
     urls = {"SMOKE_HUB_URL": bed.hub.url, "SMOKE_FEDERATION_REDIRECT_URL": ""}
     with BinderFront() as redirector:
         urls["SMOKE_FEDERATION_REDIRECT_URL"] = redirector.url
-        note = validate(
+        note = check_deployment(
             step_context("prod", **live_site(bed, **urls)),
             keyword="not cluster",
             warmup=0,
@@ -360,7 +360,7 @@ def test_healthy_site_passes_and_the_report_says_what_each_test_checks(
 def test_dry_run_prints_the_suite_command_and_runs_nothing(capsys) -> None:
     ctx = step_context("prod")
     ctx.runner.dry_run = True
-    assert validate(ctx) == "dry run: the suite did not run"
+    assert check_deployment(ctx) == "dry run: the suite did not run"
     printed = capsys.readouterr().out
     assert "[dry-run] " in printed
     assert f"tests/smoke --env=prod --rootdir={PROJECT_ROOT}" in printed
@@ -469,7 +469,7 @@ def test_a_503_twice_then_an_answer_passes_after_retries_and_says_so(
     tmp_path: Path, capsys
 ) -> None:
     with BinderFront(warming_requests=2) as front:
-        note = validate(
+        note = check_deployment(
             step_context("prod", SMOKE_BINDER_URL=front.url),
             keyword="binder_health",
             report=tmp_path / "report.xml",
@@ -577,7 +577,7 @@ def test_warm_up_retries_past_the_attempts_until_the_proxy_answers(tmp_path: Pat
 def test_failure_screen_names_each_kind_and_what_it_calls_for(tmp_path: Path, capsys) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     with BinderFront() as front, pytest.raises(StepFailure) as failure:
-        validate(
+        check_deployment(
             step_context("prod", SMOKE_BINDER_URL=front.url, SMOKE_HUB_URL=nowhere),
             keyword="binder_page or hub_health",
             report=tmp_path / "report.xml",

@@ -23,7 +23,6 @@ from tasks.errors import StepFailure
 from tasks.toolchain import Download
 from tests.fakes.downloads import FileServer
 
-QUICK = (0.01, 0.01, 0.01)
 PINNED_HELM = go_builds.pinned_versions()["helm"]
 
 
@@ -68,7 +67,7 @@ def test_verified_download_is_installed_into_the_tools_folder(
     server: FileServer, tmp_path: Path
 ) -> None:
     download = helm_download(server, helm_archive())
-    installed = toolchain.install_download(download, tmp_path, delays=QUICK)
+    installed = toolchain.install_download(download, tmp_path)
     assert installed == tmp_path / "helm"
     assert os.access(installed, os.X_OK)
     assert toolchain.version_of(installed, "helm") == PINNED_HELM
@@ -80,7 +79,7 @@ def test_server_errors_are_retried_until_the_download_arrives(
 ) -> None:
     download = helm_download(server, helm_archive())
     server.fail("/helm.tar.gz", 503, times=2)
-    toolchain.install_download(download, tmp_path, delays=QUICK)
+    toolchain.install_download(download, tmp_path)
     assert server.hits["/helm.tar.gz"] == 3
     assert toolchain.version_of(tmp_path / "helm", "helm") == PINNED_HELM
 
@@ -90,7 +89,7 @@ def test_checksum_mismatch_is_refused_and_leaves_no_file(
 ) -> None:
     download = helm_download(server, helm_archive(), checksum="0" * 64)
     with pytest.raises(StepFailure) as failure:
-        toolchain.install_download(download, tmp_path, delays=QUICK)
+        toolchain.install_download(download, tmp_path)
     assert "SHA-256" in failure.value.why
     assert "0" * 64 in failure.value.why
     assert "nothing was installed" in failure.value.why
@@ -102,21 +101,21 @@ def test_checksum_mismatch_never_falls_back_to_the_go_build(
 ) -> None:
     download = helm_download(server, helm_archive(), checksum="1" * 64)
     with pytest.raises(StepFailure, match="SHA-256"):
-        toolchain.ensure(download, source="auto", bin_dir=tmp_path, delays=QUICK)
+        toolchain.ensure(download, source="auto", bin_dir=tmp_path)
     assert not any(tmp_path.iterdir())
 
 
 def test_archive_of_another_version_is_refused(server: FileServer, tmp_path: Path) -> None:
     download = helm_download(server, helm_archive(prints="v3.0.0+gold"))
     with pytest.raises(StepFailure, match=r"reports version v3\.0\.0"):
-        toolchain.install_download(download, tmp_path, delays=QUICK)
+        toolchain.install_download(download, tmp_path)
     assert not any(tmp_path.iterdir())
 
 
 def test_download_without_recorded_checksum_is_refused(server: FileServer, tmp_path: Path) -> None:
     download = helm_download(server, helm_archive(), checksum="")
     with pytest.raises(StepFailure, match="records no SHA-256"):
-        toolchain.install_download(download, tmp_path, delays=QUICK)
+        toolchain.install_download(download, tmp_path)
     assert server.hits["/helm.tar.gz"] == 0
 
 
@@ -125,7 +124,7 @@ def test_unreachable_download_falls_back_to_the_pinned_go_build(
 ) -> None:
     download = helm_download(server, helm_archive())
     server.fail("/helm.tar.gz", 503, times=4)
-    how = toolchain.ensure(download, source="auto", bin_dir=tmp_path, delays=QUICK)
+    how = toolchain.ensure(download, source="auto", bin_dir=tmp_path)
     assert how == "Go build from the module proxy"
     linked = tmp_path / "helm"
     assert linked.resolve() == go_builds.binary("helm").resolve()
@@ -136,7 +135,7 @@ def test_download_only_source_fails_instead_of_building(server: FileServer, tmp_
     download = helm_download(server, helm_archive())
     server.fail("/helm.tar.gz", 502, times=4)
     with pytest.raises(StepFailure) as failure:
-        toolchain.ensure(download, source="download", bin_dir=tmp_path, delays=QUICK)
+        toolchain.ensure(download, source="download", bin_dir=tmp_path)
     assert "HTTP 502" in failure.value.why
     assert "--source=go" in failure.value.fix
 
@@ -145,8 +144,8 @@ def test_a_tool_already_at_its_version_is_not_fetched_again(
     server: FileServer, tmp_path: Path
 ) -> None:
     download = helm_download(server, helm_archive())
-    toolchain.ensure(download, bin_dir=tmp_path, delays=QUICK)
-    assert toolchain.ensure(download, bin_dir=tmp_path, delays=QUICK) == "already there"
+    toolchain.ensure(download, bin_dir=tmp_path)
+    assert toolchain.ensure(download, bin_dir=tmp_path) == "already there"
     assert server.hits["/helm.tar.gz"] == 1
 
 
@@ -202,7 +201,6 @@ def test_invoke_tools_installs_both_tools_then_reports_them(
     }
     server.fail("/kubectl", 500, times=1)
     monkeypatch.setattr(toolchain, "TOOLS_BIN", tmp_path / "bin")
-    monkeypatch.setattr(toolchain, "DOWNLOAD_DELAYS", QUICK)
     monkeypatch.setattr(toolchain, "downloads", lambda: pinned)
     toolchain.tools(Context(), env="local-staging")
     out = capsys.readouterr().out

@@ -19,6 +19,8 @@ from invoke.exceptions import Exit
 from tasks.cluster import clusters, tools
 from tasks.runner import invoke_dry_refusal
 
+DEMO = ", ".join(clusters.DEMO_CLUSTERS)
+
 
 def _names(name: str | None) -> list[str]:
     return [name] if name else list(clusters.DEMO_CLUSTERS)
@@ -49,9 +51,7 @@ def build(c: Context) -> None:
 
 @task(
     help={
-        "name": "Cluster to start (default: the demo clusters "
-        + ", ".join(clusters.DEMO_CLUSTERS)
-        + ").",
+        "name": f"Cluster to start (default: the demo clusters {DEMO}).",
         "nodes": f"Simulated nodes per cluster (default {clusters.NODES_PER_CLUSTER}).",
     }
 )
@@ -68,9 +68,7 @@ def up(c: Context, name: str | None = None, nodes: int = clusters.NODES_PER_CLUS
 
 @task(
     help={
-        "name": "Cluster to stop (default: the demo clusters "
-        + ", ".join(clusters.DEMO_CLUSTERS)
-        + ").",
+        "name": f"Cluster to stop (default: the demo clusters {DEMO}).",
         "all": "Stop every local cluster that has state under .local/, not only the demo ones.",
     }
 )

@@ -28,9 +28,6 @@ leaves every labelled pod alone.
 Storage: a default StorageClass (`storage.yaml`) whose claims
 kube-controller-manager's in-tree hostPath provisioner binds (`kwokctl.yaml`),
 each to a folder under /tmp/hostpath_pv/ that `down()` removes.
-
-Python API: `kubeconfig(name)`, `is_up(name)`, `up(name)`, `down(name)`,
-`status(name)`, `kubectl(name, *args)`, `cluster_env(name)`, `known_clusters()`.
 """
 
 from __future__ import annotations
@@ -158,16 +155,13 @@ def cluster_env(name: str) -> dict[str, str]:
     KUBECONFIG points at the cluster; the pinned binaries come first on PATH (the
     system kubectl is an unrelated one); kubectl's discovery cache stays in .local/.
     """
-    env = dict(os.environ)
     bin_dirs = sorted({str(path.parent) for path in _cached_paths().values()})
-    env.update(
-        {
-            "KUBECONFIG": str(kubeconfig(name)),
-            "KUBECACHEDIR": str(KUBE_CACHE_DIR),
-            "PATH": os.pathsep.join([*bin_dirs, env.get("PATH", "")]),
-        }
-    )
-    return env
+    return {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig(name)),
+        "KUBECACHEDIR": str(KUBE_CACHE_DIR),
+        "PATH": os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")]),
+    }
 
 
 def is_up(name: str) -> bool:
@@ -216,7 +210,6 @@ def _up(name: str, nodes: int, echo: Echo) -> Path:
         return kubeconfig(name)
     paths = tools.ensure_built(echo=echo)
     config = kubeconfig(name)
-    config.parent.mkdir(parents=True, exist_ok=True)
     if workdir(name).exists():
         # A cluster that stopped answering still has its etcd data: restart every
         # component on it, so its namespaces and releases survive. Only a cluster
@@ -231,23 +224,16 @@ def _up(name: str, nodes: int, echo: Echo) -> Path:
             "empty cluster instead: the namespaces and releases it held are gone"
         )
         _down(name, echo=lambda _msg: None)
-        config.parent.mkdir(parents=True, exist_ok=True)
     for attempt in (1, 2):
         _create(paths, name, config, echo)
-        time.sleep(1)  # a component that cannot bind its port exits within a moment
-        dead = dead_components(name)
-        if not dead:
+        problem = _dead_after_start(name)
+        if not problem:
             break
         # Another cluster started at the same moment can take a port kwokctl chose.
-        reason = _last_log_line(name, dead[0])
         if attempt == 2:
-            raise Exit(
-                f"{name}: {', '.join(dead)} exited right after starting ({reason}). "
-                f"Its logs are in {workdir(name) / 'logs'}."
-            )
-        echo(f"{name}: {', '.join(dead)} exited right after starting ({reason}); starting again")
+            raise Exit(f"{name}: {problem}. Its logs are in {workdir(name) / 'logs'}.")
+        echo(f"{name}: {problem}; starting again")
         _down(name, echo=lambda _msg: None)
-        config.parent.mkdir(parents=True, exist_ok=True)
     kubectl(name, "apply", "-f", str(POLICIES_FILE), "-f", str(STORAGE_FILE))
     _ensure_nodes(name, nodes, echo)
     # Pods are refused until the controller manager has made the default service account.
@@ -270,14 +256,11 @@ def _restart(paths: dict[str, Path], name: str, echo: Echo) -> str:
         _kwokctl(paths, name, ["start", "cluster", "--wait", "1m"], timeout=90, check=False)
     except Exit as error:
         return str(error)
-    time.sleep(1)  # a component that cannot bind its port exits within a moment
-    dead = dead_components(name)
-    if dead:
-        return f"{', '.join(dead)} exited right after starting ({_last_log_line(name, dead[0])})"
-    return "" if is_up(name) else "its API server does not answer"
+    return _dead_after_start(name) or ("" if is_up(name) else "its API server does not answer")
 
 
 def _create(paths: dict[str, Path], name: str, config: Path, echo: Echo) -> None:
+    config.parent.mkdir(parents=True, exist_ok=True)
     echo(f"{name}: starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok")
     _kwokctl(
         paths,
@@ -315,6 +298,15 @@ def _create(paths: dict[str, Path], name: str, config: Path, echo: Echo) -> None
 def dead_components(name: str) -> list[str]:
     """Components of the cluster whose process is gone (kwok-controller, etcd, ...)."""
     return [component for component, pid in cluster_pids(name).items() if not pid_alive(pid)]
+
+
+def _dead_after_start(name: str) -> str:
+    """Which components exited right after starting, and why; "" when none did."""
+    time.sleep(1)  # a component that cannot bind its port exits within a moment
+    dead = dead_components(name)
+    if not dead:
+        return ""
+    return f"{', '.join(dead)} exited right after starting ({_last_log_line(name, dead[0])})"
 
 
 def _last_log_line(name: str, component: str) -> str:
@@ -451,21 +443,18 @@ def kwokctl_env(paths: dict[str, Path]) -> dict[str, str]:
     download any binary it is not given; the prefixes point at the local cache so a
     missing binary fails instead of reaching the network.
     """
-    env = dict(os.environ)
     kube_bin = paths["kubectl"].parent
     bin_dirs = [str(kube_bin), str(paths["etcd"].parent), str(paths["kwokctl"].parent)]
-    env.update(
-        {
-            "PATH": os.pathsep.join([*bin_dirs, env.get("PATH", "")]),
-            "KWOK_WORKDIR": str(KWOK_WORKDIR),
-            "KWOK_KUBE_VERSION": tools.pinned_versions()["kubernetes"],
-            "KWOK_KUBECTL_BINARY": str(paths["kubectl"]),
-            "KWOK_KUBE_BINARY_PREFIX": str(kube_bin),
-            "KWOK_ETCD_BINARY_PREFIX": str(paths["etcd"].parent),
-            "KWOK_BINARY_PREFIX": str(paths["kwok"].parent),
-        }
-    )
-    return env
+    return {
+        **os.environ,
+        "PATH": os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")]),
+        "KWOK_WORKDIR": str(KWOK_WORKDIR),
+        "KWOK_KUBE_VERSION": tools.pinned_versions()["kubernetes"],
+        "KWOK_KUBECTL_BINARY": str(paths["kubectl"]),
+        "KWOK_KUBE_BINARY_PREFIX": str(kube_bin),
+        "KWOK_ETCD_BINARY_PREFIX": str(paths["etcd"].parent),
+        "KWOK_BINARY_PREFIX": str(paths["kwok"].parent),
+    }
 
 
 def _kwokctl(

@@ -1,15 +1,11 @@
 """Simulated nodes of a chosen shape, added to and removed from a local cluster at will.
 
-`clusters.up` gives every cluster its nodes through `kwokctl scale node`, all
-alike (32 cpu, 256Gi, 110 pods). A node pool of another shape is a Node object
-made here: the cluster's KWOK controller adopts every Node annotated
-`kwok.x-k8s.io/node: fake`, marks it Ready and runs the pods bound to it. A
-small pool fills up with a handful of pods; a tainted one takes only the pods
-that tolerate its taint, so a test can fill its own pool without crowding the
-cluster's other nodes. The stand-in cluster autoscaler (tests/fakes) adds its
+`clusters.up` gives every cluster alike nodes (32 cpu, 256Gi, 110 pods). A
+node pool of another shape is a Node object made here, which the cluster's KWOK
+controller adopts and marks Ready. A tainted pool takes only the pods that
+tolerate its taint, so a test can fill its own pool without crowding the
+cluster's other nodes; the stand-in cluster autoscaler (tests/fakes) adds its
 nodes the same way.
-
-Python API: `node(name, pool=...)`, `add(cluster, *nodes)`, `remove(cluster, pool)`.
 """
 
 from __future__ import annotations
@@ -78,15 +74,8 @@ def add(cluster: str, *nodes: dict[str, Any]) -> None:
         manifest.write(yaml.safe_dump_all(nodes))
         manifest.flush()
         clusters.kubectl(cluster, "apply", "-f", manifest.name)
-    names = [n["metadata"]["name"] for n in nodes]
-    clusters.kubectl(
-        cluster,
-        "wait",
-        "--for=condition=Ready",
-        "--timeout=60s",
-        *(f"node/{n}" for n in names),
-        timeout=70,
-    )
+    names = [f"node/{n['metadata']['name']}" for n in nodes]
+    clusters.kubectl(cluster, "wait", "--for=condition=Ready", "--timeout=60s", *names, timeout=70)
 
 
 def remove(cluster: str, pool: str) -> None:

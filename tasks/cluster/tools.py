@@ -1,31 +1,20 @@
 """The pinned tools: built from source once, cached per version, handed out by path.
 
-The local clusters' Kubernetes, etcd, KWOK and Helm, the CNCF distribution
+Kubernetes, etcd, KWOK and Helm for the local clusters, the CNCF distribution
 registry (the OCI registry the tests and the demo serve charts from), and
-actionlint, which the tests run on the CI workflow (.github/workflows/).
-
-Every version comes from `config/tools.yaml`; nothing else in the project names one.
-The binaries are built with the local Go toolchain through the Go module proxy (the
-machine has no other way to fetch them) and cached under
-`~/.cache/binder-deploy/<tool>-<version>/`:
-
-    bin/       the binaries
-    logs/      go's full output, one log per binary
-    module/    the generated wrapper module (go.mod, go.sum), where one is needed
-
-Go's own caches (GOMODCACHE, GOCACHE) stay where Go keeps them, so a rebuild after
-deleting `bin/` is quick.
+actionlint for the CI workflow (.github/workflows/). Every version comes from
+`config/tools.yaml`; nothing else in the project names one. The local Go toolchain
+builds them through the Go module proxy (the machine has no other way to fetch
+them) into `~/.cache/binder-deploy/<tool>-<version>/`: `bin/`, `logs/` (one per
+binary) and `module/` (a generated wrapper module). Go's own caches stay where Go
+keeps them, so a rebuild after deleting `bin/` is quick.
 
 `k8s.io/kubernetes` and `go.etcd.io/etcd/server/v3` cannot be `go install`ed: their
-go.mod files carry `replace` directives. They are built from a generated wrapper
-module that requires them. Kubernetes also requires its staging modules
-(`k8s.io/api`, `k8s.io/client-go`, ...) at the placeholder `v0.0.0`; the wrapper
-replaces each of them with its published `v0.<minor>.<patch>`. The list is derived
-from the downloaded go.mod. For kubernetes v1.36.3 all 31 staging modules are
-published at v0.36.3; a staging module that is not falls back to the closest
-published v0 release with a warning (see `_staging_replacements`).
-
-Python API: `binary(name)`, `ensure_built()`, `pinned_versions()`.
+go.mod files carry `replace` directives, so they are built from a wrapper module
+that requires them. Kubernetes also requires its staging modules (`k8s.io/api`,
+`k8s.io/client-go`, ...) at the placeholder `v0.0.0`; the wrapper replaces each
+with its published `v0.<minor>.<patch>`, or with the closest published v0 release
+and a warning (see `_staging_replacements`).
 """
 
 from __future__ import annotations
@@ -48,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_FILE = REPO_ROOT / "config" / "tools.yaml"
 CACHE_ROOT = Path.home() / ".cache" / "binder-deploy"
 GO_FALLBACK = Path("/usr/local/go/bin/go")
+TIMINGS = "build-times.json"
 
 Echo = Callable[[str], None]
 
@@ -62,11 +52,15 @@ class Component:
     packages: dict[str, str]
     # "install": `go install pkg@version`; "wrapper": build inside a generated module
     method: str
-    ldflags: Callable[[str], list[str]]
-    version_args: dict[str, list[str]]
-    version_text: Callable[[str], str]
-    # rough cold-build minutes per binary on 2 cores, shown before each build
+    ldflags: Callable[[str], list[str]] = lambda v: []
+    # the command printing a binary's version, where it is not `--version`
+    version_args: dict[str, list[str]] = field(default_factory=dict)
+    version_text: Callable[[str], str] = lambda v: v
+    # rough cold-build minutes on 2 cores, shown before each build, where not one
     cold_minutes: dict[str, int] = field(default_factory=dict)
+
+    def version_command(self, name: str) -> list[str]:
+        return self.version_args.get(name, ["--version"])
 
 
 def _kubernetes_ldflags(version: str) -> list[str]:
@@ -113,19 +107,8 @@ COMPONENTS: tuple[Component, ...] = (
         },
         method="wrapper",
         ldflags=_kubernetes_ldflags,
-        version_args={
-            "kube-apiserver": ["--version"],
-            "kube-controller-manager": ["--version"],
-            "kube-scheduler": ["--version"],
-            "kubectl": ["version", "--client"],
-        },
-        version_text=lambda v: v,
-        cold_minutes={
-            "kube-apiserver": 3,
-            "kube-controller-manager": 1,
-            "kube-scheduler": 1,
-            "kubectl": 1,
-        },
+        version_args={"kubectl": ["version", "--client"]},
+        cold_minutes={"kube-apiserver": 3},
     ),
     Component(
         key="etcd",
@@ -133,10 +116,7 @@ COMPONENTS: tuple[Component, ...] = (
         # server/v3's root package is the etcd main (it calls etcdmain.Main)
         packages={"etcd": "go.etcd.io/etcd/server/v3"},
         method="wrapper",
-        ldflags=lambda v: [],
-        version_args={"etcd": ["--version"]},
         version_text=lambda v: f"etcd Version: {v.lstrip('v')}",
-        cold_minutes={"etcd": 1},
     ),
     Component(
         key="kwok",
@@ -144,9 +124,6 @@ COMPONENTS: tuple[Component, ...] = (
         packages={"kwok": "sigs.k8s.io/kwok/cmd/kwok", "kwokctl": "sigs.k8s.io/kwok/cmd/kwokctl"},
         method="install",
         ldflags=_kwok_ldflags,
-        version_args={"kwok": ["--version"], "kwokctl": ["--version"]},
-        version_text=lambda v: v,
-        cold_minutes={"kwok": 1, "kwokctl": 1},
     ),
     Component(
         key="helm",
@@ -155,7 +132,6 @@ COMPONENTS: tuple[Component, ...] = (
         method="install",
         ldflags=_helm_ldflags,
         version_args={"helm": ["version", "--short"]},
-        version_text=lambda v: v,
         cold_minutes={"helm": 2},
     ),
     Component(
@@ -166,21 +142,15 @@ COMPONENTS: tuple[Component, ...] = (
         packages={"registry": "github.com/distribution/distribution/v3/cmd/registry"},
         method="install",
         ldflags=lambda v: [f"-X github.com/distribution/distribution/v3/version.version={v}"],
-        version_args={"registry": ["--version"]},
-        version_text=lambda v: v,
         cold_minutes={"registry": 2},
     ),
     Component(
         key="actionlint",
         module="github.com/rhysd/actionlint",
         packages={"actionlint": "github.com/rhysd/actionlint/cmd/actionlint"},
+        # No ldflags: `go install module@version` records the version in the binary's
+        # build information, which `actionlint --version` prints.
         method="install",
-        # `go install module@version` records the version in the binary's build
-        # information, which `actionlint --version` prints.
-        ldflags=lambda v: [],
-        version_args={"actionlint": ["--version"]},
-        version_text=lambda v: v,
-        cold_minutes={"actionlint": 1},
     ),
 )
 
@@ -252,7 +222,7 @@ def _ensure_built(echo: Echo, root: Path | None) -> dict[str, Path]:
             if still_wrong:
                 raise Exit(
                     f"Built {', '.join(still_wrong)} from {component.module}@{version}, but "
-                    f"`{' '.join(component.version_args[still_wrong[0]])}` does not report "
+                    f"`{' '.join(component.version_command(still_wrong[0]))}` does not report "
                     f"{component.version_text(version)!r}. "
                     f"Logs: {component_dir(component, root) / 'logs'}."
                 )
@@ -277,8 +247,8 @@ def _has_version(component: Component, path: Path, version: str) -> bool:
         return False
     expected = re.escape(component.version_text(version))
     # v1.36.3 must not pass for v1.36.30
-    pattern = rf"{expected}(?![\w.])"
-    return re.search(pattern, version_output(path, component.version_args[path.name])) is not None
+    output = version_output(path, component.version_command(path.name))
+    return re.search(rf"{expected}(?![\w.])", output) is not None
 
 
 def go_binary() -> str:
@@ -296,9 +266,7 @@ def go_binary() -> str:
 
 def go_env() -> dict[str, str]:
     """Environment for every go command: the local toolchain only, no workspace, static binaries."""
-    env = dict(os.environ)
-    env.update({"GOTOOLCHAIN": "local", "GOWORK": "off", "CGO_ENABLED": "0"})
-    return env
+    return {**os.environ, "GOTOOLCHAIN": "local", "GOWORK": "off", "CGO_ENABLED": "0"}
 
 
 def build_parallelism() -> int:
@@ -399,8 +367,9 @@ def build_component(
                 build_failure_message(component.module, version, "the wrapper module", failure)
             ) from None
     ldflags = " ".join(["-s", "-w", *component.ldflags(version)])
+    flags = ["-p", str(build_parallelism()), "-trimpath", "-ldflags", ldflags]
     for name in names:
-        minutes = timings.get(name, component.cold_minutes.get(name, 2) * 60) / 60
+        minutes = timings.get(name, component.cold_minutes.get(name, 1) * 60) / 60
         estimate = f"~{max(1, round(minutes))} min" if minutes >= 1 else "under a minute"
         echo(f"building {name} {version} (cold builds take {estimate})...")
         log = log_dir / f"{name}.log"
@@ -411,17 +380,7 @@ def build_component(
             if component.method == "wrapper":
                 partial = bin_dir / f".{name}.partial"
                 run_go(
-                    [
-                        "build",
-                        "-p",
-                        str(build_parallelism()),
-                        "-trimpath",
-                        "-ldflags",
-                        ldflags,
-                        "-o",
-                        str(partial),
-                        component.packages[name],
-                    ],
+                    ["build", *flags, "-o", str(partial), component.packages[name]],
                     cwd=module_dir,
                     log=log,
                 )
@@ -431,15 +390,7 @@ def build_component(
                 env = go_env()
                 env["GOBIN"] = str(staging)
                 run_go(
-                    [
-                        "install",
-                        "-p",
-                        str(build_parallelism()),
-                        "-trimpath",
-                        "-ldflags",
-                        ldflags,
-                        f"{component.packages[name]}@{version}",
-                    ],
+                    ["install", *flags, f"{component.packages[name]}@{version}"],
                     cwd=cache,
                     log=log,
                     env=env,
@@ -450,7 +401,7 @@ def build_component(
             raise Exit(build_failure_message(component.module, version, name, failure)) from None
         elapsed = time.monotonic() - started
         timings[name] = elapsed
-        _save_timings(cache, timings)
+        (cache / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n")
         echo(f"built {name} {version} in {_duration(elapsed)} -> {target}")
 
 
@@ -517,14 +468,7 @@ def _staging_replacements(
     if not modules:
         return {}
     wanted = staging_version(version)
-    result = subprocess.run(
-        [go_binary(), "mod", "download", "-json", *[f"{m}@{wanted}" for m in modules]],
-        cwd=module_dir,
-        env=go_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = _mod_download(module_dir, *[f"{m}@{wanted}" for m in modules])
     with log.open("a") as f:
         f.write(result.stdout + result.stderr)
     missing = {d["Path"] for d in _json_stream(result.stdout) if d.get("Error")}
@@ -564,28 +508,29 @@ def closest_version(versions: list[str], wanted: str) -> str | None:
 
 
 def _json_stream(text: str) -> list[dict]:
-    decoder = json.JSONDecoder()
-    items, index = [], 0
-    text = text.strip()
-    while index < len(text):
-        item, end = decoder.raw_decode(text, index)
+    decoder, items, rest = json.JSONDecoder(), [], text.strip()
+    while rest:
+        item, end = decoder.raw_decode(rest)
         items.append(item)
-        index = end
-        while index < len(text) and text[index].isspace():
-            index += 1
+        rest = rest[end:].lstrip()
     return items
 
 
-def _release_date(module: str, version: str) -> str:
-    # The proxy's release time makes the build date reproducible across rebuilds.
-    info = subprocess.run(
-        [go_binary(), "mod", "download", "-json", f"{module}@{version}"],
-        cwd=Path.home(),
+def _mod_download(cwd: Path, *modules: str) -> subprocess.CompletedProcess[str]:
+    # Not run_go: a module it cannot fetch is reported in its JSON, which callers read.
+    return subprocess.run(
+        [go_binary(), "mod", "download", "-json", *modules],
+        cwd=cwd,
         env=go_env(),
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def _release_date(module: str, version: str) -> str:
+    # The proxy's release time makes the build date reproducible across rebuilds.
+    info = _mod_download(Path.home(), f"{module}@{version}")
     try:
         stamp = json.loads(info.stdout)["Info"]
         return json.loads(Path(stamp).read_text())["Time"]
@@ -595,13 +540,9 @@ def _release_date(module: str, version: str) -> str:
 
 def _load_timings(cache: Path) -> dict[str, float]:
     try:
-        return json.loads((cache / "build-times.json").read_text())
+        return json.loads((cache / TIMINGS).read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _save_timings(cache: Path, timings: dict[str, float]) -> None:
-    (cache / "build-times.json").write_text(json.dumps(timings, indent=2) + "\n")
 
 
 def _duration(seconds: float) -> str:

@@ -21,6 +21,7 @@ class FileServer:
     def __init__(self) -> None:
         self._files: dict[str, tuple[bytes, str | None]] = {}
         self._failures: dict[str, deque[int]] = {}
+        self._retry_after: dict[str, int] = {}
         self.hits: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._http: LoopbackServer | None = None
@@ -37,10 +38,12 @@ class FileServer:
             self._files[path] = (body, token)
         return self.url + path
 
-    def fail(self, path: str, status: int, times: int = 1) -> None:
-        """Answer `status` to the next `times` requests for `path`."""
+    def fail(self, path: str, status: int, times: int = 1, retry_after: int | None = None) -> None:
+        """Answer `status` to the next `times` requests for `path` (with `Retry-After`)."""
         with self._lock:
             self._failures.setdefault(path, deque()).extend([status] * times)
+            if retry_after is not None:
+                self._retry_after[path] = retry_after
 
     def __enter__(self) -> FileServer:
         files = self
@@ -49,9 +52,15 @@ class FileServer:
             def do_GET(self) -> None:
                 status, body = files._answer(self.path, self.headers.get("Authorization"))
                 self.send_response(status)
+                wait = files._retry_after.get(self.path.split("?", 1)[0])
+                if status >= 400 and wait is not None:
+                    self.send_header("Retry-After", str(wait))
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            # A POST gets the same scripted answers, for the tests of what is sent again.
+            do_POST = do_GET
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

@@ -1,8 +1,11 @@
-"""A registry file written by a test, read through DEPLOY_REGISTRY like an operator's rehearsal.
+"""The one way tests build an environment to run a step in.
 
-Lets a test describe environments (a kubeconfig in a temporary secrets folder,
-a bastion on loopback, a Grafana on 127.0.0.1) in the registry's own format,
-so they pass through the same loading and checking as config/environments.yaml.
+`use_registry` writes a registry file and makes the pipeline read it through
+DEPLOY_REGISTRY like an operator's rehearsal: a test describes environments (a
+kubeconfig in a temporary secrets folder, a bastion on loopback, a Grafana on
+127.0.0.1) in the registry's own format, so they pass through the same loading
+and checking as config/environments.yaml. `step_context` is a step's context
+for one of them (or for an Environment a test made itself).
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ from typing import Any
 
 import pytest
 import yaml
+from invoke import Context
 
+from tasks.pipeline import StepContext, load_registry, pinned_tool_dirs
+from tasks.registry import Environment, Registry
 from tasks.run import current
+from tasks.runner import Runner
 
 
 def use_registry(
@@ -37,3 +44,21 @@ def use_registry(
     monkeypatch.setenv("DEPLOY_REGISTRY", str(path))
     current().use_registry(None)
     return path
+
+
+def step_context(
+    env: str | Environment,
+    step: str = "probe",
+    *,
+    runner: Runner | None = None,
+    dry_run: bool = False,
+) -> StepContext:
+    """The context `step` runs in for `env`: an environment of the registry the pipeline
+    loads, by name, or one the test made (in a registry of its own), with the pinned tools."""
+    if isinstance(env, str):
+        registry = load_registry()
+        env = registry.get(env)
+    else:
+        registry = Registry({env.name: env}, Path("mybinder"))
+    runner = runner or Runner(Context(), dry_run=dry_run, tool_dirs=pinned_tool_dirs())
+    return StepContext(Context(), registry, env, runner, dry_run, step)
