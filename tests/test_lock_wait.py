@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tests.fixtures.chain import (
     invoke,
     lock_exists,
     release_exists,
+    run_and_act,
 )
 from tests.fixtures.site import unique_release
 from tests.test_chain import plant_lock
@@ -53,11 +55,9 @@ def second_checkout(tmp_path: Path) -> Path:
     return clone
 
 
-def start_deploy(
-    cwd: Path, env: dict[str, str], *args: str, target: str = "local-staging"
-) -> subprocess.Popen:
+def start_deploy(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "invoke", "deploy", f"--env={target}", *args],
+        [sys.executable, "-m", "invoke", "deploy", "--env=local-staging", *args],
         cwd=cwd,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
@@ -74,22 +74,15 @@ def steps(checkout: Path) -> dict[str, dict]:
     return {step["step"]: step for step in run_report(checkout)["steps"]}
 
 
-def give_the_lock_back_once_waiting(
-    deploy: subprocess.Popen, waiting: str, cluster: str, namespace: str
-) -> str:
-    """The deploy's output, read to its end; once it says `waiting`, the holder of the lock
-    ends its deploy and deletes the lock, as a deploy that finishes does."""
-    seen = []
-    assert deploy.stdout is not None
-    for line in deploy.stdout:
-        seen.append(line)
-        if waiting in line:
-            clusters.kubectl(cluster, "delete", "configmap", "binder-deploy-lock", "-n", namespace)
-    return "".join(seen)
-
-
 def moment(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
+
+
+def give_the_lock_back(cluster: str, namespace: str) -> Callable[[subprocess.Popen], None]:
+    """What the holder of a lock does when its deploy ends: it deletes the lock."""
+    return lambda _deploy: clusters.kubectl(
+        cluster, "delete", "configmap", "binder-deploy-lock", "-n", namespace
+    )
 
 
 @pytest.mark.cluster
@@ -153,14 +146,14 @@ def test_a_deploy_that_waits_too_long_fails_naming_the_holder(both_clusters, tmp
 def test_in_ci_a_deploy_waits_for_the_lock_by_default_then_takes_it(both_clusters, tmp_path):
     env, namespaces = demo_registry(tmp_path)
     plant_lock(namespaces["local-staging"], "octocat on CI run 41", int(time.time()) + 600)
-    deploy = start_deploy(PROJECT_ROOT, {**env, "CI": "true"})
-    out = give_the_lock_back_once_waiting(
-        deploy,
+    deploy = run_and_act(
+        ["deploy", "--env=local-staging"],
+        {**env, "CI": "true"},
         "waiting for the deploy lock of local-staging: held by octocat on CI run 41",
-        "binder-staging",
-        namespaces["local-staging"],
+        give_the_lock_back("binder-staging", namespaces["local-staging"]),
     )
-    assert deploy.wait(timeout=600) == 0, out[-4000:]
+    out = deploy.output
+    assert deploy.returncode == 0, out[-4000:]
     assert "waiting for the deploy lock" in out
     assert release_exists("binder-staging", namespaces["local-staging"])
     assert not lock_exists(namespaces["local-staging"])
@@ -171,14 +164,14 @@ def test_a_federation_member_waits_for_its_own_lock_in_its_own_thread(demo_clust
     env, namespaces = federation_registry(tmp_path, experimental=("local-prod-b",))
     member_namespace = namespaces["local-prod-b"]
     plant_lock(member_namespace, "octocat on CI run 41", int(time.time()) + 600, "binder-prod-b")
-    deploy = start_deploy(PROJECT_ROOT, env, "--yes", "--wait-for-lock", target="fed")
-    out = give_the_lock_back_once_waiting(
-        deploy,
+    deploy = run_and_act(
+        ["deploy", "--env=fed", "--yes", "--wait-for-lock"],
+        env,
         "[local-prod-b] waiting for the deploy lock of local-prod-b: held by octocat",
-        "binder-prod-b",
-        member_namespace,
+        give_the_lock_back("binder-prod-b", member_namespace),
     )
-    assert deploy.wait(timeout=600) == 0, out[-5000:]
+    out = deploy.output
+    assert deploy.returncode == 0, out[-5000:]
     members = {m["name"]: m["result"] for m in run_report()["members"]}
     assert members == {"local-prod": "ok", "local-prod-b": "ok"}, out[-5000:]
     assert "waiting for the deploy lock of local-prod:" not in out
