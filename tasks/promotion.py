@@ -40,6 +40,7 @@ from tasks.helm import shown
 from tasks.output import say, warn
 from tasks.pipeline import Skipped, StepContext, cluster_of, perform
 from tasks.registry import Environment, Registry
+from tasks.report import abridged
 from tasks.run import current
 from tasks.runner import PROJECT_ROOT
 
@@ -173,10 +174,7 @@ def differences(verified: Promotion, mine: Promotion) -> list[str]:
     files = sorted(set(verified.chart_files) | set(mine.chart_files))
     changed = [f for f in files if verified.chart_files.get(f) != mine.chart_files.get(f)]
     if changed:
-        listed = ", ".join(changed[:5]) + (
-            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-        )
-        found.append(f"chart files differ from what {gate} verified: {listed}")
+        found.append(f"chart files differ from what {gate} verified: {abridged(changed, 5)}")
     shared = [layer for layer in mine.layers if layer in verified.layers]
     found += [
         f"values layer {layer} differs from the one {gate} verified"
