@@ -718,8 +718,7 @@ def _deadline_failure(waiter: RolloutWaiter, verdicts: dict[str, Verdict]) -> St
 def _dry_run(
     runner: Runner, namespace: str, timeout: float, kubectl: str | Path, out: TextIO
 ) -> RolloutReport:
-    prefix = "".join(f"{k}={v} " for k, v in sorted(runner.env.items()) if k != "PATH")
-    say(f"[dry-run] {prefix}{runner.describe(proxy_command(kubectl, namespace))}", stream=out)
+    say(runner.dry_run_line(proxy_command(kubectl, namespace)), stream=out)
     for template in RESOURCES.values():
         path = template.format(ns=namespace)
         say(f"[dry-run] GET {path}, then watch it from the list's resourceVersion", stream=out)

@@ -159,6 +159,10 @@ class Runner:
     def describe(self, command: Sequence[str | Path]) -> str:
         return current().masker.mask(shlex.join(str(part) for part in command))
 
+    def dry_run_line(self, command: Sequence[str | Path]) -> str:
+        """What a dry run prints for `command`: its environment and itself, masked."""
+        return f"[dry-run] {self._env_prefix()}{self.describe(command)}"
+
     def checkpoint(self) -> None:
         """Stop here if the run asked this member's work to stop (tasks/run.py)."""
         member = here()
@@ -182,7 +186,7 @@ class Runner:
         line = shlex.join(str(part) for part in command)
         masker = current().masker
         if self.dry_run and not touches_nothing:
-            say(f"[dry-run] {self._env_prefix()}{masker.mask(line)}")
+            say(self.dry_run_line(command))
             return Result("", "", 0, dry_run=True)
         if not quiet:
             say(f"$ {masker.mask(line)}")
