@@ -40,12 +40,14 @@ for candidate in "$shared"/binderhub/binderhub-*.whl; do
 done
 if [ -n "$wheel" ]; then
   step "BinderHub ($wheel) and the smoke suite's test bed (tests/smoke_requirements.txt)"
-  python3 -m pip install -q --disable-pip-version-check -r tests/smoke_requirements.txt "$wheel"
+  python3 -m pip install -q --disable-pip-version-check -c requirements.txt \
+    -r tests/smoke_requirements.txt "$wheel"
 else
   step "Smoke suite's test bed (tests/smoke_requirements.txt)"
   echo "    no BinderHub wheel in $shared/binderhub/: the tests against a live BinderHub" \
     "will be skipped (set BINDER_DEPLOY_SHARED to the folder that holds binderhub/)"
-  python3 -m pip install -q --disable-pip-version-check -r tests/smoke_requirements.txt
+  python3 -m pip install -q --disable-pip-version-check -c requirements.txt \
+    -r tests/smoke_requirements.txt
 fi
 
 step "configurable-http-proxy (npm), for the smoke suite's tests against a real JupyterHub"

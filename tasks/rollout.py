@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -218,6 +218,22 @@ def _list_all(api: Api, path: str, seconds: float = 10) -> tuple[list[Obj], Obj]
         params["continue"] = more
 
 
+def _lines(chunks: Iterable[str | bytes]) -> Iterator[bytes]:
+    """The whole lines of a watch stream, each as soon as its chunk arrives.
+
+    `iter_content(chunk_size=None)` hands over what the server sent as it comes;
+    requests' own `iter_lines` takes only a fixed chunk size, and would hold an
+    event back until the next ones fill its buffer.
+    """
+    pending = b""
+    for chunk in chunks:
+        pending += chunk if isinstance(chunk, bytes) else chunk.encode()
+        *lines, pending = pending.split(b"\n")
+        yield from lines
+    if pending:
+        yield pending
+
+
 class WatchStream(threading.Thread):
     """Lists one kind of object, then watches it from the list's version, forever.
 
@@ -290,7 +306,7 @@ class WatchStream(threading.Thread):
                     return
                 if response.status_code != 200:
                     raise ApiError(response.status_code, self.path, response.text)
-                for line in response.iter_lines(chunk_size=None):
+                for line in _lines(response.iter_content(chunk_size=None)):
                     if not line:
                         continue
                     event = json.loads(line)
