@@ -12,6 +12,6 @@ from pathlib import Path
 
 __path__ = [str(Path(__file__).with_suffix(""))]
 
-from tasks.namespace import ns
+from tasks.cli.namespace import ns
 
 __all__ = ["ns"]

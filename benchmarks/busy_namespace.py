@@ -2,7 +2,7 @@
 
 On its own throwaway local cluster (`binder-busy`, started here and stopped at
 the end): the cluster's 2 nodes as the core pool, for the release, plus a pool of user
-nodes with room for every user pod (tasks/cluster/nodes.py), each pod selecting
+nodes with room for every user pod (sandbox/nodes.py), each pod selecting
 its pool as z2jh's do. The scheduler packs the user nodes full, one after the
 other.
 
@@ -67,7 +67,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.rollout import PodClock  # noqa: E402
-from tasks.cluster import clusters, nodes, tools  # noqa: E402
+from sandbox import clusters, nodes  # noqa: E402
+from tasks.adapters import go_builds  # noqa: E402
 from tests.fakes.kube import KubeApi  # noqa: E402
 
 RELEASE_LABEL = "bench.binder.test/release"
@@ -219,9 +220,9 @@ def waiter(cluster: str, namespace: str, timeout: float) -> None:
     """Run wait-rollout; print its progress, then one RESULT line with its outcome and CPU."""
     from invoke import Context
 
-    from tasks.errors import StepFailure
-    from tasks.rollout import wait_for_rollout
-    from tasks.runner import Runner
+    from tasks.core.errors import StepFailure
+    from tasks.core.runner import Runner
+    from tasks.steps.rollout import wait_for_rollout
 
     runner = Runner(Context(), env={"KUBECONFIG": str(clusters.kubeconfig(cluster))})
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -229,7 +230,11 @@ def waiter(cluster: str, namespace: str, timeout: float) -> None:
     outcome: dict[str, Any] = {"ok": True, "why": ""}
     try:
         wait_for_rollout(
-            runner, namespace, timeout=timeout, kubectl=tools.binary("kubectl"), stream=sys.stdout
+            runner,
+            namespace,
+            timeout=timeout,
+            kubectl=go_builds.binary("kubectl"),
+            stream=sys.stdout,
         )
     except StepFailure as failure:
         outcome = {"ok": False, "why": failure.why}

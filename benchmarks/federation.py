@@ -42,10 +42,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tasks import chartrepo  # noqa: E402
-from tasks.cluster import clusters, tools  # noqa: E402
-from tasks.errors import StepFailure  # noqa: E402
-from tests.fixtures.site import remove_release_leftovers  # noqa: E402
+from sandbox import chartrepo, clusters  # noqa: E402
+from tasks.adapters import go_builds  # noqa: E402
+from tasks.core.errors import StepFailure  # noqa: E402
+from tests.fixtures.site_chart import remove_release_leftovers  # noqa: E402
 
 GATE_CLUSTER = "binder-fed-gate"
 REPORT = ROOT / "reports" / "run-deploy.json"
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = [GATE_CLUSTER, *(member_cluster(i) for i in range(1, args.members + 1))]
     started_here = [name for name in names if not clusters.is_up(name)]
-    tools.ensure_built()
+    go_builds.ensure_built()
     # The benchmark's secret layers are copies of the demo's, which must be unlocked first.
     subprocess.run(
         [sys.executable, "-m", "invoke", "decrypt-secrets", "--env=local-staging"],

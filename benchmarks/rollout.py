@@ -3,7 +3,7 @@
 On the local cluster (`invoke cluster.up`).
 
 Ways of waiting:
-  wait-rollout   this project's step (`tasks/rollout.py`), in-process
+  wait-rollout   this project's step (`tasks/steps/rollout.py`), in-process
   kubectl-loop   mybinder.org's way: `kubectl rollout status --timeout=10m` per
                  Deployment, one after another
   helm-wait      `helm upgrade --install --wait` (Helm 4's kstatus watcher) on a
@@ -59,11 +59,12 @@ from invoke import Context
 # Run as a script from the project root: `tasks` is importable from there.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.cluster import clusters, tools
-from tasks.errors import StepFailure
-from tasks.rollout import WatchStream, kube_proxy, wait_for_rollout
-from tasks.rollout_status import Change, condition
-from tasks.runner import Runner
+from sandbox import clusters
+from tasks.adapters import go_builds
+from tasks.core.errors import StepFailure
+from tasks.core.runner import Runner
+from tasks.steps.rollout import WatchStream, kube_proxy, wait_for_rollout
+from tasks.steps.rollout_status import Change, condition
 
 FAIL_LABEL = "kwok.binder.test/fail"
 WAYS = ("wait-rollout", "kubectl-loop", "helm-wait")
@@ -199,8 +200,8 @@ class Bench:
         self.cap = cap
         self.workdir = workdir
         self.kubeconfig = clusters.kubeconfig(cluster)
-        self.kubectl = tools.binary("kubectl")
-        self.helm = tools.binary("helm")
+        self.kubectl = go_builds.binary("kubectl")
+        self.helm = go_builds.binary("helm")
         self.runner = Runner(Context(), env={"KUBECONFIG": str(self.kubeconfig)})
         self.env = {
             **os.environ,

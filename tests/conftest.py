@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import pytest
 
-from tasks import http, run
+from tasks.core import run, web
 from tests.fixtures.chain import both_clusters, demo_clusters, demo_namespaces_cleaned_up
 from tests.fixtures.cluster import LocalCluster, local_cluster
-from tests.fixtures.site import chart_dependencies, demo_secrets, site_env
+from tests.fixtures.site_chart import chart_dependencies, demo_secrets, site_env
 
 collect_ignore = ["smoke"]
 
@@ -28,7 +28,7 @@ def fresh_run() -> Iterator[run.Run]:
 def quick_http_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """HTTP retries as the pipeline makes them, without its pauses between them."""
     for name in ("DOWNLOADS", "PROBES", "ANNOTATIONS"):
-        monkeypatch.setattr(http, name, replace(getattr(http, name), first_pause=0.01))
+        monkeypatch.setattr(web, name, replace(getattr(web, name), first_pause=0.01))
 
 
 __all__ = [

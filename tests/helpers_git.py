@@ -10,9 +10,9 @@ from pathlib import Path
 
 from invoke import Context
 
-from tasks.pipeline import StepContext
-from tasks.registry import ClusterAccess, Environment, Grafana, KeySource, Registry
-from tasks.runner import Runner
+from tasks.config.context import StepContext
+from tasks.config.registry import ClusterAccess, Environment, Grafana, KeySource, Registry
+from tasks.core.runner import Runner
 
 GITATTRIBUTES = (
     "secrets/** filter=git-crypt diff=git-crypt\n"

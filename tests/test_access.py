@@ -20,9 +20,11 @@ import pytest
 import yaml
 from invoke import Context
 
-from tasks import access, registry
-from tasks.errors import StepFailure
-from tasks.pipeline import StepContext, invocation, load_registry, perform
+from tasks.adapters import access
+from tasks.config import registry
+from tasks.config.context import StepContext, load_registry
+from tasks.core.errors import StepFailure
+from tasks.flows.pipeline import invocation, perform
 from tests.fakes import gcloud
 from tests.fakes.environments import step_context, use_registry
 from tests.fakes.sshd import LocalSshd, keypair

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import chain, registry
-from tasks.cluster import clusters
-from tasks.runner import PROJECT_ROOT
+from sandbox import clusters
+from tasks.cli import chain
+from tasks.config import registry
+from tasks.core.runner import PROJECT_ROOT
 from tests.fakes.grafana_server import FakeGrafana
 from tests.fakes.webhook import WebhookReceiver
 from tests.fixtures.chain import (
@@ -38,7 +39,7 @@ from tests.fixtures.chain import (
     slow_chart,
     values,
 )
-from tests.fixtures.site import unique_release
+from tests.fixtures.site_chart import unique_release
 
 STEP_NAMES = {
     "decrypt_secrets": "decrypt-secrets",
@@ -689,7 +690,7 @@ def test_a_lock_left_by_a_dead_process_on_this_machine_is_taken_over(both_cluste
 
 @pytest.mark.cluster
 def test_a_live_lock_of_this_machine_is_never_taken_over(both_clusters, tmp_path):
-    from tasks import lock
+    from tasks.steps import lock
 
     env, namespaces = demo_registry(tmp_path)
     # This test's own process: alive, on this machine.

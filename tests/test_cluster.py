@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from invoke.exceptions import Exit
 
-from tasks.cluster import clusters, tools
+from sandbox import clusters
+from tasks.adapters import go_builds
 from tests.fixtures.cluster import LocalCluster
 
 THROWAWAY_CLUSTER = "binder-test-down"
@@ -90,31 +91,31 @@ def pod_table(cluster: LocalCluster, namespace: str, app: str) -> str:
 
 
 def test_versions_come_from_tools_yaml() -> None:
-    versions = tools.pinned_versions()
+    versions = go_builds.pinned_versions()
     assert set(versions) >= {"kubernetes", "etcd", "kwok", "helm"}
-    assert tools.staging_version(versions["kubernetes"]).startswith("v0.")
+    assert go_builds.staging_version(versions["kubernetes"]).startswith("v0.")
 
 
 def test_missing_binary_names_the_build_task(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(tools, "CACHE_ROOT", tmp_path)
+    monkeypatch.setattr(go_builds, "CACHE_ROOT", tmp_path)
     with pytest.raises(Exit) as error:
-        tools.binary("helm")
+        go_builds.binary("helm")
     assert "invoke cluster.build" in str(error.value.message)
     with pytest.raises(Exit):
-        tools.binary("no-such-tool")
+        go_builds.binary("no-such-tool")
 
 
 def test_closest_staging_version_fallback() -> None:
     published = ["v0.35.4", "v0.36.0", "v0.36.1", "v0.37.0-alpha.1"]
-    assert tools.closest_version(published, "v0.36.3") == "v0.36.1"
-    assert tools.closest_version(["v0.35.4"], "v0.36.3") == "v0.35.4"
-    assert tools.closest_version([], "v0.36.3") is None
+    assert go_builds.closest_version(published, "v0.36.3") == "v0.36.1"
+    assert go_builds.closest_version(["v0.35.4"], "v0.36.3") == "v0.35.4"
+    assert go_builds.closest_version([], "v0.36.3") is None
 
 
 @pytest.mark.parametrize("method", ["install", "wrapper"])
 def test_build_failure_names_module_version_and_log(method: str, tmp_path: Path) -> None:
     version = "v0.0.999"
-    component = tools.Component(
+    component = go_builds.Component(
         key="kwok",
         module="sigs.k8s.io/kwok",
         packages={"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
@@ -125,7 +126,7 @@ def test_build_failure_names_module_version_and_log(method: str, tmp_path: Path)
     )
     started = time.monotonic()
     with pytest.raises(Exit) as error:
-        tools.build_component(component, version, ["kwok"], tmp_path, echo=lambda _msg: None)
+        go_builds.build_component(component, version, ["kwok"], tmp_path, echo=lambda _msg: None)
     message = str(error.value.message)
     assert f"sigs.k8s.io/kwok@{version}" in message
     log = Path(message.rsplit("Full log: ", 1)[1].strip())
@@ -140,15 +141,15 @@ def test_build_failure_names_module_version_and_log(method: str, tmp_path: Path)
 
 @pytest.mark.cluster
 def test_cached_tools_are_reused_quickly() -> None:
-    tools.ensure_built(echo=lambda _msg: None)
+    go_builds.ensure_built(echo=lambda _msg: None)
     started = time.monotonic()
     messages: list[str] = []
-    paths = tools.ensure_built(echo=messages.append)
+    paths = go_builds.ensure_built(echo=messages.append)
     assert time.monotonic() - started < 15
     assert not any(m.startswith("building") for m in messages), messages
-    versions = tools.pinned_versions()
-    assert versions["helm"] in tools.version_output(paths["helm"], ["version", "--short"])
-    etcd = tools.version_output(paths["etcd"], ["--version"])
+    versions = go_builds.pinned_versions()
+    assert versions["helm"] in go_builds.version_output(paths["helm"], ["version", "--short"])
+    etcd = go_builds.version_output(paths["etcd"], ["--version"])
     assert f"etcd Version: {versions['etcd'].lstrip('v')}" in etcd
 
 
@@ -167,7 +168,7 @@ def test_nodes_are_ready(local_cluster: LocalCluster) -> None:
 
 @pytest.mark.cluster
 def test_kubectl_and_server_report_the_pinned_version(local_cluster: LocalCluster) -> None:
-    pinned = tools.pinned_versions()["kubernetes"]
+    pinned = go_builds.pinned_versions()["kubernetes"]
     report = json.loads(local_cluster.kubectl("version", "-o", "json"))
     assert report["serverVersion"]["gitVersion"] == pinned
     assert report["clientVersion"]["gitVersion"] == pinned
@@ -179,7 +180,7 @@ def test_kubectl_and_server_report_the_pinned_version(local_cluster: LocalCluste
 def test_kubeconfig_lives_in_the_project(local_cluster: LocalCluster) -> None:
     assert (
         local_cluster.kubeconfig
-        == tools.REPO_ROOT / ".local" / "clusters" / local_cluster.name / "kubeconfig"
+        == go_builds.REPO_ROOT / ".local" / "clusters" / local_cluster.name / "kubeconfig"
     )
     assert local_cluster.kubeconfig.is_file()
     assert (clusters.server_url(local_cluster.name) or "").startswith("https://127.0.0.1:")

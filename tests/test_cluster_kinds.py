@@ -5,9 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import access, doctor, registry, secrets
-from tasks.pipeline import load_registry
-from tasks.registry import RegistryError
+from tasks.adapters import access
+from tasks.config import registry
+from tasks.config.context import load_registry
+from tasks.config.registry import RegistryError
+from tasks.flows import doctor
+from tasks.steps import secret_files
 from tests.fakes.environments import step_context, use_registry
 
 SERVER = "https://127.0.0.1:6443"
@@ -62,7 +65,7 @@ def test_a_new_kind_opens_credentials_the_steps_commands_use(
     assert server.stdout == SERVER
     assert not kubeconfig.exists()
     assert doctor.credential_checks(ctx)[0].detail == f"kubeconfig printed by `cat {source}`"
-    assert [path.name for path, _ in secrets.required_files(ctx.environment)] == [
+    assert [path.name for path, _ in secret_files.required_files(ctx.environment)] == [
         "common.yaml",
         "toy.yaml",
     ]

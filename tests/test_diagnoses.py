@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 from invoke import Context
 
-from tasks import diagnoses, release
-from tasks.cluster import tools
-from tasks.errors import CommandFailed, explain
-from tasks.runner import Runner
+from tasks.adapters import go_builds
+from tasks.core import diagnoses
+from tasks.core.errors import CommandFailed, explain
+from tasks.core.runner import Runner
+from tasks.steps import release
 from tests.fakes.environments import step_context
 
 
@@ -19,7 +20,7 @@ def helm_failure(tmp_path: Path, values: str) -> CommandFailed:
     (chart / "templates").mkdir(parents=True)
     (chart / "Chart.yaml").write_text("apiVersion: v2\nname: chart\nversion: 0.1.0\n")
     (tmp_path / "broken.yaml").write_text(values)
-    runner = Runner(Context(), tool_dirs=[tools.binary("helm").parent])
+    runner = Runner(Context(), tool_dirs=[go_builds.binary("helm").parent])
     with pytest.raises(CommandFailed) as failed:
         runner.run(
             ["helm", "template", "r", chart, "--values", tmp_path / "broken.yaml"], quiet=True

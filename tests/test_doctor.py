@@ -18,10 +18,13 @@ import yaml
 from invoke import Context
 from invoke.exceptions import Exit
 
-from tasks import chain, chartrepo, charts, doctor
-from tasks.doctor import FAIL, OK, WARN
-from tasks.pipeline import load_registry
-from tasks.runner import PROJECT_ROOT
+from sandbox import chartrepo
+from tasks.cli import chain, operate
+from tasks.config.context import load_registry
+from tasks.core.runner import PROJECT_ROOT
+from tasks.flows import doctor
+from tasks.flows.doctor import FAIL, OK, WARN
+from tasks.steps import charts
 from tests.fakes.downloads import FileServer
 from tests.fakes.environments import step_context, use_registry
 from tests.fakes.sshd import LocalSshd, free_port, keypair
@@ -62,7 +65,7 @@ def run_doctor(env: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[
     """Exit code, the check lines (without fix lines), and everything printed."""
     code = 0
     try:
-        doctor.doctor(Context(), env=env)
+        operate.doctor(Context(), env=env)
     except Exit as stopped:
         code = stopped.code
         print(stopped.message)

@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 from invoke import Context
 
-from tasks import chain, registry
-from tasks.cluster import clusters
-from tasks.output import CI, LINES, TERMINAL, MembersConsole, say
-from tasks.report import FAILED, INTERRUPTED, OK, MemberOutcome
-from tasks.run import current, here, member_thread
-from tasks.runner import PROJECT_ROOT, Runner
+from sandbox import clusters
+from tasks.cli import chain
+from tasks.config import registry
+from tasks.core.output import CI, LINES, TERMINAL, MembersConsole, say
+from tasks.core.report import FAILED, INTERRUPTED, OK, MemberOutcome
+from tasks.core.run import current, here, member_thread
+from tasks.core.runner import PROJECT_ROOT, Runner
 from tests.fakes.grafana_server import FakeGrafana
 from tests.fixtures.chain import (
     change_environment,

@@ -11,13 +11,15 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from tasks import grafana, http
-from tasks.errors import StepFailure
-from tasks.grafana import annotate_grafana, close_region, close_regions
-from tasks.pipeline import StepContext, Stop
-from tasks.registry import ClusterAccess, Environment, Grafana, KeySource, Registry
-from tasks.run import current
-from tasks.runner import Runner
+from tasks.cli.steps import annotate_grafana
+from tasks.config.context import StepContext, keep_registry
+from tasks.config.registry import ClusterAccess, Environment, Grafana, KeySource, Registry
+from tasks.core import web
+from tasks.core.errors import StepFailure, Stop
+from tasks.core.run import current
+from tasks.core.runner import Runner
+from tasks.steps import grafana
+from tasks.steps.grafana import close_region, close_regions
 from tests.fakes import environments
 from tests.fakes.grafana_server import FakeGrafana
 
@@ -41,13 +43,11 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("USER", "operator")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    monkeypatch.setattr(
-        http, "ANNOTATIONS", http.Retries(attempts=3, first_pause=0.01, timeout=0.3)
-    )
+    monkeypatch.setattr(web, "ANNOTATIONS", web.Retries(attempts=3, first_pause=0.01, timeout=0.3))
 
 
 def region(env_name: str) -> grafana.Region | None:
-    return current().environment(env_name).region
+    return current().environment(env_name).kept(grafana.Region)
 
 
 def warnings() -> list[str]:
@@ -114,7 +114,7 @@ def use_registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     """Make the tasks see a registry holding just the given environments."""
 
     def install(*envs: Environment) -> None:
-        current().use_registry(Registry({env.name: env for env in envs}, Path("mybinder")))
+        keep_registry(Registry({env.name: env for env in envs}, Path("mybinder")))
 
     return install
 
@@ -310,7 +310,7 @@ def test_retries_stop_when_the_requests_budget_is_spent(
     server: FakeGrafana, secrets: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        http, "ANNOTATIONS", http.Retries(attempts=6, first_pause=0.2, timeout=0.3, budget=0.5)
+        web, "ANNOTATIONS", web.Retries(attempts=6, first_pause=0.2, timeout=0.3, budget=0.5)
     )
     server.fail_next(6, status=500)
     env = make_env("staging", secrets, grafana_settings(server))

@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import charts
-from tasks.cluster import tools
-from tasks.errors import StepFailure
-from tasks.pipeline import Skipped
+from tasks.adapters import go_builds
+from tasks.core.errors import Skipped, StepFailure
+from tasks.steps import charts
 from tests.fakes.chart_repository import ChartRepository, make_chart, package_chart
 
 UPSTREAM = "https://charts.example.org/stable/"
@@ -17,7 +16,7 @@ UPSTREAM = "https://charts.example.org/stable/"
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    return tools.binary("helm")
+    return go_builds.binary("helm")
 
 
 @pytest.fixture
@@ -139,8 +138,8 @@ def test_dry_run_fetches_nothing(tmp_path, repository, capsys):
 def test_locked_secret_layers_are_replaced_by_placeholders_for_validation(tmp_path):
     from dataclasses import replace
 
-    from tasks import registry
-    from tasks.runner import PROJECT_ROOT
+    from tasks.config import registry
+    from tasks.core.runner import PROJECT_ROOT
 
     secrets_dir = tmp_path / "secrets"
     (secrets_dir / "config").mkdir(parents=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from invoke import Context
 
-from tasks.errors import CommandFailed
-from tasks.runner import PROJECT_ROOT, Runner
+from tasks.core.errors import CommandFailed
+from tasks.core.runner import PROJECT_ROOT, Runner
 from tests.fakes.webhook import WebhookReceiver
 from tests.fixtures.chain import (
     change_environment,

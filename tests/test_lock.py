@@ -8,11 +8,10 @@ import time
 import pytest
 from invoke import Context
 
-from tasks import lock
-from tasks.errors import StepFailure
-from tasks.pipeline import StepContext
-from tasks.run import current
-from tasks.runner import Runner
+from tasks.config.context import StepContext, load_registry
+from tasks.core.errors import StepFailure
+from tasks.core.runner import Runner
+from tasks.steps import lock
 
 
 @pytest.mark.cluster
@@ -126,7 +125,7 @@ def test_a_live_lock_names_the_commit_its_holder_deploys():
 
 
 def waiting_context() -> StepContext:
-    registry = current().registry
+    registry = load_registry()
     return StepContext(
         Context(), registry, registry.get("local-staging"), Runner(Context()), False, "lock"
     )

@@ -2,7 +2,7 @@
 bound naming the holder.
 
 Two deploys of one environment come from two checkouts (one run at a time changes a
-checkout: tasks/checkout.py), as two CI runners or two operators would start them.
+checkout: tasks/core/checkout.py), as two CI runners or two operators would start them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.cluster import clusters
-from tasks.runner import PROJECT_ROOT
+from sandbox import clusters
+from tasks.core.runner import PROJECT_ROOT
 from tests.fixtures.chain import (
     demo_registry,
     federation_registry,
@@ -29,7 +29,7 @@ from tests.fixtures.chain import (
     release_exists,
     run_and_act,
 )
-from tests.fixtures.site import unique_release
+from tests.fixtures.site_chart import unique_release
 from tests.test_chain import plant_lock
 
 

@@ -8,10 +8,10 @@ import shutil
 import pytest
 import yaml
 
-from tasks.masking import FRAGMENT_LENGTH, SecretMasker
-from tasks.run import current
-from tasks.runner import PROJECT_ROOT
-from tasks.secrets import _register_values
+from tasks.core.masking import FRAGMENT_LENGTH, SecretMasker
+from tasks.core.run import current
+from tasks.core.runner import PROJECT_ROOT
+from tasks.steps.secret_files import _register_values
 from tests.fixtures.chain import demo_registry, invoke
 
 TOKEN = random_secrets.token_hex(24)

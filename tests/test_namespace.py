@@ -4,8 +4,8 @@ import inspect
 import subprocess
 import sys
 
-from tasks.namespace import ns
-from tasks.runner import PROJECT_ROOT
+from tasks.cli.namespace import ns
+from tasks.core.runner import PROJECT_ROOT
 
 SIX_STEPS = (
     "decrypt-secrets",

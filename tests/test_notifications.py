@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks import http, notifications, registry
-from tasks.errors import StepFailure
-from tasks.report import FAILED, INTERRUPTED, OK, StepRecord
-from tasks.run import current
+from tasks.adapters import notifications
+from tasks.config import registry
+from tasks.config.context import keep_registry
+from tasks.core import web
+from tasks.core.errors import StepFailure
+from tasks.core.report import FAILED, INTERRUPTED, OK, StepRecord
+from tasks.core.run import current
 from tests.fakes.webhook import WebhookReceiver
 from tests.fixtures.chain import demo_registry, invoke
 from tests.test_registry import LOCAL, write_registry
@@ -33,7 +36,7 @@ def deploy_run(tmp_path: Path, notify: str, monkeypatch) -> None:
         monkeypatch.setenv(name, value)
     root = write_registry(tmp_path, "environments:\n  a:" + LOCAL + notify)
     run = current()
-    run.use_registry(registry.load(root))
+    keep_registry(registry.load(root))
     run.task, run.target = "deploy", "a"
 
 
@@ -110,7 +113,7 @@ def test_a_receiver_answering_500_leaves_a_loud_warning(tmp_path, monkeypatch, c
 def test_a_receiver_that_does_not_answer_is_not_sent_the_notice_twice(
     tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(http, "NOTICES", replace(http.NOTICES, timeout=0.5))
+    monkeypatch.setattr(web, "NOTICES", replace(web.NOTICES, timeout=0.5))
     with WebhookReceiver() as hook:
         hook.delay = 2
         warning = undelivered(

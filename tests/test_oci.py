@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import chartrepo, charts, http, oci, registry
-from tasks.errors import StepFailure
-from tasks.pipeline import Skipped
-from tasks.runner import PROJECT_ROOT
+from sandbox import chartrepo
+from tasks.adapters import oci
+from tasks.config import registry
+from tasks.core import web
+from tasks.core.errors import Skipped, StepFailure
+from tasks.core.runner import PROJECT_ROOT
+from tasks.steps import charts
 
 UPSTREAM = chartrepo.OCI_UPSTREAM  # oci://ghcr.io/traefik/helm
 TRAEFIK = "traefik-41.1.1.tgz"
@@ -37,7 +40,7 @@ def local_registry() -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(http, "DOWNLOADS", replace(http.DOWNLOADS, first_pause=0.01))
+    monkeypatch.setattr(web, "DOWNLOADS", replace(web.DOWNLOADS, first_pause=0.01))
 
 
 def site_chart(tmp_path: Path, version: str = "41.1.1", repository: str = UPSTREAM) -> Path:

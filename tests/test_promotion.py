@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import promotion
-from tasks.cluster import clusters
-from tasks.promotion import Promotion, chart_files, differences
-from tasks.runner import PROJECT_ROOT
+from sandbox import clusters
+from tasks.core.runner import PROJECT_ROOT
+from tasks.steps import promotion
+from tasks.steps.promotion import Promotion, chart_files, differences
 from tests.fakes.environments import step_context
 from tests.fixtures.chain import change_environment, demo_registry, invoke, release_exists
 

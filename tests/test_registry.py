@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import registry
-from tasks.errors import StepFailure
-from tasks.runner import PROJECT_ROOT
+from tasks.config import registry
+from tasks.core.errors import StepFailure
+from tasks.core.runner import PROJECT_ROOT
 
 
 def write_registry(root: Path, text: str) -> Path:

@@ -12,12 +12,13 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from tasks import release
-from tasks.cluster import clusters, tools
-from tasks.errors import StepFailure
-from tasks.helm import values_args
-from tasks.pipeline import load_registry
-from tasks.run import current
+from sandbox import clusters
+from tasks.adapters import go_builds
+from tasks.adapters.helm import values_args
+from tasks.config.context import load_registry
+from tasks.core.errors import StepFailure
+from tasks.core.run import current
+from tasks.steps import release
 from tests.fixtures.chain import slow_chart
 
 # Tests that need the local cluster say so one by one: the pure logic runs without it.
@@ -162,7 +163,7 @@ def kill_helm_mid_upgrade(ctx, tmp_path):
         tmp_path, "stuck.yaml", "static:\n  podLabels:\n    kwok.binder.test/fail: unschedulable\n"
     )
     command = [
-        str(tools.binary("helm")),
+        str(go_builds.binary("helm")),
         "upgrade",
         ctx.env.release,
         "mybinder",
@@ -284,7 +285,7 @@ def test_dry_run_touches_nothing(site_env, capsys):
 def test_every_step_masks_the_environments_secret_values(demo_secrets):
     from invoke import Context
 
-    from tasks.pipeline import perform
+    from tasks.flows.pipeline import perform
 
     perform(Context(), "probe", "local-staging", lambda ctx: None)
     secret_values = load_registry().get("local-staging").secret_path("config/local-staging.yaml")

@@ -14,13 +14,16 @@ import pytest
 import yaml
 from invoke import Context
 
-from tasks import chain, crds, registry, release
-from tasks.cluster import clusters, tools
-from tasks.pipeline import StepContext, load_registry
-from tasks.registry import Release
-from tasks.runner import PROJECT_ROOT, Runner
+from sandbox import clusters
+from tasks.adapters import go_builds
+from tasks.cli import chain
+from tasks.config import registry
+from tasks.config.context import StepContext, load_registry
+from tasks.config.registry import Release
+from tasks.core.runner import PROJECT_ROOT, Runner
+from tasks.steps import crds, release
 from tests.fixtures.chain import demo_registry, invoke, release_exists
-from tests.fixtures.site import unique_release
+from tests.fixtures.site_chart import unique_release
 
 CLUSTER = "binder-staging"
 
@@ -118,7 +121,7 @@ def crd_release(local_cluster, tmp_path) -> Iterator[tuple[StepContext, str, Pat
     runner = Runner(
         Context(),
         env={"KUBECONFIG": str(local_cluster.kubeconfig)},
-        tool_dirs=[tools.binary("helm").parent, tools.binary("kubectl").parent],
+        tool_dirs=[go_builds.binary("helm").parent, go_builds.binary("kubectl").parent],
     )
     yield StepContext(Context(), load_registry(), env, runner, False, "upgrade"), group, folder
     clusters.kubectl(CLUSTER, "delete", "namespace", namespace, "--wait=false", check=False)

@@ -12,12 +12,13 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from tasks.errors import StepFailure
-from tasks.masking import SecretMasker
-from tasks.pipeline import StepContext, invocation, perform
-from tasks.report import StepRecord, Summary
-from tasks.run import current
-from tasks.runner import PROJECT_ROOT
+from tasks.config.context import StepContext
+from tasks.core.errors import StepFailure
+from tasks.core.masking import SecretMasker
+from tasks.core.report import StepRecord, Summary
+from tasks.core.run import current
+from tasks.core.runner import PROJECT_ROOT
+from tasks.flows.pipeline import invocation, perform
 
 SECRET = "canary-secret-value-0123456789"
 

@@ -25,19 +25,21 @@ import pytest
 import yaml
 from invoke import Context
 
-from tasks.cluster import clusters, nodes, tools
-from tasks.errors import StepFailure
-from tasks.rollout import (
+from sandbox import clusters, nodes
+from tasks.adapters import go_builds
+from tasks.cli.steps import wait_rollout
+from tasks.core.errors import StepFailure
+from tasks.core.runner import Runner
+from tasks.steps.rollout import (
     Progress,
     WatchStream,
     compact_details,
     kube_proxy,
     seconds,
     wait_for_rollout,
-    wait_rollout,
 )
-from tasks.rollout_fit import ClusterFacts, Note
-from tasks.rollout_status import (
+from tasks.steps.rollout_fit import ClusterFacts, Note
+from tasks.steps.rollout_status import (
     FAILED,
     READY,
     UNWAITABLE,
@@ -52,7 +54,6 @@ from tasks.rollout_status import (
     deployment_verdict,
     statefulset_verdict,
 )
-from tasks.runner import Runner
 from tests.fakes.cluster_autoscaler import FakeClusterAutoscaler
 from tests.fixtures.cluster import LocalCluster
 
@@ -778,7 +779,7 @@ class Namespace:
                 self.name,
                 timeout=timeout,
                 unschedulable_grace=grace,
-                kubectl=tools.binary("kubectl"),
+                kubectl=go_builds.binary("kubectl"),
                 stream=out,
             )
         finally:
@@ -840,7 +841,7 @@ def test_a_namespace_that_does_not_exist_is_named(local_cluster: LocalCluster) -
             runner,
             "no-such-namespace",
             timeout=10,
-            kubectl=tools.binary("kubectl"),
+            kubectl=go_builds.binary("kubectl"),
             stream=io.StringIO(),
         )
 
@@ -1000,7 +1001,7 @@ def test_a_watch_from_an_expired_version_asks_for_a_fresh_list() -> None:
         clusters.up(name, nodes=1)
         runner = Runner(Context(), env={"KUBECONFIG": str(config)})
         changes: queue.Queue[Change] = queue.Queue()
-        with kube_proxy(runner, tools.binary("kubectl"), "default") as base:
+        with kube_proxy(runner, go_builds.binary("kubectl"), "default") as base:
             stream = WatchStream(base, "pods", "default", changes, threading.Event())
             started = time.monotonic()
             stream.follow("1")

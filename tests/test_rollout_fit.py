@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tasks.rollout_fit import (
+from tasks.steps.rollout_fit import (
     AUTOSCALER_SECONDS,
     FULL,
     NEVER,

@@ -9,10 +9,12 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from tasks import run
-from tasks.errors import StepFailure
-from tasks.pipeline import StepContext, perform
-from tasks.run import Run, current
+from tasks.adapters import access
+from tasks.config.context import StepContext
+from tasks.core import run
+from tasks.core.errors import StepFailure
+from tasks.core.run import Run, current
+from tasks.flows.pipeline import perform
 
 
 def test_each_test_starts_in_a_fresh_run(fresh_run: Run) -> None:
@@ -43,7 +45,7 @@ def test_the_next_outermost_invocation_starts_a_new_run_that_keeps_the_masker() 
 
 
 def test_steps_inside_an_invocation_share_its_run() -> None:
-    from tasks.pipeline import invocation
+    from tasks.flows.pipeline import invocation
 
     with invocation("outer"):
         perform(Context(), "a", None, lambda ctx: "", needs_env=False)
@@ -78,7 +80,9 @@ def test_what_an_environment_holds_is_opened_once_and_closed_newest_first() -> N
     assert staging.hold("credentials", lambda: opened("reopened")) == "reopened"
 
 
-def test_the_end_of_a_run_closes_what_every_environment_held() -> None:
+def test_the_end_of_a_run_closes_what_every_environment_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     closed: list[str] = []
 
     @contextmanager
@@ -92,7 +96,7 @@ def test_the_end_of_a_run_closes_what_every_environment_held() -> None:
         closed.append(name)
 
     seen: list[str] = []
-    current().cluster_access = credentials
+    monkeypatch.setattr(access, "open_cluster", credentials)
     perform(
         Context(),
         "probe",

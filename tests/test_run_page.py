@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.errors import Location, StepFailure
-from tasks.masking import SecretMasker
-from tasks.output import annotate
-from tasks.report import FAILED, OK, StepRecord, Summary
-from tasks.runner import PROJECT_ROOT
+from tasks.core.errors import Location, StepFailure
+from tasks.core.masking import SecretMasker
+from tasks.core.output import annotate
+from tasks.core.report import FAILED, OK, StepRecord, Summary
+from tasks.core.runner import PROJECT_ROOT
 from tests.fixtures.chain import demo_registry, invoke
 
 TOKEN = random_secrets.token_hex(20)
@@ -150,7 +150,7 @@ def test_secrets_are_announced_before_anything_else_and_never_in_the_summary(
 
 
 def test_a_registry_mistake_is_annotated_on_its_line(tmp_path, monkeypatch, capsys):
-    from tasks import registry
+    from tasks.config import registry
     from tests.test_registry import LOCAL, write_registry
 
     root = write_registry(tmp_path, "environments:\n  a:" + LOCAL + "    gated_bye: b\n")

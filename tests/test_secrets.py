@@ -17,13 +17,15 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from tasks import registry, secrets
-from tasks.errors import StepFailure
-from tasks.output import say
-from tasks.pipeline import Skipped, StepContext
-from tasks.registry import Environment, KeySource
-from tasks.run import current
-from tasks.runner import PROJECT_ROOT, Runner
+from tasks.cli import operate, steps
+from tasks.config import registry
+from tasks.config.context import StepContext
+from tasks.config.registry import Environment, KeySource
+from tasks.core.errors import Skipped, StepFailure
+from tasks.core.output import say
+from tasks.core.run import current
+from tasks.core.runner import PROJECT_ROOT, Runner
+from tasks.steps import secret_files
 from tests.helpers_git import (
     GpgKeys,
     SecretsRepo,
@@ -101,7 +103,7 @@ OPENSSL = KeySource(
 
 
 def unlock(repo: SecretsRepo, env: Environment | None = None, dry_run: bool = False) -> str | None:
-    return secrets.unlock(step_context(repo, env or environment(), dry_run=dry_run))
+    return secret_files.unlock(step_context(repo, env or environment(), dry_run=dry_run))
 
 
 def failure_text(failure: StepFailure) -> str:
@@ -219,7 +221,7 @@ def test_decrypted_key_is_private_and_deleted_even_on_failure(
     env = environment(key=KeySource(source="base64-env", env="GIT_CRYPT_KEY"))
     ctx = step_context(repo, env)
 
-    with pytest.raises(RuntimeError), secrets.decrypted_key(ctx, env, repo.root) as key_file:
+    with pytest.raises(RuntimeError), secret_files.decrypted_key(ctx, env, repo.root) as key_file:
         assert key_file is not None
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
@@ -509,18 +511,18 @@ def test_client_certificate_expiring_within_30_days_warns(
 
 def test_require_unlocked_sends_later_steps_to_decrypt_secrets(repo: SecretsRepo) -> None:
     with pytest.raises(StepFailure, match="still encrypted") as failed:
-        secrets.require_unlocked(environment(), repo.root)
+        secret_files.require_unlocked(environment(), repo.root)
     assert failed.value.fix == "Unlock them first: invoke decrypt-secrets --env=staging"
 
     git(repo.root, "crypt", "unlock", repo.default_key)
-    secrets.require_unlocked(environment(), repo.root)
+    secret_files.require_unlocked(environment(), repo.root)
 
 
 # check-secrets: nothing committed in plaintext.
 
 
 def check(repo: SecretsRepo) -> str | None:
-    return secrets.check_committed(step_context(repo, environment()))
+    return secret_files.check_committed(step_context(repo, environment()))
 
 
 def test_encrypted_repository_passes_check_secrets(repo: SecretsRepo) -> None:
@@ -548,7 +550,7 @@ def test_gitattributes_that_misses_secrets_fails_check_secrets(repo: SecretsRepo
 
 
 def test_this_repository_passes_check_secrets(capsys: pytest.CaptureFixture[str]) -> None:
-    secrets.check_secrets(Context())
+    operate.check_secrets(Context())
 
     assert "check-secrets: ok" in capsys.readouterr().out
 
@@ -558,7 +560,7 @@ def test_this_repository_passes_check_secrets(capsys: pytest.CaptureFixture[str]
 
 def lock(repo: SecretsRepo, env: Environment | None = None) -> str | None:
     ctx = step_context(repo, env)
-    return secrets.lock(ctx)
+    return secret_files.lock(ctx)
 
 
 def test_lock_refuses_to_lose_uncommitted_secret_changes(repo: SecretsRepo) -> None:
@@ -624,7 +626,7 @@ def test_decrypt_secrets_task_dry_run_on_this_repository(
 ) -> None:
     refused = ""
     try:
-        secrets.decrypt_secrets(Context(), env="local-staging", dry_run=True)
+        steps.decrypt_secrets(Context(), env="local-staging", dry_run=True)
     except Exit as stopped:
         # Only a locked checkout with work in progress stops here: git-crypt would refuse.
         refused = str(stopped.message)
@@ -645,7 +647,7 @@ def test_fresh_clone_of_this_repository_unlocks_the_demo_with_its_public_key(
         Context(), registry.load(clone), demo, Runner(Context(), cwd=clone), False, ""
     )
 
-    note = secrets.unlock(ctx)
+    note = secret_files.unlock(ctx)
 
     assert note and note.startswith("unlocked with the git-crypt key 'demo'")
     assert not SecretsRepo(clone, Path(), Path()).is_locked("secrets/demo/config/common.yaml")
@@ -687,7 +689,7 @@ def test_no_secret_reaches_the_output(
 def test_register_secret_values_masks_an_already_unlocked_tree(repo: SecretsRepo) -> None:
     git(repo.root, "crypt", "unlock", repo.default_key)
 
-    secrets.register_secret_values(environment(), repo.root)
+    secret_files.register_secret_values(environment(), repo.root)
 
     for canary in CANARIES:
         assert current().masker.mask(f"x {canary} y") == "x ******** y"

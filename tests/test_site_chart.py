@@ -1,7 +1,7 @@
 """The site chart with the real binderhub and jupyterhub charts: its lock, validate, schemas.
 
 The charts come from the local copy of https://jupyterhub.github.io/helm-chart/
-(tasks/chartrepo.py); nothing here needs a cluster.
+(sandbox/chartrepo.py); nothing here needs a cluster.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import chartrepo, charts
-from tasks.cluster import tools
-from tasks.errors import StepFailure
-from tasks.runner import PROJECT_ROOT
+from sandbox import chartrepo
+from tasks.adapters import go_builds
+from tasks.core.errors import StepFailure
+from tasks.core.runner import PROJECT_ROOT
+from tasks.steps import charts
 from tests.fakes.https_proxy import InterceptingProxy
 from tests.fixtures.chain import invoke
 
@@ -38,7 +39,7 @@ def helm(*args: str, env: dict[str, str], home: Path) -> subprocess.CompletedPro
     """The pinned helm with its configuration and caches in `home`, as on a fresh machine."""
     folders = {f"HELM_{k}_HOME": str(home / k.lower()) for k in ("CACHE", "CONFIG", "DATA")}
     return subprocess.run(
-        [str(tools.binary("helm")), *args],
+        [str(go_builds.binary("helm")), *args],
         env={**os.environ, **folders, **env},
         capture_output=True,
         text=True,

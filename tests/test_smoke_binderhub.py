@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import release, smoke
-from tasks.errors import StepFailure
-from tasks.pipeline import StepContext
+from tasks.config.context import StepContext
+from tasks.core.errors import StepFailure
+from tasks.steps import release, smoke
 
 pytestmark = pytest.mark.cluster
 

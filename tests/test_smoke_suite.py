@@ -30,11 +30,11 @@ import requests
 import yaml
 from invoke import Context
 
-from tasks.errors import StepFailure
-from tasks.pipeline import StepContext, load_registry
-from tasks.registry import REGISTRY_FILE
-from tasks.runner import PROJECT_ROOT, Runner
-from tasks.smoke import (
+from tasks.config.context import StepContext, load_registry
+from tasks.config.registry import REGISTRY_FILE
+from tasks.core.errors import StepFailure
+from tasks.core.runner import PROJECT_ROOT, Runner
+from tasks.steps.smoke import (
     ASSERTION,
     ERROR,
     INFRASTRUCTURE,

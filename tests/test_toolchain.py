@@ -17,10 +17,10 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from tasks import toolchain
-from tasks.cluster import tools as go_builds
-from tasks.errors import StepFailure
-from tasks.toolchain import Download
+from tasks.adapters import go_builds, toolchain
+from tasks.adapters.toolchain import Download
+from tasks.cli import steps
+from tasks.core.errors import StepFailure
 from tests.fakes.downloads import FileServer
 
 PINNED_HELM = go_builds.pinned_versions()["helm"]
@@ -202,7 +202,7 @@ def test_invoke_tools_installs_both_tools_then_reports_them(
     server.fail("/kubectl", 500, times=1)
     monkeypatch.setattr(toolchain, "TOOLS_BIN", tmp_path / "bin")
     monkeypatch.setattr(toolchain, "downloads", lambda: pinned)
-    toolchain.tools(Context(), env="local-staging")
+    steps.tools(Context(), env="local-staging")
     out = capsys.readouterr().out
     assert f"helm {PINNED_HELM}: downloaded and verified" in out
     assert f"kubectl {kubernetes}: downloaded and verified" in out
@@ -217,7 +217,7 @@ def test_invoke_tools_check_fails_on_a_wrong_version_and_installs_nothing(
     (tmp_path / "kubectl").write_bytes(fake_binary("Client Version: v1.20.0"))
     (tmp_path / "kubectl").chmod(0o755)
     with pytest.raises(Exit) as stopped:
-        toolchain.tools(Context(), env="local-staging", check=True)
+        steps.tools(Context(), env="local-staging", check=True)
     assert stopped.value.code == 1
     assert "kubectl" in str(stopped.value.message)
     assert "invoke tools" in str(stopped.value.message)

@@ -1,6 +1,6 @@
 """Values files are checked locally, secrets included, and no value is ever quoted."""
 
-from tasks import values
+from tasks.config import values
 
 
 def check(tmp_path, text: str, name: str = "values.yaml") -> list[str]:
@@ -65,7 +65,7 @@ def test_a_layer_the_registry_names_must_exist(tmp_path):
 
 
 def test_secret_leaves_read_as_numbers_are_masked_too():
-    from tasks.masking import SecretMasker
+    from tasks.core.masking import SecretMasker
 
     masker = SecretMasker()
     masker.register_tree({"apiToken": 12345678901234567890, "enabled": True, "port": 8080})

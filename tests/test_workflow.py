@@ -21,11 +21,11 @@ import pytest
 import yaml
 from invoke.exceptions import Exit
 
-from tasks import chain, toolchain
-from tasks.cluster import tools
-from tasks.pipeline import load_registry
-from tasks.runner import PROJECT_ROOT
-from tasks.secrets_keys import secret_env_names
+from tasks.adapters import go_builds, toolchain
+from tasks.adapters.secrets_keys import secret_env_names
+from tasks.cli import chain
+from tasks.config.context import load_registry
+from tasks.core.runner import PROJECT_ROOT
 
 WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
 WORKFLOW = WORKFLOWS / "ci.yml"
@@ -37,7 +37,7 @@ SETUP_SECONDS = 30 * 60
 def actionlint(*files: Path, cwd: Path = PROJECT_ROOT) -> list[dict[str, Any]]:
     """actionlint's findings on `files`, as its JSON records (file, line, kind, message)."""
     try:
-        binary = tools.binary("actionlint")
+        binary = go_builds.binary("actionlint")
     except Exit as missing:
         pytest.fail(str(missing), pytrace=False)
     shellcheck = shutil.which("shellcheck")
@@ -142,7 +142,7 @@ def test_the_deploy_gets_every_secret_variable_the_registry_names() -> None:
     registry = load_registry()
     names = {name for env in registry.chain(ci_default("env")) for name in secret_env_names(env)}
     assert names, "the deployed environments name no secret variable"
-    # The webhook a group's deploy notifies (tasks/notifications.py).
+    # The webhook a group's deploy notifies (tasks/adapters/notifications.py).
     group = registry.group(ci_default("env"))
     if group and group.notify and group.notify.url_env:
         names.add(group.notify.url_env)
@@ -182,7 +182,7 @@ def go_default_caches(tmp_path: Path) -> list[str]:
     }
     env["HOME"] = str(tmp_path)
     out = subprocess.run(
-        [tools.go_binary(), "env", "GOMODCACHE", "GOCACHE"],
+        [go_builds.go_binary(), "env", "GOMODCACHE", "GOCACHE"],
         env=env,
         capture_output=True,
         text=True,
@@ -193,7 +193,7 @@ def go_default_caches(tmp_path: Path) -> list[str]:
 
 def test_both_jobs_cache_the_pinned_builds_keyed_on_the_pins(tmp_path: Path) -> None:
     expected = {
-        "~/" + str(tools.CACHE_ROOT.relative_to(Path.home())),
+        "~/" + str(go_builds.CACHE_ROOT.relative_to(Path.home())),
         *go_default_caches(tmp_path),
         str(toolchain.TOOLS_BIN.parent.relative_to(PROJECT_ROOT)),
     }
@@ -221,7 +221,7 @@ def test_go_is_installed_at_the_release_config_tools_yaml_pins(tmp_path: Path) -
             env={**os.environ, "GITHUB_OUTPUT": str(output)},
             check=True,
         )
-        assert output.read_text() == f"go={tools.pinned_versions()['go']}\n"
+        assert output.read_text() == f"go={go_builds.pinned_versions()['go']}\n"
         setup_go = job["steps"][position(job, uses("actions/setup-go"))]
         assert setup_go["with"]["go-version"] == "${{ steps.pins.outputs.go }}"
         assert position(job, lambda s: s.get("id") == "pins") < position(

@@ -18,7 +18,7 @@ and its EventingScaleUpStatusProcessor and scale-up executor):
   annotation `cluster-autoscaler.kubernetes.io/last-updated`; and on it the
   event ScaledUpGroup "Scale-up: setting group pool-1 size to 2 instead of 1 (max: 3)";
 - `provision_seconds` after a scale-up, the new node: a Node of the group's shape
-  (tasks/cluster/nodes.py) that KWOK adopts and the scheduler then fills.
+  (sandbox/nodes.py) that KWOK adopts and the scheduler then fills.
 
 `refuse="..."` answers every pod with NotTriggerScaleUp and that reason. Only pods
 of `namespaces` are looked at, so a test's autoscaler does not act on another's
@@ -37,8 +37,8 @@ from typing import Any
 
 import yaml
 
-from tasks.cluster import nodes
-from tasks.rollout_fit import (
+from sandbox import nodes
+from tasks.steps.rollout_fit import (
     AUTOSCALER_CONFIGMAP,
     AUTOSCALER_NAMESPACE,
     AUTOSCALER_UPDATED,

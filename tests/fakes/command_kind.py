@@ -1,7 +1,7 @@
 """A cluster kind written as an operator would add one: `kind: command`, a cluster whose
 kubeconfig a command prints (as `kind get kubeconfig --name NAME` does).
 
-It is this module and a line in the registry's table (tasks/registry.py
+It is this module and a line in the registry's table (tasks/config/registry.py
 CLUSTER_KINDS); tests/test_cluster_kinds.py adds that line for its tests.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.kinds import ClusterKind
-from tasks.pipeline import StepContext
+from tasks.config.cluster_kind import ClusterKind
+from tasks.config.context import StepContext
 
 
 @contextmanager
@@ -29,7 +29,7 @@ def _open(ctx: StepContext) -> Iterator[dict[str, str]]:
         yield {"KUBECONFIG": str(kubeconfig)}
 
 
-KIND = ClusterKind(
+KIND = ClusterKind[StepContext](
     required=("command",),
     open=_open,
     credentials=lambda ctx: (None, f"kubeconfig printed by `{ctx.environment.cluster['command']}`"),

@@ -18,10 +18,10 @@ import pytest
 import yaml
 from invoke import Context
 
-from tasks.pipeline import StepContext, load_registry, pinned_tool_dirs
-from tasks.registry import Environment, Registry
-from tasks.run import current
-from tasks.runner import Runner
+from tasks.adapters import toolchain
+from tasks.config.context import StepContext, keep_registry, load_registry
+from tasks.config.registry import Environment, Registry
+from tasks.core.runner import Runner
 
 
 def use_registry(
@@ -42,7 +42,7 @@ def use_registry(
         yaml.safe_dump({"chart": "mybinder", "environments": environments}, sort_keys=False)
     )
     monkeypatch.setenv("DEPLOY_REGISTRY", str(path))
-    current().use_registry(None)
+    keep_registry(None)
     return path
 
 
@@ -60,5 +60,5 @@ def step_context(
         env = registry.get(env)
     else:
         registry = Registry({env.name: env}, Path("mybinder"))
-    runner = runner or Runner(Context(), dry_run=dry_run, tool_dirs=pinned_tool_dirs())
+    runner = runner or Runner(Context(), dry_run=dry_run, tool_dirs=toolchain.search_dirs())
     return StepContext(Context(), registry, env, runner, dry_run, step)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks import values
-from tasks.errors import StepFailure
-from tasks.registry import load
-from tasks.runner import PROJECT_ROOT
-from tasks.smoke import (
+from tasks.config import values
+from tasks.config.registry import load
+from tasks.core.errors import StepFailure
+from tasks.core.runner import PROJECT_ROOT
+from tasks.steps.smoke import (
     CHECKS_PROPERTY,
     ERROR,
     KIND_PROPERTY,
@@ -64,7 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Masked before anything reads them; checked by the project's loader, whose messages
     # name a line and a column but never quote it (PyYAML's own would quote a secret).
     register_secrets(env)
-    # A layer still encrypted is read as empty (tasks/smoke.py says why).
+    # A layer still encrypted is read as empty (tasks/steps/smoke.py says why).
     readable = [path for path in env.values_files() if not values.is_locked(path)]
     problems = values.check_files(readable, PROJECT_ROOT)
     if problems:
@@ -222,9 +222,9 @@ def restarts_at_start(
 def _pinned_kubectl() -> str | None:
     from invoke.exceptions import Exit
 
-    from tasks.cluster import tools
+    from tasks.adapters import go_builds
 
     try:
-        return str(tools.binary("kubectl"))
+        return str(go_builds.binary("kubectl"))
     except Exit:
         return None

@@ -29,7 +29,7 @@ import pytest
 import requests
 import urllib3
 
-from tasks.run import current
+from tasks.core.run import current
 from tests.smoke.probes import Probe, describe, excerpt, mask
 
 _LOG_LINES_SHOWN = 8

@@ -26,8 +26,8 @@ import pytest
 import requests
 from pytest_timeout import PYTEST_FAILURE_MESSAGE
 
-from tasks.run import current
-from tasks.smoke import ASSERTION, ERROR, INFRASTRUCTURE
+from tasks.core.run import current
+from tasks.steps.smoke import ASSERTION, ERROR, INFRASTRUCTURE
 from tests.smoke.target import Target
 
 # What a proxy answers while its routes are not registered yet.

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.registry import Environment
-from tasks.runner import PROJECT_ROOT
-from tasks.smoke import ComponentState, component_states, register_secrets
+from tasks.config.registry import Environment
+from tasks.core.runner import PROJECT_ROOT
+from tasks.steps.smoke import ComponentState, component_states, register_secrets
 
 URL_KEYS = ("binder", "hub", "federation_redirect")
 SCRATCH_KEY_FILE = "binderhub-ci-repos-deploy-key"

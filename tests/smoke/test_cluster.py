@@ -8,8 +8,8 @@ import time
 import pytest
 import yaml
 
-from tasks import rollout_status
-from tasks.smoke import COMPONENTS, declared
+from tasks.steps import rollout_status
+from tasks.steps.smoke import COMPONENTS, declared
 from tests.smoke.kube import ContainerRestarts, Kube
 from tests.smoke.target import Target
 

@@ -9,7 +9,7 @@
                    ../shared/binderhub/ (BINDER_DEPLOY_SHARED names another folder),
                    building through KubernetesBuildExecutor
     the cluster    the project's local cluster: build pods run on KWOK's simulated nodes,
-                   which complete them (tasks/cluster/stages.yaml)
+                   which complete them (sandbox/stages.yaml)
     repositories   bare git repositories in the test bed's folder, which BinderHub's
                    GitRepoProvider reads through file:// URLs: no outside access
 
@@ -50,8 +50,8 @@ import pytest
 import requests
 import yaml
 
-from tasks.cluster import clusters
-from tasks.runner import PROJECT_ROOT
+from sandbox import clusters
+from tasks.core.runner import PROJECT_ROOT
 from tests.fakes.sshd import free_port
 from tests.smoke.launches import git_environment
 

@@ -1,0 +1,1 @@
+"""The cluster kinds, one module each (see tasks/config/cluster_kind.py)."""

@@ -1,0 +1,29 @@
+"""The project's own checks: lint, format, types, and the test suite."""
+
+from invoke import Context, task
+from invoke.exceptions import Exit
+
+from tasks.core.output import say
+from tasks.core.report import Stopwatch, format_seconds
+from tasks.core.runner import invoke_dry_refusal
+
+
+@task(
+    help={
+        "quick": "Skip the tests that need a local cluster (marked `cluster`).",
+        "pytest_args": "Extra arguments for pytest, e.g. '-k grafana -x'.",
+    }
+)
+def test(c: Context, quick: bool = False, pytest_args: str = "") -> None:
+    """Lint, check formatting and types, and run every test (what .ci/run runs)."""
+    refusal = invoke_dry_refusal(c, "test")
+    if refusal:
+        raise Exit(refusal)
+    watch = Stopwatch()
+    c.run("ruff check .", echo=True)
+    c.run("ruff format --check .", echo=True)
+    # What it checks is in pyproject.toml ([tool.pyright]).
+    c.run("pyright", echo=True)
+    marker = "-m 'not cluster'" if quick else ""
+    c.run(f"python3 -m pytest -q {marker} {pytest_args}".strip(), echo=True, pty=False)
+    say(f"checks passed in {format_seconds(watch.seconds)}")

@@ -1,0 +1,59 @@
+"""Where a step runs: the registry, its environment, and how it runs commands.
+
+Every step's domain function takes a `StepContext`; the step's task makes
+one (tasks/flows/pipeline.py), with the cluster's credentials in its
+runner's environment when the step needs the cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from invoke import Context
+
+from tasks.config.registry import Environment, Registry
+from tasks.config.registry import load as read_registry
+from tasks.core.errors import StepFailure
+from tasks.core.run import current
+from tasks.core.runner import PROJECT_ROOT, Runner
+
+
+@dataclass
+class StepContext:
+    """What a step's domain function gets: where it runs and how to run commands."""
+
+    c: Context
+    registry: Registry
+    env: Environment | None
+    runner: Runner
+    dry_run: bool
+    step: str
+
+    @property
+    def environment(self) -> Environment:
+        if self.env is None:
+            raise StepFailure("This step needs an environment.", "Pass --env=NAME.")
+        return self.env
+
+
+def load_registry() -> Registry:
+    """config/environments.yaml (or DEPLOY_REGISTRY's file), loaded once per run."""
+    return current().once(Registry, lambda: read_registry(PROJECT_ROOT))
+
+
+def keep_registry(found: Registry | None) -> None:
+    """Use `found` for the rest of the run; None: read the file again when next asked (a
+    test, or a rehearsal, that changed DEPLOY_REGISTRY)."""
+    current().keep(Registry, found)
+
+
+def releases_of(env_name: str | None, release: str | None) -> list[str | None]:
+    """The releases a step on `env_name` works on, in order: `release` when one is named, else
+    every release of an environment that lists several (None: an environment's only one)."""
+    if release:
+        return [release]
+    try:
+        env = load_registry().environments.get(env_name or "")
+    except StepFailure:
+        return [None]  # perform reports the registry's error, under the step's name
+    return list(env.release_names()) if env is not None and env.listed else [None]
