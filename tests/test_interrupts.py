@@ -36,7 +36,7 @@ SCRIPT = """
 import os, signal, threading, time
 import tasks
 from invoke import Context
-from tasks.runner import Runner, sigterm_as_interrupt
+from tasks.core.runner import Runner, sigterm_as_interrupt
 
 threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
 started = time.monotonic()
