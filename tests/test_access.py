@@ -24,6 +24,7 @@ from tasks.adapters import access
 from tasks.config import registry
 from tasks.config.context import StepContext, load_registry
 from tasks.core.errors import StepFailure
+from tasks.core.step import Step
 from tasks.flows.pipeline import invocation, perform
 from tests.fakes import gcloud
 from tests.fakes.environments import step_context, use_registry
@@ -41,7 +42,7 @@ def run_step(name: str, commands: list[list[str]]) -> list[dict[str, str]]:
             seen.append({"KUBECONFIG": ctx.runner.env["KUBECONFIG"], "out": result.stdout})
         return ""
 
-    perform(Context(), "probe", name, action, needs_cluster=True)
+    perform(Context(), Step("probe", action, needs_cluster=True), name)
     return seen
 
 
@@ -342,7 +343,7 @@ def test_kubectl_reaches_the_cluster_through_the_bastion_tunnel(
         seen.append({"out": result.stdout})
         return ""
 
-    perform(Context(), "probe", "private", action, needs_cluster=True)
+    perform(Context(), Step("probe", action, needs_cluster=True), "private")
     tunnelled, answer = seen
     assert tunnelled["server"].startswith("https://127.0.0.1:")
     assert tunnelled["server"] != real_server["server"]

@@ -41,22 +41,11 @@ from tests.fixtures.chain import (
 )
 from tests.fixtures.site_chart import unique_release
 
-STEP_NAMES = {
-    "decrypt_secrets": "decrypt-secrets",
-    "helm_deps": "helm-deps",
-    "take_lock": "lock",
-    "annotate_grafana": "annotate-grafana",
-    "upgrade": "upgrade",
-    "wait_rollout": "wait-rollout",
-    "smoke_test": "smoke-test",
-    "check_promotion": "check-promotion",
-}
-
 
 def described(calls) -> list[str]:
+    """Each call as `task[env]`, the task named as invoke shows it (dashes, not underscores)."""
     return [
-        f"{STEP_NAMES.get(c.task.name, c.task.name)}"
-        + (f"[{c.kwargs['env']}]" if "env" in c.kwargs else "")
+        c.task.name.replace("_", "-") + (f"[{c.kwargs['env']}]" if "env" in c.kwargs else "")
         for c in calls
     ]
 

@@ -18,6 +18,7 @@ from tasks.adapters.helm import values_args
 from tasks.config.context import load_registry
 from tasks.core.errors import StepFailure
 from tasks.core.run import current
+from tasks.core.step import Step
 from tasks.steps import release
 from tests.fixtures.chain import slow_chart
 
@@ -287,7 +288,7 @@ def test_every_step_masks_the_environments_secret_values(demo_secrets):
 
     from tasks.flows.pipeline import perform
 
-    perform(Context(), "probe", "local-staging", lambda ctx: None)
+    perform(Context(), Step("probe", lambda ctx: None), "local-staging")
     secret_values = load_registry().get("local-staging").secret_path("config/local-staging.yaml")
     token = secret_values.read_text().split('"')[1]
     assert current().masker.mask(f"x {token} y") == "x ******** y"

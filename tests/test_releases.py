@@ -40,9 +40,9 @@ def described(calls) -> list[str]:
 
 def test_each_release_is_upgraded_and_rolled_out_before_the_next():
     steps = described(chain.plan(registry.load(), "local-staging"))
-    own = steps[steps.index("take-lock[local-staging]") :]
+    own = steps[steps.index("lock[local-staging]") :]
     assert own == [
-        "take-lock[local-staging]",
+        "lock[local-staging]",
         "annotate-grafana[local-staging]",
         "upgrade[local-staging traefik]",
         "wait-rollout[local-staging traefik]",

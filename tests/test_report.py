@@ -18,6 +18,7 @@ from tasks.core.masking import SecretMasker
 from tasks.core.report import StepRecord, Summary
 from tasks.core.run import current
 from tasks.core.runner import PROJECT_ROOT
+from tasks.core.step import Step
 from tasks.flows.pipeline import invocation, perform
 
 SECRET = "canary-secret-value-0123456789"
@@ -40,8 +41,8 @@ def test_a_run_reports_every_step_with_its_environment_release_times_and_note(
 ) -> None:
     current().masker.register(SECRET)
     with pytest.raises(Exit), invocation("report-probe"):
-        perform(Context(), "first", "local-staging", lambda ctx: f"note with {SECRET}")
-        perform(Context(), "second", "local-prod", fails)
+        perform(Context(), Step("first", lambda ctx: f"note with {SECRET}"), "local-staging")
+        perform(Context(), Step("second", fails), "local-prod")
 
     document = json.loads(report.read_text())
     assert document["task"] == "report-probe" and document["result"] == "failed"
@@ -61,10 +62,10 @@ def test_a_run_reports_every_step_with_its_environment_release_times_and_note(
 
 def test_a_dry_run_writes_no_report_even_when_it_fails(report: Path) -> None:
     with invocation("report-probe"):
-        perform(Context(), "first", "local-staging", lambda ctx: "", dry_run=True)
+        perform(Context(), Step("first", lambda ctx: ""), "local-staging", dry_run=True)
     assert not report.exists()
     with pytest.raises(Exit), invocation("report-probe"):
-        perform(Context(), "first", "local-staging", fails, dry_run=True)
+        perform(Context(), Step("first", fails), "local-staging", dry_run=True)
     assert not report.exists()
 
 

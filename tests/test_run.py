@@ -14,6 +14,7 @@ from tasks.config.context import StepContext
 from tasks.core import run
 from tasks.core.errors import StepFailure
 from tasks.core.run import Run, current
+from tasks.core.step import Step
 from tasks.flows.pipeline import perform
 
 
@@ -31,11 +32,11 @@ def test_a_fresh_run_masks_nothing_of_the_run_it_replaces() -> None:
 
 
 def test_the_next_outermost_invocation_starts_a_new_run_that_keeps_the_masker() -> None:
-    perform(Context(), "first", None, lambda ctx: "one", needs_env=False)
+    perform(Context(), Step("first", lambda ctx: "one", needs_env=False), None)
     first = current()
     first.masker.register("canary-secret-0123456789")
 
-    perform(Context(), "second", None, lambda ctx: "two", needs_env=False)
+    perform(Context(), Step("second", lambda ctx: "two", needs_env=False), None)
 
     second = current()
     assert second is not first
@@ -48,8 +49,8 @@ def test_steps_inside_an_invocation_share_its_run() -> None:
     from tasks.flows.pipeline import invocation
 
     with invocation("outer"):
-        perform(Context(), "a", None, lambda ctx: "", needs_env=False)
-        perform(Context(), "b", None, lambda ctx: "", needs_env=False)
+        perform(Context(), Step("a", lambda ctx: "", needs_env=False), None)
+        perform(Context(), Step("b", lambda ctx: "", needs_env=False), None)
     assert [r.step for r in current().summary.records] == ["a", "b"]
 
 
@@ -97,13 +98,10 @@ def test_the_end_of_a_run_closes_what_every_environment_held(
 
     seen: list[str] = []
     monkeypatch.setattr(access, "open_cluster", credentials)
-    perform(
-        Context(),
-        "probe",
-        "local-staging",
-        lambda ctx: seen.append(ctx.runner.env["KUBECONFIG"]) or "",
-        needs_cluster=True,
+    probe = Step(
+        "probe", lambda ctx: seen.append(ctx.runner.env["KUBECONFIG"]) or "", needs_cluster=True
     )
+    perform(Context(), probe, "local-staging")
     assert seen == ["/nowhere/local-staging"]
     assert closed == ["local-staging"]
 
@@ -113,7 +111,7 @@ def test_a_failure_masks_with_the_runs_masker() -> None:
     failure = StepFailure("the token canary-secret-0123456789 was refused")
     assert failure.why == "the token ******** was refused"
     with pytest.raises(Exit) as stopped:
-        perform(Context(), "probe", None, raise_(failure), needs_env=False)
+        perform(Context(), Step("probe", raise_(failure), needs_env=False), None)
     assert "canary-secret" not in str(stopped.value.message)
 
 

@@ -29,6 +29,7 @@ from tasks.core import web
 from tasks.core.errors import StepFailure
 from tasks.core.output import say, warn
 from tasks.core.runner import PROJECT_ROOT
+from tasks.core.step import Step
 
 TOOLS_BIN = PROJECT_ROOT / ".local" / "tools" / "bin"
 SOURCES = ("auto", "download", "go")
@@ -337,3 +338,6 @@ def _shown(path: Path) -> str:
         return str(path.relative_to(PROJECT_ROOT))
     except ValueError:
         return str(path)
+
+
+TOOLS = Step("tools", ensure_tools, needs_env=False)

@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import groupby
 
 from invoke import Call, Collection, Context, Executor, Task, task
 from invoke.exceptions import Exit
@@ -36,12 +37,22 @@ from tasks.core import checkout
 from tasks.core.errors import StepFailure, Stop
 from tasks.core.output import confirm, folded, say
 from tasks.core.run import current
+from tasks.core.step import Changes, Step
 from tasks.flows import cleanup, doctor, federation
 from tasks.flows.pipeline import call, chained_task, dry_run_asked, invocation, perform
-from tasks.steps import charts, grafana, lock, promotion, release
+from tasks.steps import charts, grafana, lock, promotion, release, rollout, secret_files, smoke
 
-# Each release is upgraded, then rolled out, before the next one starts.
-RELEASE_STEPS = (steps.upgrade, steps.wait_rollout)
+# An environment's own steps, in the order its stage runs them. Consecutive steps that run
+# per release run in turn for each release of an environment that lists several: each
+# release is upgraded, then rolled out, before the next one starts.
+STAGE: tuple[Step, ...] = (
+    promotion.CHECK_PROMOTION,
+    lock.LOCK,
+    grafana.ANNOTATE_GRAFANA,
+    release.UPGRADE,
+    rollout.WAIT_ROLLOUT,
+    smoke.SMOKE_TEST,
+)
 # What `invoke ci` deploys from the main branch: the group of the site's prod members.
 CI_TARGET = "federation"
 
@@ -88,26 +99,23 @@ def checks(envs: list[Environment], options: Options) -> list[Call]:
 
 
 def own_steps(env: Environment, options: Options) -> list[Call]:
-    """An environment's own steps, from check-promotion (if it is gated) to smoke-test."""
+    """An environment's own steps (STAGE), as calls of their tasks."""
+    stage_steps = [step for step in STAGE if env.gated_by or not step.gated_only]
     calls = []
-    if env.gated_by:
-        calls.append(
-            call(
-                steps.check_promotion,
-                env=env.name,
-                dry_run=options.dry_run,
-                promote_unverified=options.promote_unverified,
-            )
-        )
-    calls.append(call(steps.take_lock, env=env.name, dry_run=options.dry_run))
-    calls.append(call(steps.annotate_grafana, env=env.name, dry_run=options.dry_run))
-    # An environment of one release keeps the steps' calls as they were: one call each.
-    for name in env.release_names() if env.listed else [None]:
-        named = {"release": name} if name else {}
-        calls += [
-            call(step, env=env.name, dry_run=options.dry_run, **named) for step in RELEASE_STEPS
-        ]
-    return [*calls, call(steps.smoke_test, env=env.name, dry_run=options.dry_run)]
+    for per_release, steps_in_turn in groupby(stage_steps, key=lambda step: step.per_release):
+        block = list(steps_in_turn)
+        # An environment of one release keeps the steps' calls as they were: one call each.
+        names = env.release_names() if per_release and env.listed else [None]
+        calls += [step_call(step, env.name, options, name) for name in names for step in block]
+    return calls
+
+
+def step_call(step: Step, env: str, options: Options, release: str | None = None) -> Call:
+    """A call of `step`'s task on `env` (and one of its releases), with the deploy's options
+    that the step takes."""
+    named = {"release": release} if release else {}
+    taken = {option: getattr(options, option) for option in step.takes}
+    return call(steps.task_of(step), env=env, dry_run=options.dry_run, **named, **taken)
 
 
 def stage(
@@ -124,11 +132,9 @@ def stage(
         pre.append(stage(registry, registry.get(env.gated_by), options, target))
     else:
         chain = registry.chain(target)
-        pre += [
-            call(steps.decrypt_secrets, env=key_holder(chain, e), dry_run=options.dry_run)
-            for e in chain
-        ]
-        pre.append(call(steps.helm_deps, dry_run=options.dry_run))
+        decrypt = steps.task_of(secret_files.DECRYPT_SECRETS)
+        pre += [call(decrypt, env=key_holder(chain, e), dry_run=options.dry_run) for e in chain]
+        pre.append(call(steps.task_of(charts.HELM_DEPS), dry_run=options.dry_run))
         # Every environment's values render before the first one is touched: a typo in
         # prod's values fails the run before staging is upgraded.
         pre += checks(registry.checked_first(target), options)
@@ -151,15 +157,7 @@ def passed(env: Environment, options: Options) -> Callable[[Context], None]:
         for name in names:
             # What the environment deployed is recorded once, beside its last release.
             last = name == names[-1]
-            perform(
-                c,
-                "verified",
-                env.name,
-                record_verified if last else release.record_verified,
-                dry_run=options.dry_run,
-                needs_cluster=True,
-                release=name,
-            )
+            perform(c, VERIFIED, env.name, dry_run=options.dry_run, release=name, last=last)
         cleanup.release_lock(c, env.name, options.dry_run)
         try:
             grafana.close_region(env.name, "success")
@@ -174,9 +172,17 @@ def passed(env: Environment, options: Options) -> Callable[[Context], None]:
     return verified
 
 
-def record_verified(ctx: StepContext) -> str:
-    """The revision passed wait-rollout and smoke-test: remember it, and what it deployed."""
+def record_verified(ctx: StepContext, last: bool = True) -> str:
+    """The revision passed wait-rollout and smoke-test: remember it, and, beside the last
+    release of the environment, what the environment deployed."""
+    if not last:
+        return release.record_verified(ctx)
     return f"{release.record_verified(ctx)}; {promotion.record(ctx)}"
+
+
+VERIFIED = Step(
+    "verified", record_verified, Changes.BOOKKEEPING, needs_cluster=True, per_release=True
+)
 
 
 def federation_task(registry: Registry, group: Group, options: Options) -> Task:
@@ -351,12 +357,12 @@ def ci(
 
 def validate_offline(c: Context, tests: bool = True) -> None:
     """The pull-request checks: YAML lint, encrypted paths, helm template, the tests."""
-    perform(c, "yaml-lint", None, charts.lint_repository_yaml, needs_env=False)
+    perform(c, charts.YAML_LINT, None)
     operate.check_secrets(c)
     steps.helm_deps(c)
     operate.validate(c)
     if tests:
-        perform(c, "tests", None, run_project_tests, needs_env=False)
+        perform(c, Step("tests", run_project_tests, needs_env=False), None)
 
 
 def run_project_tests(ctx: StepContext) -> str:

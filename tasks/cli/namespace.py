@@ -33,4 +33,8 @@ for step in (
     operate.remove_lock,
 ):
     ns.add_task(as_task(step))
+# Every step of a deploy runs on its own too, with the task its declaration makes.
+for step in chain.STAGE:
+    if steps.task_of(step).name not in ns.tasks:
+        ns.add_task(steps.task_of(step))
 ns.add_collection(cluster.ns, name="cluster")

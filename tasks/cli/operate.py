@@ -10,6 +10,7 @@ from tasks.cli.steps import DRY_RUN_HELP, ENV_HELP, RELEASE_HELP, wait_rollout
 from tasks.config.context import StepContext, load_registry, releases_of
 from tasks.core.errors import StepFailure, Stop
 from tasks.core.output import confirm, say
+from tasks.core.step import Step
 from tasks.flows import doctor as doctor_checks
 from tasks.flows.pipeline import invocation, perform
 from tasks.steps import charts, lock, secret_files
@@ -30,14 +31,7 @@ def validate(c: Context, env: str | None = None, dry_run: bool = False) -> None:
         for name in names:
             for release in releases_of(name, None):
                 try:
-                    perform(
-                        c,
-                        "validate",
-                        name,
-                        charts.validate_environment,
-                        dry_run=dry_run,
-                        release=release,
-                    )
+                    perform(c, charts.VALIDATE, name, dry_run=dry_run, release=release)
                 except Stop as stop:
                     failed.append(stop)
         if len(failed) == 1:
@@ -71,8 +65,7 @@ def diff(c: Context, env: str | None = None, release: str | None = None) -> None
         return f"{len(found)} resource(s) would change" if found else "no change"
 
     with invocation("diff"):
-        for name in releases_of(env, release):
-            perform(c, "diff", env, show, needs_cluster=True, release=name)
+        perform(c, Step("diff", show, needs_cluster=True, per_release=True), env, release=release)
     if changes:
         raise Exit(code=2)
 
@@ -105,15 +98,7 @@ def rollback(
                 f"Name it: invoke rollback --env={env} --release NAME --revision {target}",
             )
         for name in reversed(names):
-            perform(
-                c,
-                "rollback",
-                env,
-                lambda ctx: release_step.rollback_release(ctx, target),
-                dry_run=dry_run,
-                needs_cluster=True,
-                release=name,
-            )
+            perform(c, release_step.ROLLBACK, env, dry_run=dry_run, release=name, revision=target)
             wait_rollout(c, env=env, dry_run=dry_run, release=name)
 
 
@@ -134,22 +119,20 @@ def recover_release(
 ) -> None:
     """Unlock a release stuck in pending-*: roll back to the last deployed revision."""
     with invocation("recover-release"):
-        for name in releases_of(env, release):
-            perform(
-                c,
-                "recover-release",
-                env,
-                lambda ctx: release_step.recover(ctx, lambda q: yes or confirm(q)),
-                dry_run=dry_run,
-                needs_cluster=True,
-                release=name,
-            )
+        perform(
+            c,
+            release_step.RECOVER_RELEASE,
+            env,
+            dry_run=dry_run,
+            release=release,
+            approve=lambda question: yes or confirm(question),
+        )
 
 
 @task
 def check_secrets(c: Context) -> None:
     """Fail if anything under secrets/ is, or would be, committed in plaintext."""
-    perform(c, "check-secrets", None, secret_files.check_committed, needs_env=False)
+    perform(c, secret_files.CHECK_SECRETS, None)
 
 
 @task(
@@ -160,21 +143,13 @@ def check_secrets(c: Context) -> None:
 )
 def lock_secrets(c: Context, env: str | None = None, dry_run: bool = False) -> None:
     """Encrypt secrets/ in the working tree again, refusing to lose uncommitted work."""
-    perform(
-        c,
-        "lock-secrets",
-        env,
-        secret_files.lock,
-        dry_run=dry_run,
-        needs_env=False,
-        changes_checkout=True,
-    )
+    perform(c, secret_files.LOCK_SECRETS, env, dry_run=dry_run)
 
 
 @task(help={"env": "The environment to check (without it: the tools and chart repositories)."})
 def doctor(c: Context, env: str | None = None) -> None:
     """Why can't I deploy? Check tools, secrets, credentials, cluster, Grafana and charts."""
-    perform(c, "doctor", env, doctor_checks.diagnose, needs_env=False)
+    perform(c, doctor_checks.DOCTOR, env)
 
 
 # Operators know it as `invoke unlock`; in the code "unlock" is git-crypt's word alone.
@@ -187,4 +162,4 @@ def doctor(c: Context, env: str | None = None) -> None:
 )
 def remove_lock(c: Context, env: str | None = None, dry_run: bool = False) -> None:
     """Remove an environment's deploy lock left by a deploy that died."""
-    perform(c, "unlock", env, lock.remove, dry_run=dry_run, needs_cluster=True)
+    perform(c, lock.REMOVE_LOCK, env, dry_run=dry_run)

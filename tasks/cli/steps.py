@@ -1,28 +1,26 @@
 """The steps of a deploy as invoke tasks, each of which also runs alone, for debugging.
 
-Each task is thin: it hands its step's domain function (tasks/steps/) to
-`perform`, which times, reports and explains it (tasks/flows/pipeline.py).
+Each task is thin: it hands its step (tasks/core/step.py) and the task's
+options to `perform`, which times, reports and explains it
+(tasks/flows/pipeline.py). A step with options of its own has its task here;
+any other gets one made from the step itself (`task_of`).
 """
 
 from __future__ import annotations
 
-from functools import partial
+from functools import cache
 from pathlib import Path
 
-from invoke import Context, task
+from invoke import Context, Task, task
 
 from tasks.adapters import toolchain
-from tasks.config.context import releases_of
-from tasks.flows.pipeline import perform
+from tasks.core.step import Step
+from tasks.flows.pipeline import as_task, perform
 from tasks.steps import charts, grafana, lock, promotion, rollout, secret_files, smoke
 from tasks.steps import release as release_step
 
 ENV_HELP = "Environment from config/environments.yaml (an unknown name lists the known ones)."
-
-
 DRY_RUN_HELP = "Print every command that would run, secrets masked; touch nothing."
-
-
 RELEASE_HELP = (
     "For an environment with several releases: this one only (default: every one, in order)."
 )
@@ -45,14 +43,7 @@ def tools(
     dry_run: bool = False,
 ) -> None:
     """Install helm and kubectl at their pinned versions; check git-crypt and gcloud."""
-    perform(
-        c,
-        "tools",
-        env,
-        partial(toolchain.ensure_tools, source=source, check=check),
-        dry_run=dry_run,
-        needs_env=False,
-    )
+    perform(c, toolchain.TOOLS, env, dry_run=dry_run, source=source, check=check)
 
 
 @task(
@@ -63,21 +54,13 @@ def tools(
 )
 def decrypt_secrets(c: Context, env: str | None = None, dry_run: bool = False) -> None:
     """Unlock secrets/ with the environment's git-crypt key, then check the result."""
-    perform(c, "decrypt-secrets", env, secret_files.unlock, dry_run=dry_run, changes_checkout=True)
+    perform(c, secret_files.DECRYPT_SECRETS, env, dry_run=dry_run)
 
 
 @task(help={"dry_run": "Print what would be fetched; fetch nothing."})
 def helm_deps(c: Context, dry_run: bool = False) -> None:
     """Fetch the chart's dependencies at exactly the versions Chart.lock pins."""
-    perform(
-        c,
-        "helm-deps",
-        None,
-        charts.build_dependencies,
-        dry_run=dry_run,
-        needs_env=False,
-        changes_checkout=True,
-    )
+    perform(c, charts.HELM_DEPS, None, dry_run=dry_run)
 
 
 @task(
@@ -92,18 +75,17 @@ def check_promotion(
 ) -> None:
     """Check that a gated environment deploys exactly what its gate (staging) verified."""
     perform(
-        c,
-        "check-promotion",
-        env,
-        lambda ctx: promotion.check(ctx, promote_unverified),
-        dry_run=dry_run,
+        c, promotion.CHECK_PROMOTION, env, dry_run=dry_run, promote_unverified=promote_unverified
     )
 
 
-@task(help={"env": "Environment to lock.", "dry_run": "Print the commands; lock nothing."})
+@task(
+    name="lock",
+    help={"env": "Environment to lock.", "dry_run": "Print the commands; lock nothing."},
+)
 def take_lock(c: Context, env: str | None = None, dry_run: bool = False) -> None:
-    """Take the environment's deploy lock (a step of `deploy`)."""
-    perform(c, "lock", env, lock.take, dry_run=dry_run, needs_cluster=True)
+    """Take the environment's deploy lock (a step of `deploy`; `invoke unlock` removes it)."""
+    perform(c, lock.LOCK, env, dry_run=dry_run)
 
 
 @task(
@@ -118,9 +100,7 @@ def annotate_grafana(
     c: Context, env: str | None = None, dry_run: bool = False, strict: bool = False
 ) -> None:
     """Open a Grafana annotation region marking this deploy's start."""
-    perform(
-        c, "annotate-grafana", env, partial(grafana.start_region, strict=strict), dry_run=dry_run
-    )
+    perform(c, grafana.ANNOTATE_GRAFANA, env, dry_run=dry_run, strict=strict)
 
 
 @task(
@@ -143,16 +123,15 @@ def upgrade(
     release: str | None = None,
 ) -> None:
     """helm upgrade --install the environment's chart(s) with their layered values."""
-    for name in releases_of(env, release):
-        perform(
-            c,
-            "upgrade",
-            env,
-            lambda ctx: release_step.upgrade_release(ctx, timeout, promote_unverified),
-            dry_run=dry_run,
-            needs_cluster=True,
-            release=name,
-        )
+    perform(
+        c,
+        release_step.UPGRADE,
+        env,
+        dry_run=dry_run,
+        release=release,
+        timeout=timeout,
+        promote_unverified=promote_unverified,
+    )
 
 
 @task(
@@ -176,20 +155,15 @@ def wait_rollout(
     release: str | None = None,
 ) -> None:
     """Wait until every Deployment, DaemonSet and StatefulSet of the release has rolled out."""
-    for name in releases_of(env, release):
-        perform(
-            c,
-            "wait-rollout",
-            env,
-            lambda ctx: rollout.wait(
-                ctx,
-                rollout.seconds(timeout, "--timeout"),
-                rollout.seconds(unschedulable_grace, "--unschedulable-grace"),
-            ),
-            dry_run=dry_run,
-            needs_cluster=True,
-            release=name,
-        )
+    perform(
+        c,
+        rollout.WAIT_ROLLOUT,
+        env,
+        dry_run=dry_run,
+        release=release,
+        timeout=rollout.seconds(timeout, "--timeout"),
+        unschedulable_grace=rollout.seconds(unschedulable_grace, "--unschedulable-grace"),
+    )
 
 
 @task(
@@ -216,15 +190,52 @@ def smoke_test(
     """Validate a deployment: HTTP checks of the site, a launch, a fresh build, cluster checks."""
     perform(
         c,
-        "smoke-test",
+        smoke.SMOKE_TEST,
         env,
-        lambda ctx: smoke.check_deployment(
-            ctx,
-            keyword=keyword,
-            warmup=warmup,
-            attempts=attempts,
-            report=Path(report).resolve() if report else None,
-        ),
         dry_run=dry_run,
-        needs_cluster=True,
+        keyword=keyword,
+        warmup=warmup,
+        attempts=attempts,
+        report=Path(report).resolve() if report else None,
     )
+
+
+# The steps whose tasks take options of their own, with those tasks.
+TASKS: dict[Step, Task] = {
+    step: as_task(made)
+    for step, made in (
+        (toolchain.TOOLS, tools),
+        (secret_files.DECRYPT_SECRETS, decrypt_secrets),
+        (charts.HELM_DEPS, helm_deps),
+        (promotion.CHECK_PROMOTION, check_promotion),
+        (lock.LOCK, take_lock),
+        (grafana.ANNOTATE_GRAFANA, annotate_grafana),
+        (release_step.UPGRADE, upgrade),
+        (rollout.WAIT_ROLLOUT, wait_rollout),
+        (smoke.SMOKE_TEST, smoke_test),
+    )
+}
+
+
+@cache
+def task_of(step: Step) -> Task:
+    """The invoke task of `step`: its own, or one made from the step, which takes --env,
+    --dry-run and, for a step that runs per release, --release. Made once, so that the
+    chain's calls of it are one call to invoke, which runs a shared step once."""
+    if step in TASKS:
+        return TASKS[step]
+
+    def body(c: Context, env: str | None = None, dry_run: bool = False) -> None:
+        perform(c, step, env, dry_run=dry_run)
+
+    def per_release(
+        c: Context, env: str | None = None, dry_run: bool = False, release: str | None = None
+    ) -> None:
+        perform(c, step, env, dry_run=dry_run, release=release)
+
+    chosen = per_release if step.per_release else body
+    chosen.__doc__ = step.summary or f"The {step.name} step of a deploy."
+    options = {"env": ENV_HELP, "dry_run": DRY_RUN_HELP}
+    if step.per_release:
+        options["release"] = RELEASE_HELP
+    return Task(chosen, name=step.name, help=options)

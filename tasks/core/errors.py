@@ -140,12 +140,22 @@ class Interrupted(KeyboardInterrupt):
 class Stop(Exception):
     """A step failed; the pipeline stops here. Already reported."""
 
-    def __init__(self, step: str, env: str, failure: StepFailure, release: str = "") -> None:
+    def __init__(
+        self,
+        step: str,
+        env: str,
+        failure: StepFailure,
+        release: str = "",
+        *,
+        rolls_back: bool = False,
+    ) -> None:
         self.step = step
         self.env = env
         self.failure = failure
         # The release of the environment the step worked on, when it has several.
         self.release = release
+        # The step says its failure is answered by a rollback (tasks/core/step.py).
+        self.rolls_back = rolls_back
         super().__init__(f"{step} failed on {env}")
 
     @property

@@ -58,6 +58,9 @@ class StepRecord:
     ended: float = 0.0
     # The step worked on one release of an environment that has several.
     of_release: bool = False
+    # What an interrupt of the step may have left, where the step did not say (the note
+    # does then): the closing screen's, not the report's.
+    aftermath: str = ""
 
     @property
     def label(self) -> str:

@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 from tasks.core.masking import SecretMasker
 from tasks.core.report import Summary
+from tasks.core.step import Step
 
 T = TypeVar("T")
 
@@ -88,7 +89,7 @@ class EnvironmentRun(Kept):
         self.promotion_checked = False
         # Where this environment's lines go while members run side by side; None: as is.
         self.output: MemberLines | None = None
-        self.step = ""
+        self.step: Step | None = None  # the step it runs, or ran last
         self._held: dict[Hashable, Any] = {}
         self._stack = ExitStack()
         self._holding = threading.RLock()
@@ -96,6 +97,10 @@ class EnvironmentRun(Kept):
         self._guard = threading.Lock()
         self._interrupt_asked = False
         self._commands: set[Interruptible] = set()
+
+    @property
+    def step_name(self) -> str:
+        return self.step.name if self.step else ""
 
     def hold(self, key: Hashable, opener: Callable[[], AbstractContextManager[T]]) -> T:
         """Enter `opener()` once per run under `key`; later calls get the same value.

@@ -11,30 +11,25 @@ from tasks.core.errors import Stop
 from tasks.core.output import warn
 from tasks.core.run import current
 from tasks.flows.pipeline import invocation, perform
-from tasks.steps import release, rollout
-from tasks.steps.lock import give_back, left_behind
+from tasks.steps import lock, release, rollout
+from tasks.steps.lock import left_behind
 
 
 def roll_back(c: Context, target: str, why: str) -> bool:
     """Return `target` to its last good revision after `why`; True when that worked."""
     warn(f"{why}: rolling {target} back to its last good revision.")
     upgraded = {
-        r.release for r in current().summary.records if r.step == "upgrade" and r.env == target
+        r.release
+        for r in current().summary.records
+        if r.step == release.UPGRADE.name and r.env == target
     }
     # Of several releases, those this run upgraded, the last upgraded first.
     names = [n for n in releases_of(target, None) if n is None or n in upgraded]
     try:
         with invocation("rollback"):
             for name in reversed(names):
-                perform(
-                    c,
-                    "rollback",
-                    target,
-                    release.rollback_release,
-                    needs_cluster=True,
-                    release=name,
-                )
-                perform(c, "wait-rollout", target, rollout.wait, needs_cluster=True, release=name)
+                perform(c, release.ROLLBACK, target, release=name)
+                perform(c, rollout.WAIT_ROLLOUT, target, release=name)
     except Stop as failed:
         warn(f"the automatic rollback of {target} did not complete: {failed.failure.why}")
         return False
@@ -43,8 +38,9 @@ def roll_back(c: Context, target: str, why: str) -> bool:
 
 
 def roll_back_after(c: Context, stop: Stop, target: str) -> None:
-    """Roll the target back after its own rollout or smoke tests failed; report both."""
-    if stop.env != target or stop.step not in ("wait-rollout", "smoke-test"):
+    """Roll the target back after a step of its own whose failure a rollback answers (its
+    rollout or smoke tests) failed; report both."""
+    if stop.env != target or not stop.rolls_back:
         return
     if not roll_back(c, target, f"{stop.step} failed on {target}"):
         return
@@ -63,7 +59,7 @@ def roll_back_after(c: Context, stop: Stop, target: str) -> None:
 
 def release_lock(c: Context, env: str, dry_run: bool = False) -> None:
     if current().environment(env).lock_held:
-        perform(c, "unlock", env, give_back, dry_run=dry_run, needs_cluster=True)
+        perform(c, lock.UNLOCK, env, dry_run=dry_run)
 
 
 def release_all(c: Context, dry_run: bool = False, only: str | None = None) -> None:

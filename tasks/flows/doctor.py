@@ -25,6 +25,7 @@ from tasks.core import diagnoses, web
 from tasks.core.errors import CommandFailed, StepFailure, explain
 from tasks.core.output import say
 from tasks.core.runner import PROJECT_ROOT, Runner
+from tasks.core.step import Step
 from tasks.flows.pipeline import perform
 from tasks.steps import charts, grafana, lock, release, secret_files
 
@@ -448,6 +449,10 @@ def preflight_checks(ctx: StepContext) -> str:
     return "cluster reachable, namespace writable, not locked, release not pending"
 
 
+PREFLIGHT = Step("preflight", preflight_checks)
+DOCTOR = Step("doctor", diagnose, needs_env=False)
+
+
 def preflight(c: Context, env: str | None) -> None:
     """For `deploy`: stop before touching anything when an environment's cluster is not ready."""
-    perform(c, "preflight", env, preflight_checks)
+    perform(c, PREFLIGHT, env)

@@ -39,9 +39,6 @@ from tasks.flows import cleanup
 from tasks.flows.pipeline import members_lines, unexpected
 from tasks.steps import grafana
 
-# Steps after which the release runs a new version not yet verified: an interrupt
-# there may be answered with a rollback, as their failure is.
-ROLLBACK_SAFE = ("wait-rollout", "smoke-test")
 JOIN_SECONDS = 0.2
 
 
@@ -143,11 +140,11 @@ class _Member:
             self.failures[name] = stop
             outcome.result, outcome.step, outcome.why = FAILED, stop.step, stop.failure.why
         except KeyboardInterrupt:
-            outcome.result, outcome.step = INTERRUPTED, outcome.step or held.step
+            outcome.result, outcome.step = INTERRUPTED, outcome.step or held.step_name
         except Exception as bug:  # a member's thread must end with its outcome, not a traceback
             if os.environ.get("DEPLOY_DEBUG"):
                 traceback.print_exc()
-            stop = Stop(held.step or "deploy", name, unexpected(bug))
+            stop = Stop(held.step_name or "deploy", name, unexpected(bug))
             self.failures[name] = stop
             outcome.result, outcome.step, outcome.why = FAILED, stop.step, stop.failure.why
         else:
@@ -170,9 +167,10 @@ class _Member:
                 cleanup.roll_back_after(c, stop, name)
             raise
         except KeyboardInterrupt:
-            self.outcome.step = held.step
-            safe = self.rollback_on_failure and held.step in ROLLBACK_SAFE
-            if safe and cleanup.roll_back(c, name, f"{held.step} on {name} was interrupted"):
+            self.outcome.step = held.step_name
+            # After a step whose failure a rollback answers, so does an interrupt of it.
+            safe = self.rollback_on_failure and held.step is not None and held.step.rolls_back
+            if safe and cleanup.roll_back(c, name, f"{held.step_name} on {name} was interrupted"):
                 self.outcome.why = "rolled back to its last good revision"
             raise
         finally:

@@ -1,8 +1,8 @@
 """What every step shares: its context, its timing, and how it fails.
 
-A step's task is thin: it calls `perform(...)` with the step's name, the
-environment and the domain function that does the work. `perform` loads the
-registry, opens the cluster credentials when the step needs them, folds and
+A step's task is thin: it calls `perform(...)` with the step (tasks/core/step.py)
+and the environment. `perform` loads the registry, opens the cluster
+credentials when the step needs them, holds the checkout when it rewrites it, folds and
 times the output, records the result for the summary, and turns a failure
 into one screen of explanation: which step, which environment, why, and what
 to do. No traceback reaches the operator.
@@ -23,7 +23,7 @@ from invoke.exceptions import Exit
 
 from tasks.adapters import access, toolchain
 from tasks.adapters.notifications import notify_outcome
-from tasks.config.context import StepContext, load_registry
+from tasks.config.context import StepContext, load_registry, releases_of
 from tasks.config.registry import Environment
 from tasks.core import checkout
 from tasks.core import run as run_module
@@ -44,6 +44,7 @@ from tasks.core.report import (
 )
 from tasks.core.run import Run, current
 from tasks.core.runner import PROJECT_ROOT, Runner, invoke_dry_refusal, sigterm_as_interrupt
+from tasks.core.step import Changes, Step
 from tasks.steps.secret_files import register_secret_values
 
 
@@ -219,19 +220,7 @@ def _stood(run: Run, member: MemberOutcome) -> str:
 
 def _aftermath(where: StepRecord) -> str:
     """What an interrupt of the step `where` left, as the step found it, or what it may have."""
-    if where.note:
-        return where.note
-    if where.step in ("upgrade", "rollback", "recover-release"):
-        return (
-            "helm may have left the release locked in a pending state; if the next "
-            f"upgrade says so, run: invoke recover-release --env={where.env}"
-        )
-    if where.step in ("wait-rollout", "smoke-test"):
-        return (
-            f"{where.env} runs the new version, not yet verified. Deploy again, or return "
-            f"to the last verified revision: invoke rollback --env={where.env}"
-        )
-    return ""
+    return where.note or where.aftermath
 
 
 def _left_behind_lines(run: Run) -> list[str]:
@@ -294,52 +283,61 @@ def dry_run_asked(c: Context, dry_run: bool | None, task: str) -> bool:
 
 def perform(
     c: Context,
-    step: str,
+    step: Step,
     env_name: str | None,
-    action: Callable[[StepContext], str | None],
     *,
     dry_run: bool | None = None,
-    needs_env: bool = True,
-    needs_cluster: bool = False,
-    changes_checkout: bool = False,
     release: str | None = None,
+    **options: Any,
 ) -> None:
     """Run one step of the pipeline: time it, report it, explain its failure.
 
-    `dry_run` is None for a step that has no dry run. A step that rewrites the
-    working tree (`changes_checkout`) holds the checkout against other runs.
+    `dry_run` is None for a task that has no dry run; `options` go to the
+    step's action. A step that runs per release, given none, runs once for each
+    release of the environment, in order. What the step declares decides the
+    rest: the credentials
+    of its environment's cluster are open while it runs if it needs them, and
+    the checkout is held against other runs if it rewrites it.
     """
-    with invocation(step):
+    if step.per_release and not release:
+        names = releases_of(env_name, None)
+        if names != [None]:
+            for each in names:
+                perform(c, step, env_name, dry_run=dry_run, release=each, **options)
+            return
+    name = step.name
+    with invocation(name):
         run = current()
         watch = Stopwatch()
         env: Environment | None = None
         try:
-            dry = dry_run_asked(c, dry_run, step)
+            dry = dry_run_asked(c, dry_run, name)
             registry = load_registry()
-            env = registry.get(env_name) if (needs_env or env_name) else None
+            env = registry.get(env_name) if (step.needs_env or env_name) else None
             if env is not None:
                 env = env.for_release(release)
         except StepFailure as failure:
             _record(step, env, env_name or "", FAILED, watch, failure.why)
-            annotate(failure, step)
-            raise Stop(step, env_name or "", failure, release or "") from None
+            annotate(failure, name)
+            raise Stop(name, env_name or "", failure, release or "") from None
         env_label = env.name if env else ""
         of = release or ""
-        title = f"{step} [{env_label}{' ' + of if of else ''}]" if env_label else step
+        title = f"{name} [{env_label}{' ' + of if of else ''}]" if env_label else name
         if env is not None:
             run.environment(env.name).step = step
             # Whatever the step prints, a secret it reads or a command echoes stays masked.
             register_secret_values(env)
         runner = Runner(c, dry_run=dry, tool_dirs=toolchain.search_dirs())
-        ctx = StepContext(c, registry, env, runner, dry, step)
+        ctx = StepContext(c, registry, env, runner, dry, name)
+        rewrites = step.changes is Changes.CHECKOUT and not dry
         with folded(title + (" (dry run)" if dry else "")):
             try:
                 runner.checkpoint()
-                exclusive = checkout.held() if changes_checkout and not dry else nullcontext()
-                opened = access.open_cluster(ctx) if needs_cluster else nullcontext({})
+                exclusive = checkout.held() if rewrites else nullcontext()
+                opened = access.open_cluster(ctx) if step.needs_cluster else nullcontext({})
                 with exclusive, opened as extra_env:
                     ctx.runner = ctx.runner.with_env(**extra_env)
-                    note = action(ctx) or ""
+                    note = step.action(ctx, **options) or ""
             except Skipped as skipped:
                 say(f"skipped: {skipped}")
                 _record(step, env, env_label, SKIPPED, watch, str(skipped), of)
@@ -357,10 +355,10 @@ def perform(
                 if isinstance(error, StepFailure):
                     annotate(failure, title)
                 _record(step, env, env_label, FAILED, watch, failure.why, of)
-                raise Stop(step, env_label, failure, of) from None
+                raise Stop(name, env_label, failure, of, rolls_back=step.rolls_back) from None
         result = DRY_RUN if dry else OK
         _record(step, env, env_label, result, watch, note, of)
-        said = f"{step} {of}" if of else step
+        said = f"{name} {of}" if of else name
         say(
             f"{said}: {result} in {format_seconds(watch.seconds)}" + (f" — {note}" if note else ""),
             milestone=True,
@@ -384,7 +382,7 @@ def _as_failure(error: Exception) -> StepFailure:
 
 
 def _record(
-    step: str,
+    step: Step,
     env: Environment | None,
     label: str,
     result: str,
@@ -393,7 +391,7 @@ def _record(
     of_release: str = "",
 ) -> None:
     record = StepRecord(
-        step,
+        step.name,
         label,
         result,
         watch.seconds,
@@ -402,5 +400,6 @@ def _record(
         of_release=bool(of_release),
         started=watch.started_at,
         ended=watch.started_at + watch.seconds,
+        aftermath=step.aftermath(label) if result == INTERRUPTED else "",
     )
     current().summary.add(record)

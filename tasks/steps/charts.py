@@ -34,6 +34,7 @@ from tasks.core import diagnoses, web
 from tasks.core.errors import CommandFailed, Location, Skipped, StepFailure, explain
 from tasks.core.output import say
 from tasks.core.runner import PROJECT_ROOT, Runner
+from tasks.core.step import Changes, Step
 
 
 @dataclass(frozen=True)
@@ -641,3 +642,8 @@ def lint_repository_yaml(ctx: StepContext) -> str:
         "YAML problem(s) in the repository.",
     )
     return f"{len(readable)} YAML files clean ({len(paths) - len(readable)} encrypted, skipped)"
+
+
+HELM_DEPS = Step("helm-deps", build_dependencies, Changes.CHECKOUT, needs_env=False)
+VALIDATE = Step("validate", validate_environment, per_release=True)
+YAML_LINT = Step("yaml-lint", lint_repository_yaml, needs_env=False)

@@ -27,6 +27,7 @@ from tasks.core import web
 from tasks.core.errors import Skipped, StepFailure, Stop
 from tasks.core.output import say, warn
 from tasks.core.run import current
+from tasks.core.step import Step
 
 SUCCESS = "success"
 FAILURE = "failure"
@@ -371,3 +372,6 @@ def _message(response: requests.Response) -> str:
     if isinstance(answer, dict) and answer.get("message"):
         return str(answer["message"])
     return web.excerpt(response.text)
+
+
+ANNOTATE_GRAFANA = Step("annotate-grafana", start_region)

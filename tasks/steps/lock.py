@@ -33,6 +33,7 @@ from tasks.core.errors import CommandFailed, StepFailure
 from tasks.core.output import say, warn
 from tasks.core.report import format_seconds
 from tasks.core.run import current
+from tasks.core.step import Changes, Step
 
 LOCK_NAME = "binder-deploy-lock"
 # While waiting for the lock: how often it is read again, and how often the wait is said
@@ -390,3 +391,9 @@ def remove(ctx: StepContext) -> str:
         return "no lock was held"
     _kubectl(ctx, "delete", "configmap", LOCK_NAME, "--ignore-not-found")
     return f"removed the lock of {current.get('holder')} (since {current.get('started')})"
+
+
+LOCK = Step("lock", take, Changes.BOOKKEEPING, needs_cluster=True)
+UNLOCK = Step("unlock", give_back, Changes.BOOKKEEPING, needs_cluster=True)
+# `invoke unlock`: a lock that a deploy which died left behind, removed whoever holds it.
+REMOVE_LOCK = Step("unlock", remove, Changes.BOOKKEEPING, needs_cluster=True)

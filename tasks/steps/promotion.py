@@ -42,6 +42,7 @@ from tasks.core.output import say, warn
 from tasks.core.report import abridged
 from tasks.core.run import current
 from tasks.core.runner import PROJECT_ROOT
+from tasks.core.step import Step
 from tasks.steps.charts import chart_of, pinned_dependencies
 
 RECORD = "binder-deploy-promotion"
@@ -242,3 +243,6 @@ def check(ctx: StepContext, promote_unverified: bool = False) -> str:
         f"{env.name}), or, knowing what differs, pass --promote-unverified.",
         details="\n".join(found),
     )
+
+
+CHECK_PROMOTION = Step("check-promotion", check, gated_only=True, takes=("promote_unverified",))

@@ -35,6 +35,7 @@ from tasks.core.errors import CommandFailed, Interrupted, StepFailure, explain
 from tasks.core.output import say
 from tasks.core.run import current
 from tasks.core.runner import PROJECT_ROOT
+from tasks.core.step import Changes, Step
 from tasks.steps import crds, lock, promotion, rollout_status, secret_files
 from tasks.steps.charts import archive_is_valid, chart_of, pinned_dependencies, schema_failure
 
@@ -674,3 +675,10 @@ def recover(ctx: StepContext, approve: Callable[[str], bool]) -> str:
 
 
 # -- tasks --------------------------------------------------------------------
+
+
+UPGRADE = Step("upgrade", upgrade_release, Changes.RELEASE, needs_cluster=True, per_release=True)
+ROLLBACK = Step("rollback", rollback_release, Changes.RELEASE, needs_cluster=True)
+RECOVER_RELEASE = Step(
+    "recover-release", recover, Changes.RELEASE, needs_cluster=True, per_release=True
+)

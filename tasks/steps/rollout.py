@@ -38,6 +38,7 @@ from tasks.core.output import draws_in_place, say
 from tasks.core.report import abridged, counted, format_seconds
 from tasks.core.run import current
 from tasks.core.runner import Companion, Runner
+from tasks.core.step import Step
 from tasks.steps.rollout_fit import AUTOSCALER_CONFIGMAP, AUTOSCALER_NAMESPACE, ClusterFacts, Note
 from tasks.steps.rollout_status import (
     FIXES,
@@ -798,3 +799,6 @@ def seconds(value: str | float | None, flag: str) -> float | None:
     if parsed <= 0:
         raise StepFailure(f"{flag} must be a positive number of seconds, not {value!r}.")
     return parsed
+
+
+WAIT_ROLLOUT = Step("wait-rollout", wait, needs_cluster=True, per_release=True, rolls_back=True)

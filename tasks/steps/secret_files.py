@@ -40,6 +40,7 @@ from tasks.core.errors import CommandFailed, Diagnosis, Skipped, StepFailure, ex
 from tasks.core.output import say, warn
 from tasks.core.run import current
 from tasks.core.runner import PROJECT_ROOT
+from tasks.core.step import Changes, Step
 
 
 def required_files(env: Environment) -> list[tuple[Path, str]]:
@@ -395,3 +396,8 @@ def lock(ctx: StepContext) -> str | None:
         )
     locked = ", ".join(key_label(k) for k in sorted(keys))
     return f"would lock {locked}" if ctx.dry_run else f"locked {locked}"
+
+
+DECRYPT_SECRETS = Step("decrypt-secrets", unlock, Changes.CHECKOUT)
+CHECK_SECRETS = Step("check-secrets", check_committed, needs_env=False)
+LOCK_SECRETS = Step("lock-secrets", lock, Changes.CHECKOUT, needs_env=False)

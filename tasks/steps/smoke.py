@@ -26,6 +26,7 @@ from tasks.config.registry import REGISTRY_FILE, Environment
 from tasks.core.errors import StepFailure
 from tasks.core.output import say
 from tasks.core.runner import PROJECT_ROOT
+from tasks.core.step import Step
 from tasks.steps.secret_files import register_secret_values
 
 SUITE_DIR = Path("tests/smoke")
@@ -383,3 +384,6 @@ def check_deployment(
         say(failure_report(outcomes))
         raise smoke_failure(env, failed, shown_report)
     return f"{summarise(outcomes)}; report {shown_report}"
+
+
+SMOKE_TEST = Step("smoke-test", check_deployment, needs_cluster=True, rolls_back=True)
