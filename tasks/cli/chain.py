@@ -257,16 +257,13 @@ def run_deploy(
     final = final_task(registry, what.name, options)
     # Held from before decrypt-secrets to the end: a second run from this checkout
     # is refused at once instead of racing this one on git-crypt.
-    with checkout.held() if not dry_run else nullcontext():
-        try:
-            with grafana.regions_closed_on_exit():
-                Executor(Collection(final), config=c.config).execute(final.name)
-        except Stop as stop:
-            if rollback_on_failure and not dry_run:
-                cleanup.roll_back_after(c, stop, what.name)
-            raise
-        finally:
-            cleanup.release_all(c, dry_run)
+    with (
+        checkout.held() if not dry_run else nullcontext(),
+        cleanup.closed_on_exit(
+            c, what.name, dry_run=dry_run, rollback_on_failure=rollback_on_failure
+        ),
+    ):
+        Executor(Collection(final), config=c.config).execute(final.name)
 
 
 @task(

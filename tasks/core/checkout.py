@@ -21,12 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tasks.core.errors import StepFailure
+from tasks.core.run import current
 from tasks.core.runner import PROJECT_ROOT
 
 LOCK_FILE = Path(".local/checkout.lock")
-
-# Open while this process holds the lock; nested holders share it.
-_held: list[int] = []
 
 
 def holder_text() -> str:
@@ -39,7 +37,8 @@ def holder_text() -> str:
 @contextmanager
 def held(root: Path = PROJECT_ROOT) -> Iterator[None]:
     """Hold the checkout for the block, or fail at once naming the run that holds it."""
-    if _held:
+    run = current()
+    if run.holds_checkout:
         # The deploy holds it already; its decrypt-secrets and helm-deps run under it.
         yield
         return
@@ -60,11 +59,11 @@ def held(root: Path = PROJECT_ROOT) -> Iterator[None]:
             ) from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, (holder_text() + "\n").encode(), 0)
-        _held.append(descriptor)
+        run.holds_checkout = True
         try:
             yield
         finally:
-            _held.remove(descriptor)
+            run.holds_checkout = False
             os.ftruncate(descriptor, 0)
     finally:
         os.close(descriptor)

@@ -166,6 +166,8 @@ class Run(Kept):
         # --wait-for-lock: False, True (as long as the lock can last) or a number of seconds.
         self.wait_for_lock: bool | int = False
         self.begun = False
+        # This run holds the checkout (tasks/core/checkout.py): the steps inside it share it.
+        self.holds_checkout = False
         self._environments: dict[str, EnvironmentRun] = {}
         self._guard = threading.Lock()
 

@@ -1,8 +1,19 @@
-"""What is given back after a deploy of an environment ends, however it ends: the automatic
-rollback of a release that failed its rollout or smoke tests, and the deploy locks the
-run still holds."""
+"""What is given back after a deploy ends, however it ends: one path, taken by the chain
+for a whole deploy and by each member of a federation for its own.
+
+`closed_on_exit` closes the Grafana regions the deploy opened (tagged with how it
+ended), rolls the target back where its failed or interrupted step says a rollback
+answers it (with --rollback-on-failure), and gives back the deploy locks it holds. What
+a step opens is registered on the run (tasks/core/run.py) by the step itself: a region,
+a lock, credentials; the run is what is closed. The notice to the team's chat and the
+closing screen follow when the run ends (tasks/flows/pipeline.py).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from invoke import Context
 
@@ -11,7 +22,7 @@ from tasks.core.errors import Stop
 from tasks.core.output import warn
 from tasks.core.run import current
 from tasks.flows.pipeline import invocation, perform
-from tasks.steps import lock, release, rollout
+from tasks.steps import grafana, lock, release, rollout
 from tasks.steps.lock import left_behind
 
 
@@ -37,13 +48,13 @@ def roll_back(c: Context, target: str, why: str) -> bool:
     return True
 
 
-def roll_back_after(c: Context, stop: Stop, target: str) -> None:
+def roll_back_after(c: Context, stop: Stop, target: str) -> bool:
     """Roll the target back after a step of its own whose failure a rollback answers (its
-    rollout or smoke tests) failed; report both."""
+    rollout or smoke tests) failed; report both. True when it was rolled back."""
     if stop.env != target or not stop.rolls_back:
-        return
+        return False
     if not roll_back(c, target, f"{stop.step} failed on {target}"):
-        return
+        return False
     # The failure's own advice to roll back is done already; what is left is the cause.
     kept = [
         line
@@ -55,6 +66,7 @@ def roll_back_after(c: Context, stop: Stop, target: str) -> None:
         f"fix the cause of the {stop.step} failure, then deploy again."
     )
     stop.failure.fix = "\n       ".join(part for part in ("\n".join(kept).rstrip(), note) if part)
+    return True
 
 
 def release_lock(c: Context, env: str, dry_run: bool = False) -> None:
@@ -79,3 +91,45 @@ def release_all(c: Context, dry_run: bool = False, only: str | None = None) -> N
         environment.lock_held = False
     if interrupted_here:
         raise KeyboardInterrupt
+
+
+@dataclass
+class Ending:
+    """How a deploy closed: whether its target was rolled back."""
+
+    rolled_back: bool = False
+
+
+@contextmanager
+def closed_on_exit(
+    c: Context,
+    target: str,
+    *,
+    dry_run: bool,
+    rollback_on_failure: bool,
+    only: str | None = None,
+    ending: Ending | None = None,
+) -> Iterator[Ending]:
+    """Deploy `target` inside the block; whatever ends it, give back what it left open.
+
+    `only` limits the closing to one environment's regions and locks (a member's, while
+    the others still run); the chain closes every one of the run. `ending` says, once the
+    block has ended, whether the target was rolled back.
+    """
+    ending = ending or Ending()
+    rollback = rollback_on_failure and not dry_run
+    try:
+        with grafana.regions_closed_on_exit(only=only):
+            yield ending
+    except Stop as stop:
+        if rollback:
+            ending.rolled_back = roll_back_after(c, stop, target)
+        raise
+    except KeyboardInterrupt:
+        # After a step whose failure a rollback answers, so does an interrupt of it.
+        step = current().environment(target).step
+        if rollback and step is not None and step.rolls_back:
+            ending.rolled_back = roll_back(c, target, f"{step.name} on {target} was interrupted")
+        raise
+    finally:
+        release_all(c, dry_run, only=only)

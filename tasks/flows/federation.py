@@ -37,7 +37,6 @@ from tasks.core.run import EnvironmentRun, current, here, member_thread
 from tasks.core.runner import PROJECT_ROOT
 from tasks.flows import cleanup
 from tasks.flows.pipeline import members_lines, unexpected
-from tasks.steps import grafana
 
 JOIN_SECONDS = 0.2
 
@@ -159,19 +158,20 @@ class _Member:
 
     def _stages(self, c: Context, held: EnvironmentRun) -> None:
         name = held.name
+        ending = cleanup.Ending()
+        closing = cleanup.closed_on_exit(
+            c,
+            name,
+            only=name,
+            dry_run=self.dry_run,
+            rollback_on_failure=self.rollback_on_failure,
+            ending=ending,
+        )
         try:
-            with grafana.regions_closed_on_exit(only=name):
+            with closing:
                 Executor(Collection(self.stage), config=self.config).execute(self.stage.name)
-        except Stop as stop:
-            if self.rollback_on_failure:
-                cleanup.roll_back_after(c, stop, name)
-            raise
         except KeyboardInterrupt:
             self.outcome.step = held.step_name
-            # After a step whose failure a rollback answers, so does an interrupt of it.
-            safe = self.rollback_on_failure and held.step is not None and held.step.rolls_back
-            if safe and cleanup.roll_back(c, name, f"{held.step_name} on {name} was interrupted"):
+            if ending.rolled_back:
                 self.outcome.why = "rolled back to its last good revision"
             raise
-        finally:
-            cleanup.release_all(c, self.dry_run, only=name)
