@@ -29,7 +29,6 @@ from tasks.config.registry import Bastion, Environment, cluster_kind
 from tasks.config.values import is_locked
 from tasks.core.errors import StepFailure
 from tasks.core.output import say, warn
-from tasks.core.run import current
 from tasks.core.runner import PROJECT_ROOT
 
 # kubectl's discovery cache would otherwise land in the operator's ~/.kube/cache.
@@ -40,7 +39,7 @@ SSH_TIMEOUT = 15.0
 def open_cluster(ctx: StepContext) -> AbstractContextManager[dict[str, str]]:
     """The credentials of the step's environment, opened by the run's first step that asks;
     held by the environment's part of the run, so each member opens and closes its own."""
-    held = current().environment(ctx.environment.name)
+    held = ctx.held
     variables = held.hold(("cluster", ctx.dry_run), lambda: credentials(ctx))
     return nullcontext(dict(variables))
 

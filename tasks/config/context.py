@@ -7,14 +7,14 @@ runner's environment when the step needs the cluster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from invoke import Context
 
 from tasks.config.registry import Environment, Registry
 from tasks.config.registry import load as read_registry
 from tasks.core.errors import StepFailure
-from tasks.core.run import current
+from tasks.core.run import EnvironmentRun, Run, current
 from tasks.core.runner import PROJECT_ROOT, Runner
 
 
@@ -28,12 +28,19 @@ class StepContext:
     runner: Runner
     dry_run: bool
     step: str
+    # The run the step is part of: its masker, its summary, what each environment holds.
+    run: Run = field(default_factory=current)
 
     @property
     def environment(self) -> Environment:
         if self.env is None:
             raise StepFailure("This step needs an environment.", "Pass --env=NAME.")
         return self.env
+
+    @property
+    def held(self) -> EnvironmentRun:
+        """What the step's environment holds in this run: its lock, region, credentials."""
+        return self.run.environment(self.environment.name)
 
 
 def load_registry() -> Registry:

@@ -328,7 +328,7 @@ def perform(
             # Whatever the step prints, a secret it reads or a command echoes stays masked.
             register_secret_values(env)
         runner = Runner(c, dry_run=dry, tool_dirs=toolchain.search_dirs())
-        ctx = StepContext(c, registry, env, runner, dry, name)
+        ctx = StepContext(c, registry, env, runner, dry, name, run)
         rewrites = step.changes is Changes.CHECKOUT and not dry
         with folded(title + (" (dry run)" if dry else "")):
             try:

@@ -29,7 +29,6 @@ from tasks.config import values as values_module
 from tasks.config.context import StepContext
 from tasks.core.errors import CommandFailed, StepFailure
 from tasks.core.output import say, warn
-from tasks.core.run import current
 from tasks.core.runner import PROJECT_ROOT
 
 RELEASE_LABEL = "binder-deploy/release"
@@ -210,7 +209,7 @@ def diff(ctx: StepContext, chart: Path, files: list[Path]) -> list[str]:
         )
     if result.exit_code == 1:
         for section in _per_object(result.stdout):
-            chunks.append(current().masker.mask(section))
+            chunks.append(ctx.run.masker.mask(section))
     return chunks
 
 

@@ -59,7 +59,7 @@ def start_region(ctx: StepContext, *, strict: bool = False) -> str | None:
     if grafana is None:
         raise Skipped(f"no Grafana configured for {env.name}")
     strict = strict or grafana.strict
-    held = current().environment(env.name)
+    held = ctx.held
     if held.kept(Region) is not None:
         # A second start in one run would otherwise leave the first region open forever.
         close_region(env.name, INTERRUPTED)

@@ -164,7 +164,7 @@ class LockWait:
         self.ctx = ctx
         self.seconds = seconds
         # One bound per environment and run: a wait at preflight counts against the lock step's.
-        self._environment = current().environment(ctx.environment.name)
+        self._environment = ctx.held
         self.started = time.monotonic() - self._environment.lock_waited
         self._said: tuple[str, float] | None = None
 
@@ -216,7 +216,7 @@ def waiting(ctx: StepContext) -> LockWait | None:
     The default bound is the lock's own lifetime: by then the holder's lock
     has expired and is taken over anyway.
     """
-    asked = current().wait_for_lock
+    asked = ctx.run.wait_for_lock
     if ctx.dry_run or asked is False:
         return None
     return LockWait(ctx, float(lock_lifetime(ctx)) if asked is True else float(asked))
@@ -351,7 +351,7 @@ def _holding(ctx: StepContext) -> Iterator[None]:
 def ensure_held(ctx: StepContext) -> None:
     """Hold the environment's lock until the run ends, unless this run already does: a step
     that changes the release, run on its own, must not race a deploy of it."""
-    held = current().environment(ctx.environment.name)
+    held = ctx.held
     if ctx.dry_run or held.lock_held:
         return
     lock_ctx = at_lock(ctx)
@@ -370,7 +370,7 @@ def at_lock(ctx: StepContext) -> StepContext:
 
 def take(ctx: StepContext) -> str:
     waited = acquire(ctx, holder())
-    current().environment(ctx.environment.name).lock_held = True
+    ctx.held.lock_held = True
     if ctx.dry_run:
         return "would take the deploy lock"
     return "held by this deploy" + (f" ({waited})" if waited else "")
@@ -378,7 +378,7 @@ def take(ctx: StepContext) -> str:
 
 def give_back(ctx: StepContext) -> str:
     release(ctx, holder())
-    current().environment(ctx.environment.name).lock_held = False
+    ctx.held.lock_held = False
     return "would release the deploy lock" if ctx.dry_run else "released"
 
 

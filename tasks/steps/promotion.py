@@ -40,7 +40,6 @@ from tasks.config.registry import Environment, Registry
 from tasks.core.errors import Skipped, StepFailure
 from tasks.core.output import say, warn
 from tasks.core.report import abridged
-from tasks.core.run import current
 from tasks.core.runner import PROJECT_ROOT
 from tasks.core.step import Step
 from tasks.steps.charts import chart_of, pinned_dependencies
@@ -189,7 +188,7 @@ def record(ctx: StepContext) -> str:
     """Record what the environment's verified deploy deployed, in its own cluster."""
     env = ctx.environment
     promotion = describe(ctx, env)
-    current().environment(env.name).keep(Promotion, promotion)
+    ctx.held.keep(Promotion, promotion)
     if ctx.dry_run:
         return "would record what was verified"
     if not configmaps.write(ctx, configmaps.new(ctx, RECORD, promotion.data())):
@@ -202,7 +201,7 @@ def record(ctx: StepContext) -> str:
 
 def verified_by(ctx: StepContext, gate: Environment) -> Promotion | None:
     """What `gate` last verified: this run's record, else the one in its cluster."""
-    known = current().environment(gate.name).kept(Promotion)
+    known = ctx.run.environment(gate.name).kept(Promotion)
     if known is not None:
         return known
     with cluster_of(ctx, gate) as gate_ctx:
@@ -216,7 +215,7 @@ def check(ctx: StepContext, promote_unverified: bool = False) -> str:
     if env.gated_by is None:
         raise Skipped(f"{env.name} has no gate: nothing to compare with")
     gate = ctx.registry.get(env.gated_by)
-    if ctx.dry_run and current().environment(gate.name).kept(Promotion) is None:
+    if ctx.dry_run and ctx.run.environment(gate.name).kept(Promotion) is None:
         say(
             f"[dry-run] would compare the commit, chart and shared values layers with {gate.name}'s"
         )
@@ -227,7 +226,7 @@ def check(ctx: StepContext, promote_unverified: bool = False) -> str:
         found = [f"{gate.name} has no record of a verified deploy"]
     else:
         found = differences(verified, mine)
-    current().environment(env.name).promotion_checked = True
+    ctx.held.promotion_checked = True
     if not found:
         verified_when = "would verify in this run" if ctx.dry_run else "verified"
         return f"commit {mine.commit[:12]}, {mine.chart}: what {gate.name} {verified_when}"

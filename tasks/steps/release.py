@@ -243,7 +243,7 @@ def upgrade_release(
 ) -> str:
     env = ctx.environment
     files = check_ready_to_deploy(ctx)
-    if env.gated_by and not current().environment(env.name).promotion_checked:
+    if env.gated_by and not ctx.held.promotion_checked:
         # Run alone, the upgrade checks what a deploy's check-promotion step checks.
         say(promotion.check(ctx, promote_unverified))
     # Reading the release first: an unreachable cluster or refused credentials get

@@ -36,7 +36,6 @@ from tasks.core import web
 from tasks.core.errors import StepFailure
 from tasks.core.output import draws_in_place, say
 from tasks.core.report import abridged, counted, format_seconds
-from tasks.core.run import current
 from tasks.core.runner import Companion, Runner
 from tasks.core.step import Step
 from tasks.steps.rollout_fit import AUTOSCALER_CONFIGMAP, AUTOSCALER_NAMESPACE, ClusterFacts, Note
@@ -770,7 +769,7 @@ def wait(
         raise for_this_environment(failure, ctx) from None
     if ctx.dry_run:
         return f"would wait for the workloads of namespace {env.namespace}"
-    return current().masker.mask(report.note())
+    return ctx.run.masker.mask(report.note())
 
 
 def for_this_environment(failure: StepFailure, ctx: StepContext) -> StepFailure:
