@@ -89,7 +89,7 @@ def test_it_runs_alone_as_a_task_and_the_report_holds_it(
 def test_an_interrupt_of_it_is_answered_as_its_declaration_says(
     status_page: WebhookReceiver, report: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status_page.delay = 5  # the page hangs; the operator presses Ctrl-C meanwhile
+    status_page.delay = 2  # the page hangs; the operator presses Ctrl-C meanwhile
     interrupt = threading.Timer(0.5, _thread.interrupt_main)
     interrupt.start()
     try:
