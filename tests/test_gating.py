@@ -176,3 +176,21 @@ def test_with_rollback_on_failure_an_interrupted_rollout_is_rolled_back(
 
     assert code == 130
     assert ("rollback", "local-staging binder") in steps.ran
+
+
+def test_an_interrupted_member_is_reported_at_the_step_it_was_stopped_at(
+    steps: FakeSteps,
+) -> None:
+    # A member thread takes the interrupt at its step; its cleanup then gives its lock back.
+    steps.interrupt("wait-rollout", "local-prod binder")
+
+    code, screen = deploy("local-federation")
+
+    assert code == 1
+    members = {m["name"]: m for m in reported()["members"]}
+    assert (members["local-prod"]["result"], members["local-prod"]["step"]) == (
+        "interrupted",
+        "wait-rollout",
+    )
+    assert members["local-prod-b"]["result"] == "ok"
+    assert screen.splitlines()[0] == "FAILED: local-prod of local-federation failed."

@@ -170,7 +170,11 @@ class Stop(Exception):
 class MembersFailed(Stop):
     """Members of a federation failed, each for its own reason; the run fails for them."""
 
-    def __init__(self, group: str, failed: list[tuple[MemberOutcome, Stop]]) -> None:
+    def __init__(
+        self, group: str, failed: list[tuple[MemberOutcome, Stop]], names: list[str]
+    ) -> None:
+        """`failed`: each member that failed, with its failure; `names`: every member the run
+        fails for (one that was interrupted, or never started, too)."""
         self.failed = failed
-        names = ", ".join(outcome.name for outcome, _ in failed)
-        super().__init__("members", group, StepFailure(f"{names} of {group} failed."))
+        said = ", ".join(names)
+        super().__init__("members", group, StepFailure(f"{said} of {group} failed."))

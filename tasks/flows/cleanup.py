@@ -95,8 +95,10 @@ def release_all(c: Context, dry_run: bool = False, only: str | None = None) -> N
 
 @dataclass
 class Ending:
-    """How a deploy closed: whether its target was rolled back."""
+    """How a deploy closed: the step an interrupt stopped it at, before the cleanup ran
+    steps of its own, and whether its target was rolled back."""
 
+    interrupted_at: str = ""
     rolled_back: bool = False
 
 
@@ -126,8 +128,9 @@ def closed_on_exit(
             ending.rolled_back = roll_back_after(c, stop, target)
         raise
     except KeyboardInterrupt:
-        # After a step whose failure a rollback answers, so does an interrupt of it.
         step = current().environment(target).step
+        ending.interrupted_at = step.name if step else ""
+        # After a step whose failure a rollback answers, so does an interrupt of it.
         if rollback and step is not None and step.rolls_back:
             ending.rolled_back = roll_back(c, target, f"{step.name} on {target} was interrupted")
         raise

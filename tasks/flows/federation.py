@@ -91,8 +91,9 @@ def deploy_members(
         say("\n".join([heading, *members_lines(experimental)]), stream=sys.stderr)
         for outcome, stop in experimental:
             warn(f"experimental member {outcome.name} failed at {stop.step}: {stop.failure.why}")
-    if any(o.fails_the_run for o in outcomes.values()):
-        raise MembersFailed(group.name, failed)
+    failing = [name for name in names if outcomes[name].fails_the_run]
+    if failing:
+        raise MembersFailed(group.name, failed, failing)
 
 
 def _join(threads: list[threading.Thread], console: MembersConsole) -> None:
@@ -171,7 +172,7 @@ class _Member:
             with closing:
                 Executor(Collection(self.stage), config=self.config).execute(self.stage.name)
         except KeyboardInterrupt:
-            self.outcome.step = held.step_name
+            self.outcome.step = ending.interrupted_at
             if ending.rolled_back:
                 self.outcome.why = "rolled back to its last good revision"
             raise
