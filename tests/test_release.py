@@ -406,7 +406,7 @@ def failed_upgrade(ctx, timeout):
 
 @pytest.mark.cluster
 def test_hook_job_whose_pods_fail_is_named_with_pod_and_exit_code(site_env, tmp_path):
-    ctx, failure = failed_upgrade(site_env(hook_pods_labelled(tmp_path, "exit")), 25)
+    ctx, failure = failed_upgrade(site_env(hook_pods_labelled(tmp_path, "exit")), 15)
     assert failure.why.startswith("The pre-install hook Job hook-image-awaiter did not complete")
     assert re.search(
         r"pod hook-image-awaiter-\w+ failed: container hook-image-awaiter exited with code 1 "
@@ -424,13 +424,13 @@ def test_hook_job_whose_pods_fail_is_named_with_pod_and_exit_code(site_env, tmp_
 
 @pytest.mark.cluster
 def test_hook_job_that_never_completes_names_what_its_pod_waits_for(site_env, tmp_path):
-    ctx, failure = failed_upgrade(site_env(hook_pods_labelled(tmp_path, "imagepull")), 15)
+    ctx, failure = failed_upgrade(site_env(hook_pods_labelled(tmp_path, "imagepull")), 10)
     assert re.search(
         r"did not complete: pod hook-image-awaiter-\w+ waits: container "
         r"hook-image-awaiter is (ErrImagePull|ImagePullBackOff)",
         failure.why,
     ), failure.why
-    assert "Helm waited up to 15s" in failure.fix
+    assert "Helm waited up to 10s" in failure.fix
     # Once the hook's pod is fixed, the next upgrade runs the hook afresh and deploys.
     assert "succeeded" in release.upgrade_release(
         replace(ctx, env=replace(ctx.env, extra_values=()))
