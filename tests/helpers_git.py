@@ -11,7 +11,14 @@ from pathlib import Path
 from invoke import Context
 
 from tasks.config.context import StepContext
-from tasks.config.registry import ClusterAccess, Environment, Grafana, KeySource, Registry
+from tasks.config.registry import (
+    ClusterAccess,
+    Environment,
+    Grafana,
+    KeySource,
+    Registry,
+    Release,
+)
 from tasks.core.runner import Runner
 
 GITATTRIBUTES = (
@@ -114,8 +121,7 @@ def environment(
         cluster=ClusterAccess("kubeconfig", {"kubeconfig": kubeconfig})
         if kubeconfig
         else ClusterAccess("local", {"name": name}),
-        release=name,
-        namespace=name,
+        releases=(Release(name, name, "mybinder"),),
         secrets_dir=Path(secrets_dir),
         key=key or KeySource(source="file", path="../default.key"),
         grafana=Grafana(url="https://grafana.example.org", token_file=grafana_token)

@@ -13,7 +13,14 @@ from invoke.exceptions import Exit
 
 from tasks.cli.steps import annotate_grafana
 from tasks.config.context import StepContext, keep_registry
-from tasks.config.registry import ClusterAccess, Environment, Grafana, KeySource, Registry
+from tasks.config.registry import (
+    ClusterAccess,
+    Environment,
+    Grafana,
+    KeySource,
+    Registry,
+    Release,
+)
 from tasks.core import web
 from tasks.core.errors import StepFailure, Stop
 from tasks.core.run import current
@@ -91,8 +98,7 @@ def make_env(name: str, secrets: Path, settings: Grafana | None) -> Environment:
         name=name,
         description="",
         cluster=ClusterAccess("local", {"name": name}),
-        release="binder",
-        namespace=name,
+        releases=(Release("binder", name, "mybinder"),),
         secrets_dir=secrets,
         key=KeySource(source="file", path="unused"),
         grafana=settings,

@@ -145,7 +145,7 @@ def test_locked_secret_layers_are_replaced_by_placeholders_for_validation(tmp_pa
     (secrets_dir / "config").mkdir(parents=True)
     (secrets_dir / "config" / "staging.yaml").write_bytes(b"\x00GITCRYPT\x00" + bytes(32))
     env = replace(registry.load().get("staging"), secrets_dir=secrets_dir)
-    layers, placeholders = charts.validation_layers(env)
+    layers, placeholders = charts.validation_layers(env.target())
     assert placeholders == [secrets_dir / "config" / "staging.yaml"]
     assert layers[-1] == PROJECT_ROOT / charts.PLACEHOLDER_SECRETS
     assert PROJECT_ROOT / "config" / "staging.yaml" in layers

@@ -155,7 +155,7 @@ def test_a_release_chart_is_fetched_once_at_its_pinned_digest(
     assert note == f"fetched release charts {TRAEFIK}"
     digest = (release_charts / f"{TRAEFIK}.digest").read_text().strip()
     assert digest.startswith("sha256:") and len(digest) == 71
-    traefik = loaded.get("a").for_release("traefik").current
+    traefik = loaded.get("a").target("traefik").release
     assert charts.chart_of(loaded, traefik) == release_charts / TRAEFIK
     # Pinned at that digest, the archive already there is enough: no registry is asked.
     monkeypatch.setenv("DEPLOY_CHART_MIRRORS", f"{UPSTREAM}=oci://127.0.0.1:9/traefik/helm")

@@ -35,7 +35,7 @@ def test_shipped_registry_has_real_site_and_demo_pair():
 
 def test_values_layer_in_mybinder_order():
     env = registry.load(PROJECT_ROOT).get("prod")
-    layers = [str(p.relative_to(PROJECT_ROOT)) for p in env.values_files()]
+    layers = [str(p.relative_to(PROJECT_ROOT)) for p in env.target().values_files()]
     assert layers == [
         "config/common.yaml",
         "secrets/config/common.yaml",
@@ -266,16 +266,17 @@ def test_an_environment_lists_its_releases_in_order_the_site_last(tmp_path):
     root = write_registry(tmp_path, "environments:\n  a:" + RELEASES + releases)
     env = registry.load(root).get("a")
     assert env.listed and env.release_names() == ["traefik", "site"]
-    # Without a release named, the environment is its last release's: the site's.
-    assert (env.release, env.namespace, env.lock_namespace) == ("site", "binder", "binder")
-    traefik = env.for_release("traefik")
-    assert (traefik.release, traefik.namespace, traefik.lock_namespace) == (
+    # Without a release named, a step works on the last release: the site's.
+    site = env.target()
+    assert (site.release.name, site.namespace, env.lock_namespace) == ("site", "binder", "binder")
+    traefik = env.target("traefik")
+    assert (traefik.release.name, traefik.namespace, traefik.env.lock_namespace) == (
         "traefik",
         "ingress",
         "binder",
     )
-    assert traefik.current.is_oci and traefik.current.chart_name == "traefik"
-    assert not traefik.current.site and env.current.site
+    assert traefik.release.is_oci and traefik.release.chart_name == "traefik"
+    assert not traefik.release.site and site.release.site
     # A release beside the site's has its own layers, under config/releases/<release>/.
     for path in ("config/releases/traefik/common.yaml", "config/releases/traefik/a.yaml"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
@@ -287,9 +288,9 @@ def test_an_environment_lists_its_releases_in_order_the_site_last(tmp_path):
         "config/releases/traefik/a.yaml",
         "config/more.yaml",
     ]
-    assert [str(p.relative_to(tmp_path)) for p in env.values_files(tmp_path)] == ["config/a.yaml"]
+    assert [str(p.relative_to(tmp_path)) for p in site.values_files(tmp_path)] == ["config/a.yaml"]
     with pytest.raises(StepFailure) as raised:
-        env.for_release("nginx")
+        env.target("nginx")
     assert "no release 'nginx'" in raised.value.why and "traefik, site" in raised.value.fix
 
 
@@ -298,7 +299,7 @@ def test_a_single_release_entry_is_one_release_of_the_site_chart():
     assert not env.listed and env.release_names() == ["prod"]
     [only] = env.releases
     assert (only.name, only.namespace, only.chart, only.site) == ("prod", "prod", "mybinder", True)
-    assert env.for_release(None) is env
+    assert env.target() == env.target("prod") and env.target().release is only
 
 
 @pytest.mark.parametrize(

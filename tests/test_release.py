@@ -31,8 +31,8 @@ def helm_json(ctx, *args):
 
 def with_values(ctx, *paths):
     """The same environment and namespace, with further values files layered on."""
-    env = replace(ctx.env, extra_values=tuple(str(p) for p in paths))
-    return replace(ctx, env=env)
+    site = replace(ctx.target.release, extra_values=tuple(str(p) for p in paths))
+    return replace(ctx, env=replace(ctx.env, releases=(site,)))
 
 
 def values_file(tmp_path, name, text):
@@ -45,15 +45,15 @@ def values_file(tmp_path, name, text):
 def test_upgrade_installs_the_site_chart_and_binderhub_after_its_hook(site_env):
     ctx = site_env()
     note = release.upgrade_release(ctx)
-    assert note.startswith(f"release {ctx.env.release} in {ctx.env.namespace}; ")
+    assert note.startswith(f"release {ctx.target.release.name} in {ctx.target.namespace}; ")
     assert re.search(r"hook Job hook-image-awaiter succeeded in \d+\.\ds$", note), note
-    status = helm_json(ctx, "status", ctx.env.release, "--namespace", ctx.env.namespace)
+    status = helm_json(ctx, "status", ctx.target.release.name, "--namespace", ctx.target.namespace)
     assert status["info"]["status"] == "deployed"
     names = ctx.runner.run(
-        ["kubectl", "get", "deploy,ds,sts", "-n", ctx.env.namespace, "-o", "name"], quiet=True
+        ["kubectl", "get", "deploy,ds,sts", "-n", ctx.target.namespace, "-o", "name"], quiet=True
     ).stdout.split()
     # BinderHub's image cleaner is named after the release.
-    workloads = [n.split("/")[1].replace(ctx.env.release, "RELEASE") for n in names]
+    workloads = [n.split("/")[1].replace(ctx.target.release.name, "RELEASE") for n in names]
     assert sorted(workloads) == [
         "RELEASE-image-cleaner",
         "binder",
@@ -74,8 +74,8 @@ def test_diff_is_empty_after_upgrade_and_shows_a_change(site_env, tmp_path):
     # jupyterhub's install computes its checksum annotations from tokens it generates
     # twice; the first upgrade after it settles them (the chart's own comments say so).
     assert {c.split(":")[0] for c in release.diff_release(ctx)} <= {
-        f"--- Deployment/hub (namespace {ctx.env.namespace})",
-        f"--- Deployment/proxy (namespace {ctx.env.namespace})",
+        f"--- Deployment/hub (namespace {ctx.target.namespace})",
+        f"--- Deployment/proxy (namespace {ctx.target.namespace})",
     }
     release.upgrade_release(ctx)
     assert release.diff_release(ctx) == []
@@ -122,7 +122,9 @@ def test_tab_in_values_stops_before_helm(site_env, tmp_path):
     assert (
         "not found"
         in ctx.runner.run(
-            ["helm", "status", ctx.env.release, "-n", ctx.env.namespace], quiet=True, check=False
+            ["helm", "status", ctx.target.release.name, "-n", ctx.target.namespace],
+            quiet=True,
+            check=False,
         ).stderr
     )
 
@@ -166,14 +168,14 @@ def kill_helm_mid_upgrade(ctx, tmp_path):
     command = [
         str(go_builds.binary("helm")),
         "upgrade",
-        ctx.env.release,
+        ctx.target.release.name,
         "mybinder",
         "--namespace",
-        ctx.env.namespace,
+        ctx.target.namespace,
         "--wait=watcher",
         "--timeout",
         "120s",
-        *values_args(ctx.env.values_files()),
+        *values_args(ctx.target.values_files()),
         "--values",
         str(stuck),
     ]
@@ -259,7 +261,7 @@ def test_rollback_returns_to_the_previous_revision(site_env, tmp_path):
             "get",
             "deploy/static-files",
             "-n",
-            ctx.env.namespace,
+            ctx.target.namespace,
             "-o",
             "jsonpath={.spec.replicas}",
         ],
@@ -275,7 +277,7 @@ def test_dry_run_touches_nothing(site_env, capsys):
     out = capsys.readouterr().out
     assert (
         "[dry-run] KUBECONFIG=" in out
-        and f"helm upgrade {ctx.env.release} mybinder --install --cleanup-on-fail" in out
+        and f"helm upgrade {ctx.target.release.name} mybinder --install --cleanup-on-fail" in out
     )
     assert "secretToken" not in out
     ctx.runner.dry_run = False
@@ -415,7 +417,7 @@ def test_hook_job_whose_pods_fail_is_named_with_pod_and_exit_code(site_env, tmp_
     ), failure.why
     assert re.search(r"\d+ of its pods failed \(the Job gives up after 6 failures\)", failure.why)
     assert re.search(
-        r"describe pod hook-image-awaiter-\w+ --namespace " + ctx.env.namespace, failure.fix
+        r"describe pod hook-image-awaiter-\w+ --namespace " + ctx.target.namespace, failure.fix
     )
     assert "prePuller.hook.enabled: false" in failure.fix
     assert "context deadline exceeded" not in failure.why
@@ -432,9 +434,7 @@ def test_hook_job_that_never_completes_names_what_its_pod_waits_for(site_env, tm
     ), failure.why
     assert "Helm waited up to 10s" in failure.fix
     # Once the hook's pod is fixed, the next upgrade runs the hook afresh and deploys.
-    assert "succeeded" in release.upgrade_release(
-        replace(ctx, env=replace(ctx.env, extra_values=()))
-    )
+    assert "succeeded" in release.upgrade_release(with_values(ctx))
 
 
 @pytest.mark.cluster
@@ -450,7 +450,7 @@ def test_hook_pod_that_never_completes_is_named_not_blamed_on_the_cluster(site_e
     ), failure.why
     assert "Unschedulable" in failure.why
     assert "reach the cluster" not in failure.why
-    assert f"describe pod never-done-hook --namespace {ctx.env.namespace}" in failure.fix
+    assert f"describe pod never-done-hook --namespace {ctx.target.namespace}" in failure.fix
 
 
 def test_hook_runs_are_read_from_helms_status():

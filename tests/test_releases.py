@@ -110,14 +110,7 @@ def crd_release(local_cluster, tmp_path) -> Iterator[tuple[StepContext, str, Pat
     folder = tmp_path / "gadgets"
     base = load_registry().get("local-staging")
     only = Release(unique_release(namespace), namespace, str(folder), site=False)
-    env = replace(
-        base,
-        release=only.name,
-        namespace=namespace,
-        extra_values=(),
-        releases=(only,),
-        listed=True,
-    )
+    env = replace(base, releases=(only,), listed=True)
     runner = Runner(
         Context(),
         env={"KUBECONFIG": str(local_cluster.kubeconfig)},
@@ -150,7 +143,7 @@ def test_crds_are_applied_before_the_release_and_kept_current(crd_release, capsy
     labels = json.loads(clusters.kubectl(CLUSTER, "get", "crd", widgets, "-o", "json"))["metadata"][
         "labels"
     ]
-    assert labels[crds.RELEASE_LABEL] == ctx.env.release
+    assert labels[crds.RELEASE_LABEL] == ctx.target.release.name
     managers = clusters.kubectl(
         CLUSTER, "get", "crd", widgets, "--show-managed-fields", "-o", "json"
     )
@@ -183,7 +176,7 @@ def test_a_dry_run_shows_the_crds_it_would_apply_and_applies_nothing(crd_release
     out = capsys.readouterr().out
     apply = out.index("kubectl apply --server-side --force-conflicts --field-manager=helm -f ")
     assert f"widgets.{group}" in out
-    assert apply < out.index(f"helm upgrade {ctx.env.release} {folder}")
+    assert apply < out.index(f"helm upgrade {ctx.target.release.name} {folder}")
     assert "--skip-crds" in out
     missing = clusters.kubectl(CLUSTER, "get", "crd", f"widgets.{group}", check=False)
     assert not missing.strip()

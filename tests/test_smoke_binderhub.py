@@ -34,7 +34,7 @@ BINDERHUB_CHECKS = {
 
 def run_suite(ctx: StepContext, tmp_path: Path) -> tuple[dict[str, smoke.CheckOutcome], str]:
     """The suite against the context's namespace: outcomes by name, and the failure if any."""
-    report = tmp_path / f"smoke-{ctx.env.namespace}.xml"
+    report = tmp_path / f"smoke-{ctx.target.namespace}.xml"
     ctx.runner = ctx.runner.with_env(SMOKE_RETRY_SECONDS="0.2")
     try:
         smoke.check_deployment(ctx, warmup=1, report=report)
@@ -45,7 +45,9 @@ def run_suite(ctx: StepContext, tmp_path: Path) -> tuple[dict[str, smoke.CheckOu
 
 
 def kubectl(ctx: StepContext, *args: str) -> str:
-    return ctx.runner.run(["kubectl", "--namespace", ctx.env.namespace, *args], quiet=True).stdout
+    return ctx.runner.run(
+        ["kubectl", "--namespace", ctx.target.namespace, *args], quiet=True
+    ).stdout
 
 
 def test_demo_runs_more_checks_than_it_skips_and_they_pass(site_env, tmp_path):
@@ -80,7 +82,7 @@ def test_binder_running_with_another_hub_url_is_named(site_env, tmp_path):
     check = outcomes["test_cluster::test_binder_uses_the_hub_url_the_environment_declares"]
     assert check.result == "failed"
     assert check.message.startswith(
-        f"Deployment binder in {ctx.env.namespace} runs with hub_url http://elsewhere.example "
+        f"Deployment binder in {ctx.target.namespace} runs with hub_url http://elsewhere.example "
         "(Secret binder-secret), but the environment declares http://hub.binder-staging.local"
     )
     assert "test_binder_uses_the_hub_url_the_environment_declares" in failure
@@ -123,11 +125,13 @@ def test_hub_claim_of_a_missing_storage_class_is_named(site_env, tmp_path):
     claim = outcomes["test_cluster::test_hub_database_claim_is_bound"]
     assert claim.result == "failed"
     assert claim.message.startswith(
-        f"the hub's database claim hub-db-dir in {ctx.env.namespace} is Pending "
+        f"the hub's database claim hub-db-dir in {ctx.target.namespace} is Pending "
         "(StorageClass fast-ssd)"
     )
     hub = outcomes["test_cluster::test_every_pod_ready[hub]"]
     assert hub.result == "failed"
-    assert hub.message.startswith(f"Deployment hub in {ctx.env.namespace} has 0 ready pod(s) of 1")
+    assert hub.message.startswith(
+        f"Deployment hub in {ctx.target.namespace} has 0 ready pod(s) of 1"
+    )
     assert "unbound immediate PersistentVolumeClaims" in hub.message
     assert outcomes["test_cluster::test_every_pod_ready[binder]"].result == "passed"

@@ -15,7 +15,7 @@ from tasks.core.runner import Result
 
 
 def _kubectl(ctx: StepContext, *args: str) -> Result:
-    namespace = ctx.environment.namespace
+    namespace = ctx.target.namespace
     return ctx.runner.run(["kubectl", "--namespace", namespace, *args], quiet=True, check=False)
 
 
@@ -39,6 +39,6 @@ def new(ctx: StepContext, name: str, data: dict[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": ctx.environment.namespace},
+        "metadata": {"name": name, "namespace": ctx.target.namespace},
         "data": data,
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.config.registry import Environment
+from tasks.config.registry import Target
 from tasks.core.runner import PROJECT_ROOT
 
 
@@ -25,7 +25,7 @@ def values_args(files: list[Path]) -> list[str]:
 
 
 def upgrade(
-    env: Environment, chart: Path, files: list[Path], seconds: int, skip_crds: bool = False
+    target: Target, chart: Path, files: list[Path], seconds: int, skip_crds: bool = False
 ) -> list[str]:
     """Install or upgrade the release; helm waits for hooks only, up to `seconds`.
 
@@ -34,58 +34,73 @@ def upgrade(
     `skip_crds` when the CRDs were applied just now, newer than helm's install-only copy.
     """
     return _upgrade(
-        env, chart, files, "--cleanup-on-fail", "--create-namespace", "--namespace",
-        env.namespace, "--timeout", f"{seconds}s", "--reset-values",
+        target, chart, files, "--cleanup-on-fail", "--create-namespace", "--namespace",
+        target.namespace, "--timeout", f"{seconds}s", "--reset-values",
         *(["--skip-crds"] if skip_crds else []),
     )  # fmt: skip
 
 
-def upgrade_preview(env: Environment, chart: Path, files: list[Path]) -> list[str]:
+def upgrade_preview(target: Target, chart: Path, files: list[Path]) -> list[str]:
     """What an upgrade would install, as the API server would accept it, changing nothing."""
     return _upgrade(
-        env, chart, files, "--namespace", env.namespace, "--dry-run=server", "--output", "json"
+        target,
+        chart,
+        files,
+        "--namespace",
+        target.namespace,
+        "--dry-run=server",
+        "--output",
+        "json",
     )
 
 
-def _upgrade(env: Environment, chart: Path, files: list[Path], *flags: str) -> list[str]:
-    return ["helm", "upgrade", env.release, str(chart), "--install", *flags, *values_args(files)]
-
-
-def template(env: Environment, chart: Path, files: list[Path]) -> list[str]:
+def _upgrade(target: Target, chart: Path, files: list[Path], *flags: str) -> list[str]:
     return [
         "helm",
-        "template",
-        env.release,
+        "upgrade",
+        target.release.name,
         str(chart),
-        "--namespace",
-        env.namespace,
+        "--install",
+        *flags,
         *values_args(files),
     ]
 
 
-def lint(env: Environment, chart: Path, files: list[Path]) -> list[str]:
-    return ["helm", "lint", str(chart), "--namespace", env.namespace, *values_args(files)]
+def template(target: Target, chart: Path, files: list[Path]) -> list[str]:
+    return [
+        "helm",
+        "template",
+        target.release.name,
+        str(chart),
+        "--namespace",
+        target.namespace,
+        *values_args(files),
+    ]
 
 
-def read(env: Environment, what: str) -> list[str]:
+def lint(target: Target, chart: Path, files: list[Path]) -> list[str]:
+    return ["helm", "lint", str(chart), "--namespace", target.namespace, *values_args(files)]
+
+
+def read(target: Target, what: str) -> list[str]:
     """The release's `status` or `history`, as JSON."""
-    return ["helm", what, env.release, "--namespace", env.namespace, "--output", "json"]
+    return ["helm", what, target.release.name, "--namespace", target.namespace, "--output", "json"]
 
 
-def manifest(env: Environment) -> list[str]:
-    return ["helm", "get", "manifest", env.release, "--namespace", env.namespace]
+def manifest(target: Target) -> list[str]:
+    return ["helm", "get", "manifest", target.release.name, "--namespace", target.namespace]
 
 
-def rollback(env: Environment, revision: int | None) -> list[str]:
+def rollback(target: Target, revision: int | None) -> list[str]:
     """Back to `revision` (helm's previous one without it)."""
-    command = ["helm", "rollback", env.release]
+    command = ["helm", "rollback", target.release.name]
     if revision is not None:
         command.append(str(revision))
-    return [*command, "--namespace", env.namespace, "--cleanup-on-fail"]
+    return [*command, "--namespace", target.namespace, "--cleanup-on-fail"]
 
 
-def uninstall(env: Environment) -> list[str]:
-    return ["helm", "uninstall", env.release, "--namespace", env.namespace]
+def uninstall(target: Target) -> list[str]:
+    return ["helm", "uninstall", target.release.name, "--namespace", target.namespace]
 
 
 def pull(reference: str, version: str, destination: Path, *flags: str) -> list[str]:
@@ -94,6 +109,6 @@ def pull(reference: str, version: str, destination: Path, *flags: str) -> list[s
             *flags]  # fmt: skip
 
 
-def push(archive: Path, target: str, *flags: str) -> list[str]:
-    """Store a chart's archive under the OCI registry prefix `target`."""
-    return ["helm", "push", str(archive), target, *flags]
+def push(archive: Path, prefix: str, *flags: str) -> list[str]:
+    """Store a chart's archive under the OCI registry prefix `prefix`."""
+    return ["helm", "push", str(archive), prefix, *flags]

@@ -104,18 +104,22 @@ def own_steps(env: Environment, options: Options) -> list[Call]:
     calls = []
     for per_release, steps_in_turn in groupby(stage_steps, key=lambda step: step.per_release):
         block = list(steps_in_turn)
-        # An environment of one release keeps the steps' calls as they were: one call each.
-        names = env.release_names() if per_release and env.listed else [None]
-        calls += [step_call(step, env.name, options, name) for name in names for step in block]
+        # Each release in turn where the environment lists several; one of a single release
+        # is asked without --release, as an operator would.
+        named = [{"release": n} for n in env.release_names()] if per_release and env.listed else []
+        calls += [
+            step_call(step, env.name, options, **release)
+            for release in named or [{}]
+            for step in block
+        ]
     return calls
 
 
-def step_call(step: Step, env: str, options: Options, release: str | None = None) -> Call:
-    """A call of `step`'s task on `env` (and one of its releases), with the deploy's options
-    that the step takes."""
-    named = {"release": release} if release else {}
+def step_call(step: Step, env: str, options: Options, **release: str) -> Call:
+    """A call of `step`'s task on `env` (`release=NAME`: on one of its releases), with the
+    deploy's options that the step takes."""
     taken = {option: getattr(options, option) for option in step.takes}
-    return call(steps.task_of(step), env=env, dry_run=options.dry_run, **named, **taken)
+    return call(steps.task_of(step), env=env, dry_run=options.dry_run, **release, **taken)
 
 
 def stage(
@@ -153,11 +157,7 @@ def passed(env: Environment, options: Options) -> Callable[[Context], None]:
     lock back, close the Grafana region."""
 
     def verified(c: Context) -> None:
-        names = env.release_names() if env.listed else [None]
-        for name in names:
-            # What the environment deployed is recorded once, beside its last release.
-            last = name == names[-1]
-            perform(c, VERIFIED, env.name, dry_run=options.dry_run, release=name, last=last)
+        perform(c, VERIFIED, env.name, dry_run=options.dry_run)
         cleanup.release_lock(c, env.name, options.dry_run)
         try:
             grafana.close_region(env.name, "success")
@@ -172,10 +172,10 @@ def passed(env: Environment, options: Options) -> Callable[[Context], None]:
     return verified
 
 
-def record_verified(ctx: StepContext, last: bool = True) -> str:
+def record_verified(ctx: StepContext) -> str:
     """The revision passed wait-rollout and smoke-test: remember it, and, beside the last
     release of the environment, what the environment deployed."""
-    if not last:
+    if ctx.target.release != ctx.environment.releases[-1]:
         return release.record_verified(ctx)
     return f"{release.record_verified(ctx)}; {promotion.record(ctx)}"
 

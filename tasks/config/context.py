@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from invoke import Context
 
-from tasks.config.registry import Environment, Registry
+from tasks.config.registry import Environment, Registry, Target
 from tasks.config.registry import load as read_registry
 from tasks.core.errors import StepFailure
 from tasks.core.run import EnvironmentRun, Run, current
@@ -30,12 +30,20 @@ class StepContext:
     step: str
     # The run the step is part of: its masker, its summary, what each environment holds.
     run: Run = field(default_factory=current)
+    # The release the step works on, of an environment that has several (None: the last
+    # one, the site's).
+    release: str | None = None
 
     @property
     def environment(self) -> Environment:
         if self.env is None:
             raise StepFailure("This step needs an environment.", "Pass --env=NAME.")
         return self.env
+
+    @property
+    def target(self) -> Target:
+        """The environment and the release the step works on."""
+        return self.environment.target(self.release)
 
     @property
     def held(self) -> EnvironmentRun:
@@ -54,13 +62,24 @@ def keep_registry(found: Registry | None) -> None:
     current().keep(Registry, found)
 
 
-def releases_of(env_name: str | None, release: str | None) -> list[str | None]:
+def releases_of(env_name: str | None, release: str | None) -> list[str]:
     """The releases a step on `env_name` works on, in order: `release` when one is named, else
-    every release of an environment that lists several (None: an environment's only one)."""
+    every release of the environment ([] when the registry cannot say: the step itself then
+    reports why, under its own name)."""
     if release:
         return [release]
     try:
         env = load_registry().environments.get(env_name or "")
     except StepFailure:
-        return [None]  # perform reports the registry's error, under the step's name
-    return list(env.release_names()) if env is not None and env.listed else [None]
+        return []
+    return env.release_names() if env is not None else []
+
+
+def listed_releases(env_name: str | None) -> list[str]:
+    """The releases of an environment whose entry lists several (`releases:`), in order; none
+    for an entry of one `release:`, whose steps are asked without --release."""
+    try:
+        env = load_registry().environments.get(env_name or "")
+    except StepFailure:
+        return []
+    return env.release_names() if env is not None and env.listed else []

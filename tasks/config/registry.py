@@ -11,7 +11,7 @@ import importlib
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -179,26 +179,65 @@ class Environment:
     name: str
     description: str
     cluster: ClusterAccess
-    release: str
-    namespace: str
     secrets_dir: Path
     key: KeySource
+    # Every release, in the order they are deployed; the last one is the site's (its
+    # namespace holds the deploy lock). An entry of one `release:` has that one alone.
+    releases: tuple[Release, ...]
     urls: dict[str, str] = field(default_factory=dict)
     grafana: Grafana | None = None
     timeouts: Timeouts = Timeouts()
     gated_by: str | None = None
     components: dict[str, bool] = field(default_factory=dict)
-    # Further values files layered after the four standard ones, in order.
-    extra_values: tuple[str, ...] = ()
     bastion: Bastion | None = None
-    # Every release, in the order they are deployed; the last one is the site's
-    # (its namespace holds the deploy lock). `release`, `namespace` and
-    # `extra_values` above are those of the release a step works on (see
-    # `for_release`), by default the last one.
-    releases: tuple[Release, ...] = ()
     # Whether the registry entry listed `releases:` (else the one `release:`).
     listed: bool = False
     notify: Notify | None = None
+
+    @property
+    def lock_namespace(self) -> str:
+        """Where the environment's deploy lock lives: the namespace of its last release."""
+        return self.releases[-1].namespace
+
+    def release_names(self) -> list[str]:
+        return [r.name for r in self.releases]
+
+    def secret_path(self, relative: str, root: Path = PROJECT_ROOT) -> Path:
+        return root / self.secrets_dir / relative
+
+    @property
+    def is_local(self) -> bool:
+        return self.cluster.kind == "local"
+
+    def target(self, release: str | None = None) -> Target:
+        """The environment and its release `release` (by default the last one, the site's):
+        what a step on one release works on."""
+        if release is None:
+            return Target(self, self.releases[-1])
+        for candidate in self.releases:
+            if candidate.name == release:
+                return Target(self, candidate)
+        raise StepFailure(
+            f"{self.name} has no release {release!r}.",
+            f"Its releases: {', '.join(self.release_names())} (in {REGISTRY_FILE}).",
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """An environment and the one of its releases a step works on."""
+
+    env: Environment
+    release: Release
+
+    @property
+    def name(self) -> str:
+        """The environment's name: what a message names it by."""
+        return self.env.name
+
+    @property
+    def namespace(self) -> str:
+        return self.release.namespace
 
     def values_files(self, root: Path = PROJECT_ROOT) -> list[Path]:
         """The values files in the order helm must layer them, existing ones only.
@@ -207,62 +246,23 @@ class Environment:
         the environment's own secrets always win. A release other than the
         site's has the same four layers of its own, under config/releases/<release>/.
         """
-        if self.current.site:
-            own = ("config", "common.yaml"), ("config", f"{self.name}.yaml")
+        env = self.env
+        if self.release.site:
+            own = ("config", "common.yaml"), ("config", f"{env.name}.yaml")
         else:
-            folder = ("config", "releases", self.release)
-            own = (*folder, "common.yaml"), (*folder, f"{self.name}.yaml")
+            folder = ("config", "releases", self.release.name)
+            own = (*folder, "common.yaml"), (*folder, f"{env.name}.yaml")
         common, mine = own
         layers = [
             root.joinpath(*common),
-            root.joinpath(self.secrets_dir, *common),
+            root.joinpath(env.secrets_dir, *common),
             root.joinpath(*mine),
-            root.joinpath(self.secrets_dir, *mine),
+            root.joinpath(env.secrets_dir, *mine),
         ]
         # The standard layers are optional; a layer the registry names must exist.
         return [path for path in layers if path.exists()] + [
-            root / extra for extra in self.extra_values
+            root / extra for extra in self.release.extra_values
         ]
-
-    @property
-    def current(self) -> Release:
-        """The release the environment's steps work on now."""
-        for candidate in self.releases:
-            if (candidate.name, candidate.namespace) == (self.release, self.namespace):
-                return candidate
-        return Release(self.release, self.namespace, "", extra_values=self.extra_values)
-
-    @property
-    def lock_namespace(self) -> str:
-        """Where the environment's deploy lock lives: the namespace of its last release."""
-        return self.releases[-1].namespace if self.releases else self.namespace
-
-    def release_names(self) -> list[str]:
-        return [r.name for r in self.releases] or [self.release]
-
-    def for_release(self, name: str | None) -> Environment:
-        """The environment as seen by a step on its release `name` (None: the last one)."""
-        if name is None:
-            return self
-        for candidate in self.releases:
-            if candidate.name == name:
-                return replace(
-                    self,
-                    release=candidate.name,
-                    namespace=candidate.namespace,
-                    extra_values=candidate.extra_values,
-                )
-        raise StepFailure(
-            f"{self.name} has no release {name!r}.",
-            f"Its releases: {', '.join(self.release_names())} (in {REGISTRY_FILE}).",
-        )
-
-    def secret_path(self, relative: str, root: Path = PROJECT_ROOT) -> Path:
-        return root / self.secrets_dir / relative
-
-    @property
-    def is_local(self) -> bool:
-        return self.cluster.kind == "local"
 
 
 @dataclass(frozen=True)
@@ -673,10 +673,7 @@ def _environment(reader: _Reader, name: str, node: yaml.Node, chart: Path) -> En
         if required not in items:
             raise reader.fail(node, f"{where} has no `{required}:`.")
     secrets = reader.mapping(items["secrets"], f"{where} secrets", ("dir", "key"))
-    if releases:
-        site = releases[-1]
-        release_name, namespace, extra = site.name, site.namespace, site.extra_values
-    else:
+    if not releases:
         release_name = reader.kubernetes_name(items["release"], f"{where} release", "release")
         namespace = reader.kubernetes_name(items["namespace"], f"{where} namespace", "namespace")
         extra = reader.optional(
@@ -687,8 +684,6 @@ def _environment(reader: _Reader, name: str, node: yaml.Node, chart: Path) -> En
         name=name,
         description=reader.optional(items, "description", reader.text, f"{where} description", ""),
         cluster=_cluster(reader, where, items["cluster"]),
-        release=release_name,
-        namespace=namespace,
         secrets_dir=Path(
             reader.optional(secrets, "dir", reader.text, f"{where} secrets.dir", "secrets")
         ),
@@ -700,7 +695,6 @@ def _environment(reader: _Reader, name: str, node: yaml.Node, chart: Path) -> En
         components=reader.map_of(items["components"], f"{where} components", reader.flag)
         if "components" in items
         else {},
-        extra_values=extra,
         bastion=_bastion(reader, where, items["bastion"]) if "bastion" in items else None,
         releases=releases,
         listed="releases" in items,

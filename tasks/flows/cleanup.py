@@ -35,7 +35,7 @@ def roll_back(c: Context, target: str, why: str) -> bool:
         if r.step == release.UPGRADE.name and r.env == target
     }
     # Of several releases, those this run upgraded, the last upgraded first.
-    names = [n for n in releases_of(target, None) if n is None or n in upgraded]
+    names = [n for n in releases_of(target, None) if n in upgraded]
     try:
         with invocation("rollback"):
             for name in reversed(names):

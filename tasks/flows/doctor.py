@@ -175,8 +175,7 @@ def cluster_checks(ctx: StepContext) -> list[Check]:
                 found.append(_lock_check(opened))
                 # Every release: a stuck first one would stop the deploy half-way too.
                 found += [
-                    _release_check(replace(opened, env=env.for_release(name)))
-                    for name in (env.release_names() if env.listed else [None])
+                    _release_check(replace(opened, release=name)) for name in env.release_names()
                 ]
     except StepFailure as failure:
         found.append(Check("cluster", FAIL, failure.why, failure.fix))
@@ -199,16 +198,16 @@ def _lock_check(ctx: StepContext) -> Check:
 
 
 def _release_check(ctx: StepContext) -> Check:
-    env = ctx.environment
+    env, target = ctx.environment, ctx.target
     status = release.release_status(ctx)
-    name = f"release {env.release} in {env.namespace}"
+    name = f"release {target.release.name} in {target.namespace}"
     if status in release.PENDING_STATES:
         return Check(
             "release",
             FAIL,
             f"{name} is stuck in {status}: an earlier helm operation was interrupted",
             f"invoke recover-release --env={env.name}"
-            + (f" --release {env.release}" if env.listed else "")
+            + (f" --release {target.release.name}" if env.listed else "")
             + " (after asking, it rolls back to the "
             "last deployed revision, or removes a release that never deployed)",
         )
@@ -256,10 +255,11 @@ def _minor(version: str) -> int:
 
 
 def _writable(runner: Runner, env: Environment) -> Check:
+    namespace = env.target().namespace  # the site's release's
     refused = []
     for verb in ("create", "patch"):
         result = runner.run(
-            ["kubectl", "auth", "can-i", verb, "deployments", "-n", env.namespace],
+            ["kubectl", "auth", "can-i", verb, "deployments", "-n", namespace],
             quiet=True,
             check=False,
             timeout=30,
@@ -270,11 +270,11 @@ def _writable(runner: Runner, env: Environment) -> Check:
         return Check(
             "namespace",
             FAIL,
-            f"the credentials may not {' or '.join(refused)} Deployments in {env.namespace}",
-            f"Grant the deployer a Role with create and patch on Deployments in {env.namespace} "
+            f"the credentials may not {' or '.join(refused)} Deployments in {namespace}",
+            f"Grant the deployer a Role with create and patch on Deployments in {namespace} "
             "(and whatever else the chart deploys).",
         )
-    return Check("namespace", OK, f"may create and patch Deployments in {env.namespace}")
+    return Check("namespace", OK, f"may create and patch Deployments in {namespace}")
 
 
 def grafana_check(env: Environment) -> Check:

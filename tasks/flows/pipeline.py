@@ -23,7 +23,7 @@ from invoke.exceptions import Exit
 
 from tasks.adapters import access, toolchain
 from tasks.adapters.notifications import notify_outcome
-from tasks.config.context import StepContext, load_registry, releases_of
+from tasks.config.context import StepContext, listed_releases, load_registry
 from tasks.config.registry import Environment
 from tasks.core import checkout
 from tasks.core import run as run_module
@@ -300,10 +300,10 @@ def perform(
     the checkout is held against other runs if it rewrites it.
     """
     if step.per_release and not release:
-        names = releases_of(env_name, None)
-        if names != [None]:
-            for each in names:
-                perform(c, step, env_name, dry_run=dry_run, release=each, **options)
+        names = listed_releases(env_name)
+        for each in names:
+            perform(c, step, env_name, dry_run=dry_run, release=each, **options)
+        if names:
             return
     name = step.name
     with invocation(name):
@@ -314,21 +314,23 @@ def perform(
             dry = dry_run_asked(c, dry_run, name)
             registry = load_registry()
             env = registry.get(env_name) if (step.needs_env or env_name) else None
-            if env is not None:
-                env = env.for_release(release)
+            # Of the release named, which must be one of the environment's.
+            released = env.target(release).release.name if env else ""
         except StepFailure as failure:
-            _record(step, env, env_name or "", FAILED, watch, failure.why)
+            _record(step, "", env_name or "", FAILED, watch, failure.why)
             annotate(failure, name)
             raise Stop(name, env_name or "", failure, release or "") from None
         env_label = env.name if env else ""
-        of = release or ""
+        # A release is named where the environment lists several; one of a single release's
+        # steps is shown as the environment's own.
+        of = release if release and env is not None and env.listed else ""
         title = f"{name} [{env_label}{' ' + of if of else ''}]" if env_label else name
         if env is not None:
             run.environment(env.name).step = step
             # Whatever the step prints, a secret it reads or a command echoes stays masked.
             register_secret_values(env)
         runner = Runner(c, dry_run=dry, tool_dirs=toolchain.search_dirs())
-        ctx = StepContext(c, registry, env, runner, dry, name, run)
+        ctx = StepContext(c, registry, env, runner, dry, name, run, release)
         rewrites = step.changes is Changes.CHECKOUT and not dry
         with folded(title + (" (dry run)" if dry else "")):
             try:
@@ -340,24 +342,24 @@ def perform(
                     note = step.action(ctx, **options) or ""
             except Skipped as skipped:
                 say(f"skipped: {skipped}")
-                _record(step, env, env_label, SKIPPED, watch, str(skipped), of)
+                _record(step, released, env_label, SKIPPED, watch, str(skipped), of)
                 return
             except Interrupted as interrupt:
-                _record(step, env, env_label, INTERRUPTED, watch, interrupt.aftermath, of)
+                _record(step, released, env_label, INTERRUPTED, watch, interrupt.aftermath, of)
                 if interrupt.left_behind:
                     run.summary.leave_behind(interrupt.left_behind)
                 raise
             except KeyboardInterrupt:
-                _record(step, env, env_label, INTERRUPTED, watch, "", of)
+                _record(step, released, env_label, INTERRUPTED, watch, "", of)
                 raise
             except Exception as error:
                 failure = _as_failure(error)
                 if isinstance(error, StepFailure):
                     annotate(failure, title)
-                _record(step, env, env_label, FAILED, watch, failure.why, of)
+                _record(step, released, env_label, FAILED, watch, failure.why, of)
                 raise Stop(name, env_label, failure, of, rolls_back=step.rolls_back) from None
         result = DRY_RUN if dry else OK
-        _record(step, env, env_label, result, watch, note, of)
+        _record(step, released, env_label, result, watch, note, of)
         said = f"{name} {of}" if of else name
         say(
             f"{said}: {result} in {format_seconds(watch.seconds)}" + (f" — {note}" if note else ""),
@@ -383,7 +385,7 @@ def _as_failure(error: Exception) -> StepFailure:
 
 def _record(
     step: Step,
-    env: Environment | None,
+    release: str,
     label: str,
     result: str,
     watch: Stopwatch,
@@ -396,7 +398,7 @@ def _record(
         result,
         watch.seconds,
         note,
-        release=env.release if env else "",
+        release=release,
         of_release=bool(of_release),
         started=watch.started_at,
         ended=watch.started_at + watch.seconds,

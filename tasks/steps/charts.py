@@ -29,7 +29,7 @@ from tasks.adapters.helm import shown
 from tasks.adapters.oci import newest
 from tasks.config import values as values_module
 from tasks.config.context import StepContext
-from tasks.config.registry import Environment, Registry, Release
+from tasks.config.registry import Registry, Release, Target
 from tasks.core import diagnoses, web
 from tasks.core.errors import CommandFailed, Location, Skipped, StepFailure, explain
 from tasks.core.output import say
@@ -564,15 +564,15 @@ def sync_dependencies(
 PLACEHOLDER_SECRETS = Path("config/placeholder-secrets.yaml")
 
 
-def validation_layers(env: Environment) -> tuple[list[Path], list[Path]]:
-    """The values files to render `env` with, and which of them are placeholders.
+def validation_layers(target: Target) -> tuple[list[Path], list[Path]]:
+    """The values files to render `target` with, and which of them are placeholders.
 
     A secret layer that is still encrypted (a pull request from a fork, CI
     without keys) is replaced by the placeholder secrets.
     """
     layers: list[Path] = []
     placeholders: list[Path] = []
-    for path in env.values_files():
+    for path in target.values_files():
         if values_module.is_locked(path):
             placeholders.append(path)
             path = PROJECT_ROOT / PLACEHOLDER_SECRETS
@@ -582,31 +582,31 @@ def validation_layers(env: Environment) -> tuple[list[Path], list[Path]]:
 
 
 def validate_environment(ctx: StepContext) -> str:
-    """Check every values file, then render and lint the chart as `env` would get it."""
-    env = ctx.environment
-    layers, placeholders = validation_layers(env)
+    """Check every values file, then render and lint the chart as the target would get it."""
+    target = ctx.target
+    layers, placeholders = validation_layers(target)
     values_module.refuse(
         values_module.check_files(
-            [p for p in env.values_files() if p not in placeholders], PROJECT_ROOT
+            [p for p in target.values_files() if p not in placeholders], PROJECT_ROOT
         ),
-        f"problem(s) in the values files of {env.name}.",
+        f"problem(s) in the values files of {target.name}.",
     )
-    chart = chart_of(ctx.registry, env.current)
-    for command in (helm.template(env, chart, layers), helm.lint(env, chart, layers)):
+    chart = chart_of(ctx.registry, target.release)
+    for command in (helm.template(target, chart, layers), helm.lint(target, chart, layers)):
         try:
             # Rendering reads only local files; a dry run shows it instead, since the
             # dependencies it needs may not be fetched yet.
             ctx.runner.run(command, quiet=True, touches_nothing=not ctx.dry_run)
         except CommandFailed as failed:
             refused = (
-                schema_failure(failed.output, layers, PROJECT_ROOT / chart, env.name)
+                schema_failure(failed.output, layers, PROJECT_ROOT / chart, target.name)
                 if (PROJECT_ROOT / chart).is_dir()
                 else None
             )
             raise refused or explain(
                 failed,
-                diagnoses.for_env(diagnoses.RENDER_FAILURES, env.name),
-                f"`{command[1]}` failed for {env.name}",
+                diagnoses.for_env(diagnoses.RENDER_FAILURES, target.name),
+                f"`{command[1]}` failed for {target.name}",
             ) from None
     note = (
         f"{len(layers)} values layers checked; would render and lint them"

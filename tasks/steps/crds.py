@@ -134,8 +134,8 @@ def _apply_args(path: Path) -> list[str]:
 
 def previously_shipped(ctx: StepContext) -> list[str]:
     """The CRDs in the cluster that the release's earlier upgrades applied."""
-    env = ctx.environment
-    selector = f"{RELEASE_LABEL}={env.release},{NAMESPACE_LABEL}={env.namespace}"
+    target = ctx.target
+    selector = f"{RELEASE_LABEL}={target.release.name},{NAMESPACE_LABEL}={target.namespace}"
     result = ctx.runner.run(
         ["kubectl", "get", "crd", "-l", selector, "-o", "name"], quiet=True, check=False
     )
@@ -149,17 +149,17 @@ def keep_current(ctx: StepContext, chart: Path, files: list[Path]) -> str:
 
     Returns the summary's note ("" for a chart without CRDs).
     """
-    env = ctx.environment
+    target = ctx.target
     if ctx.dry_run and chart.suffix == ".tgz" and not (PROJECT_ROOT / chart).is_file():
         say(f"[dry-run] would apply the CRDs {chart} ships (once fetched) before the upgrade")
         return "would apply the chart's CRDs"
-    crds = labelled(shipped(chart, files), env.release, env.namespace)
+    crds = labelled(shipped(chart, files), target.release.name, target.namespace)
     before = previously_shipped(ctx)
     now = names(crds)
     dropped = [name for name in before if name not in now]
     if dropped:
         warn(
-            f"the chart of release {env.release} no longer ships the CRD(s) "
+            f"the chart of release {target.release.name} no longer ships the CRD(s) "
             f"{', '.join(dropped)}; they were left in the cluster, with every custom resource "
             "of their kinds. Once nothing uses them, delete them by hand: "
             + "; ".join(f"kubectl delete crd {name}" for name in dropped)
@@ -175,7 +175,7 @@ def keep_current(ctx: StepContext, chart: Path, files: list[Path]) -> str:
             ctx.runner.run(["kubectl", "apply", *_apply_args(path)], quiet=True)
         except CommandFailed as failed:
             raise StepFailure(
-                f"The CRDs of release {env.release} could not be applied: {failed.tail(3)}",
+                f"The CRDs of release {target.release.name} could not be applied: {failed.tail(3)}",
                 "The release was not upgraded. The deployer needs rights on "
                 "customresourcedefinitions (cluster-wide): `kubectl auth can-i patch "
                 "customresourcedefinitions`. A CRD the API server refuses names its field.",
@@ -189,8 +189,8 @@ def keep_current(ctx: StepContext, chart: Path, files: list[Path]) -> str:
 
 def diff(ctx: StepContext, chart: Path, files: list[Path]) -> list[str]:
     """What applying the chart's CRDs would change, and the CRDs it would no longer ship."""
-    env = ctx.environment
-    crds = labelled(shipped(chart, files), env.release, env.namespace)
+    target = ctx.target
+    crds = labelled(shipped(chart, files), target.release.name, target.namespace)
     chunks = [
         f"--- CustomResourceDefinition/{name}: no longer shipped, would be left in place "
         f"(kubectl delete crd {name} removes it by hand)"
@@ -204,7 +204,7 @@ def diff(ctx: StepContext, chart: Path, files: list[Path]) -> list[str]:
     # kubectl diff: 0 no differences, 1 differences, more: it failed.
     if result.exit_code > 1:
         raise StepFailure(
-            f"`kubectl diff` of the CRDs of release {env.release} failed: "
+            f"`kubectl diff` of the CRDs of release {target.release.name} failed: "
             f"{(result.stderr or result.stdout).strip()[-300:]}"
         )
     if result.exit_code == 1:

@@ -242,7 +242,7 @@ def lock_lifetime(ctx: StepContext) -> int:
 
 
 def _kubectl(ctx: StepContext, *args: str, check: bool = True) -> str:
-    namespace = ctx.environment.namespace
+    namespace = ctx.target.namespace
     return ctx.runner.run(
         ["kubectl", "--namespace", namespace, *args], quiet=True, check=check
     ).stdout
@@ -253,7 +253,8 @@ def acquire(ctx: StepContext, me: str) -> str:
     returns how long it waited, if it did."""
     env = ctx.environment
     commit, _ = head_commit(ctx)
-    ctx.runner.run(["kubectl", "create", "namespace", env.namespace], quiet=True, check=False)
+    namespace = ctx.target.namespace
+    ctx.runner.run(["kubectl", "create", "namespace", namespace], quiet=True, check=False)
     wait = waiting(ctx)
     races = 0
     while races < 3:
@@ -277,7 +278,7 @@ def acquire(ctx: StepContext, me: str) -> str:
             if "AlreadyExists" not in failed.output and "already exists" not in failed.output:
                 raise StepFailure(
                     f"Could not take the deploy lock of {env.name}: {failed.tail(3)}",
-                    f"Check access to namespace {env.namespace}: invoke doctor --env={env.name}",
+                    f"Check access to namespace {namespace}: invoke doctor --env={env.name}",
                 ) from None
         lock_object = read_lock(ctx)
         if lock_object is None:
@@ -361,11 +362,9 @@ def ensure_held(ctx: StepContext) -> None:
 def at_lock(ctx: StepContext) -> StepContext:
     """A step's context on one release, moved to the namespace of the environment's last
     release, where the one lock covering all of them lives."""
-    env = ctx.environment
-    if env.namespace == env.lock_namespace:
+    if ctx.target.namespace == ctx.environment.lock_namespace:
         return ctx
-    last = env.releases[-1]
-    return replace(ctx, env=env.for_release(last.name))
+    return replace(ctx, release=None)
 
 
 def take(ctx: StepContext) -> str:
@@ -385,7 +384,7 @@ def give_back(ctx: StepContext) -> str:
 def remove(ctx: StepContext) -> str:
     current = current_lock(ctx)
     if ctx.dry_run:
-        say(f"[dry-run] would delete configmap {LOCK_NAME} in {ctx.environment.namespace}")
+        say(f"[dry-run] would delete configmap {LOCK_NAME} in {ctx.target.namespace}")
         return "dry run"
     if current is None:
         return "no lock was held"

@@ -134,8 +134,8 @@ def describe(ctx: StepContext, env: Environment) -> Promotion:
     releases, other_files = release_charts(ctx.registry, env)
     layers = {
         shown(path): _digest(path)
-        for name in (env.release_names() if env.listed else [None])
-        for path in env.for_release(name).values_files()
+        for release in env.releases
+        for path in env.target(release.name).values_files()
     }
     head = ctx.runner.run(
         ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
@@ -193,7 +193,7 @@ def record(ctx: StepContext) -> str:
         return "would record what was verified"
     if not configmaps.write(ctx, configmaps.new(ctx, RECORD, promotion.data())):
         raise StepFailure(
-            f"Could not record what {env.name} verified in namespace {env.namespace}.",
+            f"Could not record what {env.name} verified in namespace {ctx.target.namespace}.",
             f"Check access to the namespace: invoke doctor --env={env.name}",
         )
     return f"commit {promotion.commit[:12]} and {promotion.chart} recorded as verified"

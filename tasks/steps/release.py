@@ -29,7 +29,7 @@ from tasks.adapters.helm import shown
 from tasks.adapters.secrets_keys import check_certificates
 from tasks.config import values as values_module
 from tasks.config.context import StepContext
-from tasks.config.registry import Environment
+from tasks.config.registry import Release
 from tasks.core import diagnoses
 from tasks.core.errors import CommandFailed, Interrupted, StepFailure, explain
 from tasks.core.output import say
@@ -72,8 +72,9 @@ def expired_certificate(ctx: StepContext) -> StepFailure | None:
 
 def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
     """What upgrade assumes has run before it: secrets unlocked, deps built, values sane."""
+    target = ctx.target
     env = ctx.environment
-    files = env.values_files()
+    files = target.values_files()
     locked = [p for p in files if values_module.is_locked(p)]
     if locked and ctx.dry_run:
         # decrypt-secrets, earlier in a real run, would have unlocked them.
@@ -85,12 +86,12 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
         values_module.check_files(readable, PROJECT_ROOT),
         f"problem(s) in the values files of {env.name}; nothing was deployed.",
     )
-    chart = chart_of(ctx.registry, env.current)
+    chart = chart_of(ctx.registry, target.release)
     if chart.suffix == ".tgz":
         if not (PROJECT_ROOT / chart).is_file() and not ctx.dry_run:
             raise StepFailure(
-                f"The chart of release {env.release}, {env.current.reference}, is not fetched: "
-                f"{chart} is missing.",
+                f"The chart of release {target.release.name}, {target.release.reference}, "
+                f"is not fetched: {chart} is missing.",
                 "Run `invoke helm-deps` first (deploy runs it for you).",
             )
         return files
@@ -112,7 +113,7 @@ def check_ready_to_deploy(ctx: StepContext) -> list[Path]:
 def _read_release(ctx: StepContext, command: str) -> Any:
     """`helm <command>` of the release as JSON; None when it was never installed."""
     try:
-        result = ctx.runner.run(helm.read(ctx.environment, command), quiet=True)
+        result = ctx.runner.run(helm.read(ctx.target, command), quiet=True)
     except CommandFailed as failed:
         if "not found" in failed.output:
             return None
@@ -129,12 +130,14 @@ def release_status(ctx: StepContext) -> str | None:
 
 
 def refuse_if_pending(ctx: StepContext) -> None:
+    target = ctx.target
     status = release_status(ctx)
     if status in PENDING_STATES:
         env = ctx.environment
         raise StepFailure(
-            f"The release {env.release} in namespace {env.namespace} is stuck in {status}: "
-            "an earlier helm operation was interrupted and still holds the release's lock.",
+            f"The release {target.release.name} in namespace {target.namespace} is stuck in "
+            f"{status}: an earlier helm operation was interrupted and still holds the "
+            "release's lock.",
             f"Run `invoke recover-release --env={env.name}`: it rolls back to the last "
             "deployed revision (or removes a release that never deployed), after asking.",
         )
@@ -146,16 +149,18 @@ def release_aftermath(ctx: StepContext, action: str) -> tuple[str, str]:
     Returns what to tell the operator, and what the next run must deal with
     ("" when nothing).
     """
+    target = ctx.target
     env = ctx.environment
-    name = f"release {env.release} in {env.namespace}"
+    name = f"release {target.release.name} in {target.namespace}"
     try:
         status = _read_release(ctx, "status")
     except (StepFailure, KeyboardInterrupt) as error:
         why = error.why if isinstance(error, StepFailure) else "interrupted again"
         return (
             f"The state of {name} after the {action} could not be read ({why}).",
-            f"possibly {name} in a pending state: if `helm status {env.release} --namespace "
-            f"{env.namespace}` says pending-*, run invoke recover-release --env={env.name}",
+            f"possibly {name} in a pending state: if `helm status {target.release.name} "
+            f"--namespace {target.namespace}` says pending-*, run invoke recover-release "
+            f"--env={env.name}",
         )
     if status is None:
         if action == "uninstall":
@@ -222,7 +227,7 @@ def _diagnose_change(
     hooks_wait: int | None,
 ) -> StepFailure:
     """A schema refusal, a hook Job that did not complete, or a known helm failure."""
-    chart = PROJECT_ROOT / chart_of(ctx.registry, ctx.environment.current)
+    chart = PROJECT_ROOT / chart_of(ctx.registry, ctx.target.release)
     refused = (
         schema_failure(failed.output, files, chart, ctx.environment.name)
         if chart.is_dir()
@@ -241,6 +246,7 @@ def _diagnose_change(
 def upgrade_release(
     ctx: StepContext, timeout: int | None = None, promote_unverified: bool = False
 ) -> str:
+    target = ctx.target
     env = ctx.environment
     files = check_ready_to_deploy(ctx)
     if env.gated_by and not ctx.held.promotion_checked:
@@ -251,13 +257,13 @@ def upgrade_release(
     refuse_if_pending(ctx)
     lock.ensure_held(ctx)
     seconds = timeout or env.timeouts.upgrade
-    chart = chart_of(ctx.registry, env.current)
+    chart = chart_of(ctx.registry, target.release)
     applied = crds.keep_current(ctx, chart, files)
-    command = helm.upgrade(env, chart, files, seconds, skip_crds=bool(applied))
+    command = helm.upgrade(target, chart, files, seconds, skip_crds=bool(applied))
     _change_release(ctx, command, "upgrade", timeout=seconds + 60, files=files, hooks_wait=seconds)
-    note = f"release {env.release} in {env.namespace}"
-    if not env.current.site:
-        note += f" ({env.current.reference})"
+    note = f"release {target.release.name} in {target.namespace}"
+    if not target.release.site:
+        note += f" ({target.release.reference})"
     hooks = hooks_run(_read_release(ctx, "status")) if not ctx.dry_run else []
     return "; ".join([note, *([applied] if applied else []), *hooks])
 
@@ -310,7 +316,7 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
 
 def hook_failure(ctx: StepContext, event: str, kind: str, name: str, seconds: int) -> StepFailure:
     """Why a hook Job (or bare Pod) did not complete: it, its pods and their reasons."""
-    env = ctx.environment
+    target = ctx.target
     if kind == "Job":
         found = _kubectl_json(ctx, ["get", "job", name])
         pods = _kubectl_json(
@@ -324,10 +330,10 @@ def hook_failure(ctx: StepContext, event: str, kind: str, name: str, seconds: in
     if kubeconfig and not kubeconfig.startswith(tempfile.gettempdir()):
         kubectl += f" --kubeconfig {kubeconfig}"
     look = (
-        f"{kubectl} describe pod {pod} --namespace {env.namespace} (its events) and "
-        f"{kubectl} logs {pod} --namespace {env.namespace}"
+        f"{kubectl} describe pod {pod} --namespace {target.namespace} (its events) and "
+        f"{kubectl} logs {pod} --namespace {target.namespace}"
         if pod
-        else f"{kubectl} describe {kind.lower()} {name} --namespace {env.namespace}"
+        else f"{kubectl} describe {kind.lower()} {name} --namespace {target.namespace}"
     )
     applied = (
         "none of the new version was applied"
@@ -346,7 +352,7 @@ def hook_failure(ctx: StepContext, event: str, kind: str, name: str, seconds: in
 
 def _kubectl_json(ctx: StepContext, args: list[str]) -> dict | None:
     result = ctx.runner.run(
-        ["kubectl", "--namespace", ctx.environment.namespace, *args, "-o", "json"],
+        ["kubectl", "--namespace", ctx.target.namespace, *args, "-o", "json"],
         quiet=True,
         check=False,
     )
@@ -524,21 +530,21 @@ def diff_manifests(deployed: str, proposed: str, namespace: str) -> list[str]:
 
 
 def diff_release(ctx: StepContext) -> list[str]:
-    env = ctx.environment
+    target = ctx.target
     files = check_ready_to_deploy(ctx)
     deployed = ""
     if release_status(ctx) is not None:
-        deployed = ctx.runner.run(helm.manifest(env), quiet=True).stdout
-    chart = chart_of(ctx.registry, env.current)
+        deployed = ctx.runner.run(helm.manifest(target), quiet=True).stdout
+    chart = chart_of(ctx.registry, target.release)
     changes = crds.diff(ctx, chart, files)
     try:
-        rendered = ctx.runner.run(helm.upgrade_preview(env, chart, files), quiet=True)
+        rendered = ctx.runner.run(helm.upgrade_preview(target, chart, files), quiet=True)
     except CommandFailed as failed:
         raise explain_helm_failure(ctx, failed, "helm could not render the upgrade") from None
     if rendered.dry_run:
         return changes
     proposed = json.loads(rendered.stdout).get("manifest", "")
-    return changes + diff_manifests(deployed, proposed, env.namespace)
+    return changes + diff_manifests(deployed, proposed, target.namespace)
 
 
 # -- rollback and recovery ----------------------------------------------------
@@ -556,6 +562,7 @@ def last_good_revision(revisions: list[dict]) -> int | None:
 
 def rollback_release(ctx: StepContext, revision: int | None = None) -> str:
     """Roll back to `revision`, by default the last good one before the current."""
+    target = ctx.target
     env = ctx.environment
     lock.ensure_held(ctx)
     if revision is None and not ctx.dry_run:
@@ -564,12 +571,12 @@ def rollback_release(ctx: StepContext, revision: int | None = None) -> str:
         if revision is None:
             known = ", ".join(f"{r['revision']} ({r['status']})" for r in revisions) or "none"
             raise StepFailure(
-                f"{env.release} in {env.namespace} has no earlier good revision to roll back "
-                f"to. Its revisions: {known}.",
+                f"{target.release.name} in {target.namespace} has no earlier good revision to "
+                f"roll back to. Its revisions: {known}.",
                 f"Fix forward, or pick one: invoke rollback --env={env.name} --revision N",
             )
         say(f"rolling back to revision {revision}, the last good one before the current")
-    _change_release(ctx, helm.rollback(env, revision), "rollback")
+    _change_release(ctx, helm.rollback(target, revision), "rollback")
     return f"rolled back to revision {revision}" if revision else "rolled back"
 
 
@@ -594,29 +601,30 @@ def record_verified(ctx: StepContext) -> str:
     helm only knows whether its own upgrade succeeded; a revision that crash-looped
     afterwards is "superseded" like any good one. Rollbacks return to verified ones.
     """
+    target = ctx.target
     env = ctx.environment
     status = _read_release(ctx, "status")
     if status is None:
         return "would record the revision as verified" if ctx.dry_run else "no release to record"
     revision = int(status["version"])
     known = sorted(verified_revisions(ctx) | {revision})[-50:]
-    data = {"release": env.release, "revisions": ",".join(str(r) for r in known)}
-    if not configmaps.write(ctx, configmaps.new(ctx, verified_record(env), data)):
+    data = {"release": target.release.name, "revisions": ",".join(str(r) for r in known)}
+    if not configmaps.write(ctx, configmaps.new(ctx, verified_record(target.release), data)):
         raise StepFailure(
-            f"Could not record revision {revision} as verified in namespace {env.namespace}.",
+            f"Could not record revision {revision} as verified in namespace {target.namespace}.",
             f"Check access to the namespace: invoke doctor --env={env.name}",
         )
     return f"revision {revision} recorded as verified"
 
 
-def verified_record(env: Environment) -> str:
+def verified_record(release: Release) -> str:
     """The ConfigMap of the release's verified revisions; a release beside the site's has its
     own, as two releases may share a namespace."""
-    return VERIFIED if env.current.site else f"{VERIFIED}-{env.release}"
+    return VERIFIED if release.site else f"{VERIFIED}-{release.name}"
 
 
 def verified_revisions(ctx: StepContext) -> set[int]:
-    found = configmaps.read(ctx, verified_record(ctx.environment)) or {}
+    found = configmaps.read(ctx, verified_record(ctx.target.release)) or {}
     listed = (found.get("data") or {}).get("revisions", "")
     return {int(r) for r in listed.split(",") if r.strip().isdigit()}
 
@@ -648,7 +656,7 @@ def recovery_plan(revisions: list[dict]) -> tuple[str, int | None]:
 
 
 def recover(ctx: StepContext, approve: Callable[[str], bool]) -> str:
-    env = ctx.environment
+    target = ctx.target
     lock.ensure_held(ctx)
     revisions = history(ctx)
     action, revision = recovery_plan(revisions)
@@ -659,9 +667,10 @@ def recover(ctx: StepContext, approve: Callable[[str], bool]) -> str:
         latest = max(revisions, key=lambda r: r["revision"])["status"] if revisions else "absent"
         return f"nothing to recover: the release is {latest}"
     what = (
-        f"roll back {env.release} in {env.namespace} to revision {revision}"
+        f"roll back {target.release.name} in {target.namespace} to revision {revision}"
         if action == "rollback"
-        else f"uninstall {env.release} from {env.namespace} (it never deployed successfully)"
+        else f"uninstall {target.release.name} from {target.namespace} "
+        "(it never deployed successfully)"
     )
     if not approve(f"Recover by {what}?"):
         raise StepFailure(
@@ -670,8 +679,8 @@ def recover(ctx: StepContext, approve: Callable[[str], bool]) -> str:
         )
     if action == "rollback":
         return rollback_release(ctx, revision)
-    _change_release(ctx, helm.uninstall(env), "uninstall")
-    return f"uninstalled {env.release}"
+    _change_release(ctx, helm.uninstall(target), "uninstall")
+    return f"uninstalled {target.release.name}"
 
 
 # -- tasks --------------------------------------------------------------------

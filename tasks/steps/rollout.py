@@ -759,7 +759,7 @@ def wait(
     try:
         report = wait_for_rollout(
             ctx.runner,
-            env.namespace,
+            ctx.target.namespace,
             timeout=timeout or env.timeouts.rollout,
             unschedulable_grace=unschedulable_grace or UNSCHEDULABLE_GRACE,
             # The runner's order: the tools folder, the pinned builds, then PATH.
@@ -768,7 +768,7 @@ def wait(
     except StepFailure as failure:
         raise for_this_environment(failure, ctx) from None
     if ctx.dry_run:
-        return f"would wait for the workloads of namespace {env.namespace}"
+        return f"would wait for the workloads of namespace {ctx.target.namespace}"
     return ctx.run.masker.mask(report.note())
 
 

@@ -90,7 +90,8 @@ class ComponentState:
 def component_states(env: Environment, root: Path = PROJECT_ROOT) -> dict[str, ComponentState]:
     """Every component's state for `env`, from its layered values and the registry."""
     chart_values = root / "mybinder" / "values.yaml"
-    layers = [chart_values, *env.values_files(root)]
+    # The site's release, the last one: the release the suite checks.
+    layers = [chart_values, *env.target().values_files(root)]
     states: dict[str, ComponentState] = {}
     for component in COMPONENTS:
         enabled, decided_by = True, "enabled by default"
@@ -124,7 +125,7 @@ def _lookup(values: dict, keys: tuple[str, ...]) -> object:
 def layered_values(env: Environment, root: Path = PROJECT_ROOT) -> dict:
     """The values helm renders `env` with: chart defaults, then every readable layer."""
     merged = values_module.load(root / "mybinder" / "values.yaml")
-    for path in env.values_files(root):
+    for path in env.target().values_files(root):
         if not values_module.is_locked(path):
             merged = values_module.merge(merged, values_module.load(path))
     return merged
@@ -317,7 +318,8 @@ def smoke_failure(env: Environment, failed: list[CheckOutcome], report: Path) ->
             + "."
         )
     advice = [
-        FAILURE_KINDS[kind].advice.format(env=env.name, namespace=env.namespace) for kind in by_kind
+        FAILURE_KINDS[kind].advice.format(env=env.name, namespace=env.target().namespace)
+        for kind in by_kind
     ]
     return StepFailure(
         why,
@@ -341,7 +343,7 @@ def check_deployment(
         report.parent.mkdir(parents=True, exist_ok=True)
         report.unlink(missing_ok=True)
     # The step's own view of the environment wins over what the suite would load.
-    settings = {"SMOKE_NAMESPACE": env.namespace}
+    settings = {"SMOKE_NAMESPACE": ctx.target.namespace}
     if warmup is not None:
         settings["SMOKE_WARMUP_SECONDS"] = str(warmup)
     if attempts is not None:

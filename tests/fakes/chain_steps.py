@@ -63,9 +63,9 @@ class FakeSteps:
     def _fake(self, real: Step) -> Step:
         def act(ctx: StepContext, **options: object) -> str:
             where = ctx.env.name if ctx.env else ""
-            # A step asked to work on one release gets the environment focused on it.
-            if ctx.env is not None and ctx.env is not ctx.registry.get(ctx.env.name):
-                where += f" {ctx.env.release}"
+            # A step asked to work on one release of an environment that lists several.
+            if ctx.env is not None and ctx.env.listed and ctx.release:
+                where += f" {ctx.release}"
             self.ran.append((real.name, where))
             # It goes wrong once: what runs it again (a rollback's rollout) finds it well.
             wrong = self._wrong.pop((real.name, where), None)
