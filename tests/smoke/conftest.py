@@ -65,7 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # name a line and a column but never quote it (PyYAML's own would quote a secret).
     register_secrets(env)
     # A layer still encrypted is read as empty (tasks/steps/smoke.py says why).
-    readable = [path for path in env.values_files() if not values.is_locked(path)]
+    readable = [path for path in env.target().values_files() if not values.is_locked(path)]
     problems = values.check_files(readable, PROJECT_ROOT)
     if problems:
         raise pytest.UsageError(

@@ -103,7 +103,7 @@ class Target:
             env=env,
             urls=urls,
             components=component_states(env),
-            namespace=environ.get("SMOKE_NAMESPACE") or env.namespace,
+            namespace=environ.get("SMOKE_NAMESPACE") or env.target().namespace,
             kubeconfig=Path(kubeconfig) if kubeconfig else None,
             kubectl=environ.get("SMOKE_KUBECTL") or None,
             settings=settings,
