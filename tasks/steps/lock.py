@@ -254,7 +254,9 @@ def acquire(ctx: StepContext, me: str) -> str:
     env = ctx.environment
     commit, _ = head_commit(ctx)
     namespace = ctx.target.namespace
-    ctx.runner.run(["kubectl", "create", "namespace", namespace], quiet=True, check=False)
+    create_namespace = ["kubectl", "create", "namespace", namespace]
+    if ctx.dry_run:
+        ctx.runner.run(create_namespace)  # shown: a first deploy makes it
     wait = waiting(ctx)
     races = 0
     while races < 3:
@@ -275,6 +277,11 @@ def acquire(ctx: StepContext, me: str) -> str:
             )
             return wait.done() if wait else ""
         except CommandFailed as failed:
+            if f'namespaces "{namespace}" not found' in failed.output:
+                # A first deploy: the namespace is made here, so that the lock can be.
+                ctx.runner.run(create_namespace, quiet=True, check=False)
+                races += 1
+                continue
             if "AlreadyExists" not in failed.output and "already exists" not in failed.output:
                 raise StepFailure(
                     f"Could not take the deploy lock of {env.name}: {failed.tail(3)}",

@@ -9,10 +9,13 @@ an interrupted deploy is caught before helm trips over it.
 
 from __future__ import annotations
 
+import base64
 import difflib
+import gzip
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets as secrets_module
 import tempfile
@@ -123,10 +126,51 @@ def _read_release(ctx: StepContext, command: str) -> Any:
     return None if result.dry_run else json.loads(result.stdout)
 
 
+# helm keeps each revision of a release in a Secret of the release's namespace, labelled
+# with the release's name, the revision's number and its status (its default storage;
+# HELM_DRIVER names another). kubectl reads them without helm's own start-up, which
+# costs a third of a second each time a step asks.
+HELM_STORAGE = ("secret", "secrets")
+
+
+def _revisions(ctx: StepContext, output: str) -> str:
+    """kubectl's `--output` of the release's revision Secrets ("" in a dry run)."""
+    target = ctx.target
+    selector = f"owner=helm,name={target.release.name}"
+    command = ["kubectl", "--namespace", target.namespace, "get", "secrets", "-l", selector]
+    try:
+        result = ctx.runner.run([*command, "--output", output], quiet=True)
+    except CommandFailed as failed:
+        why = "The release's revisions could not be read"
+        raise explain_helm_failure(ctx, failed, why) from None
+    return "" if result.dry_run else result.stdout
+
+
+def stored_release(ctx: StepContext) -> Any:
+    """The release's latest revision, as `helm status --output json` gives it; None when
+    it was never installed."""
+    if os.environ.get("HELM_DRIVER", "secret") not in HELM_STORAGE:
+        return _read_release(ctx, "status")
+    found = _revisions(ctx, "json")
+    revisions = json.loads(found).get("items") or [] if found else []
+    if not revisions:
+        return None
+    latest = max(revisions, key=lambda item: int(item["metadata"]["labels"].get("version", 0)))
+    # The Secret's data is base64, of helm's own base64 of the gzipped release.
+    stored = base64.b64decode(base64.b64decode(latest["data"]["release"]))
+    return json.loads(gzip.decompress(stored) if stored[:2] == b"\x1f\x8b" else stored)
+
+
 def release_status(ctx: StepContext) -> str | None:
-    """The release's helm status, or None when it was never installed."""
-    status = _read_release(ctx, "status")
-    return status["info"]["status"] if status else None
+    """The release's helm status, or None when it was never installed: the labels alone."""
+    if os.environ.get("HELM_DRIVER", "secret") not in HELM_STORAGE:
+        status = _read_release(ctx, "status")
+        return status["info"]["status"] if status else None
+    # Each revision as VERSION=STATUS, blank-separated: one line on any screen.
+    labels = "jsonpath={range .items[*]}{.metadata.labels.version}={.metadata.labels.status} {end}"
+    found = [record.partition("=") for record in _revisions(ctx, labels).split()]
+    revisions = [(int(version), status) for version, _, status in found if version.isdigit()]
+    return max(revisions)[1] if revisions else None
 
 
 def refuse_if_pending(ctx: StepContext) -> None:
@@ -264,7 +308,7 @@ def upgrade_release(
     note = f"release {target.release.name} in {target.namespace}"
     if not target.release.site:
         note += f" ({target.release.reference})"
-    hooks = hooks_run(_read_release(ctx, "status")) if not ctx.dry_run else []
+    hooks = hooks_run(stored_release(ctx)) if not ctx.dry_run else []
     return "; ".join([note, *([applied] if applied else []), *hooks])
 
 
