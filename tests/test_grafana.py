@@ -247,6 +247,26 @@ def test_refused_token_is_fatal_when_strict(
     assert last_record_result() == "failed"
 
 
+def test_a_refused_token_from_a_variable_never_shows(
+    server: FakeGrafana,
+    secrets: Path,
+    use_registry,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    server.forbid()
+    monkeypatch.setenv("GRAFANA_TOKEN", "wrong-token-654321")
+    settings = grafana_settings(server, token_env="GRAFANA_TOKEN", strict=True)
+    use_registry(make_env("staging", secrets, settings))
+
+    with pytest.raises(Exit) as stopped:
+        annotate_grafana(Context(), env="staging")
+
+    printed = capfd.readouterr()
+    assert "FAILED: annotate-grafana on staging" in str(stopped.value.message)
+    assert "wrong-token-654321" not in str(stopped.value.message) + printed.out + printed.err
+
+
 def test_strict_registry_setting_makes_it_fatal_too(
     server: FakeGrafana, secrets: Path, use_registry
 ) -> None:
