@@ -7,6 +7,7 @@ and local-prod-b on binder-prod and binder-prod-b, in fresh namespaces.
 
 from __future__ import annotations
 
+import _thread
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +30,7 @@ from tasks.core.output import CI, LINES, TERMINAL, MembersConsole, say
 from tasks.core.report import FAILED, INTERRUPTED, OK, MemberOutcome
 from tasks.core.run import current, here, member_thread
 from tasks.core.runner import PROJECT_ROOT, Runner
+from tasks.flows import federation
 from tests.fakes.grafana_server import FakeGrafana
 from tests.fixtures.chain import (
     change_environment,
@@ -214,6 +217,29 @@ def test_a_member_asked_to_stop_between_commands_starts_no_other():
     thread.start()
     thread.join(10)
     assert outcome == ["stopped before starting"]
+
+
+def test_a_ctrl_c_while_the_members_run_never_loses_sight_of_one_still_running() -> None:
+    """On Python 3.11 a Ctrl-C that lands in `Thread.join` marks the thread as stopped while it
+    still runs: its member was reported as never started, its cleanup still going."""
+
+    class Member:
+        def __init__(self) -> None:
+            self.ended = threading.Event()
+
+        def deploy(self) -> None:
+            time.sleep(1.5)  # the member's cleanup, still running after the Ctrl-C
+            self.ended.set()
+
+    member = Member()
+    threading.Thread(target=member.deploy, daemon=True).start()
+    console = MembersConsole(["m"], LINES, "deploy", None)
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        federation._wait([member], console)  # type: ignore[list-item]
+    # What the members' phase does next: wait for every member's cleanup to end.
+    federation._wait([member], console)  # type: ignore[list-item]
+    assert member.ended.is_set()
 
 
 def test_a_member_thread_shares_the_run_and_names_its_environment():

@@ -25,7 +25,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from invoke import Collection, Config, Context, Executor, Task
 
@@ -56,7 +56,7 @@ def deploy_members(
     console = MembersConsole(names, mode, run.task or "deploy", PROJECT_ROOT / REPORTS_DIR)
     outcomes = run.summary.members_of(group)
     failures: dict[str, Stop] = {}
-    threads = []
+    members = []
     for name in names:
         held = run.environment(name)
         held.output = console.members[name]
@@ -68,17 +68,17 @@ def deploy_members(
             dry_run,
             rollback_on_failure and not dry_run,
         )
-        threads.append(member_thread(held, member.deploy))
+        members.append((member, member_thread(held, member.deploy)))
     say(f"members of {group.name}, deploying at once: {', '.join(names)}")
     for name, log in console.logs().items():
         say(f"  {name}'s output: {log.relative_to(PROJECT_ROOT)}")
     try:
-        for thread in threads:
+        for _, thread in members:
             thread.start()
-        _join(threads, console)
+        _wait([member for member, _ in members], console)
     except KeyboardInterrupt:
         say("interrupted: stopping every member, then waiting for each one's cleanup")
-        _stop_members(threads, console, names)
+        _stop_members([member for member, _ in members], console, names)
         raise
     finally:
         console.refresh(force=True)
@@ -96,23 +96,27 @@ def deploy_members(
         raise MembersFailed(group.name, failed, failing)
 
 
-def _join(threads: list[threading.Thread], console: MembersConsole) -> None:
-    # Joined with a timeout: the main thread must stay free to take Ctrl-C and to redraw.
-    while alive := [thread for thread in threads if thread.is_alive()]:
-        for thread in alive:
-            thread.join(JOIN_SECONDS / len(alive))
+def _wait(members: list[_Member], console: MembersConsole) -> None:
+    """Until every member has ended, its outcome set: waited for with a timeout, so that the
+    main thread stays free to take Ctrl-C and to redraw.
+
+    Each member says it has ended (`ended`) rather than its thread being joined: on
+    Python 3.11, a Ctrl-C that lands while `Thread.join` waits marks the thread as
+    stopped though it still runs, and its member would be reported as never started.
+    """
+    while running := [member for member in members if not member.ended.is_set()]:
+        for member in running:
+            member.ended.wait(JOIN_SECONDS / len(running))
         console.refresh()
 
 
-def _stop_members(
-    threads: list[threading.Thread], console: MembersConsole, names: list[str]
-) -> None:
+def _stop_members(members: list[_Member], console: MembersConsole, names: list[str]) -> None:
     run = current()
     while True:
         for name in names:
             run.environment(name).interrupt()
         try:
-            _join(threads, console)
+            _wait(members, console)
             return
         except KeyboardInterrupt:
             say("interrupted again: cutting the members' cleanup short")
@@ -128,6 +132,8 @@ class _Member:
     failures: dict[str, Stop]
     dry_run: bool
     rollback_on_failure: bool
+    # Set once the member's deploy has ended, its outcome and cleanup done.
+    ended: threading.Event = field(default_factory=threading.Event)
 
     def deploy(self) -> None:
         held = here()
@@ -156,6 +162,7 @@ class _Member:
                 warn(f"Closing what {name} held open failed: {error or 'interrupted'}")
             if held.output is not None:
                 held.output.finish(outcome.verdict())
+            self.ended.set()
 
     def _stages(self, c: Context, held: EnvironmentRun) -> None:
         name = held.name
