@@ -295,9 +295,9 @@ def perform(
     `dry_run` is None for a task that has no dry run; `options` go to the
     step's action. A step that runs per release, given none, runs once for each
     release of the environment, in order. What the step declares decides the
-    rest: the credentials
-    of its environment's cluster are open while it runs if it needs them, and
-    the checkout is held against other runs if it rewrites it.
+    rest: the credentials of its environment's cluster are open while it runs
+    if it needs them, and the checkout is held against other runs if it
+    rewrites it.
     """
     if step.per_release and not release:
         names = listed_releases(env_name)
