@@ -7,7 +7,7 @@ from invoke import Context
 
 from tasks.adapters import go_builds
 from tasks.core import diagnoses
-from tasks.core.errors import CommandFailed, StepFailure, explain
+from tasks.core.errors import CommandFailed, explain
 from tasks.core.runner import Runner
 from tasks.steps import release
 from tests.fakes.environments import step_context
@@ -44,29 +44,3 @@ def test_an_upgrade_that_fails_converting_yaml_gets_the_diagnosis_validate_gives
     assert upgrade.why.startswith("The chart did not render: error converting YAML to JSON")
     assert (upgrade.why, upgrade.fix) == (validate.why, validate.fix)
     assert "invoke validate --env=local-staging" in upgrade.fix
-
-
-def test_a_release_status_read_by_kubectl_tells_kubectls_failure_as_kubectls(
-    tmp_path: Path,
-) -> None:
-    # The release's status is read with kubectl from helm's records: a cluster nobody
-    # answers for is named by its address, not told as helm's failure.
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
-        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n"
-        "users: [{name: u, user: {token: t}}]\n"
-        "contexts: [{name: x, context: {cluster: c, user: u}}]\n"
-    )
-    runner = Runner(
-        Context(),
-        env={"KUBECONFIG": str(kubeconfig)},
-        tool_dirs=[go_builds.binary("kubectl").parent],
-    )
-    ctx = step_context("local-staging", "upgrade", runner=runner)
-    with pytest.raises(StepFailure) as failed:
-        release.refuse_if_pending(ctx)
-    assert failed.value.why == (
-        "Nothing answers at 127.0.0.1:9: the API server is down or the address is wrong."
-    )
-    assert "helm" not in failed.value.why

@@ -34,7 +34,7 @@ from tasks.config import values as values_module
 from tasks.config.context import StepContext
 from tasks.config.registry import Release
 from tasks.core import diagnoses
-from tasks.core.errors import CommandFailed, Diagnosis, Interrupted, StepFailure, explain
+from tasks.core.errors import CommandFailed, Interrupted, StepFailure, explain
 from tasks.core.output import say
 from tasks.core.run import current
 from tasks.core.runner import PROJECT_ROOT
@@ -45,16 +45,10 @@ from tasks.steps.charts import archive_is_valid, chart_of, pinned_dependencies, 
 PENDING_STATES = ("pending-install", "pending-upgrade", "pending-rollback")
 
 
-def explain_helm_failure(
-    ctx: StepContext,
-    failed: CommandFailed,
-    fallback: str,
-    catalogue: tuple[Diagnosis, ...] = diagnoses.HELM_FAILURES,
-) -> StepFailure:
-    """A failed helm release operation (upgrade, diff, rollback, ...), explained; `catalogue`
-    names the tool that failed (kubectl, reading helm's records)."""
+def explain_helm_failure(ctx: StepContext, failed: CommandFailed, fallback: str) -> StepFailure:
+    """A failed helm release operation (upgrade, diff, rollback, ...), explained."""
     env = ctx.environment
-    failure = explain(failed, diagnoses.for_env(catalogue, env.name), fallback)
+    failure = explain(failed, diagnoses.for_env(diagnoses.HELM_FAILURES, env.name), fallback)
     if re.search(diagnoses.CREDENTIALS_REFUSED, failed.output):
         expired = expired_certificate(ctx)
         if expired is not None:
@@ -148,9 +142,7 @@ def _revisions(ctx: StepContext, output: str) -> str:
         result = ctx.runner.run([*command, "--output", output], quiet=True)
     except CommandFailed as failed:
         why = "The release's revisions could not be read"
-        # kubectl's own words first: its failures would otherwise be told as helm's.
-        kubectl = diagnoses.KUBECTL_FAILURES + diagnoses.HELM_FAILURES
-        raise explain_helm_failure(ctx, failed, why, kubectl) from None
+        raise explain_helm_failure(ctx, failed, why) from None
     return "" if result.dry_run else result.stdout
 
 
