@@ -3,6 +3,11 @@
 kubectl is the pinned one (SMOKE_KUBECTL, set by `invoke smoke-test`, else the
 project's cached build); the credentials are KUBECONFIG, which the task opens
 for the run. The suite never changes anything in the cluster.
+
+The namespace's workloads, pods, services, endpoint slices and claims are read
+with one kubectl call and kept: the checks read that snapshot, and a check that
+waits for something to change takes a fresh one (`refresh`) before looking
+again. Secrets are read one by one, and only where a check needs one.
 """
 
 from __future__ import annotations
@@ -19,6 +24,16 @@ import pytest
 from tests.smoke.probes import mask
 
 _KUBECTL_SECONDS = 60
+# What the snapshot holds: each kind as `kubectl get` names it, with the `kind` its objects carry.
+SNAPSHOT = {
+    "pods": "Pod",
+    "services": "Service",
+    "endpointslices": "EndpointSlice",
+    "deployments": "Deployment",
+    "daemonsets": "DaemonSet",
+    "statefulsets": "StatefulSet",
+    "persistentvolumeclaims": "PersistentVolumeClaim",
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,11 @@ class Kube:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.cache_dir = cache_dir
+        self._snapshot: dict[str, list[dict[str, Any]]] | None = None
+
+    def refresh(self) -> None:
+        """Forget the snapshot: the next read takes a fresh one."""
+        self._snapshot = None
 
     def get(self, *what: str) -> dict[str, Any]:
         """`kubectl get <what> -o json` in the namespace; fail the test if kubectl does."""
@@ -75,8 +95,22 @@ class Kube:
             )
         return json.loads(result.stdout)
 
-    def items(self, *what: str) -> list[dict[str, Any]]:
-        return list(self.get(*what).get("items", []))
+    def items(self, kind: str, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """The namespace's objects of `kind` (one of SNAPSHOT), those with `labels` if given."""
+        if self._snapshot is None:
+            snapshot: dict[str, list[dict[str, Any]]] = {name: [] for name in SNAPSHOT}
+            named = {value: name for name, value in SNAPSHOT.items()}
+            for item in self.get(",".join(SNAPSHOT)).get("items", []):
+                snapshot[named[item["kind"]]].append(item)
+            self._snapshot = snapshot
+        return [
+            item
+            for item in self._snapshot[kind]
+            if all(
+                (item["metadata"].get("labels") or {}).get(key) == value
+                for key, value in (labels or {}).items()
+            )
+        ]
 
     def find(self, kind: str, name: str) -> dict[str, Any] | None:
         """The object `kind/name`, or None when the namespace has none."""
@@ -88,13 +122,12 @@ class Kube:
     def pods_of(self, workload: dict[str, Any]) -> list[dict[str, Any]]:
         """The pods a Deployment, DaemonSet or StatefulSet selects, terminating ones left out."""
         labels = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-        selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
-        pods = self.items("pods", f"--selector={selector}")
+        pods = self.items("pods", labels)
         return [pod for pod in pods if not pod["metadata"].get("deletionTimestamp")]
 
     def secret_data(self, name: str) -> dict[str, str] | None:
         """The Secret's values, decoded; None when there is no such Secret. Never print them."""
-        found = self.items("secrets", f"--field-selector=metadata.name={name}")
+        found = self.get("secrets", f"--field-selector=metadata.name={name}").get("items", [])
         if not found:
             return None
         data = found[0].get("data") or {}
@@ -102,7 +135,7 @@ class Kube:
 
     def ready_endpoints(self, service: str) -> int:
         """How many ready endpoints the EndpointSlices of `service` list."""
-        slices = self.items("endpointslices", f"--selector=kubernetes.io/service-name={service}")
+        slices = self.items("endpointslices", {"kubernetes.io/service-name": service})
         # A missing `ready` condition means ready, by the EndpointSlice API's definition.
         return sum(
             1

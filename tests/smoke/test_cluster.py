@@ -24,6 +24,7 @@ def test_services_have_ready_endpoints(kube: Kube, target: Target) -> None:
         if not unserved or time.monotonic() >= target.warm_until:
             break
         time.sleep(target.settings.retry_seconds)
+        kube.refresh()
     if unserved:
         pytest.fail(
             f"in namespace {kube.namespace}, no ready endpoint serves: {', '.join(unserved)} "
@@ -95,6 +96,7 @@ def test_every_pod_ready(kube: Kube, target: Target, component: str, kind: str, 
         if (not unready and len(pods) >= wanted) or time.monotonic() >= target.warm_until:
             break
         time.sleep(target.settings.retry_seconds)
+        kube.refresh()
     if unready or len(pods) < wanted:
         states = [f"{p['metadata']['name']}: {rollout_status.pod_state(p)}" for p in unready]
         pytest.fail(
@@ -254,6 +256,8 @@ def test_no_pod_restarting(
     if restarts_at_start is None:
         pytest.fail("the restart counts could not be read when the run began", pytrace=False)
     problems = []
+    # The end of the run, not the snapshot its first checks took.
+    kube.refresh()
     for now in kube.container_restarts():
         before = restarts_at_start.get(now.key)
         grew = now.restarts - (before.restarts if before else 0)
