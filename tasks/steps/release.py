@@ -161,16 +161,23 @@ def stored_release(ctx: StepContext) -> Any:
     return json.loads(gzip.decompress(stored) if stored[:2] == b"\x1f\x8b" else stored)
 
 
-def release_status(ctx: StepContext) -> str | None:
-    """The release's helm status, or None when it was never installed: the labels alone."""
+def latest_revision(ctx: StepContext) -> tuple[int, str] | None:
+    """The release's latest revision and its helm status, or None when it was never
+    installed: read from the labels alone."""
     if os.environ.get("HELM_DRIVER", "secret") not in HELM_STORAGE:
         status = _read_release(ctx, "status")
-        return status["info"]["status"] if status else None
+        return (int(status["version"]), status["info"]["status"]) if status else None
     # Each revision as VERSION=STATUS, blank-separated: one line on any screen.
     labels = "jsonpath={range .items[*]}{.metadata.labels.version}={.metadata.labels.status} {end}"
     found = [record.partition("=") for record in _revisions(ctx, labels).split()]
     revisions = [(int(version), status) for version, _, status in found if version.isdigit()]
-    return max(revisions)[1] if revisions else None
+    return max(revisions) if revisions else None
+
+
+def release_status(ctx: StepContext) -> str | None:
+    """The release's helm status, or None when it was never installed."""
+    latest = latest_revision(ctx)
+    return latest[1] if latest else None
 
 
 def refuse_if_pending(ctx: StepContext) -> None:
@@ -647,10 +654,10 @@ def record_verified(ctx: StepContext) -> str:
     """
     target = ctx.target
     env = ctx.environment
-    status = _read_release(ctx, "status")
-    if status is None:
+    latest = latest_revision(ctx)
+    if latest is None:
         return "would record the revision as verified" if ctx.dry_run else "no release to record"
-    revision = int(status["version"])
+    revision = latest[0]
     known = sorted(verified_revisions(ctx) | {revision})[-50:]
     data = {"release": target.release.name, "revisions": ",".join(str(r) for r in known)}
     if not configmaps.write(ctx, configmaps.new(ctx, verified_record(target.release), data)):
