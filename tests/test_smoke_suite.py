@@ -185,10 +185,21 @@ def live_site(bed: BinderBed, **settings: str) -> dict[str, str]:
 
 
 def wait_until_gone(pid: int, seconds: float = 30) -> bool:
+    """Whether the process ended within `seconds`. One that ended but that the hub has not
+    reaped yet (it polls its spawners every 30 s) is a zombie, and has ended."""
     deadline = time.monotonic() + seconds
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+    while running(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return not Path(f"/proc/{pid}").exists()
+    return not running(pid)
+
+
+def running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    # The state follows the command's name, in parentheses: "pid (name) S ...".
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 # --- which checks run where -------------------------------------------------------------

@@ -66,7 +66,7 @@ BUILD_FAILS, BUILD_HANGS, NEVER_ANSWERS = (
 )
 # Seconds BinderHub waits for a launched server: patient enough for a loaded machine,
 # short enough for the test that lets it run out.
-LAUNCH_TIMEOUT = 20
+LAUNCH_TIMEOUT = 12
 # What repo2docker prints with --json-logs while it builds; BinderHub relays each line.
 BUILD_LOG = (
     {"phase": "fetching", "message": "Picked Git content provider.\n"},
