@@ -394,7 +394,9 @@ def test_exit_label_fails_a_jobs_pod_and_an_unlabelled_one_completes(
 
 
 @pytest.mark.cluster
-def test_down_leaves_no_process_or_port(local_cluster: LocalCluster) -> None:
+def test_up_restarts_what_died_and_down_leaves_no_process_or_port(
+    local_cluster: LocalCluster,
+) -> None:
     name = THROWAWAY_CLUSTER
     if clusters.is_up(name):
         clusters.down(name, echo=lambda _msg: None)
@@ -423,9 +425,24 @@ def test_down_leaves_no_process_or_port(local_cluster: LocalCluster) -> None:
         assert clusters.dead_components(name) == ["kwok-controller"]
         assert not clusters.is_up(name)
         clusters.up(name, echo=lambda _msg: None)
-        pids = clusters.cluster_pids(name)
         assert clusters.dead_components(name) == []
         assert clusters.is_up(name)
+
+        # An API server that died is restarted with the cluster's state (etcd) kept.
+        clusters.kubectl(name, "create", "namespace", "kept-across-restarts")
+        apiserver = clusters.cluster_pids(name)["kube-apiserver"]
+        os.kill(apiserver, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while clusters.pid_alive(apiserver) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not clusters.is_up(name)
+        said: list[str] = []
+        clusters.up(name, echo=said.append)
+        assert clusters.is_up(name)
+        assert clusters.kubectl(name, "get", "namespace", "kept-across-restarts", "-o", "name")
+        assert any("restarted" in line and "state kept" in line for line in said), said
+        assert not any("gone" in line for line in said), said
+        pids = clusters.cluster_pids(name)
         ports = clusters.listening_ports(set(pids.values()))
 
         # A volume the provisioner made for a claim still there goes with the cluster.
@@ -446,14 +463,6 @@ def test_down_leaves_no_process_or_port(local_cluster: LocalCluster) -> None:
     assert not clusters.workdir(name).exists()
     assert clusters.is_up(local_cluster.name)
 
-
-@pytest.mark.cluster
-def test_up_restarts_a_cluster_whose_api_server_died_keeping_its_state(
-    local_cluster: LocalCluster,
-) -> None:
-    name = THROWAWAY_CLUSTER
-    if clusters.is_up(name):
-        clusters.down(name, echo=lambda _msg: None)
     clusters.up(name, echo=lambda _msg: None)
     try:
         clusters.kubectl(name, "create", "namespace", "kept-across-restarts")
