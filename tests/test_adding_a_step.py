@@ -5,6 +5,7 @@ the run's report, and an interrupt of it is answered as its declaration says."""
 from __future__ import annotations
 
 import _thread
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -106,3 +107,9 @@ def test_an_interrupt_of_it_is_answered_as_its_declaration_says(
     assert "Left behind: nothing." in screen
     [record] = json.loads(report.read_text())["steps"]
     assert (record["step"], record["result"]) == ("status-page", "interrupted")
+
+
+def test_a_step_that_takes_deploy_options_without_a_task_of_its_own_is_refused() -> None:
+    greedy = dataclasses.replace(STATUS_PAGE, name="greedy", takes=("wait_for_lock",))
+    with pytest.raises(TypeError, match="step 'greedy' takes deploy options \\(wait_for_lock\\)"):
+        steps.task_of(greedy)

@@ -224,6 +224,12 @@ def task_of(step: Step) -> Task:
     chain's calls of it are one call to invoke, which runs a shared step once."""
     if step in TASKS:
         return TASKS[step]
+    if step.takes:
+        # The chain would call the made task with options it does not accept.
+        raise TypeError(
+            f"step {step.name!r} takes deploy options ({', '.join(step.takes)}): give it a "
+            "task of its own in TASKS (tasks/cli/steps.py) that accepts them"
+        )
 
     def body(c: Context, env: str | None = None, dry_run: bool = False) -> None:
         perform(c, step, env, dry_run=dry_run)

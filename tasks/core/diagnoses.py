@@ -33,7 +33,8 @@ CREDENTIALS_REFUSED = (
     r"|credentials)"
 )
 
-# What helm says when a release operation (upgrade, diff, rollback, ...) fails.
+# What helm says when a release operation (upgrade, diff, rollback, ...) fails, and kubectl
+# when it reads the revisions helm keeps.
 HELM_FAILURES = (
     Diagnosis(
         r"another operation \(install/upgrade/rollback\) is in progress",
@@ -51,7 +52,7 @@ HELM_FAILURES = (
     Diagnosis(
         r"(connection refused|no such host|i/o timeout|dial tcp [^ ]+: connect"
         r"|Kubernetes cluster unreachable|context deadline exceeded|TLS handshake timeout)",
-        "helm could not reach the cluster's API server: the cluster is down, unreachable "
+        "The deploy could not reach the cluster's API server: the cluster is down, unreachable "
         "from here, or the kubeconfig points at the wrong address.",
         "Check the cluster (`invoke doctor --env={env}`; for a local cluster "
         "`invoke cluster.status`). If it is a cloud cluster, check its status page; "
