@@ -536,8 +536,10 @@ def _wait_for(condition: Callable[[], bool], seconds: float, failure: str) -> No
 def _remove_tree(path: Path) -> None:
     if not path.exists():
         return
-    # Only ever below .local/: a wrong path here must not delete anything else.
-    if LOCAL_DIR not in path.resolve().parents:
+    # Only ever below .local/ (or the folders of it that a copy of the checkout links to,
+    # as `invoke test` makes one): a wrong path here must not delete anything else.
+    allowed = {LOCAL_DIR.resolve(), *(folder.resolve() for folder in (CLUSTERS_DIR, KWOK_WORKDIR))}
+    if not allowed & set(path.resolve().parents):
         raise Exit(f"refusing to delete {path}: not under {LOCAL_DIR}")
     shutil.rmtree(path)
 

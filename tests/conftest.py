@@ -4,6 +4,7 @@
 suite that `invoke smoke-test --env=X` runs against a live environment.
 """
 
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -15,6 +16,31 @@ from tests.fixtures.cluster import LocalCluster, local_cluster
 from tests.fixtures.site_chart import chart_dependencies, demo_secrets, site_env
 
 collect_ignore = ["smoke"]
+
+# `invoke test` runs the suite as two shards at once (tasks/cli/checks.py). The second
+# runs the cluster tests of these files; the first runs everything else. Each shard's
+# share is about half the suite's time (figures in the README's Tests section).
+SECOND_SHARD = {
+    "test_federation.py",
+    "test_release.py",
+    "test_smoke_suite.py",
+    "test_rollout.py",
+    "test_cluster.py",
+    "test_smoke_binderhub.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    shard = os.environ.get("BINDER_TEST_SHARD")
+    if not shard:
+        return
+    kept, left = [], []
+    for item in items:
+        second = item.get_closest_marker("cluster") is not None and item.path.name in SECOND_SHARD
+        (kept if second == (shard == "2") else left).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
 
 
 @pytest.fixture(autouse=True)

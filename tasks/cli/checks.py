@@ -1,20 +1,44 @@
-"""The project's own checks: lint, format, types, and the test suite."""
+"""The project's own checks: lint, format, types, and the test suite.
 
+The whole suite runs as two shards at once: the tests mostly wait on the local
+clusters, and two cores can wait for two. The second shard runs in a copy of the
+checkout, so that each has its own working tree, reports, chart dependencies and
+checkout lock; both use the same local clusters, started before them and, where
+this task started them, stopped after them. Every test deploys into namespaces
+of its own. tests/conftest.py says which tests each shard runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import cast
 
 from invoke import Context, task
 from invoke.exceptions import Exit
 from invoke.runners import Promise
 
+from sandbox import clusters
 from tasks.core.output import say
 from tasks.core.report import Stopwatch, format_seconds
-from tasks.core.runner import invoke_dry_refusal
+from tasks.core.runner import PROJECT_ROOT, invoke_dry_refusal
+
+SHARD_VARIABLE = "BINDER_TEST_SHARD"
+# What the copy shares with the checkout: the local clusters' state, which both shards use.
+SHARED_STATE = ("clusters", "kwok", "kube-cache")
+NOT_COPIED = (".local", "reports", "__pycache__", ".pytest_cache", ".ruff_cache")
 
 
 @task(
     help={
         "quick": "Skip the tests that need a local cluster (marked `cluster`).",
-        "pytest_args": "Extra arguments for pytest, e.g. '-k grafana -x'.",
+        "pytest_args": "Extra arguments for pytest, e.g. '-k grafana -x' (runs one shard).",
     }
 )
 def test(c: Context, quick: bool = False, pytest_args: str = "") -> None:
@@ -25,18 +49,78 @@ def test(c: Context, quick: bool = False, pytest_args: str = "") -> None:
     watch = Stopwatch()
     c.run("ruff check .", echo=True)
     c.run("ruff format --check .", echo=True)
-    # The type checker runs beside the tests, which mostly wait on the clusters; its
-    # report follows theirs. What it checks is in pyproject.toml ([tool.pyright]).
+    # The type checker runs beside the tests; its report follows theirs. What it checks
+    # is in pyproject.toml ([tool.pyright]).
     say("$ pyright  (beside the tests; its report follows theirs)")
     types = cast(Promise, c.run("pyright", hide=True, warn=True, asynchronous=True))
-    marker = "-m 'not cluster'" if quick else ""
-    tests = c.run(
-        f"python3 -m pytest -q {marker} {pytest_args}".strip(), echo=True, pty=False, warn=True
-    )
+    if quick or pytest_args:
+        marker = "-m 'not cluster'" if quick else ""
+        tests = c.run(
+            f"python3 -m pytest -q {marker} {pytest_args}".strip(), echo=True, pty=False, warn=True
+        )
+        passed = bool(tests and tests.ok)
+    else:
+        passed = _in_two_shards(c)
     typed = types.join()
     say(typed.stdout.rstrip())
-    ran = {"pytest": tests, "pyright": typed}
-    failed = [name for name, result in ran.items() if not result or result.failed]
+    ran = {"pytest": passed, "pyright": typed.ok}
+    failed = [name for name, ok in ran.items() if not ok]
     if failed:
         raise Exit(f"checks failed: {', '.join(failed)}", code=1)
     say(f"checks passed in {format_seconds(watch.seconds)}")
+
+
+def _in_two_shards(c: Context) -> bool:
+    """Both shards at once; the second's output follows the first's. True if both passed."""
+    with _demo_clusters(), tempfile.TemporaryDirectory(prefix="binder-deploy-tests-") as folder:
+        copy = _checkout_copy(Path(folder))
+        log = Path(folder) / "second-shard.log"
+        command = [sys.executable, "-m", "pytest", "-q"]
+        say(f"$ {' '.join(command)}  (second shard, in a copy of the checkout: {copy})")
+        with log.open("w") as output:
+            second = subprocess.Popen(
+                command,
+                cwd=copy,
+                env={**os.environ, SHARD_VARIABLE: "2"},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            first = c.run(
+                "python3 -m pytest -q", echo=True, pty=False, warn=True, env={SHARD_VARIABLE: "1"}
+            )
+            second.wait()
+        finally:
+            # An interrupt reached the second shard too (one process group): let it end.
+            if second.poll() is None:
+                second.terminate()
+                second.wait()
+        say("second shard:")
+        say(log.read_text().rstrip())
+        return bool(first and first.ok) and second.returncode == 0
+
+
+@contextmanager
+def _demo_clusters() -> Iterator[None]:
+    """The demo clusters up for both shards; those started here are stopped after."""
+    started = [name for name in clusters.DEMO_CLUSTERS if not clusters.is_up(name)]
+    try:
+        for name in clusters.DEMO_CLUSTERS:
+            clusters.up(name)
+        yield
+    finally:
+        for name in started:
+            clusters.down(name)
+
+
+def _checkout_copy(folder: Path) -> Path:
+    """A copy of the working tree as it is (uncommitted changes, unlocked secrets and all)
+    that shares the local clusters' state with the checkout."""
+    copy = folder / PROJECT_ROOT.name
+    shutil.copytree(PROJECT_ROOT, copy, symlinks=True, ignore=shutil.ignore_patterns(*NOT_COPIED))
+    for name in SHARED_STATE:
+        shared = PROJECT_ROOT / ".local" / name
+        shared.mkdir(parents=True, exist_ok=True)
+        (copy / ".local").mkdir(exist_ok=True)
+        (copy / ".local" / name).symlink_to(shared)
+    return copy

@@ -5,8 +5,8 @@
     cluster.down     stop them and check that no process or port is left
     cluster.status   what runs, its API server URL, its kubeconfig
 
-The Python API lives in `tasks.cluster.tools` (pinned binaries) and
-`tasks.cluster.clusters` (cluster lifecycle, failure labels).
+The Python API lives in `tasks/adapters/go_builds.py` (pinned binaries) and
+`sandbox/clusters.py` (cluster lifecycle, failure labels).
 """
 
 from __future__ import annotations
