@@ -17,12 +17,10 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import paramiko
 import yaml
-from fabric import Config, Connection
-from paramiko.ssh_exception import NoValidConnectionsError
 
 from tasks.config.context import StepContext
 from tasks.config.registry import Bastion, Environment, cluster_kind
@@ -30,6 +28,9 @@ from tasks.config.values import is_locked
 from tasks.core.errors import StepFailure
 from tasks.core.output import say, warn
 from tasks.core.runner import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 # kubectl's discovery cache would otherwise land in the operator's ~/.kube/cache.
 KUBE_CACHE_DIR = PROJECT_ROOT / ".local" / "kube-cache"
@@ -164,6 +165,11 @@ def tunnel(ctx: StepContext, kubeconfig: Path) -> Iterator[Path]:
 
 
 def _connection(env: Environment, bastion: Bastion, key: Path) -> Connection:
+    # fabric and paramiko load only for an environment behind a bastion: they are a fifth
+    # of the start-up time of every task, `invoke --list` included.
+    import paramiko
+    from fabric import Config, Connection
+
     # Only the registry's key, never the operator's agent, ~/.ssh keys or ssh config.
     connection = Connection(
         bastion.host,
@@ -194,6 +200,9 @@ def _connection(env: Environment, bastion: Bastion, key: Path) -> Connection:
 
 
 def _connect(connection: Connection, bastion: Bastion, key: Path, where: str) -> None:
+    import paramiko
+    from paramiko.ssh_exception import NoValidConnectionsError
+
     try:
         connection.open()
     except paramiko.AuthenticationException:

@@ -24,7 +24,7 @@ from invoke import Context, task
 from invoke.exceptions import Exit
 from invoke.runners import Promise
 
-from sandbox import clusters
+from sandbox import chartrepo, clusters
 from tasks.core.output import say
 from tasks.core.report import Stopwatch, format_seconds
 from tasks.core.runner import PROJECT_ROOT, invoke_dry_refusal
@@ -33,6 +33,12 @@ SHARD_VARIABLE = "BINDER_TEST_SHARD"
 # What the copy shares with the checkout: the local clusters' state, which both shards use.
 SHARED_STATE = ("clusters", "kwok", "kube-cache")
 NOT_COPIED = (".local", "reports", "__pycache__", ".pytest_cache", ".ruff_cache")
+# What the checkout finds beside itself (../shared), the copy, elsewhere, is told.
+BESIDE_THE_CHECKOUT = {
+    "BINDER_DEPLOY_SHARED": PROJECT_ROOT.parent / "shared",
+    chartrepo.FOLDER_VARIABLE: chartrepo.SHARED_FOLDER,
+    chartrepo.OCI_FOLDER_VARIABLE: chartrepo.OCI_SHARED_FOLDER,
+}
 
 
 @task(
@@ -81,7 +87,11 @@ def _in_two_shards(c: Context) -> bool:
             second = subprocess.Popen(
                 command,
                 cwd=copy,
-                env={**os.environ, SHARD_VARIABLE: "2"},
+                env={
+                    **{name: str(path) for name, path in BESIDE_THE_CHECKOUT.items()},
+                    **os.environ,
+                    SHARD_VARIABLE: "2",
+                },
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
