@@ -19,9 +19,11 @@ from tests.fixtures.site_chart import chart_dependencies, demo_secrets, site_env
 collect_ignore = ["smoke"]
 HERE = Path(__file__).parent
 
-# `invoke test` runs the suite as two shards at once (tasks/cli/checks.py). The second
-# runs the cluster tests of these files; the first runs everything else. Each shard's
-# share is about half the suite's time (figures in the README's Tests section).
+# `invoke test` runs the suite as two shards at once (tasks/cli/checks.py), BINDER_TEST_SHARD
+# naming the one a pytest runs: "1" or "2", or "1-quick" or "2-quick" for `--quick`. The
+# second runs the cluster tests of SECOND_SHARD's files, or with `--quick` the tests of
+# QUICK_SECOND_SHARD's; the first runs everything else. Each share is about half the
+# time (figures in the README's Tests section).
 SECOND_SHARD = {
     "test_federation.py",
     "test_release.py",
@@ -30,6 +32,15 @@ SECOND_SHARD = {
     "test_cluster.py",
     "test_smoke_binderhub.py",
 }
+QUICK_SECOND_SHARD = {
+    "test_smoke_suite.py",
+    "test_run_page.py",
+    "test_site_chart.py",
+    "test_helm_deps.py",
+    "test_notifications.py",
+    "test_web.py",
+    "test_grafana.py",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -37,10 +48,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # The smoke suite, which the tests run in pytests of its own, is never sharded.
     if not shard or any(item.path.parent != HERE for item in items):
         return
+    number, _, quick = shard.partition("-")
     kept, left = [], []
     for item in items:
-        second = item.get_closest_marker("cluster") is not None and item.path.name in SECOND_SHARD
-        (kept if second == (shard == "2") else left).append(item)
+        cluster = item.get_closest_marker("cluster") is not None
+        if quick:
+            second = item.path.name in QUICK_SECOND_SHARD
+        else:
+            second = cluster and item.path.name in SECOND_SHARD
+        (kept if second == (number == "2") else left).append(item)
     if left:
         config.hook.pytest_deselected(items=left)
         items[:] = kept

@@ -1,22 +1,24 @@
 """The project's own checks: lint, format, types, and the test suite.
 
-The whole suite runs as two shards at once: the tests mostly wait on the local
-clusters, and two cores can wait for two. The second shard runs in a copy of the
+The suite runs as two shards at once: the cluster tests mostly wait on the local
+clusters and the others on their own subprocesses, and two cores can wait for two.
+The second shard runs in a copy of the
 checkout, so that each has its own working tree, reports, chart dependencies and
-checkout lock; both use the same local clusters, started before them and, where
-this task started them, stopped after them. Every test deploys into namespaces
+checkout lock; the whole suite's both use the same local clusters, started before
+them and, where this task started them, stopped after them. Every test deploys into namespaces
 of its own. tests/conftest.py says which tests each shard runs.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import cast
 
@@ -43,7 +45,7 @@ BESIDE_THE_CHECKOUT = {
 
 @task(
     help={
-        "quick": "Skip the tests that need a local cluster (marked `cluster`).",
+        "quick": "Leave out the tests that need a local cluster (marked `cluster`).",
         "pytest_args": "Extra arguments for pytest, e.g. '-k grafana -x' (runs one shard).",
     }
 )
@@ -59,14 +61,14 @@ def test(c: Context, quick: bool = False, pytest_args: str = "") -> None:
     # is in pyproject.toml ([tool.pyright]).
     say("$ pyright  (beside the tests; its report follows theirs)")
     types = cast(Promise, c.run("pyright", hide=True, warn=True, asynchronous=True))
-    if quick or pytest_args:
+    if pytest_args:
         marker = "-m 'not cluster'" if quick else ""
         tests = c.run(
             f"python3 -m pytest -q {marker} {pytest_args}".strip(), echo=True, pty=False, warn=True
         )
         passed = bool(tests and tests.ok)
     else:
-        passed = _in_two_shards(c)
+        passed = _in_two_shards(c, quick)
     typed = types.join()
     say(typed.stdout.rstrip())
     ran = {"pytest": passed, "pyright": typed.ok}
@@ -76,12 +78,15 @@ def test(c: Context, quick: bool = False, pytest_args: str = "") -> None:
     say(f"checks passed in {format_seconds(watch.seconds)}")
 
 
-def _in_two_shards(c: Context) -> bool:
+def _in_two_shards(c: Context, quick: bool) -> bool:
     """Both shards at once; the second's output follows the first's. True if both passed."""
-    with _demo_clusters(), tempfile.TemporaryDirectory(prefix="binder-deploy-tests-") as folder:
+    clusters_up = nullcontext() if quick else _demo_clusters()
+    with clusters_up, tempfile.TemporaryDirectory(prefix="binder-deploy-tests-") as folder:
         copy = _checkout_copy(Path(folder))
         log = Path(folder) / "second-shard.log"
-        command = [sys.executable, "-m", "pytest", "-q"]
+        marker = ["-m", "not cluster"] if quick else []
+        mode = "-quick" if quick else ""
+        command = [sys.executable, "-m", "pytest", "-q", *marker]
         say(f"$ {' '.join(command)}  (second shard, in a copy of the checkout: {copy})")
         with log.open("w") as output:
             second = subprocess.Popen(
@@ -90,14 +95,18 @@ def _in_two_shards(c: Context) -> bool:
                 env={
                     **{name: str(path) for name, path in BESIDE_THE_CHECKOUT.items()},
                     **os.environ,
-                    SHARD_VARIABLE: "2",
+                    SHARD_VARIABLE: f"2{mode}",
                 },
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
         try:
             first = c.run(
-                "python3 -m pytest -q", echo=True, pty=False, warn=True, env={SHARD_VARIABLE: "1"}
+                shlex.join(["python3", "-m", "pytest", "-q", *marker]),
+                echo=True,
+                pty=False,
+                warn=True,
+                env={SHARD_VARIABLE: f"1{mode}"},
             )
             second.wait()
         finally:
