@@ -63,6 +63,9 @@ FAILURES: tuple[str, ...] = (
     "notready",
 )
 
+# The label of the nodes a test adds as a pool of its own (sandbox/nodes.py).
+POOL_LABEL = "kwok.binder.test/pool"
+
 LOCAL_DIR = go_builds.REPO_ROOT / ".local"
 KWOK_WORKDIR = LOCAL_DIR / "kwok"
 KUBE_CACHE_DIR = LOCAL_DIR / "kube-cache"
@@ -148,21 +151,6 @@ def kubectl(name: str, *args: str, timeout: float = 60, check: bool = True) -> s
             f"{result.stderr.strip() or result.stdout.strip()}"
         )
     return result.stdout
-
-
-def cluster_env(name: str) -> dict[str, str]:
-    """Environment for running the pinned kubectl or helm against the cluster.
-
-    KUBECONFIG points at the cluster; the pinned binaries come first on PATH (the
-    system kubectl is an unrelated one); kubectl's discovery cache stays in .local/.
-    """
-    bin_dirs = sorted({str(path.parent) for path in _cached_paths().values()})
-    return {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig(name)),
-        "KUBECACHEDIR": str(KUBE_CACHE_DIR),
-        "PATH": os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")]),
-    }
 
 
 def is_up(name: str) -> bool:
@@ -484,11 +472,13 @@ def _kwokctl(
 
 
 def _ensure_nodes(name: str, nodes: int, echo: Echo) -> None:
-    names = kubectl(name, "get", "nodes", "-o", "name").split()
+    # The cluster's own nodes: a test's node pool (sandbox/nodes.py) may come and go meanwhile.
+    own = f"!{POOL_LABEL}"
+    names = kubectl(name, "get", "nodes", "-l", own, "-o", "name").split()
     if len(names) < nodes:
         paths = go_builds.ensure_built(echo=lambda _msg: None)
         _kwokctl(paths, name, ["scale", "node", "--replicas", str(nodes)], timeout=60)
-    kubectl(name, "wait", "--for=condition=Ready", "node", "--all", "--timeout=60s", timeout=70)
+    kubectl(name, "wait", "--for=condition=Ready", "node", "-l", own, "--timeout=60s", timeout=70)
     echo(f"{name}: {max(nodes, len(names))} simulated nodes Ready")
 
 

@@ -19,7 +19,7 @@ from sandbox import clusters
 
 # kwokctl starts the KWOK controller with --manage-nodes-with-annotation-selector on this.
 KWOK_ANNOTATION = {"kwok.x-k8s.io/node": "fake"}
-POOL_LABEL = "kwok.binder.test/pool"
+POOL_LABEL = clusters.POOL_LABEL
 
 
 def node(

@@ -29,7 +29,7 @@ from invoke.runners import Promise
 from sandbox import chartrepo, clusters
 from tasks.core.output import say
 from tasks.core.report import Stopwatch, format_seconds
-from tasks.core.runner import PROJECT_ROOT, invoke_dry_refusal
+from tasks.core.runner import PROJECT_ROOT, invoke_dry_refusal, sigterm_as_interrupt
 
 SHARD_VARIABLE = "BINDER_TEST_SHARD"
 # What the copy shares with the checkout: the local clusters' state, which both shards use.
@@ -81,7 +81,12 @@ def test(c: Context, quick: bool = False, pytest_args: str = "") -> None:
 def _in_two_shards(c: Context, quick: bool) -> bool:
     """Both shards at once; the second's output follows the first's. True if both passed."""
     clusters_up = nullcontext() if quick else _demo_clusters()
-    with clusters_up, tempfile.TemporaryDirectory(prefix="binder-deploy-tests-") as folder:
+    # SIGTERM (a cancelled CI job) ends both like Ctrl-C: the copy and the clusters go too.
+    with (
+        sigterm_as_interrupt(),
+        clusters_up,
+        tempfile.TemporaryDirectory(prefix="binder-deploy-tests-") as folder,
+    ):
         copy = _checkout_copy(Path(folder))
         log = Path(folder) / "second-shard.log"
         marker = ["-m", "not cluster"] if quick else []
