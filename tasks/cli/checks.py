@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,7 @@ def test(c: Context, quick: bool = False, pytest_args: str = "") -> None:
         )
         passed = bool(tests and tests.ok)
     else:
-        passed = _in_two_shards(c, quick)
+        passed = _in_two_shards(quick)
     typed = types.join()
     say(typed.stdout.rstrip())
     ran = {"pytest": passed, "pyright": typed.ok}
@@ -78,7 +79,7 @@ def test(c: Context, quick: bool = False, pytest_args: str = "") -> None:
     say(f"checks passed in {format_seconds(watch.seconds)}")
 
 
-def _in_two_shards(c: Context, quick: bool) -> bool:
+def _in_two_shards(quick: bool) -> bool:
     """Both shards at once; the second's output follows the first's. True if both passed."""
     clusters_up = nullcontext() if quick else _demo_clusters()
     # SIGTERM (a cancelled CI job) ends both like Ctrl-C: the copy and the clusters go too.
@@ -89,39 +90,42 @@ def _in_two_shards(c: Context, quick: bool) -> bool:
     ):
         copy = _checkout_copy(Path(folder))
         log = Path(folder) / "second-shard.log"
-        marker = ["-m", "not cluster"] if quick else []
         mode = "-quick" if quick else ""
-        command = [sys.executable, "-m", "pytest", "-q", *marker]
-        say(f"$ {' '.join(command)}  (second shard, in a copy of the checkout: {copy})")
-        with log.open("w") as output:
-            second = subprocess.Popen(
-                command,
-                cwd=copy,
-                env={
-                    **{name: str(path) for name, path in BESIDE_THE_CHECKOUT.items()},
-                    **os.environ,
-                    SHARD_VARIABLE: f"2{mode}",
-                },
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
+        command = [sys.executable, "-m", "pytest", "-q", *(["-m", "not cluster"] if quick else [])]
+        say(f"$ {shlex.join(command)}  (and a second shard in a copy of the checkout: {copy})")
+        beside = {name: str(path) for name, path in BESIDE_THE_CHECKOUT.items()}
+        shards: list[subprocess.Popen[bytes]] = []
         try:
-            first = c.run(
-                shlex.join(["python3", "-m", "pytest", "-q", *marker]),
-                echo=True,
-                pty=False,
-                warn=True,
-                env={SHARD_VARIABLE: f"1{mode}"},
-            )
-            second.wait()
+            with log.open("w") as output:
+                shards.append(
+                    subprocess.Popen(
+                        command,
+                        cwd=copy,
+                        env={**beside, **os.environ, SHARD_VARIABLE: f"2{mode}"},
+                        stdout=output,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            shards.append(subprocess.Popen(command, env={**os.environ, SHARD_VARIABLE: f"1{mode}"}))
+            codes = [shard.wait() for shard in reversed(shards)]
         finally:
-            # An interrupt reached the second shard too (one process group): let it end.
-            if second.poll() is None:
-                second.terminate()
-                second.wait()
+            _stopped(shards)
         say("second shard:")
         say(log.read_text().rstrip())
-        return bool(first and first.ok) and second.returncode == 0
+        return codes == [0, 0]
+
+
+def _stopped(shards: list[subprocess.Popen[bytes]]) -> None:
+    """Shards still running after an interrupt get it too, then, if they linger, SIGKILL."""
+    for shard in shards:
+        if shard.poll() is None:
+            shard.send_signal(signal.SIGINT)
+    for shard in shards:
+        try:
+            shard.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            shard.kill()
+            shard.wait()
 
 
 @contextmanager
