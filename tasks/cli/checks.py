@@ -18,8 +18,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import cast
 
@@ -82,7 +83,7 @@ def test(c: Context, quick: bool = False, pytest_args: str = "") -> None:
 def _in_two_shards(quick: bool) -> bool:
     """Both shards at once; the second's output follows the first's. True if both passed."""
     clusters_up = nullcontext() if quick else _demo_clusters()
-    # SIGTERM (a cancelled CI job) ends both like Ctrl-C: the copy and the clusters go too.
+    # Ctrl-C, or SIGTERM (a cancelled CI job), ends both: the copy and the clusters go too.
     with (
         sigterm_as_interrupt(),
         clusters_up,
@@ -104,6 +105,7 @@ def _in_two_shards(quick: bool) -> bool:
                         env={**beside, **os.environ, SHARD_VARIABLE: f"2{mode}"},
                         stdout=output,
                         stderr=subprocess.STDOUT,
+                        start_new_session=True,
                     )
                 )
             shards.append(subprocess.Popen(command, env={**os.environ, SHARD_VARIABLE: f"1{mode}"}))
@@ -116,16 +118,28 @@ def _in_two_shards(quick: bool) -> bool:
 
 
 def _stopped(shards: list[subprocess.Popen[bytes]]) -> None:
-    """Shards still running after an interrupt get it too, then, if they linger, SIGKILL."""
-    for shard in shards:
-        if shard.poll() is None:
-            shard.send_signal(signal.SIGINT)
-    for shard in shards:
-        try:
-            shard.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            shard.kill()
-            shard.wait()
+    """Each shard runs in a process group of its own: after an interrupt, what is left of
+    one (its pytest, the servers its tests started) gets SIGINT, then SIGTERM, then SIGKILL."""
+    for stop, grace in ((signal.SIGINT, 20), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        for shard in shards:
+            with suppress(ProcessLookupError):
+                os.killpg(shard.pid, stop)
+        deadline = time.monotonic() + grace
+        while any(_group_alive(shard.pid) for shard in shards) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for shard in shards:
+            with suppress(subprocess.TimeoutExpired):
+                shard.wait(timeout=0.1)
+        if not any(_group_alive(shard.pid) for shard in shards):
+            return
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @contextmanager
