@@ -108,7 +108,13 @@ def _in_two_shards(quick: bool) -> bool:
                         start_new_session=True,
                     )
                 )
-            shards.append(subprocess.Popen(command, env={**os.environ, SHARD_VARIABLE: f"1{mode}"}))
+            shards.append(
+                subprocess.Popen(
+                    command,
+                    env={**os.environ, SHARD_VARIABLE: f"1{mode}"},
+                    start_new_session=True,
+                )
+            )
             codes = [shard.wait() for shard in reversed(shards)]
         finally:
             _stopped(shards)
