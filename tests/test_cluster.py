@@ -462,23 +462,3 @@ def test_up_restarts_what_died_and_down_leaves_no_process_or_port(
     assert not clusters.kubeconfig(name).exists()
     assert not clusters.workdir(name).exists()
     assert clusters.is_up(local_cluster.name)
-
-    clusters.up(name, echo=lambda _msg: None)
-    try:
-        clusters.kubectl(name, "create", "namespace", "kept-across-restarts")
-        apiserver = clusters.cluster_pids(name)["kube-apiserver"]
-        os.kill(apiserver, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while clusters.pid_alive(apiserver) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not clusters.is_up(name)
-
-        said: list[str] = []
-        clusters.up(name, echo=said.append)
-
-        assert clusters.is_up(name)
-        assert clusters.kubectl(name, "get", "namespace", "kept-across-restarts", "-o", "name")
-        assert any("restarted" in line and "state kept" in line for line in said), said
-        assert not any("gone" in line for line in said), said
-    finally:
-        clusters.down(name, echo=lambda _msg: None)
