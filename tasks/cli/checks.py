@@ -1,12 +1,12 @@
 """The project's own checks: lint, format, types, and the test suite.
 
-The suite runs as two shards at once: the cluster tests mostly wait on the local
+The tests run as two shards at once: the cluster tests mostly wait on the local
 clusters and the others on their own subprocesses, and two cores can wait for two.
-The second shard runs in a copy of the
-checkout, so that each has its own working tree, reports, chart dependencies and
-checkout lock; the whole suite's both use the same local clusters, started before
-them and, where this task started them, stopped after them. Every test deploys into namespaces
-of its own. tests/conftest.py says which tests each shard runs.
+The second shard runs in a copy of the checkout, so that each has its own working
+tree, reports, chart dependencies and checkout lock. Both use the same local
+clusters, started before them (and stopped after them where this task started
+them); every test deploys into namespaces of its own. tests/conftest.py says which
+tests each shard runs.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ SHARD_VARIABLE = "BINDER_TEST_SHARD"
 # What the copy shares with the checkout: the local clusters' state, which both shards use.
 SHARED_STATE = ("clusters", "kwok", "kube-cache")
 NOT_COPIED = (".local", "reports", "__pycache__", ".pytest_cache", ".ruff_cache")
+# After an interrupt, what is left of a shard gets each signal in turn, then this long to end.
+STOPS = ((signal.SIGINT, 20.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
 # What the checkout finds beside itself (../shared), the copy, elsewhere, is told.
 BESIDE_THE_CHECKOUT = {
     "BINDER_DEPLOY_SHARED": PROJECT_ROOT.parent / "shared",
@@ -126,18 +128,17 @@ def _in_two_shards(quick: bool) -> bool:
 def _stopped(shards: list[subprocess.Popen[bytes]]) -> None:
     """Each shard runs in a process group of its own: after an interrupt, what is left of
     one (its pytest, the servers its tests started) gets SIGINT, then SIGTERM, then SIGKILL."""
-    for stop, grace in ((signal.SIGINT, 20), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+    for stop, grace in STOPS:
         for shard in shards:
             with suppress(ProcessLookupError):
                 os.killpg(shard.pid, stop)
         deadline = time.monotonic() + grace
-        while any(_group_alive(shard.pid) for shard in shards) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            for shard in shards:
+                shard.poll()  # reaps a shard that ended: its group is empty once it is
+            if not any(_group_alive(shard.pid) for shard in shards):
+                return
             time.sleep(0.2)
-        for shard in shards:
-            with suppress(subprocess.TimeoutExpired):
-                shard.wait(timeout=0.1)
-        if not any(_group_alive(shard.pid) for shard in shards):
-            return
 
 
 def _group_alive(group: int) -> bool:
