@@ -47,14 +47,26 @@ def selecting_services(kube: Kube) -> list[str]:
 def test_component_present(kube: Kube, target: Target, component: str) -> None:
     """Every component the environment's values enable runs, with at least one ready pod."""
     target.require(component)
+    while True:
+        problem = component_problem(kube, target, component)
+        # A workload's status counts its ready pods a moment after they became ready.
+        if not problem or time.monotonic() >= target.warm_until:
+            break
+        time.sleep(target.settings.retry_seconds)
+        kube.refresh()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+
+
+def component_problem(kube: Kube, target: Target, component: str) -> str:
+    """Why the component does not run with a ready pod; "" when it does."""
     state = target.components[component]
     for name in state.component.objects:
         found = kube.find(state.component.kind.lower() + "s", name)
         if found is None:
-            pytest.fail(
+            return (
                 f"{state.component.kind} {name} (component {component}) is missing from namespace "
-                f"{kube.namespace}, though the environment {state.reason}",
-                pytrace=False,
+                f"{kube.namespace}, though the environment {state.reason}"
             )
         status = found.get("status") or {}
         if state.component.kind == "DaemonSet":
@@ -63,11 +75,11 @@ def test_component_present(kube: Kube, target: Target, component: str) -> None:
             wanted = (found.get("spec") or {}).get("replicas", 1)
             ready = status.get("readyReplicas", 0)
         if wanted and not ready:
-            pytest.fail(
+            return (
                 f"{state.component.kind} {name} (component {component}) in {kube.namespace} "
-                f"has no ready pod (0 of {wanted})",
-                pytrace=False,
+                f"has no ready pod (0 of {wanted})"
             )
+    return ""
 
 
 WORKLOADS = [pytest.param(c.name, c.kind, name, id=name) for c in COMPONENTS for name in c.objects]
