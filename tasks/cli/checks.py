@@ -167,9 +167,9 @@ def _checkout_copy(folder: Path) -> Path:
     that shares the local clusters' state with the checkout."""
     copy = folder / PROJECT_ROOT.name
     shutil.copytree(PROJECT_ROOT, copy, symlinks=True, ignore=shutil.ignore_patterns(*NOT_COPIED))
+    (copy / ".local").mkdir()
     for name in SHARED_STATE:
         shared = PROJECT_ROOT / ".local" / name
         shared.mkdir(parents=True, exist_ok=True)
-        (copy / ".local").mkdir(exist_ok=True)
         (copy / ".local" / name).symlink_to(shared)
     return copy
